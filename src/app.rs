@@ -1,0 +1,152 @@
+//! Building and running the application: `App::build` opens the database, migrates, binds (port 0
+//! in tests) and returns the bound address; `run_until_stopped` serves until SIGTERM/SIGINT.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{Config, TlsConfig};
+use crate::store::{self, Store};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    /// The OpenAPI document, generated once at start.
+    pub openapi: Arc<String>,
+}
+
+pub struct App {
+    listener: std::net::TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    tls: Option<RustlsConfig>,
+    state: AppState,
+    handle: axum_server::Handle,
+}
+
+/// Starts a graceful shutdown: no new connections, in-flight requests get the configured time.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    handle: axum_server::Handle,
+    grace: Duration,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.handle.graceful_shutdown(Some(self.grace));
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        App::build_with(config, Router::new()).await
+    }
+
+    /// Like [`App::build`], with `extra` routes served behind the same middleware stack.
+    pub async fn build_with(config: Config, extra: Router<AppState>) -> anyhow::Result<App> {
+        let store = store::connect(&config.database).await.context("cannot open the database")?;
+        if config.database.migrate_on_start {
+            let applied = store.migrate().await.context("cannot apply migrations")?;
+            if !applied.is_empty() {
+                tracing::info!(engine = store.engine().as_str(), applied = ?applied, "migrations applied");
+            }
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(load_tls(t)?),
+            None => None,
+        };
+        let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let state = AppState { config: Arc::new(config), store, openapi: Arc::new(crate::http::openapi::document_json()) };
+        let router = crate::http::router(state.clone(), extra, tls.is_some());
+        Ok(App { listener, local_addr, router, tls, state, handle: axum_server::Handle::new() })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { handle: self.handle.clone(), grace: self.state.config.http.shutdown_timeout }
+    }
+
+    /// Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
+    /// within the shutdown timeout.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then shuts down gracefully.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let shutdown = self.shutdown_handle();
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!("shutdown requested; finishing in-flight requests");
+            shutdown.shutdown();
+        });
+        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = match self.tls {
+            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).handle(self.handle).serve(service).await,
+            None => axum_server::from_tcp(self.listener).handle(self.handle).serve(service).await,
+        };
+        self.state.store.close().await;
+        served.context("server error")
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A rustls server config on the ring provider (no second crypto stack), HTTP/2 and HTTP/1.1.
+fn load_tls(t: &TlsConfig) -> anyhow::Result<RustlsConfig> {
+    let certs = CertificateDer::pem_file_iter(&t.cert_path)
+        .with_context(|| format!("TOLLGATE_TLS_CERT: cannot read {}", t.cert_path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("TOLLGATE_TLS_CERT: {} is not a PEM certificate chain", t.cert_path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "TOLLGATE_TLS_CERT: {} holds no certificate", t.cert_path.display());
+    let key = PrivateKeyDer::from_pem_file(&t.key_path)
+        .with_context(|| format!("TOLLGATE_TLS_KEY: {} is not a PEM private key", t.key_path.display()))?;
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(RustlsConfig::from_config(Arc::new(server)))
+}

@@ -1,0 +1,884 @@
+//! Layered configuration: built-in defaults → optional `tollgate.toml` → environment.
+//!
+//! Every setting has one canonical environment variable (`TOLLGATE_*`, or the standard name users
+//! already know such as `DATABASE_URL`) and the same key in lower case without the prefix in the
+//! TOML file. Secrets may also come from `<NAME>_FILE`. Loading collects *every* problem instead
+//! of stopping at the first, and no message ever contains a secret's value.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+/// `development` (the default) or `production`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Development => "development",
+            Environment::Production => "production",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Which payment provider serves checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentProvider {
+    Stripe,
+    /// The built-in stand-in for Stripe Checkout; development only.
+    Sandbox,
+}
+
+/// CORS origins: an exact allow-list, or (development only) any origin without credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    List(Vec<String>),
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May embed a password, hence secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub cors_origins: CorsOrigins,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub secret_key: Option<SecretString>,
+    /// Several secrets may verify at once, so a rotated secret keeps working during the switch.
+    pub webhook_secrets: Vec<SecretString>,
+    pub api_base: Url,
+    pub provider: PaymentProvider,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    pub bind: SocketAddr,
+    pub public_url: Url,
+    pub database: DatabaseConfig,
+    pub redis_url: Option<SecretString>,
+    pub http: HttpConfig,
+    pub tls: Option<TlsConfig>,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub stripe: StripeConfig,
+}
+
+/// One configuration setting: its TOML key, the environment names that set it (first is canonical),
+/// its default, whether it is a secret, and what it means (used for `--help` style listings).
+pub struct Setting {
+    pub key: &'static str,
+    pub env: &'static [&'static str],
+    pub default: Option<&'static str>,
+    pub secret: bool,
+    pub meaning: &'static str,
+}
+
+impl Setting {
+    pub fn env_name(&self) -> &'static str {
+        self.env[0]
+    }
+}
+
+/// Every setting tollgate reads. The README's configuration table and `.env.example` list the same.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "env",
+        env: &["TOLLGATE_ENV"],
+        default: Some("development"),
+        secret: false,
+        meaning: "development or production; production refuses unsafe settings",
+    },
+    Setting {
+        key: "bind",
+        env: &["TOLLGATE_BIND"],
+        default: Some("127.0.0.1:8080"),
+        secret: false,
+        meaning: "address and port to listen on",
+    },
+    Setting {
+        key: "public_url",
+        env: &["TOLLGATE_PUBLIC_URL"],
+        default: Some("http://localhost:8080"),
+        secret: false,
+        meaning: "the URL users reach tollgate at (https in production)",
+    },
+    Setting {
+        key: "database_url",
+        env: &["DATABASE_URL", "TOLLGATE_DATABASE_URL"],
+        default: Some("sqlite://tollgate.db"),
+        secret: true,
+        meaning: "sqlite://PATH or postgres://USER@HOST/DB (sslmode honoured)",
+    },
+    Setting {
+        key: "database_max_connections",
+        env: &["TOLLGATE_DATABASE_MAX_CONNECTIONS"],
+        default: Some("10"),
+        secret: false,
+        meaning: "database pool size",
+    },
+    Setting {
+        key: "database_acquire_timeout",
+        env: &["TOLLGATE_DATABASE_ACQUIRE_TIMEOUT"],
+        default: Some("5s"),
+        secret: false,
+        meaning: "how long a request waits for a pooled connection",
+    },
+    Setting {
+        key: "migrate_on_start",
+        env: &["TOLLGATE_MIGRATE_ON_START"],
+        default: Some("true"),
+        secret: false,
+        meaning: "serve runs pending migrations at start",
+    },
+    Setting {
+        key: "redis_url",
+        env: &["REDIS_URL", "TOLLGATE_REDIS_URL"],
+        default: None,
+        secret: true,
+        meaning: "redis://HOST:PORT; when set, /readyz checks it",
+    },
+    Setting {
+        key: "cors_origins",
+        env: &["TOLLGATE_CORS_ORIGINS"],
+        default: Some(""),
+        secret: false,
+        meaning: "comma-separated exact origins allowed by CORS (with credentials)",
+    },
+    Setting {
+        key: "trusted_proxies",
+        env: &["TOLLGATE_TRUSTED_PROXIES"],
+        default: Some(""),
+        secret: false,
+        meaning: "comma-separated CIDRs whose X-Forwarded-For/-Proto are believed",
+    },
+    Setting {
+        key: "body_limit",
+        env: &["TOLLGATE_BODY_LIMIT"],
+        default: Some("1048576"),
+        secret: false,
+        meaning: "largest request body in bytes (larger: 413)",
+    },
+    Setting {
+        key: "request_timeout",
+        env: &["TOLLGATE_REQUEST_TIMEOUT"],
+        default: Some("30s"),
+        secret: false,
+        meaning: "time a request may take (longer: 408)",
+    },
+    Setting {
+        key: "shutdown_timeout",
+        env: &["TOLLGATE_SHUTDOWN_TIMEOUT"],
+        default: Some("20s"),
+        secret: false,
+        meaning: "how long in-flight requests may finish after SIGTERM",
+    },
+    Setting {
+        key: "tls_cert",
+        env: &["TOLLGATE_TLS_CERT"],
+        default: None,
+        secret: false,
+        meaning: "PEM certificate chain; with tls_key, tollgate serves https itself",
+    },
+    Setting {
+        key: "tls_key",
+        env: &["TOLLGATE_TLS_KEY"],
+        default: None,
+        secret: false,
+        meaning: "PEM private key file for tls_cert",
+    },
+    Setting {
+        key: "log",
+        env: &["TOLLGATE_LOG"],
+        default: Some("info"),
+        secret: false,
+        meaning: "log filter (tracing EnvFilter syntax)",
+    },
+    Setting { key: "log_format", env: &["TOLLGATE_LOG_FORMAT"], default: Some("json"), secret: false, meaning: "json or text" },
+    Setting {
+        key: "payment_provider",
+        env: &["TOLLGATE_PAYMENT_PROVIDER"],
+        default: None,
+        secret: false,
+        meaning: "stripe or sandbox; default: stripe when STRIPE_SECRET_KEY is set, else sandbox",
+    },
+    Setting {
+        key: "stripe_secret_key",
+        env: &["STRIPE_SECRET_KEY"],
+        default: None,
+        secret: true,
+        meaning: "Stripe API secret key (sk_live_… / sk_test_…)",
+    },
+    Setting {
+        key: "stripe_webhook_secret",
+        env: &["STRIPE_WEBHOOK_SECRET"],
+        default: None,
+        secret: true,
+        meaning: "webhook signing secret(s), comma-separated during rotation",
+    },
+    Setting {
+        key: "stripe_api_base",
+        env: &["STRIPE_API_BASE"],
+        default: Some("https://api.stripe.com"),
+        secret: false,
+        meaning: "Stripe API base URL (tests point it at a mock)",
+    },
+];
+
+/// Values that are obviously not real secrets, whatever their length.
+const PLACEHOLDER_WORDS: &[&str] =
+    &["changeme", "change_me", "change-me", "replace_me", "replace-me", "placeholder", "example", "your_", "xxxxxxxx"];
+const PLACEHOLDER_EXACT: &[&str] = &["secret", "password", "test", "default", "token", "key"];
+
+/// Secrets shorter than this are refused in production.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Where configuration comes from: an environment (the process's, or a map in tests) and an
+/// optional TOML file.
+#[derive(Debug, Default, Clone)]
+pub struct Sources {
+    pub env: HashMap<String, String>,
+    pub file: Option<PathBuf>,
+}
+
+impl Sources {
+    /// The process environment, the TOML file named by `--config`/`TOLLGATE_CONFIG` (or
+    /// `./tollgate.toml` when present) and, in development only, `./.env`.
+    pub fn from_process(config_file: Option<PathBuf>) -> Sources {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let file = config_file.or_else(|| env.get("TOLLGATE_CONFIG").map(PathBuf::from)).or_else(|| {
+            let default = PathBuf::from("tollgate.toml");
+            default.exists().then_some(default)
+        });
+        let mut sources = Sources { env, file };
+        // The environment is decided without .env, so a production host never reads one.
+        if sources.environment_hint() != Some(Environment::Production) {
+            if let Ok(iter) = dotenvy::from_path_iter(".env") {
+                for (k, v) in iter.flatten() {
+                    if k != "TOLLGATE_ENV" {
+                        sources.env.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
+        sources
+    }
+
+    /// The environment as set by the process or the file, before anything is validated.
+    fn environment_hint(&self) -> Option<Environment> {
+        let raw = self.env.get("TOLLGATE_ENV").cloned().or_else(|| {
+            let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
+            let table: toml::Table = text.parse().ok()?;
+            table.get("env")?.as_str().map(str::to_owned)
+        })?;
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "production" | "prod" => Some(Environment::Production),
+            "development" | "dev" => Some(Environment::Development),
+            _ => None,
+        }
+    }
+}
+
+/// Everything wrong with a configuration, each line naming the variable and never its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problem{}):", self.0.len(), if self.0.len() == 1 { "" } else { "s" })?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Raw values after layering, keyed by the setting's TOML key.
+struct Raw {
+    values: BTreeMap<&'static str, String>,
+    errors: Vec<String>,
+}
+
+impl Raw {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn setting(key: &str) -> &'static Setting {
+    SETTINGS.iter().find(|s| s.key == key).unwrap_or_else(|| panic!("unknown setting {key}"))
+}
+
+fn layer(sources: &Sources) -> Raw {
+    let mut values = BTreeMap::new();
+    let mut errors = Vec::new();
+    for s in SETTINGS {
+        if let Some(d) = s.default {
+            values.insert(s.key, d.to_owned());
+        }
+    }
+    if let Some(path) = &sources.file {
+        match std::fs::read_to_string(path) {
+            Err(e) => errors.push(format!("config file {}: cannot be read ({})", path.display(), e.kind())),
+            Ok(text) => match text.parse::<toml::Table>() {
+                // The TOML parser's message quotes the offending line, which may hold a secret.
+                Err(e) => errors.push(format!(
+                    "config file {}: not valid TOML{}",
+                    path.display(),
+                    e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()
+                )),
+                Ok(table) => {
+                    for (k, v) in table {
+                        let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
+                            errors.push(format!("config file {}: unknown key `{k}`", path.display()));
+                            continue;
+                        };
+                        let text = match v {
+                            toml::Value::Array(items) => {
+                                items.iter().map(toml_scalar).collect::<Option<Vec<_>>>().map(|v| v.join(","))
+                            }
+                            scalar => toml_scalar(&scalar),
+                        };
+                        let Some(text) = text else {
+                            errors.push(format!(
+                                "config file {}: `{k}` must be a string, number, boolean or list of them",
+                                path.display()
+                            ));
+                            continue;
+                        };
+                        values.insert(s.key, text);
+                    }
+                }
+            },
+        }
+    }
+    for s in SETTINGS {
+        // The canonical name wins over its aliases; later entries are aliases.
+        for name in s.env.iter().rev() {
+            if let Some(v) = sources.env.get(*name) {
+                values.insert(s.key, v.clone());
+            }
+        }
+        if s.secret {
+            let file_var = format!("{}_FILE", s.env_name());
+            if let Some(path) = sources.env.get(&file_var).filter(|p| !p.is_empty()) {
+                if sources.env.contains_key(s.env_name()) {
+                    errors.push(format!("{} and {file_var} are both set; set only one", s.env_name()));
+                }
+                match std::fs::read_to_string(path) {
+                    Ok(v) => {
+                        values.insert(s.key, v.trim_end_matches(['\r', '\n']).to_owned());
+                    }
+                    Err(e) => errors.push(format!("{file_var}: file {path} cannot be read ({})", e.kind())),
+                }
+            }
+        }
+    }
+    Raw { values, errors }
+}
+
+fn toml_scalar(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(x) => Some(x.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// An exact CORS origin: `scheme://host[:port]` with nothing after it.
+fn parse_origin(text: &str) -> Option<String> {
+    let url = Url::parse(text).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    let origin = url.origin().ascii_serialization();
+    // A path, query or trailing slash means it is not an origin; never silently fix it.
+    (origin == text.trim_end_matches('/') && !text.ends_with('/')).then_some(origin)
+}
+
+fn parse_proxy(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+impl Config {
+    /// Loads and validates the configuration. In production this also applies [`Config::problems`],
+    /// so a server that would run unsafely never starts. Every problem is reported at once.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
+        let config = Config::parse(sources)?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+
+    /// Parses the configuration without the production safety checks (`check-config` uses this to
+    /// show both kinds of problem).
+    pub fn parse(sources: &Sources) -> Result<Config, ConfigErrors> {
+        let raw = layer(sources);
+        let mut errors = raw.errors.clone();
+        let bad = |key: &str, what: &str| {
+            let s = setting(key);
+            if s.secret {
+                format!("{}: {what}", s.env_name())
+            } else {
+                format!("{}: {what} (got {:?})", s.env_name(), raw.get(key).unwrap_or(""))
+            }
+        };
+
+        let env = match raw.get("env").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(_) => {
+                errors.push(bad("env", "must be development or production"));
+                Environment::Development
+            }
+        };
+        let bind = raw.get("bind").and_then(|v| v.trim().parse::<SocketAddr>().ok());
+        if bind.is_none() {
+            errors.push(bad("bind", "must be an address and port such as 127.0.0.1:8080"));
+        }
+        let public_url = raw
+            .get("public_url")
+            .and_then(|v| Url::parse(v.trim()).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if public_url.is_none() {
+            errors.push(bad("public_url", "must be an http(s) URL"));
+        }
+
+        let database_url = raw.get("database_url").map(str::trim).unwrap_or_default().to_owned();
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            errors.push(bad("database_url", "must start with sqlite:, postgres:// or postgresql://"));
+        }
+        let max_connections = raw.get("database_max_connections").and_then(|v| v.trim().parse::<u32>().ok()).filter(|n| *n > 0);
+        if max_connections.is_none() {
+            errors.push(bad("database_max_connections", "must be a positive integer"));
+        }
+        let acquire_timeout = raw.get("database_acquire_timeout").and_then(parse_duration).filter(|d| !d.is_zero());
+        if acquire_timeout.is_none() {
+            errors.push(bad("database_acquire_timeout", "must be a duration such as 5s or 500ms"));
+        }
+        let migrate_on_start = parse_bool(raw.get("migrate_on_start"));
+        if migrate_on_start.is_none() {
+            errors.push(bad("migrate_on_start", "must be true or false"));
+        }
+        let redis_url = raw.get("redis_url").map(|v| v.trim().to_owned());
+        if let Some(r) = &redis_url {
+            if !(r.starts_with("redis://") || r.starts_with("rediss://")) || Url::parse(r).is_err() {
+                errors.push(bad("redis_url", "must be a redis:// URL"));
+            }
+        }
+
+        let cors_raw = split_list(raw.get("cors_origins").unwrap_or(""));
+        let cors_origins = if cors_raw.iter().any(|o| o == "*") {
+            CorsOrigins::Any
+        } else {
+            let mut list = Vec::new();
+            for o in &cors_raw {
+                match parse_origin(o) {
+                    Some(origin) => list.push(origin),
+                    None => errors.push(format!(
+                        "TOLLGATE_CORS_ORIGINS: {o:?} is not an origin (scheme://host[:port], no path or trailing slash)"
+                    )),
+                }
+            }
+            CorsOrigins::List(list)
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in split_list(raw.get("trusted_proxies").unwrap_or("")) {
+            match parse_proxy(&p) {
+                Some(net) => trusted_proxies.push(net.trunc()),
+                None => errors.push(format!("TOLLGATE_TRUSTED_PROXIES: {p:?} is not an IP address or CIDR")),
+            }
+        }
+        let body_limit = raw.get("body_limit").and_then(|v| v.trim().parse::<usize>().ok()).filter(|n| *n > 0);
+        if body_limit.is_none() {
+            errors.push(bad("body_limit", "must be a positive number of bytes"));
+        }
+        let request_timeout = raw.get("request_timeout").and_then(parse_duration).filter(|d| !d.is_zero());
+        if request_timeout.is_none() {
+            errors.push(bad("request_timeout", "must be a duration such as 30s"));
+        }
+        let shutdown_timeout = raw.get("shutdown_timeout").and_then(parse_duration);
+        if shutdown_timeout.is_none() {
+            errors.push(bad("shutdown_timeout", "must be a duration such as 20s"));
+        }
+        let tls = match (raw.get("tls_cert"), raw.get("tls_key")) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(TlsConfig { cert_path: PathBuf::from(c.trim()), key_path: PathBuf::from(k.trim()) }),
+            _ => {
+                errors.push("TOLLGATE_TLS_CERT and TOLLGATE_TLS_KEY must be set together".to_owned());
+                None
+            }
+        };
+        if let Some(t) = &tls {
+            for (name, path) in [("TOLLGATE_TLS_CERT", &t.cert_path), ("TOLLGATE_TLS_KEY", &t.key_path)] {
+                if !Path::new(path).is_file() {
+                    errors.push(format!("{name}: file {} does not exist", path.display()));
+                }
+            }
+        }
+        let log_filter = raw.get("log").unwrap_or("info").trim().to_owned();
+        if tracing_subscriber::EnvFilter::try_new(&log_filter).is_err() {
+            errors.push(bad("log", "is not a valid log filter"));
+        }
+        let log_format = match raw.get("log_format").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(_) => {
+                errors.push(bad("log_format", "must be json or text"));
+                LogFormat::Json
+            }
+        };
+
+        let secret_key = raw.get("stripe_secret_key").map(|v| SecretString::from(v.trim().to_owned()));
+        let webhook_secrets: Vec<SecretString> =
+            split_list(raw.get("stripe_webhook_secret").unwrap_or("")).into_iter().map(SecretString::from).collect();
+        let provider = match raw.get("payment_provider").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            None if secret_key.is_some() => PaymentProvider::Stripe,
+            None => PaymentProvider::Sandbox,
+            Some("stripe") => PaymentProvider::Stripe,
+            Some("sandbox") => PaymentProvider::Sandbox,
+            Some(_) => {
+                errors.push(bad("payment_provider", "must be stripe or sandbox"));
+                PaymentProvider::Sandbox
+            }
+        };
+        if provider == PaymentProvider::Stripe && secret_key.is_none() {
+            errors.push("TOLLGATE_PAYMENT_PROVIDER is stripe but STRIPE_SECRET_KEY is not set".to_owned());
+        }
+        let api_base = raw.get("stripe_api_base").and_then(|v| Url::parse(v.trim()).ok());
+        if api_base.is_none() {
+            errors.push(bad("stripe_api_base", "must be a URL"));
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        // Every Option below is Some: each None pushed an error above.
+        let missing = || ConfigErrors(vec!["internal: configuration value missing".to_owned()]);
+        Ok(Config {
+            env,
+            bind: bind.ok_or_else(missing)?,
+            public_url: public_url.ok_or_else(missing)?,
+            database: DatabaseConfig {
+                url: SecretString::from(database_url),
+                max_connections: max_connections.ok_or_else(missing)?,
+                acquire_timeout: acquire_timeout.ok_or_else(missing)?,
+                migrate_on_start: migrate_on_start.ok_or_else(missing)?,
+            },
+            redis_url: redis_url.map(SecretString::from),
+            http: HttpConfig {
+                body_limit: body_limit.ok_or_else(missing)?,
+                request_timeout: request_timeout.ok_or_else(missing)?,
+                shutdown_timeout: shutdown_timeout.ok_or_else(missing)?,
+                cors_origins,
+                trusted_proxies,
+            },
+            tls,
+            log_filter,
+            log_format,
+            stripe: StripeConfig { secret_key, webhook_secrets, api_base: api_base.ok_or_else(missing)?, provider },
+        })
+    }
+
+    /// What makes this configuration unsafe to serve in production (empty in development, where
+    /// the same findings are only [`Config::warnings`]).
+    pub fn problems(&self) -> Vec<String> {
+        if self.env == Environment::Production {
+            self.findings()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The production findings, reported as warnings in development.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.env == Environment::Development {
+            self.findings()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn findings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.stripe.secret_key {
+            None => out.push("STRIPE_SECRET_KEY is missing".to_owned()),
+            Some(s) => out.extend(weak_secret("STRIPE_SECRET_KEY", s)),
+        }
+        if self.stripe.webhook_secrets.is_empty() {
+            out.push("STRIPE_WEBHOOK_SECRET is missing".to_owned());
+        }
+        for (i, s) in self.stripe.webhook_secrets.iter().enumerate() {
+            let name = if self.stripe.webhook_secrets.len() == 1 {
+                "STRIPE_WEBHOOK_SECRET".to_owned()
+            } else {
+                format!("STRIPE_WEBHOOK_SECRET (secret #{})", i + 1)
+            };
+            out.extend(weak_secret(&name, s));
+        }
+        if self.stripe.provider == PaymentProvider::Sandbox {
+            out.push(
+                "the sandbox payment provider would be used (set STRIPE_SECRET_KEY and TOLLGATE_PAYMENT_PROVIDER=stripe)"
+                    .to_owned(),
+            );
+        }
+        if self.http.cors_origins == CorsOrigins::Any {
+            out.push("TOLLGATE_CORS_ORIGINS allows every origin (*); list the exact origins".to_owned());
+        }
+        if self.public_url.scheme() != "https" {
+            out.push("TOLLGATE_PUBLIC_URL is http; users must reach tollgate over https".to_owned());
+        }
+        if self.tls.is_none() && self.http.trusted_proxies.is_empty() {
+            out.push("neither TLS (TOLLGATE_TLS_CERT/TOLLGATE_TLS_KEY) nor a TLS-terminating proxy (TOLLGATE_TRUSTED_PROXIES) is configured".to_owned());
+        }
+        out
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+}
+
+fn parse_bool(v: Option<&str>) -> Option<bool> {
+    match v?.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The values in `.env.example`: a secret that equals one of them was copied, not generated.
+fn example_values() -> impl Iterator<Item = &'static str> {
+    // Commented-out assignments count too: they are the ones people copy.
+    include_str!("../.env.example")
+        .lines()
+        .map(|l| l.trim_start_matches(['#', ' ']))
+        .filter_map(|l| l.split_once('='))
+        .filter(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// Why `value` is not acceptable as a production secret, naming `name` and never the value.
+pub fn weak_secret(name: &str, value: &SecretString) -> Vec<String> {
+    let v = value.expose_secret();
+    let lower = v.to_ascii_lowercase();
+    let mut out = Vec::new();
+    let placeholder = PLACEHOLDER_EXACT.contains(&lower.as_str())
+        || PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w))
+        || example_values().any(|e| e == v)
+        || v.chars().all(|c| v.starts_with(c));
+    if placeholder {
+        out.push(format!("{name} is a known placeholder, not a real secret"));
+    }
+    if v.len() < MIN_SECRET_BYTES {
+        out.push(format!("{name} is shorter than {MIN_SECRET_BYTES} bytes"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(pairs: &[(&str, &str)]) -> Sources {
+        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), file: None }
+    }
+
+    const STRONG_KEY: &str = "sk_live_51H8abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    const STRONG_WHSEC: &str = "whsec_9f8e7d6c5b4a39281706f5e4d3c2b1a0ffeeddcc";
+
+    fn production_ok() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("TOLLGATE_ENV", "production"),
+            ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
+            ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("STRIPE_SECRET_KEY", STRONG_KEY),
+            ("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC),
+        ]
+    }
+
+    #[test]
+    fn defaults_are_a_development_sqlite_sandbox() {
+        let c = Config::load(&sources(&[])).unwrap();
+        assert_eq!(c.env, Environment::Development);
+        assert_eq!(c.database.url.expose_secret(), "sqlite://tollgate.db");
+        assert_eq!(c.stripe.provider, PaymentProvider::Sandbox);
+        assert_eq!(c.http.body_limit, 1024 * 1024);
+        assert!(!c.warnings().is_empty());
+    }
+
+    #[test]
+    fn a_safe_production_configuration_loads() {
+        let c = Config::load(&sources(&production_ok())).unwrap();
+        assert!(c.is_production());
+        assert_eq!(c.stripe.provider, PaymentProvider::Stripe);
+    }
+
+    #[test]
+    fn production_lists_every_problem_at_once_and_never_a_value() {
+        let err = Config::load(&sources(&[
+            ("TOLLGATE_ENV", "production"),
+            ("TOLLGATE_CORS_ORIGINS", "*"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_short"),
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "STRIPE_SECRET_KEY is missing",
+            "STRIPE_WEBHOOK_SECRET is shorter than 32 bytes",
+            "sandbox payment provider",
+            "TOLLGATE_CORS_ORIGINS allows every origin",
+            "TOLLGATE_PUBLIC_URL is http",
+            "neither TLS",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from {text}");
+        }
+        assert!(!text.contains("whsec_short"));
+    }
+
+    #[test]
+    fn placeholders_are_refused_whatever_their_length() {
+        let mut env = production_ok();
+        env.retain(|(k, _)| *k != "STRIPE_WEBHOOK_SECRET");
+        env.push(("STRIPE_WEBHOOK_SECRET", "changeme-changeme-changeme-changeme-changeme"));
+        let text = Config::load(&sources(&env)).unwrap_err().to_string();
+        assert!(text.contains("STRIPE_WEBHOOK_SECRET is a known placeholder"), "{text}");
+        for example in example_values().filter(|v| v.len() >= MIN_SECRET_BYTES) {
+            assert!(!weak_secret("X", &SecretString::from(example.to_owned())).is_empty(), "{example} accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whsec");
+        std::fs::write(&path, format!("{STRONG_WHSEC}\n")).unwrap();
+        let mut env = production_ok();
+        env.retain(|(k, _)| *k != "STRIPE_WEBHOOK_SECRET");
+        let p = path.to_string_lossy().to_string();
+        env.push(("STRIPE_WEBHOOK_SECRET_FILE", &p));
+        let c = Config::load(&sources(&env)).unwrap();
+        assert_eq!(c.stripe.webhook_secrets[0].expose_secret(), STRONG_WHSEC);
+
+        env.push(("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC));
+        let text = Config::load(&sources(&env)).unwrap_err().to_string();
+        assert!(text.contains("both set"), "{text}");
+    }
+
+    #[test]
+    fn file_then_environment_layering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(
+            &path,
+            "bind = \"127.0.0.1:9999\"\nbody_limit = 2048\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n",
+        )
+        .unwrap();
+        let mut s = sources(&[("TOLLGATE_BODY_LIMIT", "4096")]);
+        s.file = Some(path);
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.bind.port(), 9999);
+        assert_eq!(c.http.body_limit, 4096, "environment overrides the file");
+        assert_eq!(c.http.cors_origins, CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()]));
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let text = Config::load(&sources(&[
+            ("TOLLGATE_BODY_LIMIT", "lots"),
+            ("TOLLGATE_CORS_ORIGINS", "https://ok.example,https://bad.example/path"),
+            ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("DATABASE_URL", "mysql://root@localhost/x"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(text.contains("TOLLGATE_BODY_LIMIT"));
+        assert!(text.contains("bad.example/path"));
+        assert!(text.contains("TOLLGATE_TRUSTED_PROXIES"));
+        assert!(text.contains("DATABASE_URL: must start with"));
+        assert!(!text.contains("mysql://root"), "a database URL may hold a password");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::load(&sources(&production_ok())).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(STRONG_KEY));
+        assert!(!debug.contains(STRONG_WHSEC));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

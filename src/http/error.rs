@@ -1,0 +1,165 @@
+//! The one error type of the HTTP layer and its problem+json rendering (RFC 9457).
+//!
+//! A handler returns [`ApiError`]; its `IntoResponse` attaches a [`Problem`] to the response and
+//! the edge middleware renders it with the request id. Error responses produced by layers that
+//! know nothing of this type (axum's 405, tower-http's 408/413) are rendered there too, so every
+//! error leaving the server has the same shape. Internal causes are logged, never sent.
+
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::FieldError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem details object.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:tollgate:problem:validation-failed")]
+    pub kind: String,
+    /// A short, human-readable summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
+    pub status: u16,
+    /// What went wrong with this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request id (also in the `X-Request-Id` header); quote it when reporting a problem.
+    pub request_id: String,
+    /// Field-level validation errors (422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// Per-dependency readiness (503 from `/readyz`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<BTreeMap<String, String>>,
+}
+
+impl Problem {
+    /// A problem for `status` with the standard title and no detail.
+    pub fn for_status(status: StatusCode) -> Problem {
+        let (slug, title) = match status.as_u16() {
+            400 => ("bad-request", "Bad request"),
+            401 => ("unauthorized", "Not authenticated"),
+            403 => ("forbidden", "Forbidden"),
+            404 => ("not-found", "Not found"),
+            405 => ("method-not-allowed", "Method not allowed"),
+            408 => ("request-timeout", "Request timeout"),
+            409 => ("conflict", "Conflict"),
+            413 => ("payload-too-large", "Payload too large"),
+            415 => ("unsupported-media-type", "Unsupported media type"),
+            422 => ("validation-failed", "Validation failed"),
+            429 => ("rate-limited", "Too many requests"),
+            502 => ("bad-gateway", "Upstream error"),
+            503 => ("not-ready", "Service unavailable"),
+            s if s >= 500 => ("internal", "Internal server error"),
+            _ => ("error", "Request failed"),
+        };
+        Problem {
+            kind: format!("urn:tollgate:problem:{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: None,
+            request_id: String::new(),
+            errors: None,
+            checks: None,
+        }
+    }
+
+    fn detail(mut self, detail: impl Into<String>) -> Problem {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The final response: the problem serialised with `request_id`, keeping `headers`.
+    pub fn render(mut self, request_id: &str, mut response: Response) -> Response {
+        self.request_id = request_id.to_owned();
+        let body = serde_json::to_vec(&self).unwrap_or_else(|_| b"{}".to_vec());
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        headers.remove(header::CONTENT_LENGTH);
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, axum::body::Body::from(body))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    #[error("not found")]
+    NotFound,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("not ready")]
+    NotReady(BTreeMap<String, String>),
+    /// Logged with the request id; the client only learns that something went wrong.
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let p = Problem::for_status(self.status());
+        match self {
+            ApiError::BadRequest(d) => p.detail(d.clone()),
+            ApiError::NotFound => p.detail("no such resource"),
+            ApiError::PayloadTooLarge => p.detail("the request body is larger than this server accepts"),
+            ApiError::UnsupportedMediaType => p.detail("expected Content-Type: application/json"),
+            ApiError::Validation(errors) => {
+                let mut p = p.detail("the request has invalid fields; see errors");
+                p.errors = Some(errors.clone());
+                p
+            }
+            ApiError::NotReady(checks) => {
+                let failed: Vec<&str> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| k.as_str()).collect();
+                let mut p = p.detail(format!("not ready: {} failed", failed.join(", ")));
+                p.checks = Some(checks.clone());
+                p
+            }
+            ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
+        }
+    }
+}
+
+impl From<Vec<FieldError>> for ApiError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        ApiError::Validation(errors)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            // Runs inside the request span, so the log line carries the request id.
+            tracing::error!(error = %format!("{cause:#}"), "internal error");
+        }
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(self.problem());
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

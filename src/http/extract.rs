@@ -1,0 +1,172 @@
+//! Extractors whose rejections are precise problems: [`Json`] (415 / 413 / 400 / 422) and the
+//! request context set by the edge middleware ([`RequestId`], [`ClientInfo`]).
+
+use std::net::IpAddr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::domain::FieldError;
+use crate::http::error::ApiError;
+
+/// The id of this request, as echoed in `X-Request-Id`.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Who is on the other end, after trusted-proxy resolution.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClientInfo {
+    /// The socket peer, or the right-most untrusted `X-Forwarded-For` hop when the peer is a
+    /// trusted proxy.
+    pub ip: IpAddr,
+    /// Served over TLS by us, or by a trusted proxy that said `X-Forwarded-Proto: https`.
+    pub https: bool,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<ClientInfo>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("ClientInfo missing: edge middleware not installed")))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("RequestId missing: edge middleware not installed")))
+    }
+}
+
+/// A JSON body. Unlike axum's, every rejection is a problem: a wrong or missing `Content-Type`
+/// is 415, a body over the limit 413, bytes that are not JSON 400, and JSON of the wrong shape 422
+/// naming the field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+fn is_json_content_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(is_json_content_type);
+        if !json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest("the request body could not be read".to_owned())
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Deserialises `bytes`, telling syntax errors (400) from shape errors (422 with the field).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::Validation(vec![data_error(&path, &inner)]),
+            _ => malformed(&inner),
+        }
+    })?;
+    de.end().map_err(|e| malformed(&e))?;
+    Ok(value)
+}
+
+fn malformed(e: &serde_json::Error) -> ApiError {
+    if e.is_eof() && e.line() == 1 && e.column() == 0 {
+        return ApiError::BadRequest("the request body is empty; expected a JSON object".to_owned());
+    }
+    ApiError::BadRequest(format!("malformed JSON at line {} column {}", e.line(), e.column()))
+}
+
+fn data_error(path: &str, e: &serde_json::Error) -> FieldError {
+    // serde_json appends " at line L column C"; the field path says more to a client.
+    let full = e.to_string();
+    let message = full.rsplit_once(" at line ").map(|(m, _)| m.to_owned()).unwrap_or(full);
+    let parent = if path == "." { String::new() } else { path.to_owned() };
+    // A missing field is reported at its parent; name the field itself.
+    if let Some(name) = message.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+        let field = if parent.is_empty() { name.to_owned() } else { format!("{parent}.{name}") };
+        return FieldError::new(field, "is required");
+    }
+    let field = if parent.is_empty() { "body".to_owned() } else { parent };
+    FieldError::new(field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct In {
+        email: String,
+        inner: Option<Inner>,
+    }
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        amount: i64,
+    }
+
+    fn fields(e: ApiError) -> Vec<FieldError> {
+        match e {
+            ApiError::Validation(f) => f,
+            other => panic!("expected validation, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_errors_name_the_field() {
+        assert_eq!(fields(parse_json::<In>(br#"{}"#).unwrap_err()), vec![FieldError::new("email", "is required")]);
+        let f = fields(parse_json::<In>(br#"{"email":"a","inner":{"amount":"x"}}"#).unwrap_err());
+        assert_eq!(f[0].field, "inner.amount");
+        assert!(f[0].message.contains("invalid type"), "{f:?}");
+        let f = fields(parse_json::<In>(br#"{"email":"a","extra":1}"#).unwrap_err());
+        assert!(f[0].message.contains("unknown field `extra`"), "{f:?}");
+        assert_eq!(fields(parse_json::<In>(br#""text""#).unwrap_err())[0].field, "body");
+    }
+
+    #[test]
+    fn syntax_errors_are_bad_requests() {
+        for body in [&b"{\"email\":"[..], b"not json", b"{\"email\":\"a\"} trailing", b""] {
+            assert!(matches!(parse_json::<In>(body), Err(ApiError::BadRequest(_))), "{:?}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("application/json; charset=utf-8"));
+        assert!(is_json_content_type("application/merge-patch+json"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type("application/x-www-form-urlencoded"));
+    }
+}

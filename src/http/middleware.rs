@@ -1,0 +1,248 @@
+//! The edge of every request: request id, client IP, panic recovery, problem rendering, security
+//! headers and the access log, in one middleware so no response can leave without them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use ipnet::IpNet;
+use tracing::Instrument;
+
+use crate::http::error::{ApiError, Problem, PROBLEM_JSON};
+use crate::http::extract::{ClientInfo, RequestId};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the edge needs to know about the deployment.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// This server terminates TLS itself.
+    pub tls: bool,
+}
+
+/// The API's policy; the docs page sets its own, which is kept.
+pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
+pub const PERMISSIONS_POLICY: &str = "accelerometer=(), autoplay=(), camera=(), display-capture=(), encrypted-media=(), fullscreen=(), geolocation=(), gyroscope=(), hid=(), idle-detection=(), magnetometer=(), microphone=(), midi=(), payment=(), picture-in-picture=(), publickey-credentials-get=(), screen-wake-lock=(), serial=(), usb=(), xr-spatial-tracking=()";
+pub const HSTS: &str = "max-age=63072000; includeSubDomains";
+
+/// A client-supplied request id is kept when it is 1–128 visible ASCII characters of a safe set.
+pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then_some(s)
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    let ip = canonical(ip);
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are their IPv4 address for trust decisions.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The client behind `peer`. Forwarding headers are believed only when `peer` is a trusted proxy;
+/// then the client is the right-most `X-Forwarded-For` hop that is not itself trusted (hops to its
+/// left could have been written by anyone).
+pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet], tls: bool) -> ClientInfo {
+    let peer = canonical(peer);
+    if !trusted(peer, proxies) {
+        return ClientInfo { ip: peer, https: tls };
+    }
+    let mut ip = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(addr) => {
+                ip = canonical(addr);
+                if !trusted(ip, proxies) {
+                    break;
+                }
+            }
+            // Garbage: whoever wrote it is not a proxy we trust; stop at the last hop we believe.
+            Err(_) => break,
+        }
+    }
+    let forwarded_https = headers
+        .get_all("x-forwarded-proto")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    ClientInfo { ip, https: tls || forwarded_https }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+pub async fn edge(State(edge): State<EdgeConfig>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(sane_request_id)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let client = resolve_client(peer, req.headers(), &edge.trusted_proxies, edge.tls);
+    let id_header = HeaderValue::from_str(&request_id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id_header.clone());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    req.extensions_mut().insert(client.clone());
+
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    // Only the route template is logged: paths and query strings can carry tokens.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = route.as_deref().unwrap_or("<unmatched>"),
+    );
+
+    let outcome = AssertUnwindSafe(next.run(req)).catch_unwind().instrument(span.clone()).await;
+    let mut response = match outcome {
+        Ok(response) => response,
+        Err(payload) => {
+            let message = panic_message(payload.as_ref());
+            let _entered = span.enter();
+            ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+        }
+    };
+
+    response = render_problem(response, &request_id);
+    set_security_headers(response.headers_mut(), client.https);
+    response.headers_mut().insert(X_REQUEST_ID.clone(), id_header);
+
+    let status = response.status().as_u16();
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let client_ip = client.ip.to_string();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::error!(status, latency_ms, client_ip, "request failed");
+        } else {
+            tracing::info!(status, latency_ms, client_ip, "request");
+        }
+    });
+    response
+}
+
+/// Renders the problem attached by [`ApiError`], or turns any other error response (axum's 405,
+/// tower-http's 408 and 413, …) into the same problem shape, keeping headers such as `Allow`.
+fn render_problem(mut response: Response, request_id: &str) -> Response {
+    if let Some(problem) = response.extensions_mut().remove::<Problem>() {
+        return problem.render(request_id, response);
+    }
+    let status = response.status();
+    let is_problem =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if (status.is_client_error() || status.is_server_error()) && !is_problem {
+        let mut problem = Problem::for_status(status);
+        problem.detail = match status.as_u16() {
+            405 => Some("this method is not allowed on this path; see the Allow header".to_owned()),
+            408 => Some("the request took longer than this server allows".to_owned()),
+            413 => Some("the request body is larger than this server accepts".to_owned()),
+            _ => None,
+        };
+        return problem.render(request_id, response);
+    }
+    response
+}
+
+fn set_security_headers(headers: &mut HeaderMap, https: bool) {
+    let fixed = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
+        (HeaderName::from_static("permissions-policy"), PERMISSIONS_POLICY),
+    ];
+    for (name, value) in fixed {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    // Routes that serve a page (the docs) set a policy that fits it; everything else is API.
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(API_CSP));
+    }
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if https {
+        headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
+    headers.remove(header::SERVER);
+    headers.remove(HeaderName::from_static("x-powered-by"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn untrusted_peer_headers_change_nothing() {
+        let h = headers(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-proto", "https")]);
+        let c = resolve_client("203.0.113.9".parse().unwrap(), &h, &nets(&["10.0.0.0/8"]), false);
+        assert_eq!(c.ip.to_string(), "203.0.113.9");
+        assert!(!c.https);
+    }
+
+    #[test]
+    fn trusted_proxy_gives_the_rightmost_untrusted_hop() {
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.2"), ("x-forwarded-proto", "https")]);
+        let c = resolve_client("10.0.0.1".parse().unwrap(), &h, &nets(&["10.0.0.0/8"]), false);
+        assert_eq!(c.ip.to_string(), "198.51.100.7", "the spoofable left-most hop is ignored");
+        assert!(c.https);
+    }
+
+    #[test]
+    fn repeated_headers_and_garbage() {
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "not-an-ip, 10.0.0.3")]);
+        let c = resolve_client("::ffff:10.0.0.1".parse().unwrap(), &h, &nets(&["10.0.0.0/8"]), false);
+        assert_eq!(c.ip.to_string(), "10.0.0.3");
+        let c = resolve_client("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &nets(&["10.0.0.0/8"]), false);
+        assert_eq!(c.ip.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")), Some("abc-123_x.y:z"));
+        assert_eq!(sane_request_id(&HeaderValue::from_static("has space")), None);
+        assert_eq!(sane_request_id(&HeaderValue::from_static("")), None);
+        assert_eq!(sane_request_id(&HeaderValue::from_str(&"a".repeat(129)).unwrap()), None);
+    }
+}

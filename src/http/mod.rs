@@ -1,0 +1,45 @@
+//! The HTTP layer: thin routes over the domain, one error type, one edge middleware.
+
+pub mod cors;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::app::AppState;
+use crate::http::cors::{cors, CorsPolicy};
+use crate::http::error::ApiError;
+use crate::http::middleware::{edge, EdgeConfig};
+
+/// The whole application: every route of `routes`, then `extra` (embedders and tests), all behind
+/// the same stack. Layers are listed innermost first; `edge` is outermost, so even a response made
+/// by another layer (CORS preflight, 408, 413) gets the request id, problem shape and headers.
+pub fn router(state: AppState, extra: Router<AppState>, tls: bool) -> Router {
+    let http = &state.config.http;
+    let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls };
+    routes::router()
+        .merge(extra)
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(http.body_limit))
+        .layer(RequestBodyLimitLayer::new(http.body_limit))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+        .layer(axum::middleware::from_fn_with_state(CorsPolicy(Arc::new(http.cors_origins.clone())), cors))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            HeaderName::from_static("stripe-signature"),
+            HeaderName::from_static("x-csrf-token"),
+        ]))
+        .layer(axum::middleware::from_fn_with_state(edge_config, edge))
+        .with_state(state)
+}

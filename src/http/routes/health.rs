@@ -1,0 +1,80 @@
+//! Liveness and readiness.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::http::error::{ApiError, ApiResult, Problem};
+
+/// How long one dependency may take to answer a readiness probe.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthOut {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyOut {
+    #[schema(example = "ready")]
+    pub status: String,
+    /// Each dependency checked and its state (`ok`).
+    #[schema(example = json!({"database": "ok"}))]
+    pub checks: BTreeMap<String, String>,
+}
+
+/// Liveness: the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is serving", body = HealthOut)))]
+pub async fn healthz() -> Json<HealthOut> {
+    Json(HealthOut { status: "ok".to_owned() })
+}
+
+/// Readiness: the database answers and its schema is current (and Redis answers, when configured).
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Every dependency answers", body = ReadyOut),
+        (status = 503, description = "A dependency failed; `checks` names it", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> {
+    let mut checks = BTreeMap::new();
+    let database = match tokio::time::timeout(CHECK_TIMEOUT, state.store.migration_status()).await {
+        Err(_) => "timed out".to_owned(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: database check failed");
+            "unavailable".to_owned()
+        }
+        Ok(Ok(status)) if !status.pending.is_empty() => {
+            format!("{} migration(s) pending; run `tollgate migrate`", status.pending.len())
+        }
+        Ok(Ok(_)) => "ok".to_owned(),
+    };
+    checks.insert("database".to_owned(), database);
+    if let Some(url) = &state.config.redis_url {
+        let redis = match crate::redis::ping(url.expose_secret(), CHECK_TIMEOUT).await {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness: redis check failed");
+                e.to_string()
+            }
+        };
+        checks.insert("redis".to_owned(), redis);
+    }
+    if checks.values().all(|v| v == "ok") {
+        Ok(Json(ReadyOut { status: "ready".to_owned(), checks }))
+    } else {
+        Err(ApiError::NotReady(checks))
+    }
+}

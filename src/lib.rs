@@ -1,0 +1,14 @@
+//! tollgate: a self-hosted payments backend in one binary.
+//!
+//! `App::build(config)` binds and returns the running application; `main.rs` is a thin CLI.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod redis;
+pub mod store;
+pub mod telemetry;
+
+pub use app::{App, AppState};
+pub use config::Config;

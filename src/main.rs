@@ -1,0 +1,154 @@
+//! The `tollgate` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tollgate::config::{Config, ConfigErrors, Sources};
+use tollgate::{store, telemetry, App};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A self-hosted payments backend: accounts, Stripe Checkout, a verified event ledger, exactly-once fulfilment."
+)]
+struct Cli {
+    /// TOML configuration file (default: ./tollgate.toml when it exists; also TOLLGATE_CONFIG).
+    /// Environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API. Runs pending migrations first unless --no-migrate (or
+    /// TOLLGATE_MIGRATE_ON_START=false). In production, refuses to start on an unsafe configuration
+    /// and lists every problem. Stops gracefully on SIGTERM/SIGINT.
+    Serve {
+        /// Do not run pending migrations at start (/readyz answers 503 until they are applied).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Validate the configuration and print the verdict without starting: every problem at once,
+    /// naming variables and never their values. Exit status 1 when the server would refuse to start.
+    CheckConfig,
+    /// Print the version and the schema versions this build carries.
+    Version,
+}
+
+fn print_errors(errors: &ConfigErrors) {
+    eprint!("{errors}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources::from_process(cli.config.clone());
+    match cli.command {
+        Command::Version => {
+            println!("tollgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig => check_config(&sources),
+        Command::Migrate => {
+            // Migrating needs only the database settings, not the production secrets.
+            let config = match Config::parse(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_errors(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(&config.log_filter, config.log_format);
+            run(async move {
+                let store = store::connect(&config.database).await?;
+                let applied = store.migrate().await?;
+                store.close().await;
+                println!("{} migration(s) applied on {}", applied.len(), store.engine().as_str());
+                Ok(())
+            })
+        }
+        Command::Serve { no_migrate } => {
+            let mut config = match Config::load(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("tollgate refuses to start.");
+                    print_errors(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            if no_migrate {
+                config.database.migrate_on_start = false;
+            }
+            telemetry::init(&config.log_filter, config.log_format);
+            for warning in config.warnings() {
+                tracing::warn!(env = config.env.as_str(), "{warning} (refused in production)");
+            }
+            run(async move {
+                let app = App::build(config).await?;
+                let state = app.state().clone();
+                tracing::info!(
+                    addr = %app.local_addr(),
+                    env = state.config.env.as_str(),
+                    engine = state.store.engine().as_str(),
+                    tls = state.config.tls.is_some(),
+                    "listening"
+                );
+                app.run_until_stopped().await?;
+                tracing::info!("stopped");
+                Ok(())
+            })
+        }
+    }
+}
+
+fn check_config(sources: &Sources) -> ExitCode {
+    let config = match Config::parse(sources) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&e);
+            println!("verdict: refuse to start");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("environment: {}", config.env.as_str());
+    println!(
+        "database:    {}",
+        store::Engine::from_url(secrecy::ExposeSecret::expose_secret(&config.database.url)).map(|e| e.as_str()).unwrap_or("?")
+    );
+    println!("payments:    {:?}", config.stripe.provider);
+    let problems = config.problems();
+    for w in config.warnings() {
+        println!("warning: {w} (refused in production)");
+    }
+    if problems.is_empty() {
+        println!("verdict: ok, would start");
+        ExitCode::SUCCESS
+    } else {
+        print_errors(&ConfigErrors(problems));
+        println!("verdict: refuse to start");
+        ExitCode::FAILURE
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "fatal");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use super::{status_of, AuditEntry, Engine, MigrationStatus, NewAuditEntry, Store, StoreError};
+use crate::config::DatabaseConfig;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// `sslmode` and the other libpq parameters in the URL are honoured by sqlx.
+    pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<PgStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("tollgate");
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(PgStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn engine(&self) -> Engine {
+        Engine::Postgres
+    }
+
+    async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let before = self.migration_status().await?;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(before.pending)
+    }
+
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&self.pool).await?;
+        let applied = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(status_of(&MIGRATOR, applied))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, e: NewAuditEntry) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO audit_log (actor, action, resource, ip, user_agent, request_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) RETURNING id",
+        )
+        .bind(e.actor)
+        .bind(e.action)
+        .bind(e.resource)
+        .bind(e.ip)
+        .bind(e.user_agent)
+        .bind(e.request_id)
+        .bind(e.detail.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, occurred_at, actor, action, resource, ip, user_agent, request_id, detail::text AS detail
+             FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    occurred_at: r.try_get("occurred_at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    resource: r.try_get("resource")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                    request_id: r.try_get("request_id")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,116 @@
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{status_of, AuditEntry, Engine, MigrationStatus, NewAuditEntry, Store, StoreError};
+use crate::config::DatabaseConfig;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before we acknowledge it, even across a power cut.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn engine(&self) -> Engine {
+        Engine::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
+        let before = self.migration_status().await?;
+        MIGRATOR.run(&self.pool).await?;
+        Ok(before.pending)
+    }
+
+    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
+        let exists: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
+                .fetch_one(&self.pool)
+                .await?;
+        let applied = if exists == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?
+        };
+        Ok(status_of(&MIGRATOR, applied))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, e: NewAuditEntry) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO audit_log (occurred_at, actor, action, resource, ip, user_agent, request_id, detail)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(Utc::now())
+        .bind(e.actor)
+        .bind(e.action)
+        .bind(e.resource)
+        .bind(e.ip)
+        .bind(e.user_agent)
+        .bind(e.request_id)
+        .bind(e.detail.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, occurred_at, actor, action, resource, ip, user_agent, request_id, detail
+             FROM audit_log ORDER BY id DESC LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let detail: String = r.try_get("detail")?;
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    occurred_at: r.try_get::<DateTime<Utc>, _>("occurred_at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    resource: r.try_get("resource")?,
+                    ip: r.try_get("ip")?,
+                    user_agent: r.try_get("user_agent")?,
+                    request_id: r.try_get("request_id")?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

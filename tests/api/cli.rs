@@ -1,0 +1,251 @@
+//! The binary itself: configuration verdicts, refusal to start, logs, signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+const WEAK: &str = "whsec_tooshort_1234";
+const STRONG_KEY: &str = "sk_live_51H8qwertyuiopasdfghjklzxcvbnm0123456789QWERTY";
+const STRONG_WHSEC: &str = "whsec_3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+
+/// The binary in an empty directory with only the given environment (no .env, no tollgate.toml).
+fn tollgate(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear().current_dir(dir).env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn production_env(whsec: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TOLLGATE_ENV", "production"),
+        ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
+        ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ("TOLLGATE_BIND", "127.0.0.1:0"),
+        ("STRIPE_SECRET_KEY", STRONG_KEY),
+        ("STRIPE_WEBHOOK_SECRET", whsec),
+    ]
+}
+
+fn output_text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn production_with_a_weak_secret_refuses_to_start_naming_the_variable_not_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = tollgate(dir.path(), &production_env(WEAK)).arg("serve").output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "it exits instead of serving");
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    assert!(text.contains("refuses to start"), "{text}");
+    assert!(text.contains("STRIPE_WEBHOOK_SECRET is shorter than 32 bytes"), "{text}");
+    assert!(!text.contains(WEAK), "the value is never printed: {text}");
+    assert!(!dir.path().join("tollgate.db").exists(), "nothing was created before refusing");
+}
+
+#[test]
+fn production_lists_every_problem_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TOLLGATE_ENV", "production"), ("TOLLGATE_CORS_ORIGINS", "*"), ("STRIPE_WEBHOOK_SECRET", "changeme")];
+    let out = tollgate(dir.path(), &env).arg("serve").output().unwrap();
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    for expected in [
+        "STRIPE_SECRET_KEY is missing",
+        "STRIPE_WEBHOOK_SECRET is a known placeholder",
+        "sandbox payment provider",
+        "TOLLGATE_CORS_ORIGINS allows every origin",
+        "TOLLGATE_PUBLIC_URL is http",
+        "neither TLS",
+    ] {
+        assert!(text.contains(expected), "{expected:?} in {text}");
+    }
+}
+
+#[test]
+fn check_config_prints_the_same_verdict_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tollgate(dir.path(), &production_env(WEAK)).arg("check-config").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = output_text(&out);
+    assert!(
+        text.contains("STRIPE_WEBHOOK_SECRET is shorter than 32 bytes") && text.contains("verdict: refuse to start"),
+        "{text}"
+    );
+    assert!(!text.contains(WEAK));
+
+    let out = tollgate(dir.path(), &production_env(STRONG_WHSEC)).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("verdict: ok"), "{text}");
+    assert!(!text.contains(STRONG_KEY) && !text.contains(STRONG_WHSEC), "{text}");
+
+    let out = tollgate(dir.path(), &[]).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "development defaults are fine: {text}");
+    assert!(text.contains("warning: the sandbox payment provider would be used"), "{text}");
+    assert!(!dir.path().join("tollgate.db").exists(), "check-config touches no database");
+}
+
+#[test]
+fn secrets_can_come_from_files_and_malformed_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("whsec");
+    std::fs::write(&secret_file, format!("{STRONG_WHSEC}\n")).unwrap();
+    let mut env = production_env(STRONG_WHSEC);
+    env.retain(|(k, _)| *k != "STRIPE_WEBHOOK_SECRET");
+    let path = secret_file.to_string_lossy().to_string();
+    let mut cmd = tollgate(dir.path(), &env);
+    cmd.env("STRIPE_WEBHOOK_SECRET_FILE", &path);
+    let out = cmd.arg("check-config").output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    let out = tollgate(dir.path(), &[("TOLLGATE_BODY_LIMIT", "huge"), ("TOLLGATE_BIND", "nowhere")])
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success());
+    assert!(text.contains("TOLLGATE_BODY_LIMIT") && text.contains("TOLLGATE_BIND"), "both problems at once: {text}");
+}
+
+#[test]
+fn a_dotenv_file_is_read_in_development_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".env"), "TOLLGATE_BODY_LIMIT=oops\n").unwrap();
+    let out = tollgate(dir.path(), &[]).arg("check-config").output().unwrap();
+    assert!(output_text(&out).contains("TOLLGATE_BODY_LIMIT"), "development reads .env");
+    let out = tollgate(dir.path(), &production_env(STRONG_WHSEC)).arg("check-config").output().unwrap();
+    assert!(out.status.success(), "production ignores .env: {}", output_text(&out));
+}
+
+#[test]
+fn migrate_applies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tollgate(dir.path(), &[]).arg("migrate").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 migration(s) applied on sqlite"), "{text}");
+    let out = tollgate(dir.path(), &[]).arg("migrate").output().unwrap();
+    assert!(output_text(&out).contains("0 migration(s) applied"));
+}
+
+#[test]
+fn every_command_has_help_and_version_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["serve", "migrate", "check-config", "version"] {
+        let out = tollgate(dir.path(), &[]).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{cmd} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tollgate"), "{cmd}");
+    }
+    let out = tollgate(dir.path(), &[]).arg("version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("tollgate {}", env!("CARGO_PKG_VERSION")));
+}
+
+struct Server {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tollgate serve` on port 0 in `dir`; returns once it logs the address it listens on.
+fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = tollgate(dir, env);
+    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // From here on Drop kills and reaps the child, whatever happens.
+    let mut server = Server { child, lines, addr: String::new() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.addr.is_empty() {
+        let line =
+            server.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("server logs `listening`");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("log lines are JSON: {line}"));
+        if v["message"] == "listening" {
+            server.addr = v["addr"].as_str().unwrap().to_owned();
+        }
+    }
+    server
+}
+
+fn drain(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(l) = lines.recv_timeout(wait) {
+        out.push(l);
+    }
+    out
+}
+
+#[tokio::test]
+async fn request_logs_are_json_with_request_fields_and_no_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let client = crate::helpers::client();
+    let secrets =
+        ["Bearer eyJhbGciOiJIUzI1NiJ9.SECRET-BEARER", "tollgate_session=SECRET-COOKIE", "t=1,v1=SECRET-SIGNATURE", "SECRET-CSRF"];
+    let r = client
+        .get(format!("http://{}/healthz?token=SECRET-QUERY", server.addr))
+        .header("authorization", secrets[0])
+        .header("cookie", secrets[1])
+        .header("stripe-signature", secrets[2])
+        .header("x-csrf-token", secrets[3])
+        .header("x-request-id", "log-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lines = drain(&server.lines, Duration::from_millis(500));
+    let all = lines.join("\n");
+    for s in secrets.iter().map(|s| s.rsplit(['.', '=', ' ']).next().unwrap()).chain(["SECRET-QUERY"]) {
+        assert!(!all.contains(s), "{s} leaked into the logs:\n{all}");
+    }
+    let line = lines.iter().find(|l| l.contains("log-test-1")).unwrap_or_else(|| panic!("a line for the request:\n{all}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["status"], 200);
+    assert!(v["latency_ms"].is_number());
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert_eq!(v["span"]["method"], "GET");
+    assert_eq!(v["span"]["route"], "/healthz");
+    assert_eq!(v["span"]["request_id"], "log-test-1");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &[]);
+    let client = crate::helpers::client();
+    assert_eq!(client.get(format!("http://{}/readyz", server.addr)).send().await.unwrap().status(), 200);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let all = drain(&server.lines, Duration::from_millis(200)).join("\n");
+    assert!(all.contains("shutdown requested") && all.contains("\"stopped\""), "{all}");
+}

@@ -1,0 +1,67 @@
+//! The served OpenAPI document against `../shared/API.md`, the contract users build against.
+
+use std::collections::BTreeSet;
+
+use crate::helpers::spawn_app;
+
+/// (METHOD, path) of every operation in API.md's tables.
+fn contract_operations(api_md: &str) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for line in api_md.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&cells[1]) {
+            continue;
+        }
+        for path in cells[2].split(',').map(str::trim) {
+            ops.insert((cells[1].to_owned(), path.to_owned()));
+        }
+    }
+    ops
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_api_md() {
+    let api_md_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/API.md");
+    let Ok(api_md) = std::fs::read_to_string(api_md_path) else {
+        assert!(!crate::helpers::in_ci(), "../shared/API.md must be beside the repository in CI");
+        eprintln!("skipped the_openapi_document_matches_api_md: {api_md_path} not found");
+        return;
+    };
+    let contract = contract_operations(&api_md);
+    assert!(contract.len() > 20, "API.md parsed: {contract:?}");
+
+    let app = spawn_app().await;
+    let r = app.get("/openapi.json").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("content-type").unwrap(), "application/json");
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+
+    let mut served = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item.get(method).is_some() {
+                served.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let undocumented: Vec<_> = served.difference(&contract).collect();
+    assert!(undocumented.is_empty(), "served but not in API.md (renamed?): {undocumented:?}");
+    for op in [("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/openapi.json"), ("GET", "/docs")] {
+        assert!(served.contains(&(op.0.to_owned(), op.1.to_owned())), "{op:?} is documented");
+    }
+
+    // Every documented operation is really routed (no 404/405 for a documented path).
+    for (method, path) in &served {
+        let r = app.client.request(method.parse().unwrap(), app.url(path)).send().await.unwrap();
+        assert!(![404, 405].contains(&r.status().as_u16()), "{method} {path} answers {}", r.status());
+    }
+
+    // The error shape is the one API.md describes.
+    let problem = &doc["components"]["schemas"]["Problem"]["properties"];
+    for field in ["type", "title", "status", "detail", "request_id", "errors"] {
+        assert!(problem.get(field).is_some(), "Problem.{field} documented");
+    }
+    let text = doc.to_string();
+    assert!(!text.contains("sk_live") && !text.contains("whsec_"), "no secrets in the document");
+}

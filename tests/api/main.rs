@@ -1,0 +1,13 @@
+//! Integration tests: the real application on port 0, one database per test.
+//! `TEST_DATABASE_URL` set: every test runs on PostgreSQL; unset: on SQLite.
+
+mod cli;
+mod contract;
+mod cors;
+mod errors;
+mod health;
+mod helpers;
+mod network;
+mod security_headers;
+mod storage;
+mod tls;
