@@ -874,6 +874,17 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented_in_the_readme_and_env_example() {
+        let readme = include_str!("../README.md");
+        let example = include_str!("../.env.example");
+        for s in SETTINGS {
+            assert!(readme.contains(&format!("`{}`", s.env_name())), "README lacks {}", s.env_name());
+            assert!(readme.contains(&format!("`{}`", s.key)), "README lacks key {}", s.key);
+            assert!(example.contains(&format!("{}=", s.env_name())), ".env.example lacks {}", s.env_name());
+        }
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));

@@ -162,8 +162,12 @@ impl Drop for Server {
 
 /// `tollgate serve` on port 0 in `dir`; returns once it logs the address it listens on.
 fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    serve_with(dir, env, &[])
+}
+
+fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Server {
     let mut cmd = tollgate(dir, env);
-    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
@@ -248,4 +252,20 @@ async fn sigterm_stops_the_server_gracefully() {
     assert!(status.success(), "exit status {status:?}");
     let all = drain(&server.lines, Duration::from_millis(200)).join("\n");
     assert!(all.contains("shutdown requested") && all.contains("\"stopped\""), "{all}");
+}
+
+#[tokio::test]
+async fn serve_no_migrate_leaves_the_schema_alone_until_migrate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with(dir.path(), &[], &["--no-migrate"]);
+    let client = crate::helpers::client();
+    let r = client.get(format!("http://{}/readyz", server.addr)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "not ready: migrations pending");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["checks"]["database"].as_str().unwrap().contains("pending"), "{body}");
+
+    let out = tollgate(dir.path(), &[]).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let r = client.get(format!("http://{}/readyz", server.addr)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "ready once `tollgate migrate` ran");
 }

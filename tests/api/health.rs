@@ -56,7 +56,7 @@ async fn readyz_is_503_naming_redis_when_configured_and_unreachable() {
 async fn readyz_checks_a_reachable_redis() {
     let Some(url) = std::env::var("TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
         assert!(!in_ci(), "TEST_REDIS_URL must be set in CI");
-        eprintln!("skipped readyz_checks_a_reachable_redis: TEST_REDIS_URL is not set (no Redis to check against)");
+        crate::helpers::skip("readyz_checks_a_reachable_redis", "TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
         return;
     };
     let app = spawn_app_with(&[("REDIS_URL", &url)]).await;

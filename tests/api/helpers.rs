@@ -68,6 +68,13 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
 }
 
+/// Says that a test was skipped and why, on the real stderr (libtest captures `eprintln!` of
+/// passing tests, and a skip that nobody sees is a silent pass).
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
 pub async fn fresh_postgres_database() -> Option<String> {
     let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;

@@ -9,7 +9,10 @@ async fn the_suite_runs_on_the_engine_test_database_url_names() {
         Some(_) => assert_eq!(app.store.engine(), Engine::Postgres),
         None => {
             assert_eq!(app.store.engine(), Engine::Sqlite);
-            eprintln!("note: TEST_DATABASE_URL is not set; this run uses SQLite and the PostgreSQL run is skipped");
+            crate::helpers::skip(
+                "the PostgreSQL run of this suite",
+                "TEST_DATABASE_URL is not set; this run used SQLite (run `TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test` for PostgreSQL)",
+            );
         }
     }
 }
