@@ -53,6 +53,11 @@ impl App {
 
     /// Like [`App::build`], with `extra` routes served behind the same middleware stack.
     pub async fn build_with(config: Config, extra: Router<AppState>) -> anyhow::Result<App> {
+        // Everything that can be refused without side effects is checked before the database.
+        let tls = match &config.tls {
+            Some(t) => Some(load_tls(t)?),
+            None => None,
+        };
         let store = store::connect(&config.database).await.context("cannot open the database")?;
         if config.database.migrate_on_start {
             let applied = store.migrate().await.context("cannot apply migrations")?;
@@ -60,10 +65,6 @@ impl App {
                 tracing::info!(engine = store.engine().as_str(), applied = ?applied, "migrations applied");
             }
         }
-        let tls = match &config.tls {
-            Some(t) => Some(load_tls(t)?),
-            None => None,
-        };
         let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -91,7 +92,8 @@ impl App {
     /// Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
     /// within the shutdown timeout.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        let stop = shutdown_signal()?;
+        self.run_until(stop).await
     }
 
     /// Serves until `stop` completes, then shuts down gracefully.
@@ -102,6 +104,14 @@ impl App {
             tracing::info!("shutdown requested; finishing in-flight requests");
             shutdown.shutdown();
         });
+        let config = &self.state.config;
+        tracing::info!(
+            addr = %self.local_addr,
+            env = config.env.as_str(),
+            engine = self.state.store.engine().as_str(),
+            tls = self.tls.is_some(),
+            "listening"
+        );
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = match self.tls {
             Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).handle(self.handle).serve(service).await,
@@ -112,29 +122,30 @@ impl App {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or SIGINT. The handlers are registered now, before the server says it is listening,
+/// so a signal that arrives at any point after that is a graceful shutdown, never a kill.
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    })
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// A rustls server config on the ring provider (no second crypto stack), HTTP/2 and HTTP/1.1.
-fn load_tls(t: &TlsConfig) -> anyhow::Result<RustlsConfig> {
+pub fn load_tls(t: &TlsConfig) -> anyhow::Result<RustlsConfig> {
     let certs = CertificateDer::pem_file_iter(&t.cert_path)
         .with_context(|| format!("TOLLGATE_TLS_CERT: cannot read {}", t.cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()

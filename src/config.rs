@@ -270,10 +270,21 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Where configuration comes from: an environment (the process's, or a map in tests) and an
 /// optional TOML file.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Sources {
     pub env: HashMap<String, String>,
     pub file: Option<PathBuf>,
+    /// Problems found while gathering the sources (a `.env` that tries to choose the environment).
+    pub errors: Vec<String>,
+}
+
+/// Names only: the environment holds secrets.
+impl fmt::Debug for Sources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut keys: Vec<&String> = self.env.keys().collect();
+        keys.sort();
+        f.debug_struct("Sources").field("env_keys", &keys).field("file", &self.file).field("errors", &self.errors).finish()
+    }
 }
 
 impl Sources {
@@ -285,18 +296,30 @@ impl Sources {
             let default = PathBuf::from("tollgate.toml");
             default.exists().then_some(default)
         });
-        let mut sources = Sources { env, file };
-        // The environment is decided without .env, so a production host never reads one.
-        if sources.environment_hint() != Some(Environment::Production) {
-            if let Ok(iter) = dotenvy::from_path_iter(".env") {
-                for (k, v) in iter.flatten() {
-                    if k != "TOLLGATE_ENV" {
-                        sources.env.entry(k).or_insert(v);
-                    }
-                }
-            }
+        let mut sources = Sources { env, file, errors: Vec::new() };
+        if let Ok(iter) = dotenvy::from_path_iter(".env") {
+            sources.add_dotenv(iter.flatten());
         }
         sources
+    }
+
+    /// Adds `.env` entries under the real environment, in development only. The environment is
+    /// decided without `.env`, so a production host never reads one; a `.env` that asks for
+    /// production (or names another config file) is refused rather than silently ignored.
+    pub fn add_dotenv(&mut self, entries: impl IntoIterator<Item = (String, String)>) {
+        if self.environment_hint() == Some(Environment::Production) {
+            return;
+        }
+        for (k, v) in entries {
+            let chooses_env =
+                k == "TOLLGATE_ENV" && !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "development" | "dev");
+            if chooses_env || k == "TOLLGATE_CONFIG" {
+                self.errors
+                    .push(format!("{k} is set in .env, which is read in development only; set it in the real environment"));
+                continue;
+            }
+            self.env.entry(k).or_insert(v);
+        }
     }
 
     /// The environment as set by the process or the file, before anything is validated.
@@ -348,7 +371,7 @@ fn setting(key: &str) -> &'static Setting {
 
 fn layer(sources: &Sources) -> Raw {
     let mut values = BTreeMap::new();
-    let mut errors = Vec::new();
+    let mut errors = sources.errors.clone();
     for s in SETTINGS {
         if let Some(d) = s.default {
             values.insert(s.key, d.to_owned());
@@ -392,14 +415,15 @@ fn layer(sources: &Sources) -> Raw {
     for s in SETTINGS {
         // The canonical name wins over its aliases; later entries are aliases.
         for name in s.env.iter().rev() {
-            if let Some(v) = sources.env.get(*name) {
+            // An empty value counts as unset, as in most tools that read the environment.
+            if let Some(v) = sources.env.get(*name).filter(|v| !v.trim().is_empty()) {
                 values.insert(s.key, v.clone());
             }
         }
         if s.secret {
             let file_var = format!("{}_FILE", s.env_name());
             if let Some(path) = sources.env.get(&file_var).filter(|p| !p.is_empty()) {
-                if sources.env.contains_key(s.env_name()) {
+                if sources.env.get(s.env_name()).is_some_and(|v| !v.trim().is_empty()) {
                     errors.push(format!("{} and {file_var} are both set; set only one", s.env_name()));
                 }
                 match std::fs::read_to_string(path) {
@@ -463,18 +487,30 @@ impl Config {
     /// Loads and validates the configuration. In production this also applies [`Config::problems`],
     /// so a server that would run unsafely never starts. Every problem is reported at once.
     pub fn load(sources: &Sources) -> Result<Config, ConfigErrors> {
-        let config = Config::parse(sources)?;
-        let problems = config.problems();
-        if problems.is_empty() {
+        let (config, mut errors) = Config::parse_all(sources);
+        errors.extend(config.problems());
+        if errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(problems))
+            Err(ConfigErrors(errors))
         }
     }
 
-    /// Parses the configuration without the production safety checks (`check-config` uses this to
-    /// show both kinds of problem).
+    /// Parses the configuration without the production safety checks (`migrate` needs only the
+    /// database settings).
     pub fn parse(sources: &Sources) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Config::parse_all(sources);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Parses everything, returning the malformed settings as errors and a configuration in which
+    /// each malformed value is replaced by its default, so the production checks can still run
+    /// and every problem is reported at once.
+    pub fn parse_all(sources: &Sources) -> (Config, Vec<String>) {
         let raw = layer(sources);
         let mut errors = raw.errors.clone();
         let bad = |key: &str, what: &str| {
@@ -527,8 +563,8 @@ impl Config {
         }
         let redis_url = raw.get("redis_url").map(|v| v.trim().to_owned());
         if let Some(r) = &redis_url {
-            if !(r.starts_with("redis://") || r.starts_with("rediss://")) || Url::parse(r).is_err() {
-                errors.push(bad("redis_url", "must be a redis:// URL"));
+            if !r.starts_with("redis://") || Url::parse(r).is_err() {
+                errors.push(bad("redis_url", "must be a redis:// URL (rediss:// is not supported yet)"));
             }
         }
 
@@ -615,34 +651,35 @@ impl Config {
             errors.push(bad("stripe_api_base", "must be a URL"));
         }
 
-        if !errors.is_empty() {
-            return Err(ConfigErrors(errors));
-        }
-        // Every Option below is Some: each None pushed an error above.
-        let missing = || ConfigErrors(vec!["internal: configuration value missing".to_owned()]);
-        Ok(Config {
+        let config = Config {
             env,
-            bind: bind.ok_or_else(missing)?,
-            public_url: public_url.ok_or_else(missing)?,
+            bind: bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            public_url: public_url.unwrap_or_else(|| Url::parse("http://localhost:8080").expect("constant URL")),
             database: DatabaseConfig {
                 url: SecretString::from(database_url),
-                max_connections: max_connections.ok_or_else(missing)?,
-                acquire_timeout: acquire_timeout.ok_or_else(missing)?,
-                migrate_on_start: migrate_on_start.ok_or_else(missing)?,
+                max_connections: max_connections.unwrap_or(10),
+                acquire_timeout: acquire_timeout.unwrap_or(Duration::from_secs(5)),
+                migrate_on_start: migrate_on_start.unwrap_or(true),
             },
             redis_url: redis_url.map(SecretString::from),
             http: HttpConfig {
-                body_limit: body_limit.ok_or_else(missing)?,
-                request_timeout: request_timeout.ok_or_else(missing)?,
-                shutdown_timeout: shutdown_timeout.ok_or_else(missing)?,
+                body_limit: body_limit.unwrap_or(1024 * 1024),
+                request_timeout: request_timeout.unwrap_or(Duration::from_secs(30)),
+                shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(20)),
                 cors_origins,
                 trusted_proxies,
             },
             tls,
             log_filter,
             log_format,
-            stripe: StripeConfig { secret_key, webhook_secrets, api_base: api_base.ok_or_else(missing)?, provider },
-        })
+            stripe: StripeConfig {
+                secret_key,
+                webhook_secrets,
+                api_base: api_base.unwrap_or_else(|| Url::parse("https://api.stripe.com").expect("constant URL")),
+                provider,
+            },
+        };
+        (config, errors)
     }
 
     /// What makes this configuration unsafe to serve in production (empty in development, where
@@ -692,6 +729,9 @@ impl Config {
         }
         if self.public_url.scheme() != "https" {
             out.push("TOLLGATE_PUBLIC_URL is http; users must reach tollgate over https".to_owned());
+        }
+        if self.http.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            out.push("TOLLGATE_TRUSTED_PROXIES trusts every address (/0); anyone could forge X-Forwarded-For".to_owned());
         }
         if self.tls.is_none() && self.http.trusted_proxies.is_empty() {
             out.push("neither TLS (TOLLGATE_TLS_CERT/TOLLGATE_TLS_KEY) nor a TLS-terminating proxy (TOLLGATE_TRUSTED_PROXIES) is configured".to_owned());
@@ -747,7 +787,7 @@ mod tests {
     use super::*;
 
     fn sources(pairs: &[(&str, &str)]) -> Sources {
-        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), file: None }
+        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
     }
 
     const STRONG_KEY: &str = "sk_live_51H8abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
@@ -882,6 +922,69 @@ mod tests {
             assert!(readme.contains(&format!("`{}`", s.key)), "README lacks key {}", s.key);
             assert!(example.contains(&format!("{}=", s.env_name())), ".env.example lacks {}", s.env_name());
         }
+    }
+
+    #[test]
+    fn a_dotenv_cannot_choose_production_or_another_config_file() {
+        let mut s = sources(&[]);
+        s.add_dotenv([
+            ("TOLLGATE_ENV".to_owned(), "production".to_owned()),
+            ("TOLLGATE_BODY_LIMIT".to_owned(), "2048".to_owned()),
+        ]);
+        let text = Config::load(&s).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_ENV is set in .env"), "{text}");
+
+        let mut s = sources(&[("TOLLGATE_BODY_LIMIT", "4096")]);
+        s.add_dotenv([
+            ("TOLLGATE_ENV".to_owned(), "development".to_owned()),
+            ("TOLLGATE_BODY_LIMIT".to_owned(), "2048".to_owned()),
+        ]);
+        assert_eq!(Config::load(&s).unwrap().http.body_limit, 4096, "the real environment wins over .env");
+
+        let mut s = sources(&production_ok());
+        s.add_dotenv([("STRIPE_WEBHOOK_SECRET".to_owned(), "x".to_owned())]);
+        assert!(Config::load(&s).is_ok(), "production never reads .env");
+        assert!(!s.env.contains_key("x"));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(&path, "cors_origins = [\"https://a.example\"]\n").unwrap();
+        let mut s = sources(&[("TOLLGATE_CORS_ORIGINS", ""), ("TOLLGATE_BODY_LIMIT", " ")]);
+        s.file = Some(path);
+        let c = Config::load(&s).unwrap();
+        assert_eq!(c.http.cors_origins, CorsOrigins::List(vec!["https://a.example".into()]));
+        assert_eq!(c.http.body_limit, 1024 * 1024);
+    }
+
+    #[test]
+    fn malformed_settings_and_production_problems_are_listed_together() {
+        let mut env = production_ok();
+        env.retain(|(k, _)| *k != "STRIPE_SECRET_KEY");
+        env.push(("TOLLGATE_BODY_LIMIT", "lots"));
+        let text = Config::load(&sources(&env)).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_BODY_LIMIT") && text.contains("STRIPE_SECRET_KEY is missing"), "{text}");
+    }
+
+    #[test]
+    fn trusting_every_address_is_refused_in_production() {
+        for all in ["0.0.0.0/0", "::/0"] {
+            let mut env = production_ok();
+            env.retain(|(k, _)| *k != "TOLLGATE_TRUSTED_PROXIES");
+            env.push(("TOLLGATE_TRUSTED_PROXIES", all));
+            let text = Config::load(&sources(&env)).unwrap_err().to_string();
+            assert!(text.contains("trusts every address"), "{all}: {text}");
+        }
+    }
+
+    #[test]
+    fn sources_debug_shows_names_not_values() {
+        let s = sources(&production_ok());
+        let debug = format!("{s:?}");
+        assert!(debug.contains("STRIPE_SECRET_KEY"));
+        assert!(!debug.contains(STRONG_KEY) && !debug.contains(STRONG_WHSEC), "{debug}");
     }
 
     #[test]

@@ -37,7 +37,7 @@ enum Command {
     /// Validate the configuration and print the verdict without starting: every problem at once,
     /// naming variables and never their values. Exit status 1 when the server would refuse to start.
     CheckConfig,
-    /// Print the version and the schema versions this build carries.
+    /// Print the version.
     Version,
 }
 
@@ -90,14 +90,6 @@ fn main() -> ExitCode {
             }
             run(async move {
                 let app = App::build(config).await?;
-                let state = app.state().clone();
-                tracing::info!(
-                    addr = %app.local_addr(),
-                    env = state.config.env.as_str(),
-                    engine = state.store.engine().as_str(),
-                    tls = state.config.tls.is_some(),
-                    "listening"
-                );
                 app.run_until_stopped().await?;
                 tracing::info!("stopped");
                 Ok(())
@@ -107,21 +99,22 @@ fn main() -> ExitCode {
 }
 
 fn check_config(sources: &Sources) -> ExitCode {
-    let config = match Config::parse(sources) {
-        Ok(c) => c,
-        Err(e) => {
-            print_errors(&e);
-            println!("verdict: refuse to start");
-            return ExitCode::FAILURE;
+    let (config, mut problems) = Config::parse_all(sources);
+    problems.extend(config.problems());
+    if let Some(tls) = &config.tls {
+        // `serve` reads the certificate and key before anything else; so does the verdict.
+        if tls.cert_path.is_file() && tls.key_path.is_file() {
+            if let Err(e) = tollgate::app::load_tls(tls) {
+                problems.push(format!("{e:#}"));
+            }
         }
-    };
+    }
     println!("environment: {}", config.env.as_str());
     println!(
         "database:    {}",
         store::Engine::from_url(secrecy::ExposeSecret::expose_secret(&config.database.url)).map(|e| e.as_str()).unwrap_or("?")
     );
     println!("payments:    {:?}", config.stripe.provider);
-    let problems = config.problems();
     for w in config.warnings() {
         println!("warning: {w} (refused in production)");
     }
@@ -129,7 +122,8 @@ fn check_config(sources: &Sources) -> ExitCode {
         println!("verdict: ok, would start");
         ExitCode::SUCCESS
     } else {
-        print_errors(&ConfigErrors(problems));
+        // One stream, so the verdict follows the problems it sums up.
+        print!("{}", ConfigErrors(problems));
         println!("verdict: refuse to start");
         ExitCode::FAILURE
     }

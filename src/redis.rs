@@ -49,8 +49,10 @@ pub async fn ping(url: &str, timeout: Duration) -> Result<(), PingError> {
     }
     let host = url.host_str().ok_or(PingError::BadUrl)?.trim_matches(['[', ']']).to_owned();
     let port = url.port().unwrap_or(6379);
-    let user = url.username().to_owned();
-    let password = url.password().map(str::to_owned);
+    let decode =
+        |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().map(|c| c.into_owned()).map_err(|_| PingError::BadUrl);
+    let user = decode(url.username())?;
+    let password = url.password().map(decode).transpose()?;
     tokio::time::timeout(timeout, async move {
         let mut stream = TcpStream::connect((host.as_str(), port)).await.map_err(|_| PingError::Unreachable)?;
         if let Some(pw) = password {

@@ -1,7 +1,7 @@
 //! The edge of every request: request id, client IP, panic recovery, problem rendering, security
 //! headers and the access log, in one middleware so no response can leave without them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,32 +52,53 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// One `X-Forwarded-For` hop: an IP address, possibly `[v6]`, `[v6]:port` or `v4:port`.
+fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw).ok()?.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, tail) = rest.split_once(']')?;
+        return (tail.is_empty() || tail.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()))
+            .then(|| inner.parse().ok())
+            .flatten();
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
 /// The client behind `peer`. Forwarding headers are believed only when `peer` is a trusted proxy;
-/// then the client is the right-most `X-Forwarded-For` hop that is not itself trusted (hops to its
-/// left could have been written by anyone).
+/// then the client is the right-most `X-Forwarded-For` hop that is not itself a trusted proxy (hops
+/// to its left could have been written by anyone). A hop that cannot be read ends the walk with an
+/// unknown client (`0.0.0.0`), never with a trusted proxy's address.
 pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet], tls: bool) -> ClientInfo {
     let peer = canonical(peer);
     if !trusted(peer, proxies) {
         return ClientInfo { ip: peer, https: tls };
     }
     let mut ip = peer;
-    let hops = headers
+    // Bytes, not strings: one non-UTF-8 byte a client slipped into the header must not make the
+    // whole header (with the proxy's honest hop) disappear.
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect::<Vec<_>>();
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter(|hop| !hop.trim_ascii().is_empty())
+        .collect();
     for hop in hops.iter().rev() {
-        match hop.parse::<IpAddr>() {
-            Ok(addr) => {
+        match parse_hop(hop) {
+            Some(addr) => {
                 ip = canonical(addr);
                 if !trusted(ip, proxies) {
                     break;
                 }
             }
-            // Garbage: whoever wrote it is not a proxy we trust; stop at the last hop we believe.
-            Err(_) => break,
+            None => {
+                ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+                break;
+            }
         }
     }
     let forwarded_https = headers
@@ -231,11 +252,43 @@ mod tests {
 
     #[test]
     fn repeated_headers_and_garbage() {
-        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "not-an-ip, 10.0.0.3")]);
-        let c = resolve_client("::ffff:10.0.0.1".parse().unwrap(), &h, &nets(&["10.0.0.0/8"]), false);
-        assert_eq!(c.ip.to_string(), "10.0.0.3");
-        let c = resolve_client("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &nets(&["10.0.0.0/8"]), false);
-        assert_eq!(c.ip.to_string(), "10.0.0.1");
+        let trust = nets(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "198.51.100.9, 10.0.0.3")]);
+        let c = resolve_client("::ffff:10.0.0.1".parse().unwrap(), &h, &trust, false);
+        assert_eq!(c.ip.to_string(), "198.51.100.9", "repeated headers are one list; trusted hops are walked past");
+        let c = resolve_client("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trust, false);
+        assert_eq!(c.ip.to_string(), "10.0.0.1", "no header: the proxy itself");
+    }
+
+    #[test]
+    fn an_unreadable_hop_never_yields_a_trusted_address() {
+        let trust = nets(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "garbage, 10.0.0.3")]);
+        let c = resolve_client("10.0.0.1".parse().unwrap(), &h, &trust, false);
+        assert_eq!(c.ip, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn non_utf8_bytes_from_the_client_do_not_hide_the_real_hop() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_bytes(b"a\xff, 198.51.100.7").unwrap());
+        let c = resolve_client("10.0.0.1".parse().unwrap(), &h, &nets(&["10.0.0.0/8"]), false);
+        assert_eq!(c.ip.to_string(), "198.51.100.7");
+    }
+
+    #[test]
+    fn hops_with_ports_and_brackets() {
+        let trust = nets(&["10.0.0.0/8", "fd00::/8"]);
+        for (hop, want) in [
+            ("203.0.113.5:4711", "203.0.113.5"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("2001:db8::2", "2001:db8::2"),
+        ] {
+            let h = headers(&[("x-forwarded-for", hop)]);
+            let c = resolve_client("fd00::1".parse().unwrap(), &h, &trust, false);
+            assert_eq!(c.ip.to_string(), want, "{hop}");
+        }
     }
 
     #[test]

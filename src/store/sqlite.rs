@@ -24,8 +24,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        // Each connection to an in-memory database is a database of its own: keep exactly one.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let max_connections = if in_memory { 1 } else { config.max_connections };
         let pool = SqlitePoolOptions::new()
-            .max_connections(config.max_connections)
+            .max_connections(max_connections)
+            .min_connections(u32::from(in_memory))
+            .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;

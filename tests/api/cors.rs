@@ -64,6 +64,14 @@ async fn a_preflight_from_a_listed_origin_is_answered() {
 }
 
 #[tokio::test]
+async fn a_development_wildcard_allows_any_origin_without_credentials() {
+    let app = spawn_app_with(&[("TOLLGATE_CORS_ORIGINS", "*")]).await;
+    let r = app.client.get(app.url("/healthz")).header("origin", "https://anywhere.example").send().await.unwrap();
+    assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), "*");
+    assert!(r.headers().get("access-control-allow-credentials").is_none(), "never credentials with *");
+}
+
+#[tokio::test]
 async fn no_configured_origins_means_no_cors_at_all() {
     let app = spawn_app_with(&[]).await;
     let r = app.client.get(app.url("/healthz")).header("origin", LISTED).send().await.unwrap();

@@ -19,6 +19,17 @@ async fn wrong_methods_are_405_problems_with_allow() {
 }
 
 #[tokio::test]
+async fn head_is_answered_like_get_without_a_body() {
+    let app = spawn_app().await;
+    let r = app.client.head(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-request-id").is_some());
+    assert_eq!(r.headers().get("x-frame-options").unwrap(), "DENY");
+    let r = app.client.head(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
 async fn a_2_mib_body_is_413_and_nothing_is_stored() {
     let app = spawn_app().await;
     let big = format!("{{\"name\":\"{}\"}}", "a".repeat(TWO_MIB));

@@ -118,7 +118,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = test_env(dir.path(), overrides).await;
     let database_url = env["DATABASE_URL"].clone();
-    let config = Config::load(&Sources { env, file: None }).expect("test configuration is valid");
+    let config = Config::load(&Sources { env, ..Default::default() }).expect("test configuration is valid");
     let echo_calls = Arc::new(AtomicUsize::new(0));
     let app = App::build_with(config, probe_routes(echo_calls.clone())).await.expect("app builds");
     let addr = app.local_addr();
