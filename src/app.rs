@@ -13,6 +13,10 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Config, TlsConfig};
+use crate::domain::auth::AuthService;
+use crate::domain::jwt::JwtKeys;
+use crate::domain::password::PasswordHasherPool;
+use crate::ratelimit::MemoryRateLimiter;
 use crate::store::{self, Store};
 
 /// What every handler can reach.
@@ -20,8 +24,42 @@ use crate::store::{self, Store};
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
+    pub auth: Arc<AuthService>,
+    pub cookie: CookieSettings,
     /// The OpenAPI document, generated once at start.
     pub openapi: Arc<String>,
+}
+
+/// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;
+/// the plain name without `Secure` only in development over http.
+#[derive(Clone, Debug)]
+pub struct CookieSettings {
+    pub name: &'static str,
+    pub secure: bool,
+}
+
+impl CookieSettings {
+    pub fn for_config(config: &Config) -> CookieSettings {
+        let https = config.public_url.scheme() == "https" || config.tls.is_some() || config.is_production();
+        if https {
+            CookieSettings { name: "__Host-tollgate_session", secure: true }
+        } else {
+            CookieSettings { name: "tollgate_session", secure: false }
+        }
+    }
+}
+
+/// The accounts service for `config` (the server and the `admin` CLI share it).
+pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
+    let secret = config.auth.jwt_secret.clone().unwrap_or_else(|| {
+        // Production refuses to start without one; development gets a secret per process.
+        tracing::warn!("TOLLGATE_JWT_SECRET is not set; access tokens are signed with a random per-process secret");
+        secrecy::SecretString::from(crate::domain::crypto::random_token())
+    });
+    let issuer = config.public_url.origin().ascii_serialization();
+    let ttl = i64::try_from(config.auth.access_token_ttl.as_secs()).unwrap_or(900);
+    let jwt = JwtKeys::new(secret, config.auth.jwt_previous_secret.clone(), issuer, "tollgate".to_owned(), ttl);
+    AuthService::new(store, PasswordHasherPool::new(), Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone())
 }
 
 pub struct App {
@@ -68,7 +106,13 @@ impl App {
         let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let state = AppState { config: Arc::new(config), store, openapi: Arc::new(crate::http::openapi::document_json()) };
+        let state = AppState {
+            auth: Arc::new(auth_service(&config, store.clone())),
+            cookie: CookieSettings::for_config(&config),
+            config: Arc::new(config),
+            store,
+            openapi: Arc::new(crate::http::openapi::document_json()),
+        };
         let router = crate::http::router(state.clone(), extra, tls.is_some());
         Ok(App { listener, local_addr, router, tls, state, handle: axum_server::Handle::new() })
     }

@@ -97,6 +97,23 @@ pub struct Config {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub stripe: StripeConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Signs access tokens (HS256). Development without one uses a random per-process secret.
+    pub jwt_secret: Option<SecretString>,
+    /// Still verifies tokens signed before a rotation (told apart by `kid`).
+    pub jwt_previous_secret: Option<SecretString>,
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub login_max_failures: u32,
+    pub login_failure_window: Duration,
+    pub login_ip_limit: u32,
+    pub login_ip_window: Duration,
 }
 
 /// One configuration setting: its TOML key, the environment names that set it (first is canonical),
@@ -236,6 +253,76 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         secret: false,
         meaning: "stripe or sandbox; default: stripe when STRIPE_SECRET_KEY is set, else sandbox",
+    },
+    Setting {
+        key: "jwt_secret",
+        env: &["TOLLGATE_JWT_SECRET"],
+        default: None,
+        secret: true,
+        meaning: "signs access tokens (HS256, at least 32 bytes); development without it uses a random per-process secret",
+    },
+    Setting {
+        key: "jwt_previous_secret",
+        env: &["TOLLGATE_JWT_PREVIOUS_SECRET"],
+        default: None,
+        secret: true,
+        meaning: "the previous signing secret, still accepted during a rotation",
+    },
+    Setting {
+        key: "session_idle_timeout",
+        env: &["TOLLGATE_SESSION_IDLE_TIMEOUT"],
+        default: Some("30m"),
+        secret: false,
+        meaning: "a browser session unused this long ends",
+    },
+    Setting {
+        key: "session_lifetime",
+        env: &["TOLLGATE_SESSION_LIFETIME"],
+        default: Some("12h"),
+        secret: false,
+        meaning: "a browser session ends this long after login, used or not",
+    },
+    Setting {
+        key: "access_token_ttl",
+        env: &["TOLLGATE_ACCESS_TOKEN_TTL"],
+        default: Some("15m"),
+        secret: false,
+        meaning: "lifetime of an access JWT",
+    },
+    Setting {
+        key: "refresh_token_ttl",
+        env: &["TOLLGATE_REFRESH_TOKEN_TTL"],
+        default: Some("30d"),
+        secret: false,
+        meaning: "lifetime of a refresh token",
+    },
+    Setting {
+        key: "login_max_failures",
+        env: &["TOLLGATE_LOGIN_MAX_FAILURES"],
+        default: Some("10"),
+        secret: false,
+        meaning: "failed logins allowed per account per window (then 429)",
+    },
+    Setting {
+        key: "login_failure_window",
+        env: &["TOLLGATE_LOGIN_FAILURE_WINDOW"],
+        default: Some("15m"),
+        secret: false,
+        meaning: "the window of login_max_failures",
+    },
+    Setting {
+        key: "login_ip_limit",
+        env: &["TOLLGATE_LOGIN_IP_LIMIT"],
+        default: Some("30"),
+        secret: false,
+        meaning: "login attempts allowed per client IP per window (then 429)",
+    },
+    Setting {
+        key: "login_ip_window",
+        env: &["TOLLGATE_LOGIN_IP_WINDOW"],
+        default: Some("1m"),
+        secret: false,
+        meaning: "the window of login_ip_limit",
     },
     Setting {
         key: "stripe_secret_key",
@@ -460,6 +547,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
         "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        "d" => Some(Duration::from_secs(n.checked_mul(86_400)?)),
         _ => None,
     }
 }
@@ -651,8 +739,35 @@ impl Config {
             errors.push(bad("stripe_api_base", "must be a URL"));
         }
 
+        let duration = |key: &str, errors: &mut Vec<String>| {
+            let d = raw.get(key).and_then(parse_duration).filter(|d| !d.is_zero());
+            if d.is_none() {
+                errors.push(bad(key, "must be a duration such as 90s, 30m, 12h or 30d"));
+            }
+            d.unwrap_or_else(|| setting(key).default.and_then(parse_duration).unwrap_or(Duration::from_secs(60)))
+        };
+        let count = |key: &str, errors: &mut Vec<String>| {
+            let n = raw.get(key).and_then(|v| v.trim().parse::<u32>().ok()).filter(|n| *n > 0);
+            if n.is_none() {
+                errors.push(bad(key, "must be a positive integer"));
+            }
+            n.unwrap_or_else(|| setting(key).default.and_then(|d| d.parse().ok()).unwrap_or(1))
+        };
+        let auth = AuthConfig {
+            jwt_secret: raw.get("jwt_secret").map(|v| SecretString::from(v.to_owned())),
+            jwt_previous_secret: raw.get("jwt_previous_secret").map(|v| SecretString::from(v.to_owned())),
+            session_idle_timeout: duration("session_idle_timeout", &mut errors),
+            session_lifetime: duration("session_lifetime", &mut errors),
+            access_token_ttl: duration("access_token_ttl", &mut errors),
+            refresh_token_ttl: duration("refresh_token_ttl", &mut errors),
+            login_max_failures: count("login_max_failures", &mut errors),
+            login_failure_window: duration("login_failure_window", &mut errors),
+            login_ip_limit: count("login_ip_limit", &mut errors),
+            login_ip_window: duration("login_ip_window", &mut errors),
+        };
         let config = Config {
             env,
+            auth,
             bind: bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             public_url: public_url.unwrap_or_else(|| Url::parse("http://localhost:8080").expect("constant URL")),
             database: DatabaseConfig {
@@ -703,6 +818,13 @@ impl Config {
 
     fn findings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        match &self.auth.jwt_secret {
+            None => out.push("TOLLGATE_JWT_SECRET is missing".to_owned()),
+            Some(s) => out.extend(weak_secret("TOLLGATE_JWT_SECRET", s)),
+        }
+        if let Some(s) = &self.auth.jwt_previous_secret {
+            out.extend(weak_secret("TOLLGATE_JWT_PREVIOUS_SECRET", s));
+        }
         match &self.stripe.secret_key {
             None => out.push("STRIPE_SECRET_KEY is missing".to_owned()),
             Some(s) => out.extend(weak_secret("STRIPE_SECRET_KEY", s)),
@@ -798,6 +920,7 @@ mod tests {
             ("TOLLGATE_ENV", "production"),
             ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
             ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
+            ("TOLLGATE_JWT_SECRET", "jwt-5e1f0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
             ("STRIPE_SECRET_KEY", STRONG_KEY),
             ("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC),
         ]

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod ratelimit;
 pub mod redis;
 pub mod store;
 pub mod telemetry;

@@ -39,6 +39,41 @@ enum Command {
     CheckConfig,
     /// Print the version.
     Version,
+    /// Administration from the shell.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an admin account (the only way to make the first admin). The password is read from
+    /// a prompt, or from the first line of standard input when it is not a terminal; never from
+    /// the command line, where it would land in shell history and `ps`.
+    Create {
+        /// The admin's email address.
+        #[arg(long)]
+        email: String,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// The password for `admin create`: prompted twice on a terminal, else one line of stdin.
+fn read_new_password() -> anyhow::Result<secrecy::SecretString> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")?;
+        let second = rpassword::prompt_password("Repeat password: ")?;
+        anyhow::ensure!(first == second, "the passwords differ");
+        Ok(secrecy::SecretString::from(first))
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Ok(secrecy::SecretString::from(line.trim_end_matches(['\r', '\n']).to_owned()))
+    }
 }
 
 fn print_errors(errors: &ConfigErrors) {
@@ -54,6 +89,47 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig => check_config(&sources),
+        Command::Admin { command: AdminCommand::Create { email, name } } => {
+            let config = match Config::parse(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_errors(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            let password = match read_new_password() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(async move {
+                let store = store::connect(&config.database).await?;
+                if config.database.migrate_on_start {
+                    store.migrate().await?;
+                }
+                let auth = tollgate::app::auth_service(&config, store.clone());
+                let meta = tollgate::domain::auth::RequestMeta {
+                    user_agent: Some("tollgate admin create".to_owned()),
+                    ..Default::default()
+                };
+                let created =
+                    auth.register(&email, &password, name.as_deref(), tollgate::domain::account::Role::Admin, &meta).await;
+                store.close().await;
+                match created {
+                    Ok(user) => {
+                        println!("created admin {} ({})", user.id, user.email);
+                        Ok(())
+                    }
+                    Err(tollgate::domain::auth::AuthError::Validation(errors)) => {
+                        let lines: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+                        anyhow::bail!("{}", lines.join("; "))
+                    }
+                    Err(e) => anyhow::bail!("{e}"),
+                }
+            })
+        }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.
             let config = match Config::parse(&sources) {

@@ -17,3 +17,9 @@ impl FieldError {
         FieldError { field: field.into(), message: message.into() }
     }
 }
+
+pub mod account;
+pub mod auth;
+pub mod crypto;
+pub mod jwt;
+pub mod password;

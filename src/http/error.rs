@@ -93,8 +93,16 @@ impl Problem {
 pub enum ApiError {
     #[error("malformed request: {0}")]
     BadRequest(String),
+    #[error("not authenticated")]
+    Unauthorized(String),
+    #[error("forbidden")]
+    Forbidden(String),
     #[error("not found")]
     NotFound,
+    #[error("conflict")]
+    Conflict(String),
+    #[error("rate limited")]
+    RateLimited { limit: u32, retry_after: std::time::Duration },
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -112,7 +120,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -125,7 +137,11 @@ impl ApiError {
         let p = Problem::for_status(self.status());
         match self {
             ApiError::BadRequest(d) => p.detail(d.clone()),
+            ApiError::Unauthorized(d) | ApiError::Forbidden(d) | ApiError::Conflict(d) => p.detail(d.clone()),
             ApiError::NotFound => p.detail("no such resource"),
+            ApiError::RateLimited { retry_after, .. } => {
+                p.detail(format!("too many attempts; retry in {} s", retry_after_secs(*retry_after)))
+            }
             ApiError::PayloadTooLarge => p.detail("the request body is larger than this server accepts"),
             ApiError::UnsupportedMediaType => p.detail("expected Content-Type: application/json"),
             ApiError::Validation(errors) => {
@@ -157,8 +173,48 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %format!("{cause:#}"), "internal error");
         }
         let mut response = self.status().into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::RateLimited { limit, retry_after } => {
+                let secs = retry_after_secs(*retry_after).to_string();
+                for (name, value) in [
+                    ("retry-after", secs.clone()),
+                    ("ratelimit-limit", limit.to_string()),
+                    ("ratelimit-remaining", "0".to_owned()),
+                    ("ratelimit-reset", secs),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        headers.insert(name, v);
+                    }
+                }
+            }
+            ApiError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
         response.extensions_mut().insert(self.problem());
         response
+    }
+}
+
+/// Whole seconds, rounded up: a client that waits this long will be let through.
+fn retry_after_secs(d: std::time::Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl From<crate::domain::auth::AuthError> for ApiError {
+    fn from(e: crate::domain::auth::AuthError) -> Self {
+        use crate::domain::auth::AuthError;
+        match e {
+            AuthError::InvalidCredentials => ApiError::Unauthorized("invalid email or password".to_owned()),
+            AuthError::Unauthenticated => ApiError::Unauthorized("authentication required".to_owned()),
+            AuthError::RateLimited { limit, retry_after } => ApiError::RateLimited { limit, retry_after },
+            AuthError::Conflict(d) => ApiError::Conflict(d),
+            AuthError::Validation(errors) => ApiError::Validation(errors),
+            AuthError::NotFound => ApiError::NotFound,
+            AuthError::Internal(e) => ApiError::Internal(e),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP layer: thin routes over the domain, one error type, one edge middleware.
 
+pub mod auth;
 pub mod cors;
 pub mod error;
 pub mod extract;

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::domain::FieldError;
 use crate::http::error::Problem;
-use crate::http::routes::{docs, health};
+use crate::http::routes::{admin, auth, docs, health, me};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,13 +15,21 @@ use crate::http::routes::{docs, health};
         description = "A self-hosted payments backend: accounts, Stripe Checkout, a ledger of every verified Stripe event and exactly-once fulfilment. Errors are RFC 9457 problem details (`application/problem+json`); every response carries `X-Request-Id`.",
         license(name = "MIT"),
     ),
-    paths(health::healthz, health::readyz, docs::openapi_json, docs::docs_page),
+    paths(
+        health::healthz, health::readyz, docs::openapi_json, docs::docs_page,
+        auth::register, auth::login, auth::logout, auth::csrf, auth::token, auth::refresh,
+        me::me, me::change_password, me::sessions, me::end_session,
+        admin::list_users, admin::update_user, admin::list_audit,
+    ),
     components(schemas(Problem, FieldError, health::HealthOut, health::ReadyOut)),
     tags(
+        (name = "auth", description = "Accounts: registration, browser sessions (cookie + CSRF), tokens for API clients"),
+        (name = "me", description = "The caller's own account"),
+        (name = "admin", description = "Administration (role admin)"),
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
     ),
-    modifiers(&RequestIdHeader),
+    modifiers(&RequestIdHeader, &SecuritySchemes),
 )]
 pub struct ApiDoc;
 
@@ -43,6 +51,34 @@ impl Modify for RequestIdHeader {
                 }
             }
         }
+    }
+}
+
+/// The two ways to authenticate: a session cookie (browsers; state-changing requests also need
+/// `X-CSRF-Token`) and a bearer access token (API clients).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "__Host-tollgate_session",
+                "Set by /api/v1/auth/login (`tollgate_session` in development over http). State-changing requests also need X-CSRF-Token.",
+            ))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("An access token from /api/v1/auth/token or /api/v1/auth/refresh"))
+                    .build(),
+            ),
+        );
     }
 }
 

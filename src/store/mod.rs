@@ -1,6 +1,7 @@
 //! The storage seam: one trait, a SQLite and a PostgreSQL implementation, each with its own
 //! migrations under `migrations/<engine>/`. Nothing outside this module writes SQL.
 
+pub mod accounts;
 mod postgres;
 mod sqlite;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 use crate::config::DatabaseConfig;
 
+pub use accounts::{AccountStore, SessionRow, SpendOutcome};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -50,6 +52,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL (expected sqlite: or postgres://)")]
     UnsupportedUrl,
+    /// A uniqueness constraint refused the write.
+    #[error("conflict with an existing record")]
+    Conflict,
 }
 
 /// Something that happened, for the append-only audit log. Never holds a password or a token.
@@ -85,7 +90,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AccountStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;
@@ -93,8 +98,12 @@ pub trait Store: Send + Sync + 'static {
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), StoreError>;
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<i64, StoreError>;
-    /// Newest first.
-    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Newest first, entries older than `before_id` when given.
+    async fn list_audit_page(&self, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditEntry>, StoreError>;
+    /// The newest `limit` entries.
+    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.list_audit_page(limit, None).await
+    }
     async fn close(&self);
 }
 

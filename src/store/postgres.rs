@@ -9,6 +9,8 @@ use crate::config::DatabaseConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
+super::accounts::impl_account_store!(PgStore);
+
 pub struct PgStore {
     pool: PgPool,
 }
@@ -72,11 +74,12 @@ impl Store for PgStore {
         Ok(id)
     }
 
-    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn list_audit_page(&self, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, occurred_at, actor, action, resource, ip, user_agent, request_id, detail::text AS detail
-             FROM audit_log ORDER BY id DESC LIMIT $1",
+             FROM audit_log WHERE id < COALESCE($1::bigint, 9223372036854775807) ORDER BY id DESC LIMIT $2",
         )
+        .bind(before_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -11,6 +11,8 @@ use crate::config::DatabaseConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+super::accounts::impl_account_store!(SqliteStore);
+
 pub struct SqliteStore {
     pool: SqlitePool,
 }
@@ -89,11 +91,12 @@ impl Store for SqliteStore {
         Ok(id)
     }
 
-    async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn list_audit_page(&self, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, occurred_at, actor, action, resource, ip, user_agent, request_id, detail
-             FROM audit_log ORDER BY id DESC LIMIT ?",
+             FROM audit_log WHERE id < COALESCE(?, 9223372036854775807) ORDER BY id DESC LIMIT ?",
         )
+        .bind(before_id)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;

@@ -1,12 +1,15 @@
 //! One module per resource, each exposing `router()`.
 
+pub mod admin;
+pub mod auth;
 pub mod docs;
 pub mod health;
+pub mod me;
 
 use axum::Router;
 
 use crate::app::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(health::router()).merge(docs::router())
+    Router::new().merge(health::router()).merge(docs::router()).merge(auth::router()).merge(me::router()).merge(admin::router())
 }

@@ -1,0 +1,127 @@
+//! `/api/v1/me*`: the caller's own account and sessions.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::domain::auth::Credential;
+use crate::http::auth::{CurrentUser, Meta};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::Json;
+use crate::http::routes::auth::UserOut;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/me/password", post(change_password))
+        .route("/api/v1/me/sessions", get(sessions))
+        .route("/api/v1/me/sessions/{id}", delete(end_session))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PasswordChangeIn {
+    #[schema(value_type = String)]
+    pub current_password: SecretString,
+    #[schema(value_type = String, min_length = 12, max_length = 128)]
+    pub new_password: SecretString,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionOut {
+    #[schema(example = "ses_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The session this request was made with.
+    pub current: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub data: Vec<SessionOut>,
+    pub has_more: bool,
+}
+
+/// The authenticated user.
+#[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = UserOut),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
+    axum::Json(UserOut::from(&current.user))
+}
+
+/// Change the password; every other session and token family of the user ends.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "me", request_body = PasswordChangeIn, security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Changed"),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong passwords; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    current: CurrentUser,
+    Json(input): Json<PasswordChangeIn>,
+) -> ApiResult<StatusCode> {
+    state.auth.change_password(&current.user, &current.credential, &input.current_password, &input.new_password, &meta).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's browser sessions.
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("session" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Live sessions, newest first", body = SessionList),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn sessions(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<SessionList>> {
+    let this = match &current.credential {
+        Credential::Session { session_id, .. } => Some(session_id.as_str()),
+        Credential::Bearer { .. } => None,
+    };
+    let rows = state.store.list_sessions_of(&current.user.id).await.map_err(anyhow::Error::from)?;
+    let data = rows
+        .into_iter()
+        .map(|s| SessionOut {
+            current: this == Some(s.id.as_str()),
+            id: s.id,
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: s.expires_at,
+            ip: s.ip,
+            user_agent: s.user_agent,
+        })
+        .collect();
+    Ok(axum::Json(SessionList { data, has_more: false }))
+}
+
+/// End one of the caller's sessions (another user's session id answers 404).
+#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "me", security(("session" = []), ("bearer" = [])),
+    params(("id" = String, Path, description = "A session id (`ses_…`)")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such session of yours", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn end_session(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if state.store.delete_user_session(&current.user.id, &id).await.map_err(anyhow::Error::from)? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
