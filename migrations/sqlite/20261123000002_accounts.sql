@@ -1,7 +1,7 @@
 -- Accounts: users, browser sessions, refresh-token families. Tokens are stored only as SHA-256 hashes.
 CREATE TABLE users (
     id                  TEXT PRIMARY KEY,
-    email               TEXT NOT NULL UNIQUE,
+    email               TEXT NOT NULL,
     name                TEXT,
     password_hash       TEXT NOT NULL,
     role                TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
@@ -10,6 +10,9 @@ CREATE TABLE users (
     updated_at          TEXT NOT NULL,
     password_changed_at TEXT NOT NULL
 );
+
+-- The address keeps the case of its local part, but one mailbox is one account.
+CREATE UNIQUE INDEX users_email_unique ON users (lower(email));
 
 CREATE TABLE sessions (
     id           TEXT PRIMARY KEY,

@@ -157,7 +157,7 @@ macro_rules! impl_account_store {
 
             async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE email = $1")).bind(email).fetch_optional(&self.pool).await?;
+                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE lower(email) = lower($1)")).bind(email).fetch_optional(&self.pool).await?;
                 Ok(row.map(Into::into))
             }
 

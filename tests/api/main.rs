@@ -1,6 +1,7 @@
 //! Integration tests: the real application on port 0, one database per test.
 //! `TEST_DATABASE_URL` set: every test runs on PostgreSQL; unset: on SQLite.
 
+mod accounts;
 mod cli;
 mod contract;
 mod cors;
