@@ -84,18 +84,17 @@ where
 }
 
 /// Deserialises `bytes`, telling syntax errors (400) from shape errors (422 with the field).
+/// Every request body of this API is a JSON object; serde would otherwise accept an array for a
+/// struct (`[null, null]` as `{role, disabled}`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| malformed(&e))?;
+    if !value.is_object() {
+        return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => ApiError::Validation(vec![data_error(&path, &inner)]),
-            _ => malformed(&inner),
-        }
-    })?;
-    de.end().map_err(|e| malformed(&e))?;
-    Ok(value)
+        ApiError::Validation(vec![data_error(&path, &e.into_inner())])
+    })
 }
 
 fn malformed(e: &serde_json::Error) -> ApiError {
@@ -152,6 +151,10 @@ mod tests {
         let f = fields(parse_json::<In>(br#"{"email":"a","extra":1}"#).unwrap_err());
         assert!(f[0].message.contains("unknown field `extra`"), "{f:?}");
         assert_eq!(fields(parse_json::<In>(br#""text""#).unwrap_err())[0].field, "body");
+        assert_eq!(
+            fields(parse_json::<In>(br#"["a", null]"#).unwrap_err()),
+            vec![FieldError::new("body", "must be a JSON object")]
+        );
     }
 
     #[test]

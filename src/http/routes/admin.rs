@@ -32,6 +32,17 @@ pub struct ListParams {
     pub starting_after: Option<String>,
 }
 
+/// `?limit=` and `?starting_after=` for the audit log, whose ids are integers.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditListParams {
+    /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The last id of the previous page.
+    pub starting_after: Option<i64>,
+}
+
 /// Parses list parameters, reporting each bad one as a 422 field error.
 fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
     let mut limit = 20;
@@ -112,7 +123,7 @@ pub struct AuditList {
 }
 
 /// Every user, newest first.
-#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListParams), security(("session" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -132,7 +143,7 @@ pub async fn list_users(
 }
 
 /// Change a user's role or disable them; disabling ends their sessions and tokens at once.
-#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", tag = "admin", request_body = UserPatchIn, security(("session" = []), ("bearer" = [])),
+#[utoipa::path(patch, path = "/api/v1/admin/users/{id}", tag = "admin", request_body = UserPatchIn, security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "A user id (`usr_…`)")),
     responses(
         (status = 200, description = "The updated user", body = AdminUserOut),
@@ -156,7 +167,7 @@ pub async fn update_user(
 }
 
 /// The audit log, newest first.
-#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(ListParams), security(("session" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of audit entries", body = AuditList),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),

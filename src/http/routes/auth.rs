@@ -133,7 +133,7 @@ pub async fn login(State(state): State<AppState>, Meta(meta): Meta, Json(input):
 
 /// End the session (cookie) or revoke the token family (bearer).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
-    security(("session" = []), ("bearer" = [])),
+    security(("bearer" = []), ("session" = [])),
     responses(
         (status = 204, description = "Logged out"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),

@@ -52,7 +52,7 @@ pub struct SessionList {
 }
 
 /// The authenticated user.
-#[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("session" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The caller", body = UserOut),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -62,7 +62,7 @@ pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
 }
 
 /// Change the password; every other session and token family of the user ends.
-#[utoipa::path(post, path = "/api/v1/me/password", tag = "me", request_body = PasswordChangeIn, security(("session" = []), ("bearer" = [])),
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "me", request_body = PasswordChangeIn, security(("bearer" = []), ("session" = [])),
     responses(
         (status = 204, description = "Changed"),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
@@ -83,7 +83,7 @@ pub async fn change_password(
 }
 
 /// The caller's browser sessions.
-#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("session" = []), ("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Live sessions, newest first", body = SessionList),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
@@ -110,7 +110,7 @@ pub async fn sessions(State(state): State<AppState>, current: CurrentUser) -> Ap
 }
 
 /// End one of the caller's sessions (another user's session id answers 404).
-#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "me", security(("session" = []), ("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/me/sessions/{id}", tag = "me", security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "A session id (`ses_…`)")),
     responses(
         (status = 204, description = "Ended"),
