@@ -2,6 +2,8 @@
 CREATE TABLE users (
     id                  TEXT PRIMARY KEY,
     email               TEXT NOT NULL,
+    -- The address folded for comparison (by tollgate, not the engine, so both engines agree).
+    email_key           TEXT NOT NULL UNIQUE,
     name                TEXT,
     password_hash       TEXT NOT NULL,
     role                TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'admin')),
@@ -10,9 +12,6 @@ CREATE TABLE users (
     updated_at          TIMESTAMPTZ NOT NULL,
     password_changed_at TIMESTAMPTZ NOT NULL
 );
-
--- The address keeps the case of its local part, but one mailbox is one account.
-CREATE UNIQUE INDEX users_email_unique ON users (lower(email));
 
 CREATE TABLE sessions (
     id           TEXT PRIMARY KEY,

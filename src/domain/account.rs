@@ -43,10 +43,10 @@ impl Email {
         &self.0
     }
 
-    /// The key the per-account login limiter uses: the same for an address in any case, so
-    /// varying the case does not buy more attempts.
+    /// The address folded for comparison: the same for an address in any case, so one mailbox is
+    /// one account and varying the case buys no extra login attempts.
     pub fn limiter_key(&self) -> String {
-        self.0.to_lowercase()
+        email_key(&self.0)
     }
 }
 
@@ -54,6 +54,13 @@ impl fmt::Display for Email {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// How addresses are compared (unique in the database, and the per-account limiter's key). The
+/// local part keeps its case for display, but one mailbox is one account. Folded here, not by the
+/// database, so SQLite (ASCII-only `lower`) and PostgreSQL (locale-dependent) agree.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
 }
 
 /// A display name: 1–100 characters after trimming, no control characters.

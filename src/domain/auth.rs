@@ -64,10 +64,24 @@ pub struct TokenPair {
 }
 
 /// How a request was authenticated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Credential {
     Session { session_id: String, csrf_token: String },
     Bearer { family_id: String, claims: Box<Claims> },
+}
+
+/// Ids only: the CSRF token is a secret.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Session { session_id, .. } => {
+                f.debug_struct("Session").field("session_id", session_id).finish_non_exhaustive()
+            }
+            Credential::Bearer { family_id, .. } => {
+                f.debug_struct("Bearer").field("family_id", family_id).finish_non_exhaustive()
+            }
+        }
+    }
 }
 
 pub struct AuthService {
@@ -78,7 +92,8 @@ pub struct AuthService {
     cfg: AuthConfig,
 }
 
-/// Session activity is written at most this often, not on every request.
+/// Session activity is written at most this often (or a quarter of the idle timeout, if shorter),
+/// not on every request.
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
 fn chrono_of(d: Duration) -> chrono::Duration {
@@ -143,6 +158,15 @@ impl AuthService {
         role: Role,
         meta: &RequestMeta,
     ) -> Result<User, AuthError> {
+        // Registration hashes a password too, and answers whether an email is taken: same limit
+        // per client IP as logins (the CLI has no IP and is not limited).
+        if !meta.ip.is_empty() {
+            if let Decision::Limited { limit, retry_after } =
+                self.limiter.hit(&format!("register:ip:{}", meta.ip), self.ip_quota()).await
+            {
+                return Err(AuthError::RateLimited { limit, retry_after });
+            }
+        }
         let mut errors = Vec::new();
         let email = Email::parse("email", email).map_err(|e| errors.push(e)).ok();
         let name = name.map(|n| UserName::parse("name", n)).transpose().map_err(|e| errors.push(e)).ok().flatten();
@@ -187,8 +211,10 @@ impl AuthService {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
+        // The attempt is counted before the password is checked, so guesses sent in parallel all
+        // count; a successful login gives its count back.
         let account_key = format!("login:account:{}", email.limiter_key());
-        if let Decision::Limited { limit, retry_after } = self.limiter.peek(&account_key, self.account_quota()).await {
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
         let user = self.store.user_by_email(email.as_str()).await?;
@@ -200,15 +226,16 @@ impl AuthService {
             Some(_) => None,
         };
         if let Some(reason) = failure {
-            self.limiter.hit(&account_key, self.account_quota()).await;
             let actor = user.as_ref().map(|u| u.id.as_str());
             self.audit(meta, actor, "login.failure", actor, serde_json::json!({ "reason": reason })).await;
             return Err(AuthError::InvalidCredentials);
         }
         let user = user.ok_or(AuthError::InvalidCredentials)?;
+        self.limiter.refund(&account_key, self.account_quota()).await;
         if verified.needs_rehash {
             let upgraded = self.hasher.hash(password).await?;
-            self.store.set_password_hash(&user.id, &upgraded, false, Utc::now()).await?;
+            // Only if the hash is still the one we verified: a password change in between wins.
+            self.store.upgrade_password_hash(&user.id, &user.password_hash, &upgraded, Utc::now()).await?;
         }
         self.audit(meta, Some(&user.id), "login.success", Some(&user.id), serde_json::json!({})).await;
         Ok(user)
@@ -283,8 +310,21 @@ impl AuthService {
         }
     }
 
-    /// The user behind a session cookie, if the session is live (idle and absolute limits).
-    pub async fn session_user(&self, token: &str) -> Result<(User, Credential), AuthError> {
+    /// Records activity on a session whose request was accepted (after CSRF checks).
+    pub async fn touch_session(&self, credential: &Credential, last_seen_at: DateTime<Utc>) -> Result<(), AuthError> {
+        let now = Utc::now();
+        let every = TOUCH_EVERY.min(chrono_of(self.cfg.session_idle_timeout / 4));
+        if let Credential::Session { session_id, .. } = credential {
+            if now - last_seen_at >= every {
+                self.store.touch_session(session_id, now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The user behind a session cookie, if the session is live (idle and absolute limits), and
+    /// when it was last seen. Nothing is written here: see [`AuthService::touch_session`].
+    pub async fn session_user(&self, token: &str) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
         let now = Utc::now();
         let session = self.store.session_by_token_hash(&token_hash(token)).await?.ok_or(AuthError::Unauthenticated)?;
         let idle_deadline = session.last_seen_at + chrono_of(self.cfg.session_idle_timeout);
@@ -293,10 +333,7 @@ impl AuthService {
             return Err(AuthError::Unauthenticated);
         }
         let user = self.store.user_by_id(&session.user_id).await?.filter(|u| !u.disabled).ok_or(AuthError::Unauthenticated)?;
-        if now - session.last_seen_at >= TOUCH_EVERY {
-            self.store.touch_session(&session.id, now).await?;
-        }
-        Ok((user, Credential::Session { session_id: session.id, csrf_token: csrf_token_for(token) }))
+        Ok((user, Credential::Session { session_id: session.id, csrf_token: csrf_token_for(token) }, session.last_seen_at))
     }
 
     /// The user behind an access token: signature and claims, then the family (logout and theft
@@ -335,8 +372,9 @@ impl AuthService {
         new: &SecretString,
         meta: &RequestMeta,
     ) -> Result<(), AuthError> {
-        let account_key = format!("login:account:{}", user.email.to_lowercase());
-        if let Decision::Limited { limit, retry_after } = self.limiter.peek(&account_key, self.account_quota()).await {
+        // Guessing the current password through this route counts like failed logins.
+        let account_key = format!("login:account:{}", super::account::email_key(&user.email));
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
         let mut known: Vec<&str> = vec![user.email.as_str()];
@@ -346,8 +384,9 @@ impl AuthService {
         }
         let mut errors = Vec::new();
         let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
-        if !verified.ok {
-            self.limiter.hit(&account_key, self.account_quota()).await;
+        if verified.ok {
+            self.limiter.refund(&account_key, self.account_quota()).await;
+        } else {
             errors.push(FieldError::new("current_password", "is incorrect"));
         }
         let new_password = NewPassword::parse("new_password", new, &known).map_err(|e| errors.push(e)).ok();

@@ -232,6 +232,14 @@ mod tests {
         let tampered = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()), parts[2]);
         assert_eq!(k.verify(&tampered, NOW), Err(JwtError::Signature));
         assert_eq!(k.verify("a.b", NOW), Err(JwtError::Malformed));
+        let no_kid = forge(serde_json::json!({"alg": "HS256"}), &claims, b"a-very-long-signing-secret-of-32-bytes+");
+        assert_eq!(k.verify(&no_kid, NOW), Err(JwtError::UnknownKey), "a token must name its key");
+        let unknown = forge(
+            serde_json::json!({"alg": "HS256", "kid": "0000000000000000"}),
+            &claims,
+            b"a-very-long-signing-secret-of-32-bytes+",
+        );
+        assert_eq!(k.verify(&unknown, NOW), Err(JwtError::UnknownKey), "no previous key configured");
     }
 
     #[test]

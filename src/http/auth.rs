@@ -26,16 +26,19 @@ pub struct CurrentUser {
 #[derive(Debug, Clone)]
 pub struct AdminUser(pub CurrentUser);
 
-/// The value of cookie `name` in the request, if any.
+/// The value of cookie `name` in the request, if it is there exactly once. Two cookies of the same
+/// name (one possibly planted for a parent domain) are ambiguous, and ambiguity is refused.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Who made the request, for the audit log and the limiters.
@@ -96,7 +99,7 @@ impl FromRequestParts<AppState> for CurrentUser {
         let token = cookie_value(&parts.headers, state.cookie.name)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("authentication required".to_owned()))?;
-        let (user, credential) = state.auth.session_user(token).await?;
+        let (user, credential, last_seen_at) = state.auth.session_user(token).await?;
         if is_state_changing(&parts.method) {
             if cross_site(&parts.headers, state) {
                 return Err(ApiError::Forbidden("cross-site request refused".to_owned()));
@@ -109,6 +112,8 @@ impl FromRequestParts<AppState> for CurrentUser {
                 return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".to_owned()));
             }
         }
+        // Only an accepted request counts as activity.
+        state.auth.touch_session(&credential, last_seen_at).await?;
         Ok(CurrentUser { user, credential })
     }
 }

@@ -56,6 +56,14 @@ impl RateLimiter for MemoryRateLimiter {
     async fn peek(&self, key: &str, quota: Quota) -> Decision {
         self.decide(key, quota, false)
     }
+
+    async fn refund(&self, key: &str, quota: Quota) {
+        let now = self.origin.elapsed();
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(tat) = state.tats.get_mut(key) {
+            *tat = tat.saturating_sub(quota.interval()).max(now);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +80,8 @@ mod tests {
         assert!(!l.peek("a", q).await.is_allowed());
         assert!(!l.hit("a", q).await.is_allowed());
         assert!(l.hit("b", q).await.is_allowed());
+        l.refund("a", q).await;
+        assert!(l.hit("a", q).await.is_allowed(), "a refunded event can be used again");
+        assert!(!l.hit("a", q).await.is_allowed());
     }
 }

@@ -18,7 +18,7 @@ pub struct Quota {
 }
 
 impl Quota {
-    fn interval(&self) -> Duration {
+    pub(crate) fn interval(&self) -> Duration {
         self.period / self.limit.max(1)
     }
 }
@@ -41,6 +41,8 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn hit(&self, key: &str, quota: Quota) -> Decision;
     /// Whether one more event would be allowed, without counting it.
     async fn peek(&self, key: &str, quota: Quota) -> Decision;
+    /// Gives back one event counted by `hit` (an attempt reserved up front that turned out fine).
+    async fn refund(&self, key: &str, quota: Quota);
 }
 
 /// The GCRA step: given the stored theoretical arrival time (as an offset from a fixed origin),

@@ -8,7 +8,8 @@ use chrono::{DateTime, Utc};
 use super::StoreError;
 use crate::domain::account::{Role, User};
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// No `Debug`: it holds the password hash.
+#[derive(Clone, sqlx::FromRow)]
 pub struct UserRow {
     pub id: String,
     pub email: String,
@@ -73,6 +74,8 @@ pub trait AccountStore: Send + Sync {
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
     /// A new hash; `changed` marks a password change (not a parameter upgrade).
     async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Replaces `old` by `new` (same password, today's parameters) only if `old` is still stored.
+    async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Newest first; `starting_after` is the last id of the previous page.
     async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<User>, StoreError>;
     async fn update_user_flags(
@@ -137,11 +140,12 @@ macro_rules! impl_account_store {
         impl $crate::store::accounts::AccountStore for $store {
             async fn insert_user(&self, u: &$crate::domain::account::User) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
-                    "INSERT INTO users (id, email, name, password_hash, role, disabled, created_at, updated_at, password_changed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO users (id, email, email_key, name, password_hash, role, disabled, created_at, updated_at, password_changed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&u.id)
                 .bind(&u.email)
+                .bind($crate::domain::account::email_key(&u.email))
                 .bind(&u.name)
                 .bind(&u.password_hash)
                 .bind(u.role.as_str())
@@ -157,7 +161,7 @@ macro_rules! impl_account_store {
 
             async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE lower(email) = lower($1)")).bind(email).fetch_optional(&self.pool).await?;
+                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1")).bind($crate::domain::account::email_key(email)).fetch_optional(&self.pool).await?;
                 Ok(row.map(Into::into))
             }
 
@@ -175,6 +179,17 @@ macro_rules! impl_account_store {
                 };
                 sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&self.pool).await?;
                 Ok(())
+            }
+
+            async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4")
+                    .bind(new)
+                    .bind(now)
+                    .bind(id)
+                    .bind(old)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::StoreError> {

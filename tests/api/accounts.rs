@@ -711,3 +711,125 @@ async fn the_audit_log_records_who_what_where_and_never_a_secret() {
         !all.contains(PASSWORD) && !all.contains("wrong password entirely") && !all.contains(token) && !all.contains(&b.csrf)
     );
 }
+
+#[tokio::test]
+async fn parallel_guesses_all_count_against_the_account() {
+    let app = spawn_app_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    register(&app, "ada@example.com").await;
+    let guesses: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("x-forwarded-for", format!("198.51.100.{i}"))
+                    .json(&json!({"email": "ada@example.com", "password": format!("wrong password number {i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for g in guesses {
+        statuses.push(g.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(checked <= 10, "at most 10 guesses were checked, not {checked}: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20 - checked);
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", "203.0.113.1")
+        .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+}
+
+#[tokio::test]
+async fn activity_keeps_a_session_alive_past_its_idle_timeout() {
+    let app = spawn_app_with(&[("TOLLGATE_SESSION_IDLE_TIMEOUT", "2s")]).await;
+    register(&app, "ada@example.com").await;
+    let b = login(&app, "ada@example.com", PASSWORD).await;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        assert_eq!(me_with_cookie(&app, &b.cookie).await, 200, "used every 0.8 s, never idle for 2 s");
+    }
+}
+
+#[tokio::test]
+async fn the_host_prefixed_cookie_authenticates_and_a_duplicated_cookie_does_not() {
+    let app = spawn_app_with(&[("TOLLGATE_PUBLIC_URL", "https://pay.example.org")]).await;
+    register(&app, "ada@example.com").await;
+    let b = login(&app, "ada@example.com", PASSWORD).await;
+    assert!(b.cookie.starts_with("__Host-tollgate_session="));
+    assert_eq!(me_with_cookie(&app, &b.cookie).await, 200);
+    assert_eq!(
+        me_with_cookie(&app, &format!("{}; {}", b.cookie, "__Host-tollgate_session=planted")).await,
+        401,
+        "ambiguous: refused"
+    );
+    assert_eq!(me_with_cookie(&app, &b.cookie.replace("__Host-", "")).await, 401, "over https only the __Host- name counts");
+}
+
+#[tokio::test]
+async fn every_state_changing_cookie_route_needs_csrf() {
+    let app = spawn_app().await;
+    let admin = make_admin(&app, "root@example.com").await;
+    let user = register(&app, "ada@example.com").await;
+    let id = user["id"].as_str().unwrap();
+    let r = app
+        .client
+        .patch(app.url(&format!("/api/v1/admin/users/{id}")))
+        .header("cookie", &admin.cookie)
+        .json(&json!({"disabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 403).await;
+    assert!(!app.store.user_by_id(id).await.unwrap().unwrap().disabled, "nothing changed");
+
+    let ada = login(&app, "ada@example.com", PASSWORD).await;
+    let sessions: Value =
+        app.client.get(app.url("/api/v1/me/sessions")).header("cookie", &ada.cookie).send().await.unwrap().json().await.unwrap();
+    let sid = sessions["data"][0]["id"].as_str().unwrap();
+    let r = app.client.delete(app.url(&format!("/api/v1/me/sessions/{sid}"))).header("cookie", &ada.cookie).send().await.unwrap();
+    assert_problem(r, 403).await;
+    assert_eq!(me_with_cookie(&app, &ada.cookie).await, 200, "nothing changed");
+}
+
+#[tokio::test]
+async fn registration_is_rate_limited_per_ip_and_emails_compare_case_insensitively() {
+    let app = spawn_app_with(&[("TOLLGATE_LOGIN_IP_LIMIT", "3")]).await;
+    register(&app, "Émile@Example.com").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": "émile@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 409).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/login"))
+        .json(&json!({"email": "ÉMILE@EXAMPLE.COM", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "one mailbox, whatever the case, on either engine");
+    register(&app, "zoe@example.com").await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": "yves@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 429).await;
+    assert!(app.store.user_by_email("yves@example.com").await.unwrap().is_none());
+}

@@ -271,3 +271,46 @@ async fn serve_no_migrate_leaves_the_schema_alone_until_migrate_runs() {
     let r = client.get(format!("http://{}/readyz", server.addr)).send().await.unwrap();
     assert_eq!(r.status(), 200, "ready once `tollgate migrate` ran");
 }
+
+#[tokio::test]
+async fn admin_create_reads_the_password_from_stdin_and_makes_an_admin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let create = |email: &str, password: &str| {
+        let mut child = tollgate(dir.path(), &[])
+            .args(["admin", "create", "--email", email, "--name", "Root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = create("root@example.com", "password1234");
+    assert!(!out.status.success(), "the password policy applies to admins too");
+    assert!(output_text(&out).contains("password"), "{}", output_text(&out));
+
+    let passphrase = "an admin passphrase that is long 31";
+    let out = create("root@example.com", passphrase);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("created admin usr_") && !text.contains(passphrase), "{text}");
+    assert!(!output_text(&create("root@example.com", passphrase)).contains("created"), "only once per email");
+
+    let server = serve(dir.path(), &[]);
+    let client = crate::helpers::client();
+    let base = format!("http://{}", server.addr);
+    let r = client
+        .post(format!("{base}/api/v1/auth/token"))
+        .json(&serde_json::json!({"email": "root@example.com", "password": passphrase}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let access = r.json::<serde_json::Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned();
+    let me: serde_json::Value =
+        client.get(format!("{base}/api/v1/me")).bearer_auth(&access).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["role"], "admin");
+    assert_eq!(client.get(format!("{base}/api/v1/admin/users")).bearer_auth(&access).send().await.unwrap().status(), 200);
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Does a flood of password guesses starve the rest of the API?
+
+Starts the release binary on a fresh SQLite database with the login limiters opened wide (so every
+guess really costs an argon2id hash), then measures GET /healthz and an authenticated GET /api/v1/me
+(bearer token) while idle, and again while 200 concurrent clients send wrong-password logins.
+Prints p50/p99 latencies for both phases and the logins handled per second. Asserts nothing.
+
+    cargo build --release && python3 bench/login_flood.py [--seconds 15] [--clients 200]
+"""
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "tollgate")
+PASSWORD = "correct horse battery staple 42"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port, method, path, body=None, headers=None, timeout=60):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    h = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body)
+        h["content-type"] = "application/json"
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    payload = r.read()
+    c.close()
+    return r.status, payload
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def probe(port, token, stop, out):
+    """Alternates /healthz and /me, one at a time, recording latencies in ms."""
+    while not stop.is_set():
+        for name, path, headers in (("healthz", "/healthz", {}), ("me", "/api/v1/me", {"authorization": f"Bearer {token}"})):
+            t = time.perf_counter()
+            status, _ = request(port, "GET", path, headers=headers)
+            out[name].append((time.perf_counter() - t) * 1000)
+            if status != 200:
+                sys.exit(f"{path} answered {status}")
+        time.sleep(0.01)
+
+
+def flood_main(port, clients, stop, handled, non_401):
+    def guesser(i):
+        while not stop.is_set():
+            s, _ = request(port, "POST", "/api/v1/auth/login", {"email": "bench@example.com", "password": f"wrong guess number {i}"})
+            with handled.get_lock():
+                handled.value += 1
+            if s != 401:
+                with non_401.get_lock():
+                    non_401.value += 1
+
+    threads = [threading.Thread(target=guesser, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    stop.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--clients", type=int, default=200)
+    args = ap.parse_args()
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "TOLLGATE_BIND": f"127.0.0.1:{port}",
+            "DATABASE_URL": f"sqlite://{d}/tollgate.db",
+            "TOLLGATE_LOG": "warn",
+            "TOLLGATE_LOGIN_IP_LIMIT": "100000000",
+            "TOLLGATE_LOGIN_MAX_FAILURES": "100000000",
+            "TOLLGATE_REQUEST_TIMEOUT": "120s",
+        }
+        proc = subprocess.Popen([BIN, "serve"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                try:
+                    if request(port, "GET", "/readyz")[0] == 200:
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            assert request(port, "POST", "/api/v1/auth/register", {"email": "bench@example.com", "password": PASSWORD})[0] == 201
+            status, body = request(port, "POST", "/api/v1/auth/token", {"email": "bench@example.com", "password": PASSWORD})
+            token = json.loads(body)["access_token"]
+
+            idle = {"healthz": [], "me": []}
+            stop = threading.Event()
+            t = threading.Thread(target=probe, args=(port, token, stop, idle))
+            t.start()
+            time.sleep(min(5.0, args.seconds / 3))
+            stop.set()
+            t.join()
+
+            flood = {"healthz": [], "me": []}
+            # The guessers run in another process, so the probe here never waits on their GIL.
+            stop_flood = multiprocessing.Event()
+            handled = multiprocessing.Value("i", 0)
+            non_401 = multiprocessing.Value("i", 0)
+            flooder = multiprocessing.Process(target=flood_main, args=(port, args.clients, stop_flood, handled, non_401))
+            flooder.start()
+            time.sleep(2.0)  # let the queue form
+            before = handled.value
+            started = time.perf_counter()
+            stop = threading.Event()
+            t = threading.Thread(target=probe, args=(port, token, stop, flood))
+            t.start()
+            time.sleep(args.seconds)
+            stop.set()
+            t.join()
+            elapsed = time.perf_counter() - started
+            handled = handled.value - before
+            statuses = "all 401" if non_401.value == 0 else f"{non_401.value} not 401"
+            stop_flood.set()
+            flooder.join(timeout=120)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent wrong-password clients for {args.seconds:.0f} s")
+    print(f"logins handled: {handled} ({handled / elapsed:.1f}/s), {statuses}")
+    print(f"{'route':<10}{'idle p50':>10}{'idle p99':>10}{'flood p50':>11}{'flood p99':>11}{'p99 ratio':>11}  samples idle/flood")
+    for name in ("healthz", "me"):
+        i, f = idle[name], flood[name]
+        print(f"{name:<10}{statistics.median(i):>9.2f}ms{pct(i, 99):>8.2f}ms{statistics.median(f):>9.2f}ms{pct(f, 99):>9.2f}ms{pct(f, 99) / pct(i, 99):>10.2f}x  {len(i)}/{len(f)}")
+
+
+if __name__ == "__main__":
+    main()
