@@ -13,7 +13,7 @@ use super::jwt::{Claims, JwtKeys};
 use super::password::PasswordHasherPool;
 use super::FieldError;
 use crate::config::AuthConfig;
-use crate::ratelimit::{Decision, Quota, RateLimiter};
+use crate::ratelimit::{client_key, Decision, Quota, RateLimiter};
 use crate::store::{NewAuditEntry, SessionRow, SpendOutcome, Store, StoreError};
 
 /// Who asked, for the audit log and the limiter.
@@ -162,7 +162,7 @@ impl AuthService {
         // per client IP as logins (the CLI has no IP and is not limited).
         if !meta.ip.is_empty() {
             if let Decision::Limited { limit, retry_after } =
-                self.limiter.hit(&format!("register:ip:{}", meta.ip), self.ip_quota()).await
+                self.limiter.hit(&format!("register:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
             {
                 return Err(AuthError::RateLimited { limit, retry_after });
             }
@@ -206,7 +206,7 @@ impl AuthService {
     /// account give the same error after the same work (a dummy hash for unknown emails).
     async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<User, AuthError> {
         if let Decision::Limited { limit, retry_after } =
-            self.limiter.hit(&format!("login:ip:{}", meta.ip), self.ip_quota()).await
+            self.limiter.hit(&format!("login:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
         {
             return Err(AuthError::RateLimited { limit, retry_after });
         }

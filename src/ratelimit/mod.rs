@@ -23,6 +23,18 @@ impl Quota {
     }
 }
 
+/// The part of a client address a per-IP limit is keyed on: the address for IPv4, the /64 for
+/// IPv6 (one subscriber usually holds a whole /64 and could rotate through it).
+pub fn client_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => ip.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allowed { limit: u32, remaining: u32, reset: Duration },
@@ -63,6 +75,13 @@ pub(crate) fn gcra(tat: Option<Duration>, now: Duration, quota: Quota) -> (Decis
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        assert_eq!(client_key("2001:db8:1:2:aaaa::1"), client_key("2001:db8:1:2:bbbb::9"));
+        assert_ne!(client_key("2001:db8:1:2::1"), client_key("2001:db8:1:3::1"));
+        assert_eq!(client_key("192.0.2.1"), "192.0.2.1");
+    }
 
     #[test]
     fn a_burst_of_limit_then_one_per_interval() {

@@ -102,6 +102,7 @@ pub struct TokenOut {
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (email, weak password, name)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many registrations from this client; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
