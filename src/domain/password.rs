@@ -26,6 +26,8 @@ pub struct PasswordHasherPool {
     params: (u32, u32, u32),
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// A hash of a random password with this pool's parameters, made on first use.
+    dummy: Arc<OnceLock<String>>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -72,7 +74,13 @@ impl PasswordHasherPool {
                 }
             });
         }
-        PasswordHasherPool { jobs, params, in_flight: Arc::new(AtomicUsize::new(0)), peak: Arc::new(AtomicUsize::new(0)) }
+        PasswordHasherPool {
+            jobs,
+            params,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
+            dummy: Arc::new(OnceLock::new()),
+        }
     }
 
     /// The most hashes that ever ran at once.
@@ -113,13 +121,15 @@ impl PasswordHasherPool {
     }
 
     /// Verifies against `stored`; with `None` (unknown user) verifies against a dummy hash so the
-    /// answer takes as long as for a real account.
+    /// answer takes as long as for a real account. A stored hash with cheaper, older parameters is
+    /// padded with a dummy verification too, so it does not answer faster.
     pub async fn verify(&self, password: &SecretString, stored: Option<&str>) -> anyhow::Result<Verified> {
         let password = password.clone();
         let stored = stored.map(str::to_owned);
         let (m, t, p) = self.params;
+        let dummy_cell = self.dummy.clone();
         self.run(move || {
-            let dummy = dummy_hash(m, t, p);
+            let dummy = dummy_cell.get_or_init(|| dummy_hash(m, t, p)).as_str();
             let real = stored.is_some();
             let phc = stored.as_deref().unwrap_or(dummy);
             let Ok(parsed) = PasswordHash::new(phc) else {
@@ -130,6 +140,9 @@ impl PasswordHasherPool {
             let ok = Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok() && real;
             let current = parsed.algorithm.as_str() == "argon2id"
                 && Params::try_from(&parsed).is_ok_and(|pp| pp.m_cost() == m && pp.t_cost() == t && pp.p_cost() == p);
+            if real && !current {
+                let _ = verify_phc(dummy, password.expose_secret());
+            }
             Verified { ok, needs_rehash: ok && !current }
         })
         .await
@@ -146,16 +159,13 @@ fn verify_phc(phc: &str, password: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
-/// A hash of a random password with today's parameters, made once.
-fn dummy_hash(m: u32, t: u32, p: u32) -> &'static str {
-    static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        argon2_with(m, t, p)
-            .hash_password(crate::domain::crypto::random_token().as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default()
-    })
+/// A hash of a random password with the given parameters.
+fn dummy_hash(m: u32, t: u32, p: u32) -> String {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    argon2_with(m, t, p)
+        .hash_password(crate::domain::crypto::random_token().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
