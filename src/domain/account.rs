@@ -42,12 +42,6 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The address folded for comparison: the same for an address in any case, so one mailbox is
-    /// one account and varying the case buys no extra login attempts.
-    pub fn limiter_key(&self) -> String {
-        email_key(&self.0)
-    }
 }
 
 impl fmt::Display for Email {
@@ -61,6 +55,20 @@ impl fmt::Display for Email {
 /// database, so SQLite (ASCII-only `lower`) and PostgreSQL (locale-dependent) agree.
 pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
+}
+
+/// Words zxcvbn should treat as known when judging a user's password: the address, its halves and
+/// the words of the name.
+pub fn known_words<'a>(email: Option<&'a str>, name: Option<&'a str>) -> Vec<&'a str> {
+    let mut words = Vec::new();
+    if let Some(e) = email {
+        words.push(e);
+        words.extend(e.split('@'));
+    }
+    if let Some(n) = name {
+        words.extend(n.split_whitespace());
+    }
+    words
 }
 
 /// A display name: 1–100 characters after trimming, no control characters.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::account::{new_id, Email, NewPassword, Role, User, UserName};
+use super::account::{email_key, known_words, new_id, Email, NewPassword, Role, User, UserName};
 use super::crypto::{csrf_token_for, random_token, token_hash};
 use super::jwt::{Claims, JwtKeys};
 use super::password::PasswordHasherPool;
@@ -96,6 +96,12 @@ pub struct AuthService {
 /// not on every request.
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
+/// The per-account limiter's key: failed logins and wrong current passwords count together, and
+/// the address's case buys nothing.
+fn account_limiter_key(email: &str) -> String {
+    format!("login:account:{}", email_key(email))
+}
+
 fn chrono_of(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -170,14 +176,7 @@ impl AuthService {
         let mut errors = Vec::new();
         let email = Email::parse("email", email).map_err(|e| errors.push(e)).ok();
         let name = name.map(|n| UserName::parse("name", n)).transpose().map_err(|e| errors.push(e)).ok().flatten();
-        let mut known: Vec<&str> = Vec::new();
-        if let Some(e) = &email {
-            known.push(e.as_str());
-            known.extend(e.as_str().split('@'));
-        }
-        if let Some(n) = &name {
-            known.extend(n.as_str().split_whitespace());
-        }
+        let known = known_words(email.as_ref().map(Email::as_str), name.as_ref().map(UserName::as_str));
         let password = NewPassword::parse("password", password, &known).map_err(|e| errors.push(e)).ok();
         let (Some(email), Some(password), true) = (email, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
@@ -213,7 +212,7 @@ impl AuthService {
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
         // The attempt is counted before the password is checked, so guesses sent in parallel all
         // count; a successful login gives its count back.
-        let account_key = format!("login:account:{}", email.limiter_key());
+        let account_key = account_limiter_key(email.as_str());
         if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
@@ -373,15 +372,11 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<(), AuthError> {
         // Guessing the current password through this route counts like failed logins.
-        let account_key = format!("login:account:{}", super::account::email_key(&user.email));
+        let account_key = account_limiter_key(&user.email);
         if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let mut known: Vec<&str> = vec![user.email.as_str()];
-        known.extend(user.email.split('@'));
-        if let Some(n) = &user.name {
-            known.extend(n.split_whitespace());
-        }
+        let known = known_words(Some(&user.email), user.name.as_deref());
         let mut errors = Vec::new();
         let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
         if verified.ok {

@@ -69,12 +69,16 @@ pub struct NewAuditEntry {
     pub detail: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One audit-log entry, as stored and as `GET /api/v1/admin/audit` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub occurred_at: DateTime<Utc>,
+    /// Who did it (a user id), when known.
     pub actor: Option<String>,
+    #[schema(example = "login.failure")]
     pub action: String,
+    /// What it was done to.
     pub resource: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,

@@ -13,6 +13,7 @@ use crate::domain::FieldError;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
+use crate::store::AuditEntry;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -101,24 +102,8 @@ pub struct UserPatchIn {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct AuditOut {
-    pub id: i64,
-    pub occurred_at: DateTime<Utc>,
-    /// Who did it (a user id), when known.
-    pub actor: Option<String>,
-    #[schema(example = "login.failure")]
-    pub action: String,
-    /// What it was done to.
-    pub resource: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-    pub detail: serde_json::Value,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
-    pub data: Vec<AuditOut>,
+    pub data: Vec<AuditEntry>,
     pub has_more: bool,
 }
 
@@ -188,19 +173,5 @@ pub async fn list_audit(
     let mut rows = state.store.list_audit_page(limit + 1, after).await.map_err(anyhow::Error::from)?;
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let data = rows
-        .into_iter()
-        .map(|e| AuditOut {
-            id: e.id,
-            occurred_at: e.occurred_at,
-            actor: e.actor,
-            action: e.action,
-            resource: e.resource,
-            ip: e.ip,
-            user_agent: e.user_agent,
-            request_id: e.request_id,
-            detail: e.detail,
-        })
-        .collect();
-    Ok(axum::Json(AuditList { data, has_more }))
+    Ok(axum::Json(AuditList { data: rows, has_more }))
 }
