@@ -66,6 +66,14 @@ fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
     }
 }
 
+/// A page of at most `limit` from `limit + 1` fetched rows, and whether there are more.
+fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    let has_more = rows.len() > limit;
+    rows.truncate(limit);
+    (rows, has_more)
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AdminUserOut {
     pub id: String,
@@ -121,9 +129,8 @@ pub async fn list_users(
     RawQuery(q): RawQuery,
 ) -> ApiResult<axum::Json<UserList>> {
     let (limit, after) = list_params(q)?;
-    let mut users = state.store.list_users(limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
-    let has_more = users.len() as i64 > limit;
-    users.truncate(limit as usize);
+    let users = state.store.list_users(limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
+    let (users, has_more) = page(users, limit);
     Ok(axum::Json(UserList { data: users.iter().map(AdminUserOut::from).collect(), has_more }))
 }
 
@@ -170,8 +177,7 @@ pub async fn list_audit(
         Some(Err(_)) => return Err(ApiError::Validation(vec![FieldError::new("starting_after", "must be an audit entry id")])),
         None => None,
     };
-    let mut rows = state.store.list_audit_page(limit + 1, after).await.map_err(anyhow::Error::from)?;
-    let has_more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
+    let rows = state.store.list_audit_page(limit + 1, after).await.map_err(anyhow::Error::from)?;
+    let (rows, has_more) = page(rows, limit);
     Ok(axum::Json(AuditList { data: rows, has_more }))
 }
