@@ -9,6 +9,7 @@ pub mod http;
 pub mod ratelimit;
 pub mod redis;
 pub mod store;
+pub mod stripe;
 pub mod telemetry;
 
 pub use app::{App, AppState};
