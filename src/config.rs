@@ -83,6 +83,8 @@ pub struct StripeConfig {
     pub webhook_secrets: Vec<SecretString>,
     pub api_base: Url,
     pub provider: PaymentProvider,
+    /// How far a webhook's signed timestamp may be from now, either way.
+    pub webhook_tolerance: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +339,13 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         secret: true,
         meaning: "webhook signing secret(s), comma-separated during rotation",
+    },
+    Setting {
+        key: "stripe_webhook_tolerance",
+        env: &["STRIPE_WEBHOOK_TOLERANCE"],
+        default: Some("300s"),
+        secret: false,
+        meaning: "how far a webhook signature's timestamp may be from now, either way",
     },
     Setting {
         key: "stripe_api_base",
@@ -792,6 +801,7 @@ impl Config {
                 webhook_secrets,
                 api_base: api_base.unwrap_or_else(|| Url::parse("https://api.stripe.com").expect("constant URL")),
                 provider,
+                webhook_tolerance: duration("stripe_webhook_tolerance", &mut errors),
             },
         };
         (config, errors)

@@ -22,4 +22,5 @@ pub mod account;
 pub mod auth;
 pub mod crypto;
 pub mod jwt;
+pub mod ledger;
 pub mod password;

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::domain::FieldError;
 use crate::http::error::Problem;
-use crate::http::routes::{admin, auth, docs, health, me};
+use crate::http::routes::{admin, auth, docs, events, health, me, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,12 +20,14 @@ use crate::http::routes::{admin, auth, docs, health, me};
         auth::register, auth::login, auth::logout, auth::csrf, auth::token, auth::refresh,
         me::me, me::change_password, me::sessions, me::end_session,
         admin::list_users, admin::update_user, admin::list_audit,
+        webhooks::receive, events::list_events, events::get_event,
     ),
     components(schemas(Problem, FieldError, health::HealthOut, health::ReadyOut)),
     tags(
         (name = "auth", description = "Accounts: registration, browser sessions (cookie + CSRF), tokens for API clients"),
         (name = "me", description = "The caller's own account"),
         (name = "admin", description = "Administration (role admin)"),
+        (name = "webhooks", description = "Deliveries from Stripe, verified and stored in the ledger"),
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
     ),

@@ -2,6 +2,7 @@
 //! migrations under `migrations/<engine>/`. Nothing outside this module writes SQL.
 
 pub mod accounts;
+pub mod ledger;
 mod postgres;
 mod sqlite;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::config::DatabaseConfig;
 
 pub use accounts::{AccountStore, SessionRow, SpendOutcome};
+pub use ledger::{LedgerStore, NewEvent, Recorded};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -94,7 +96,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + Send + Sync + 'static {
+pub trait Store: AccountStore + LedgerStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

@@ -10,6 +10,7 @@ use crate::config::DatabaseConfig;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 super::accounts::impl_account_store!(PgStore);
+super::ledger::impl_ledger_store!(PgStore);
 
 pub struct PgStore {
     pool: PgPool,

@@ -12,6 +12,7 @@ use crate::config::DatabaseConfig;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 super::accounts::impl_account_store!(SqliteStore);
+super::ledger::impl_ledger_store!(SqliteStore);
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -12,3 +12,4 @@ mod network;
 mod security_headers;
 mod storage;
 mod tls;
+mod webhooks;

@@ -45,7 +45,7 @@ pub struct AuditListParams {
 }
 
 /// Parses list parameters, reporting each bad one as a 422 field error.
-fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
+pub(crate) fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
     let mut limit = 20;
     let mut after = None;
     let mut errors = Vec::new();
@@ -67,7 +67,7 @@ fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
 }
 
 /// A page of at most `limit` from `limit + 1` fetched rows, and whether there are more.
-fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
+pub(crate) fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
     let limit = usize::try_from(limit).unwrap_or(0);
     let has_more = rows.len() > limit;
     rows.truncate(limit);

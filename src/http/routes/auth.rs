@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterIn {
-    #[schema(example = "ada@example.com")]
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
     /// 12–128 characters, not a common or easily guessed password.
     #[schema(value_type = String, min_length = 12, max_length = 128, example = "correct horse battery staple 42")]
@@ -40,7 +40,7 @@ pub struct RegisterIn {
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CredentialsIn {
-    #[schema(example = "ada@example.com")]
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     pub email: String,
     #[schema(value_type = String, example = "correct horse battery staple 42")]
     pub password: SecretString,

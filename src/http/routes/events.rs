@@ -1,0 +1,147 @@
+//! `/api/v1/admin/events*`: the ledger, for operators.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::AppState;
+use crate::domain::FieldError;
+use crate::http::auth::AdminUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::routes::admin::{list_params, page};
+use crate::store::ledger::{EventRow, HistoryRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/admin/events", get(list_events)).route("/api/v1/admin/events/{id}", get(get_event))
+}
+
+const STATUSES: &[&str] = &["received", "processed", "ignored", "unmatched", "failed"];
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventListParams {
+    /// Only events of this type (`checkout.session.completed`, …).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+    /// Only events in this state.
+    #[param(pattern = "^(received|processed|ignored|unmatched|failed)$")]
+    pub status: Option<String>,
+    /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The last event id of the previous page.
+    pub starting_after: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventOut {
+    #[schema(example = "evt_1Pgc76B7WZ01zgkWwyRHS12y")]
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub livemode: bool,
+    pub api_version: Option<String>,
+    /// When Stripe created the event (RFC 3339).
+    pub created: Option<DateTime<Utc>>,
+    pub received_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// `received`, `processed`, `ignored`, `unmatched` or `failed`.
+    pub status: String,
+}
+
+impl From<&EventRow> for EventOut {
+    fn from(r: &EventRow) -> EventOut {
+        EventOut {
+            id: r.event_id.clone(),
+            kind: r.kind.clone(),
+            livemode: r.livemode,
+            api_version: r.api_version.clone(),
+            created: DateTime::from_timestamp(r.created, 0),
+            received_at: r.received_at,
+            updated_at: r.updated_at,
+            status: r.status.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<EventOut>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventDetailOut {
+    #[serde(flatten)]
+    pub event: EventOut,
+    /// The body exactly as Stripe sent and signed it.
+    pub raw_payload: String,
+    /// What was done with the event, oldest first.
+    pub history: Vec<HistoryRow>,
+}
+
+/// Every verified event, newest first.
+#[utoipa::path(get, path = "/api/v1/admin/events", tag = "admin", params(EventListParams), security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "A page of the ledger", body = EventList),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter or list parameters", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_events(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::Json<EventList>> {
+    let (limit, after) = list_params(q.clone())?;
+    let mut kind = None;
+    let mut status = None;
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "type" if !v.is_empty() => kind = Some(v.into_owned()),
+            "status" => {
+                if !STATUSES.contains(&v.as_ref()) {
+                    return Err(ApiError::Validation(vec![FieldError::new(
+                        "status",
+                        "must be received, processed, ignored, unmatched or failed",
+                    )]));
+                }
+                status = Some(v.into_owned());
+            }
+            _ => {}
+        }
+    }
+    let rows = state
+        .store
+        .list_events(kind.as_deref(), status.as_deref(), limit + 1, after.as_deref())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let (rows, has_more) = page(rows, limit);
+    Ok(axum::Json(EventList { data: rows.iter().map(EventOut::from).collect(), has_more }))
+}
+
+/// One event with its raw payload and processing history.
+#[utoipa::path(get, path = "/api/v1/admin/events/{id}", tag = "admin", security(("bearer" = []), ("session" = [])),
+    params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
+    responses(
+        (status = 200, description = "The event", body = EventDetailOut),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_event(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EventDetailOut>> {
+    let (row, history) = state.store.event(&id).await.map_err(anyhow::Error::from)?.ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(EventDetailOut {
+        event: EventOut::from(&row),
+        raw_payload: String::from_utf8_lossy(&row.payload).into_owned(),
+        history,
+    }))
+}

@@ -1,0 +1,75 @@
+//! `POST /api/v1/webhooks/stripe`: verify over the raw bytes, store in the ledger, then answer 200.
+//! Nothing is acknowledged before it is durable; nothing unverified is stored.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::Router;
+use chrono::Utc;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::domain::ledger::{classify, key_is_live};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ClientInfo;
+use crate::store::{NewEvent, Recorded};
+use crate::stripe::webhook::{verify_signature, Event};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/webhooks/stripe", post(receive))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReceivedOut {
+    pub received: bool,
+}
+
+/// A Stripe event delivery. Verified by `Stripe-Signature` over the raw body; answered 200 once the
+/// event is durably in the ledger (a redelivery of a stored event is a 200 no-op).
+#[utoipa::path(post, path = "/api/v1/webhooks/stripe", tag = "webhooks",
+    params(("Stripe-Signature" = String, Header, description = "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"t.body\">")),
+    request_body(content = Object, content_type = "application/json", description = "A Stripe event, byte for byte as Stripe signed it"),
+    responses(
+        (status = 200, description = "Stored (or already stored)", body = ReceivedOut),
+        (status = 400, description = "Missing, forged or stale signature, or a body that is not a Stripe event; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Not stored; Stripe will retry", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn receive(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<axum::Json<ReceivedOut>> {
+    let stripe = &state.config.stripe;
+    let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let tolerance = i64::try_from(stripe.webhook_tolerance.as_secs()).unwrap_or(300);
+    if let Err(reason) = verify_signature(&body, header, &stripe.webhook_secrets, Utc::now().timestamp(), tolerance) {
+        // A security event: who and why, never the body or the header.
+        tracing::warn!(security = true, reason = %reason, client_ip = %client.ip, bytes = body.len(), "stripe webhook refused");
+        return Err(ApiError::BadRequest("invalid Stripe-Signature".to_owned()));
+    }
+    let Some(event) = Event::parse(&body) else {
+        tracing::warn!(security = true, client_ip = %client.ip, "signed stripe webhook body is not an event");
+        return Err(ApiError::BadRequest("the body is not a Stripe event".to_owned()));
+    };
+    let key_live = key_is_live(stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
+    let (status, detail) = classify(&event.kind, event.livemode, key_live);
+    let new = NewEvent {
+        event_id: event.id.clone(),
+        kind: event.kind.clone(),
+        livemode: event.livemode,
+        api_version: event.api_version.clone(),
+        created: event.created,
+        payload: body.to_vec(),
+    };
+    match state.store.record_event(&new, status, &detail, Utc::now()).await.map_err(anyhow::Error::from)? {
+        Recorded::Inserted => tracing::info!(event_id = %event.id, kind = %event.kind, status, "stripe event stored"),
+        Recorded::Duplicate { status } => {
+            tracing::info!(event_id = %event.id, status = %status, "stripe event redelivered; already stored")
+        }
+    }
+    Ok(axum::Json(ReceivedOut { received: true }))
+}
