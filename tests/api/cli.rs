@@ -149,10 +149,10 @@ fn every_command_has_help_and_version_prints() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("tollgate {}", env!("CARGO_PKG_VERSION")));
 }
 
-struct Server {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    addr: String,
+pub struct Server {
+    pub child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    pub addr: String,
 }
 
 impl Drop for Server {
@@ -163,7 +163,7 @@ impl Drop for Server {
 }
 
 /// `tollgate serve` on port 0 in `dir`; returns once it logs the address it listens on.
-fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+pub fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
     serve_with(dir, env, &[])
 }
 

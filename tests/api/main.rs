@@ -5,6 +5,7 @@ mod accounts;
 mod cli;
 mod contract;
 mod cors;
+mod durability;
 mod errors;
 mod health;
 mod helpers;
