@@ -12,12 +12,17 @@ use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{Config, TlsConfig};
+use crate::config::{Config, PaymentProvider, TlsConfig};
 use crate::domain::auth::AuthService;
 use crate::domain::jwt::JwtKeys;
 use crate::domain::password::PasswordHasherPool;
+use crate::domain::ledger::key_is_live;
+use crate::domain::payments::PaymentsService;
 use crate::ratelimit::MemoryRateLimiter;
 use crate::store::{self, Store};
+use crate::stripe::client::StripeClient;
+use crate::stripe::sandbox::Sandbox;
+use crate::stripe::Provider;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -25,6 +30,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub auth: Arc<AuthService>,
+    pub payments: Arc<PaymentsService>,
+    /// The sandbox provider's pages, when it is the provider.
+    pub sandbox: Option<Arc<Sandbox>>,
     pub cookie: CookieSettings,
     /// The OpenAPI document, generated once at start.
     pub openapi: Arc<String>,
@@ -62,6 +70,38 @@ pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
     AuthService::new(store, PasswordHasherPool::new(), Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone())
 }
 
+/// The payments service for `config` with its provider: Stripe when configured, else the sandbox
+/// (which posts its signed events to `webhook_url`). The server and the CLI share it.
+pub fn payments_service(
+    config: &Config,
+    store: Arc<dyn Store>,
+    webhook_url: url::Url,
+) -> anyhow::Result<(PaymentsService, Option<Arc<Sandbox>>)> {
+    let (provider, sandbox): (Arc<dyn Provider>, Option<Arc<Sandbox>>) = match (&config.stripe.provider, &config.stripe.secret_key) {
+        (PaymentProvider::Stripe, Some(key)) => (Arc::new(StripeClient::new(config.stripe.api_base.clone(), key.clone())?), None),
+        _ => {
+            // `App::build` gives the sandbox a secret the endpoint verifies; the CLI never delivers.
+            let secret = config.stripe.webhook_secrets.first().cloned().unwrap_or_else(|| crate::domain::crypto::random_token().into());
+            let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url, secret)?);
+            (sandbox.clone(), Some(sandbox))
+        }
+    };
+    let key_live = key_is_live(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
+    let service = PaymentsService::new(store, provider, Arc::new(MemoryRateLimiter::new()), config.payments.clone(), key_live);
+    Ok((service, sandbox))
+}
+
+/// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).
+fn own_webhook_url(addr: SocketAddr, tls: bool) -> anyhow::Result<url::Url> {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    Ok(url::Url::parse(&format!("{scheme}://{}/api/v1/webhooks/stripe", SocketAddr::new(ip, addr.port())))?)
+}
+
 pub struct App {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
@@ -90,7 +130,11 @@ impl App {
     }
 
     /// Like [`App::build`], with `extra` routes served behind the same middleware stack.
-    pub async fn build_with(config: Config, extra: Router<AppState>) -> anyhow::Result<App> {
+    pub async fn build_with(mut config: Config, extra: Router<AppState>) -> anyhow::Result<App> {
+        if config.stripe.provider == PaymentProvider::Sandbox && config.stripe.webhook_secrets.is_empty() {
+            // Production refuses the sandbox; in development it signs with a per-process secret.
+            config.stripe.webhook_secrets.push(secrecy::SecretString::from(format!("whsec_{}", crate::domain::crypto::random_token())));
+        }
         // Everything that can be refused without side effects is checked before the database.
         let tls = match &config.tls {
             Some(t) => Some(load_tls(t)?),
@@ -106,8 +150,11 @@ impl App {
         let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
         let state = AppState {
             auth: Arc::new(auth_service(&config, store.clone())),
+            payments: Arc::new(payments),
+            sandbox,
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),
             store,

@@ -87,6 +87,15 @@ pub struct StripeConfig {
     pub webhook_tolerance: Duration,
 }
 
+/// Checkout: where buyers return, how long sessions stay open, how often a user may start one.
+#[derive(Debug, Clone)]
+pub struct PaymentsConfig {
+    pub success_url: String,
+    pub cancel_url: String,
+    pub checkout_ttl: Duration,
+    pub checkout_limit: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
@@ -100,6 +109,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub stripe: StripeConfig,
     pub auth: AuthConfig,
+    pub payments: PaymentsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -325,6 +335,34 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("1m"),
         secret: false,
         meaning: "the window of login_ip_limit",
+    },
+    Setting {
+        key: "checkout_success_url",
+        env: &["TOLLGATE_CHECKOUT_SUCCESS_URL"],
+        default: None,
+        secret: false,
+        meaning: "where Checkout sends the buyer after paying; {ORDER_ID} is replaced (default: public_url/api/v1/orders/{ORDER_ID})",
+    },
+    Setting {
+        key: "checkout_cancel_url",
+        env: &["TOLLGATE_CHECKOUT_CANCEL_URL"],
+        default: None,
+        secret: false,
+        meaning: "where Checkout sends a buyer who cancels; {ORDER_ID} is replaced (default: same as the success URL)",
+    },
+    Setting {
+        key: "checkout_expires_after",
+        env: &["TOLLGATE_CHECKOUT_EXPIRES_AFTER"],
+        default: Some("1h"),
+        secret: false,
+        meaning: "how long a Checkout Session stays open (Stripe allows 30m to 24h)",
+    },
+    Setting {
+        key: "checkout_limit",
+        env: &["TOLLGATE_CHECKOUT_LIMIT"],
+        default: Some("10"),
+        secret: false,
+        meaning: "checkouts and payment intents one user may start per minute",
     },
     Setting {
         key: "stripe_secret_key",
@@ -774,9 +812,29 @@ impl Config {
             login_ip_limit: count("login_ip_limit", &mut errors),
             login_ip_window: duration("login_ip_window", &mut errors),
         };
+        let public = public_url.clone().unwrap_or_else(|| Url::parse("http://localhost:8080").expect("constant URL"));
+        let default_return = format!("{}api/v1/orders/{{ORDER_ID}}", public.as_str());
+        let return_url = |key: &str, errors: &mut Vec<String>| match raw.get(key).map(str::trim) {
+            None => None,
+            Some(v) if Url::parse(&v.replace("{ORDER_ID}", "ord_x")).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) => {
+                Some(v.to_owned())
+            }
+            Some(_) => {
+                errors.push(bad(key, "must be an http(s) URL"));
+                None
+            }
+        };
+        let success_url = return_url("checkout_success_url", &mut errors).unwrap_or(default_return);
+        let cancel_url = return_url("checkout_cancel_url", &mut errors).unwrap_or_else(|| success_url.clone());
+        let checkout_ttl = duration("checkout_expires_after", &mut errors);
+        if !(Duration::from_secs(30 * 60)..=Duration::from_secs(24 * 3600)).contains(&checkout_ttl) {
+            errors.push(bad("checkout_expires_after", "must be between 30m and 24h (Stripe's limits)"));
+        }
+        let payments = PaymentsConfig { success_url, cancel_url, checkout_ttl, checkout_limit: count("checkout_limit", &mut errors) };
         let config = Config {
             env,
             auth,
+            payments,
             bind: bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
             public_url: public_url.unwrap_or_else(|| Url::parse("http://localhost:8080").expect("constant URL")),
             database: DatabaseConfig {

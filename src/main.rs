@@ -44,6 +44,62 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// The event ledger.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Talking to Stripe.
+    Stripe {
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Processes a stored event again (idempotent: nothing is granted twice).
+    Replay {
+        /// The Stripe event id (evt_…).
+        event_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum StripeCommand {
+    /// Pages through Stripe's Events API and stores and applies every event the ledger is missing
+    /// (webhooks lost while tollgate was down). Idempotent: run it as often as you like.
+    Sync {
+        /// How far back: an RFC 3339 time or a duration such as 6h or 7d (default and maximum:
+        /// 30d, as long as Stripe keeps events).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+}
+
+/// `--since`: a time, or a duration back from now; never more than Stripe's 30 days.
+fn parse_since(value: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    let oldest = now - chrono::Duration::days(30);
+    let Some(v) = value else { return Ok(oldest) };
+    let at = match chrono::DateTime::parse_from_rfc3339(v) {
+        Ok(t) => t.with_timezone(&chrono::Utc),
+        Err(_) => {
+            let d = tollgate::config::parse_duration(v).ok_or_else(|| anyhow::anyhow!("--since must be an RFC 3339 time or a duration such as 7d"))?;
+            now - chrono::Duration::from_std(d)?
+        }
+    };
+    Ok(at.max(oldest))
+}
+
+/// The store and payments service for a one-off command.
+async fn payments(config: &Config) -> anyhow::Result<(std::sync::Arc<dyn store::Store>, tollgate::domain::payments::PaymentsService)> {
+    let store = store::connect(&config.database).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await?;
+    }
+    let unused = url::Url::parse("http://127.0.0.1/")?;
+    let (service, _) = tollgate::app::payments_service(config, store.clone(), unused)?;
+    Ok((store, service))
 }
 
 #[derive(Subcommand)]
@@ -128,6 +184,55 @@ fn main() -> ExitCode {
                     }
                     Err(e) => anyhow::bail!("{e}"),
                 }
+            })
+        }
+        Command::Events { command: EventsCommand::Replay { event_id } } => {
+            let config = match Config::parse(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_errors(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(&config.log_filter, config.log_format);
+            run(async move {
+                let (store, service) = payments(&config).await?;
+                let result = service.replay(&event_id, "the command line").await;
+                store.close().await;
+                match result {
+                    Ok((status, detail)) => {
+                        println!("{event_id}: {status} ({detail})");
+                        Ok(())
+                    }
+                    Err(tollgate::domain::payments::PaymentError::NotFound) => anyhow::bail!("no event {event_id} in the ledger"),
+                    Err(e) => anyhow::bail!("{e}"),
+                }
+            })
+        }
+        Command::Stripe { command: StripeCommand::Sync { since } } => {
+            let config = match Config::parse(&sources) {
+                Ok(c) => c,
+                Err(e) => {
+                    print_errors(&e);
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(&config.log_filter, config.log_format);
+            run(async move {
+                let since = parse_since(since.as_deref(), chrono::Utc::now())?;
+                anyhow::ensure!(
+                    config.stripe.provider == tollgate::config::PaymentProvider::Stripe,
+                    "stripe sync needs STRIPE_SECRET_KEY (the sandbox delivers every event as it happens)"
+                );
+                let (store, service) = payments(&config).await?;
+                eprintln!("syncing Stripe events since {}", since.to_rfc3339());
+                let report = service
+                    .sync(since, |r| eprintln!("  {} seen, {} new stored, {} already in the ledger", r.seen, r.stored, r.already_had))
+                    .await;
+                store.close().await;
+                let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!("synced: {} events seen, {} stored, {} already in the ledger", report.seen, report.stored, report.already_had);
+                Ok(())
             })
         }
         Command::Migrate => {

@@ -1,4 +1,4 @@
-//! What the ledger does with a verified event before any order logic exists for it.
+//! The ledger's rules: which event types tollgate acts on, and which key mode applies events.
 
 /// The event types tollgate acts on (API.md). Every other verified event is stored as `ignored`.
 pub const HANDLED_TYPES: &[&str] = &[
@@ -8,6 +8,7 @@ pub const HANDLED_TYPES: &[&str] = &[
     "checkout.session.expired",
     "payment_intent.succeeded",
     "payment_intent.payment_failed",
+    "payment_intent.canceled",
     "charge.refunded",
     "charge.dispute.created",
     "charge.dispute.closed",
@@ -19,31 +20,13 @@ pub fn key_is_live(secret_key: Option<&str>) -> bool {
     secret_key.is_some_and(|k| k.starts_with("sk_live_") || k.starts_with("rk_live_"))
 }
 
-/// The status and history line an event is stored with.
-pub fn classify(kind: &str, event_livemode: bool, key_live: bool) -> (&'static str, String) {
-    if event_livemode != key_live {
-        let (event, key) = if event_livemode { ("live", "test") } else { ("test", "live") };
-        return ("ignored", format!("a {event}-mode event, but the configured key is a {key} key: stored, not applied"));
-    }
-    if HANDLED_TYPES.contains(&kind) {
-        // Orders do not exist yet, so nothing can match; the payments work applies these.
-        ("unmatched", "no order matches this event".to_owned())
-    } else {
-        ("ignored", format!("event type {kind} is not handled"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn classification() {
-        assert_eq!(classify("plan.created", false, false).0, "ignored");
-        assert_eq!(classify("checkout.session.completed", false, false).0, "unmatched");
-        let (status, detail) = classify("checkout.session.completed", true, false);
-        assert_eq!(status, "ignored");
-        assert!(detail.contains("live-mode event"));
-        assert!(key_is_live(Some("sk_live_x")) && !key_is_live(Some("sk_test_x")) && !key_is_live(None));
+    fn live_keys() {
+        assert!(key_is_live(Some("sk_live_x")) && key_is_live(Some("rk_live_x")));
+        assert!(!key_is_live(Some("sk_test_x")) && !key_is_live(None));
     }
 }

@@ -22,5 +22,8 @@ pub mod account;
 pub mod auth;
 pub mod crypto;
 pub mod jwt;
+pub mod catalog;
 pub mod ledger;
+pub mod orders;
 pub mod password;
+pub mod payments;

@@ -111,6 +111,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("not ready")]
     NotReady(BTreeMap<String, String>),
+    /// The payment provider failed or refused; logged, never shown (no key, no Stripe internals).
+    #[error("payment provider error: {0}")]
+    Provider(String),
     /// Logged with the request id; the client only learns that something went wrong.
     #[error("internal error: {0:#}")]
     Internal(#[from] anyhow::Error),
@@ -129,6 +132,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Provider(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -155,6 +159,7 @@ impl ApiError {
                 p.checks = Some(checks.clone());
                 p
             }
+            ApiError::Provider(_) => p.detail("the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)"),
             ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
         }
     }
@@ -171,6 +176,9 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             // Runs inside the request span, so the log line carries the request id.
             tracing::error!(error = %format!("{cause:#}"), "internal error");
+        }
+        if let ApiError::Provider(cause) = &self {
+            tracing::error!(error = %cause, "payment provider error");
         }
         let mut response = self.status().into_response();
         let headers = response.headers_mut();
@@ -219,3 +227,17 @@ impl From<crate::domain::auth::AuthError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::domain::payments::PaymentError> for ApiError {
+    fn from(e: crate::domain::payments::PaymentError) -> Self {
+        use crate::domain::payments::PaymentError;
+        match e {
+            PaymentError::NotFound => ApiError::NotFound,
+            PaymentError::Validation(errors) => ApiError::Validation(errors),
+            PaymentError::Conflict(d) => ApiError::Conflict(d),
+            PaymentError::RateLimited { limit, retry_after } => ApiError::RateLimited { limit, retry_after },
+            PaymentError::Provider(e) => ApiError::Provider(e.to_string()),
+            PaymentError::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}

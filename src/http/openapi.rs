@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::domain::FieldError;
 use crate::http::error::Problem;
-use crate::http::routes::{admin, auth, docs, events, health, me, webhooks};
+use crate::http::routes::{admin, auth, checkout, docs, events, health, me, products, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,15 +18,20 @@ use crate::http::routes::{admin, auth, docs, events, health, me, webhooks};
     paths(
         health::healthz, health::readyz, docs::openapi_json, docs::docs_page,
         auth::register, auth::login, auth::logout, auth::csrf, auth::token, auth::refresh,
-        me::me, me::change_password, me::sessions, me::end_session,
+        me::me, me::change_password, me::sessions, me::end_session, me::entitlements,
         admin::list_users, admin::update_user, admin::list_audit,
-        webhooks::receive, events::list_events, events::get_event,
+        webhooks::receive, events::list_events, events::get_event, events::replay_event,
+        products::list_products, products::create_product, products::update_product,
+        checkout::create_checkout_session, checkout::create_payment_intent, checkout::list_orders, checkout::get_order,
+        checkout::create_refund,
     ),
     components(schemas(Problem, FieldError, health::HealthOut, health::ReadyOut)),
     tags(
         (name = "auth", description = "Accounts: registration, browser sessions (cookie + CSRF), tokens for API clients"),
         (name = "me", description = "The caller's own account"),
         (name = "admin", description = "Administration (role admin)"),
+        (name = "catalog", description = "What can be bought"),
+        (name = "checkout", description = "Paying: Stripe Checkout or a PaymentIntent, and the resulting orders"),
         (name = "webhooks", description = "Deliveries from Stripe, verified and stored in the ledger"),
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::payments::OrderRef;
 use super::StoreError;
+use crate::domain::orders::PaymentFact;
 
 /// A verified event to store, with the exact bytes Stripe sent.
 #[derive(Debug, Clone)]
@@ -40,25 +42,36 @@ pub struct HistoryRow {
     pub detail: String,
 }
 
+/// What to do with a verified event (decided by `stripe::events::plan`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPlan {
+    /// Store it as `ignored`, for this reason.
+    Ignore(String),
+    /// A handled type that names no order it could apply to: `unmatched`.
+    Unmatched(String),
+    /// Apply `fact` to the order `order` names (`unmatched` when there is none).
+    Apply(OrderRef, PaymentFact),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
-    /// New in the ledger, stored with the given status.
-    Inserted,
-    /// Already in the ledger (a redelivery): nothing written.
+    /// Stored (or, after an earlier failure, processed again) and left with this status.
+    Stored { status: String, detail: String, retried: bool },
+    /// Already in the ledger and done with (a redelivery): nothing written.
     Duplicate { status: String },
 }
 
 #[async_trait]
 pub trait LedgerStore: Send + Sync {
-    /// Stores the event and its first history entry in one transaction; the event id is unique
-    /// in the database, so concurrent deliveries of one event store it once.
-    async fn record_event(
-        &self,
-        event: &NewEvent,
-        status: &str,
-        detail: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Recorded, StoreError>;
+    /// In one transaction: stores the event (its id is unique in the database, so concurrent
+    /// deliveries store it once) and, when it is new or its earlier processing failed, carries out
+    /// `plan` and records the outcome in its history. An error rolls everything back.
+    async fn record_event(&self, event: &NewEvent, plan: &EventPlan, now: DateTime<Utc>) -> Result<Recorded, StoreError>;
+    /// After `record_event` failed: keeps the event (status `failed`, the reason in its history)
+    /// so nothing verified is lost; a redelivery or a replay processes it again.
+    async fn mark_event_failed(&self, event: &NewEvent, detail: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Carries out `plan` again for a stored event; `None` when there is no such event.
+    async fn replay_event(&self, event_id: &str, plan: &EventPlan, why: &str, now: DateTime<Utc>) -> Result<Option<(String, String)>, StoreError>;
     /// Newest first, optionally filtered; `starting_after` is the last event id of the previous page.
     async fn list_events(
         &self,
@@ -73,20 +86,20 @@ pub trait LedgerStore: Send + Sync {
 pub(crate) const EVENT_COLUMNS: &str = "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload";
 
 macro_rules! impl_ledger_store {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
         impl $crate::store::ledger::LedgerStore for $store {
             async fn record_event(
                 &self,
                 e: &$crate::store::ledger::NewEvent,
-                status: &str,
-                detail: &str,
+                plan: &$crate::store::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::ledger::Recorded, $crate::store::StoreError> {
                 let mut tx = self.pool.begin().await?;
+                // The insert comes first: on SQLite it takes the write lock before anything is read.
                 let inserted = sqlx::query(
                     "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'received', $8) ON CONFLICT (event_id) DO NOTHING",
                 )
                 .bind(&e.event_id)
                 .bind(&e.kind)
@@ -95,25 +108,92 @@ macro_rules! impl_ledger_store {
                 .bind(e.created)
                 .bind(now)
                 .bind(now)
-                .bind(status)
                 .bind(&e.payload)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                let mut retried = false;
                 if inserted == 0 {
-                    let existing: String = sqlx::query_scalar("SELECT status FROM stripe_events WHERE event_id = $1").bind(&e.event_id).fetch_one(&mut *tx).await?;
-                    tx.rollback().await?;
-                    return Ok($crate::store::ledger::Recorded::Duplicate { status: existing });
+                    // Locks the event row, so two redeliveries of a failed event take turns.
+                    let existing: String = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                        .bind(&e.event_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    if existing != "failed" && existing != "received" {
+                        tx.rollback().await?;
+                        return Ok($crate::store::ledger::Recorded::Duplicate { status: existing });
+                    }
+                    retried = true;
                 }
-                sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, $3, $4)")
-                    .bind(&e.event_id)
-                    .bind(now)
-                    .bind(status)
-                    .bind(detail)
-                    .execute(&mut *tx)
-                    .await?;
+                let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
+                let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
+                Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
                 tx.commit().await?;
-                Ok($crate::store::ledger::Recorded::Inserted)
+                Ok($crate::store::ledger::Recorded::Stored { status: status.to_owned(), detail, retried })
+            }
+
+            async fn mark_event_failed(
+                &self,
+                e: &$crate::store::ledger::NewEvent,
+                detail: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'failed', $8) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&e.event_id)
+                .bind(&e.kind)
+                .bind(e.livemode)
+                .bind(&e.api_version)
+                .bind(e.created)
+                .bind(now)
+                .bind(now)
+                .bind(&e.payload)
+                .execute(&mut *tx)
+                .await?;
+                // Only an event nobody finished is marked; a concurrent success stands.
+                let open: Option<String> = sqlx::query_scalar(
+                    "UPDATE stripe_events SET status = 'failed', updated_at = $2 WHERE event_id = $1 AND status IN ('received', 'failed') RETURNING status",
+                )
+                .bind(&e.event_id)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if open.is_some() {
+                    sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, 'failed', $3)")
+                        .bind(&e.event_id)
+                        .bind(now)
+                        .bind(detail)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn replay_event(
+                &self,
+                event_id: &str,
+                plan: &$crate::store::ledger::EventPlan,
+                why: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<(String, String)>, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let found: Option<String> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                    .bind(event_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if found.is_none() {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
+                let detail = format!("{why}: {detail}");
+                Self::set_event_status(&mut tx, event_id, status, &detail, now).await?;
+                tx.commit().await?;
+                Ok(Some((status.to_owned(), detail)))
             }
 
             async fn list_events(
@@ -146,6 +226,49 @@ macro_rules! impl_ledger_store {
                     .fetch_all(&self.pool)
                     .await?;
                 Ok(Some((row, history)))
+            }
+        }
+
+        impl $store {
+            /// Carries out `plan` inside the ledger's transaction: the event's new status and why.
+            async fn carry_out(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                plan: &$crate::store::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(&'static str, String), $crate::store::StoreError> {
+                use $crate::store::ledger::EventPlan;
+                use $crate::store::payments::Applied;
+                Ok(match plan {
+                    EventPlan::Ignore(why) => ("ignored", why.clone()),
+                    EventPlan::Unmatched(why) => ("unmatched", why.clone()),
+                    EventPlan::Apply(order, fact) => match Self::apply_locked(tx, order, fact, now).await? {
+                        Applied::NoOrder => ("unmatched", "no order matches this event".to_owned()),
+                        Applied::Order { order_id, status, note } => ("processed", format!("order {order_id} {}: {note}", status.as_str())),
+                    },
+                })
+            }
+
+            async fn set_event_status(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                event_id: &str,
+                status: &str,
+                detail: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE stripe_events SET status = $2, updated_at = $3 WHERE event_id = $1")
+                    .bind(event_id)
+                    .bind(status)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, $3, $4)")
+                    .bind(event_id)
+                    .bind(now)
+                    .bind(status)
+                    .bind(detail)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
             }
         }
     };

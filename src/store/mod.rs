@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod ledger;
+pub mod payments;
 mod postgres;
 mod sqlite;
 
@@ -16,7 +17,8 @@ use serde::Serialize;
 use crate::config::DatabaseConfig;
 
 pub use accounts::{AccountStore, SessionRow, SpendOutcome};
-pub use ledger::{LedgerStore, NewEvent, Recorded};
+pub use ledger::{EventPlan, LedgerStore, NewEvent, Recorded};
+pub use payments::{Applied, IdempotencyStart, OrderRef, PaymentStore};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -57,6 +59,9 @@ pub enum StoreError {
     /// A uniqueness constraint refused the write.
     #[error("conflict with an existing record")]
     Conflict,
+    /// The stored data broke a domain rule (an illegal order transition, an unreadable grant).
+    #[error("{0}")]
+    Rule(String),
 }
 
 /// Something that happened, for the append-only audit log. Never holds a password or a token.
@@ -96,7 +101,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + LedgerStore + Send + Sync + 'static {
+pub trait Store: AccountStore + LedgerStore + PaymentStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

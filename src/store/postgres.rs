@@ -10,7 +10,8 @@ use crate::config::DatabaseConfig;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 super::accounts::impl_account_store!(PgStore);
-super::ledger::impl_ledger_store!(PgStore);
+super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
+super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 
 pub struct PgStore {
     pool: PgPool,

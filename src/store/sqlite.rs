@@ -12,7 +12,8 @@ use crate::config::DatabaseConfig;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 super::accounts::impl_account_store!(SqliteStore);
-super::ledger::impl_ledger_store!(SqliteStore);
+super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
+super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,

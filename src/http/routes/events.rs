@@ -1,7 +1,7 @@
 //! `/api/v1/admin/events*`: the ledger, for operators.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,13 +9,17 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::domain::FieldError;
-use crate::http::auth::AdminUser;
+use crate::http::auth::{AdminUser, Meta};
+use crate::http::routes::audit;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::routes::admin::{list_params, page};
 use crate::store::ledger::{EventRow, HistoryRow};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/admin/events", get(list_events)).route("/api/v1/admin/events/{id}", get(get_event))
+    Router::new()
+        .route("/api/v1/admin/events", get(list_events))
+        .route("/api/v1/admin/events/{id}", get(get_event))
+        .route("/api/v1/admin/events/{id}/replay", post(replay_event))
 }
 
 const STATUSES: &[&str] = &["received", "processed", "ignored", "unmatched", "failed"];
@@ -144,4 +148,25 @@ pub async fn get_event(
         raw_payload: String::from_utf8_lossy(&row.payload).into_owned(),
         history,
     }))
+}
+
+/// Processes a stored event again, as if it had just arrived (idempotent: an order is fulfilled
+/// once however often its events are replayed). Answers the event as it is afterwards.
+#[utoipa::path(post, path = "/api/v1/admin/events/{id}/replay", tag = "admin", security(("bearer" = []), ("session" = [])),
+    params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
+    responses(
+        (status = 200, description = "Processed again", body = EventDetailOut),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replay_event(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<EventDetailOut>> {
+    let (status, _) = state.payments.replay(&id, &admin.user.id).await?;
+    audit(&state, &meta, &admin.user.id, "event.replay", &id, serde_json::json!({"status": status})).await;
+    get_event(State(state), AdminUser(admin), Path(id)).await
 }

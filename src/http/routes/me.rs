@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/me/password", post(change_password))
         .route("/api/v1/me/sessions", get(sessions))
         .route("/api/v1/me/sessions/{id}", delete(end_session))
+        .route("/api/v1/me/entitlements", get(entitlements))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,4 +125,42 @@ pub async fn end_session(State(state): State<AppState>, current: CurrentUser, Pa
     } else {
         Err(ApiError::NotFound)
     }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessOut {
+    #[schema(example = "ent_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub id: String,
+    #[schema(example = "pro")]
+    pub feature: String,
+    /// The order that bought it.
+    pub order_id: String,
+    pub starts_at: DateTime<Utc>,
+    /// Null: forever.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EntitlementsOut {
+    /// Access the caller has now (suspended, revoked and expired grants are not listed).
+    pub access: Vec<AccessOut>,
+    /// Credits from paid orders that are neither refunded nor lost in a dispute.
+    #[schema(example = 500)]
+    pub credit_balance: i64,
+}
+
+/// What the caller owns now: active access grants and the credit balance.
+#[utoipa::path(get, path = "/api/v1/me/entitlements", tag = "me", security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "Active grants and credits", body = EntitlementsOut),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<EntitlementsOut>> {
+    let e = state.payments.entitlements(&current.user.id).await?;
+    let access = e
+        .access
+        .into_iter()
+        .map(|g| AccessOut { id: g.id, feature: g.feature.unwrap_or_default(), order_id: g.order_id, starts_at: g.starts_at, expires_at: g.expires_at })
+        .collect();
+    Ok(axum::Json(EntitlementsOut { access, credit_balance: e.credit_balance }))
 }

@@ -1,5 +1,6 @@
 //! `POST /api/v1/webhooks/stripe`: verify over the raw bytes, store in the ledger, then answer 200.
-//! Nothing is acknowledged before it is durable; nothing unverified is stored.
+//! Nothing is acknowledged before it is durable; nothing unverified is stored. The event is applied
+//! to its order in the same transaction as the ledger insert.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -11,10 +12,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::domain::ledger::{classify, key_is_live};
+use crate::domain::payments::Ingested;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
-use crate::store::{NewEvent, Recorded};
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> Router<AppState> {
@@ -55,19 +55,11 @@ pub async fn receive(
         tracing::warn!(security = true, client_ip = %client.ip, "signed stripe webhook body is not an event");
         return Err(ApiError::BadRequest("the body is not a Stripe event".to_owned()));
     };
-    let key_live = key_is_live(stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
-    let (status, detail) = classify(&event.kind, event.livemode, key_live);
-    let new = NewEvent {
-        event_id: event.id.clone(),
-        kind: event.kind.clone(),
-        livemode: event.livemode,
-        api_version: event.api_version.clone(),
-        created: event.created,
-        payload: body.to_vec(),
-    };
-    match state.store.record_event(&new, status, &detail, Utc::now()).await.map_err(anyhow::Error::from)? {
-        Recorded::Inserted => tracing::info!(event_id = %event.id, kind = %event.kind, status, "stripe event stored"),
-        Recorded::Duplicate { status } => {
+    match state.payments.ingest(&event, &body).await? {
+        Ingested::Stored { status, detail, retried } => {
+            tracing::info!(event_id = %event.id, kind = %event.kind, status = %status, detail = %detail, retried, "stripe event stored")
+        }
+        Ingested::Duplicate { status } => {
             tracing::info!(event_id = %event.id, status = %status, "stripe event redelivered; already stored")
         }
     }

@@ -1,0 +1,149 @@
+//! The catalog: what can be bought, for how much, and what paying grants. Amounts are integers in
+//! the currency's minor unit; a price change makes a new product version.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::FieldError;
+
+/// The largest amount accepted for one product or order (Stripe's own limit is 99 999 999).
+pub const MAX_AMOUNT: i64 = 99_999_999;
+pub const MAX_QUANTITY: i64 = 100;
+
+/// What paying for a product buys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Grant {
+    /// Access to `feature` for `duration_days` days from payment (null: forever). Buying again
+    /// while access is active extends it.
+    Access {
+        #[schema(example = "pro")]
+        feature: String,
+        #[schema(example = 30)]
+        duration_days: Option<i64>,
+    },
+    /// `amount` credits added to the buyer's balance.
+    Credits {
+        #[schema(example = 500)]
+        amount: i64,
+    },
+}
+
+impl Grant {
+    pub fn validate(&self, field: &str, errors: &mut Vec<FieldError>) {
+        match self {
+            Grant::Access { feature, duration_days } => {
+                let ok = (1..=64).contains(&feature.len())
+                    && feature.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.:".contains(&b));
+                if !ok {
+                    errors.push(FieldError::new(format!("{field}.feature"), "must be 1-64 of a-z, 0-9, _ - . :"));
+                }
+                if duration_days.is_some_and(|d| !(1..=36_500).contains(&d)) {
+                    errors.push(FieldError::new(format!("{field}.duration_days"), "must be 1-36500 days, or null for forever"));
+                }
+            }
+            Grant::Credits { amount } => {
+                if !(1..=1_000_000_000).contains(amount) {
+                    errors.push(FieldError::new(format!("{field}.amount"), "must be 1-1000000000 credits"));
+                }
+            }
+        }
+    }
+
+    /// This grant bought `quantity` times: credits multiply, access lasts `quantity` periods.
+    pub fn times(&self, quantity: i64) -> Grant {
+        match self {
+            Grant::Access { feature, duration_days } => {
+                Grant::Access { feature: feature.clone(), duration_days: duration_days.map(|d| d * quantity) }
+            }
+            Grant::Credits { amount } => Grant::Credits { amount: amount * quantity },
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(text: &str) -> Option<Grant> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// A lowercase ISO 4217 code (three letters); Stripe's own rule for `currency`.
+pub fn valid_currency(currency: &str) -> bool {
+    currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_lowercase())
+}
+
+pub fn validate_amount(field: &str, amount: i64, errors: &mut Vec<FieldError>) {
+    if !(1..=MAX_AMOUNT).contains(&amount) {
+        errors.push(FieldError::new(field, format!("must be an integer in the currency's minor unit, 1-{MAX_AMOUNT}")));
+    }
+}
+
+pub fn validate_currency(field: &str, currency: &str, errors: &mut Vec<FieldError>) {
+    if !valid_currency(currency) {
+        errors.push(FieldError::new(field, "must be a lowercase ISO 4217 code such as usd"));
+    }
+}
+
+pub fn validate_name(field: &str, name: &str, errors: &mut Vec<FieldError>) {
+    if name.trim().is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "must be 1-200 characters, no control characters"));
+    }
+}
+
+pub fn validate_description(field: &str, description: &str, errors: &mut Vec<FieldError>) {
+    if description.chars().count() > 2000 {
+        errors.push(FieldError::new(field, "must be at most 2000 characters"));
+    }
+}
+
+pub fn validate_price_id(field: &str, price: &str, errors: &mut Vec<FieldError>) {
+    let ok = price.starts_with("price_")
+        && price.len() <= 255
+        && price.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        errors.push(FieldError::new(field, "must be a Stripe price id (price_…)"));
+    }
+}
+
+pub fn validate_quantity(field: &str, quantity: i64, errors: &mut Vec<FieldError>) {
+    if !(1..=MAX_QUANTITY).contains(&quantity) {
+        errors.push(FieldError::new(field, format!("must be 1-{MAX_QUANTITY}")));
+    }
+}
+
+/// The total for `quantity` units, or None when it would exceed [`MAX_AMOUNT`].
+pub fn total(unit_amount: i64, quantity: i64) -> Option<i64> {
+    unit_amount.checked_mul(quantity).filter(|t| *t <= MAX_AMOUNT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_parse_validate_and_multiply() {
+        let g: Grant = serde_json::from_str(r#"{"kind":"access","feature":"pro","duration_days":30}"#).unwrap();
+        assert_eq!(g.times(2), Grant::Access { feature: "pro".into(), duration_days: Some(60) });
+        let forever: Grant = serde_json::from_str(r#"{"kind":"access","feature":"pro","duration_days":null}"#).unwrap();
+        assert_eq!(forever.times(3), forever);
+        let c: Grant = serde_json::from_str(r#"{"kind":"credits","amount":500}"#).unwrap();
+        assert_eq!(c.times(3), Grant::Credits { amount: 1500 });
+        assert_eq!(Grant::from_json(&c.to_json()), Some(c));
+        assert!(serde_json::from_str::<Grant>(r#"{"kind":"credits","amount":5,"extra":1}"#).is_err());
+        let mut errors = Vec::new();
+        Grant::Access { feature: "Pro Plan".into(), duration_days: Some(0) }.validate("grant", &mut errors);
+        Grant::Credits { amount: 0 }.validate("grant", &mut errors);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["grant.feature", "grant.duration_days", "grant.amount"]);
+    }
+
+    #[test]
+    fn money_rules() {
+        assert!(valid_currency("usd") && !valid_currency("USD") && !valid_currency("usdt") && !valid_currency("u$d"));
+        assert_eq!(total(1999, 3), Some(5997));
+        assert_eq!(total(MAX_AMOUNT, 2), None);
+        assert_eq!(total(i64::MAX, 2), None);
+    }
+}

@@ -1,0 +1,431 @@
+//! Orders and their state machine. Stripe's events arrive in any order, any number of times, so an
+//! order keeps the *facts* Stripe has told it (paid, failed, expired, refunded so far, dispute) and
+//! its status is derived from them. Facts only accumulate, which makes applying an event
+//! idempotent and order-independent; `OrderStatus::transition` is the guard that refuses any
+//! move the machine does not allow.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    Pending,
+    Processing,
+    Paid,
+    Failed,
+    Expired,
+    Canceled,
+    PartiallyRefunded,
+    Refunded,
+    Disputed,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 9] = [
+        OrderStatus::Pending,
+        OrderStatus::Processing,
+        OrderStatus::Paid,
+        OrderStatus::Failed,
+        OrderStatus::Expired,
+        OrderStatus::Canceled,
+        OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded,
+        OrderStatus::Disputed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Processing => "processing",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Failed => "failed",
+            OrderStatus::Expired => "expired",
+            OrderStatus::Canceled => "canceled",
+            OrderStatus::PartiallyRefunded => "partially_refunded",
+            OrderStatus::Refunded => "refunded",
+            OrderStatus::Disputed => "disputed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether the machine allows moving from `self` to `to`. Nothing returns to `pending`; money
+    /// taken is never "un-paid" except by a refund or a dispute; `refunded` is final.
+    pub fn transition(self, to: OrderStatus) -> Result<OrderStatus, IllegalTransition> {
+        use OrderStatus::*;
+        let allowed = self == to
+            || match self {
+                Pending => to != Pending,
+                // A delayed payment settles, fails, or is refunded/disputed.
+                Processing => matches!(to, Paid | Failed | PartiallyRefunded | Refunded | Disputed),
+                // A failed, expired or canceled attempt can still turn out paid (a retried
+                // PaymentIntent, a late completion) or be refunded.
+                Failed | Expired | Canceled => to != Pending,
+                Paid => matches!(to, PartiallyRefunded | Refunded | Disputed),
+                PartiallyRefunded => matches!(to, Refunded | Disputed),
+                // A won dispute restores what the order was.
+                Disputed => matches!(to, Paid | PartiallyRefunded | Refunded),
+                Refunded => false,
+            };
+        if allowed {
+            Ok(to)
+        } else {
+            Err(IllegalTransition { from: self, to })
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an order cannot go from {} to {}", from.as_str(), to.as_str())]
+pub struct IllegalTransition {
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisputeState {
+    Open,
+    Won,
+    Lost,
+}
+
+impl DisputeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisputeState::Open => "open",
+            DisputeState::Won => "won",
+            DisputeState::Lost => "lost",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DisputeState> {
+        [DisputeState::Open, DisputeState::Won, DisputeState::Lost].into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// What Stripe has told us about an order so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OrderFacts {
+    pub amount: i64,
+    pub currency: String,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub processing: bool,
+    pub failed: bool,
+    pub expired: bool,
+    pub canceled: bool,
+    /// Cumulative, as Stripe reports it on the charge.
+    pub amount_refunded: i64,
+    pub dispute: Option<DisputeState>,
+    /// Why the order needs a human (the paid amount or currency differed from the order's).
+    pub flag: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub charge_id: Option<String>,
+}
+
+/// One thing an event (or the success page) says about an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentFact {
+    /// Money arrived: a completed Checkout Session with `payment_status` paid, an async payment
+    /// that succeeded, a succeeded PaymentIntent.
+    Paid { amount: i64, currency: String, payment_intent_id: Option<String> },
+    /// Completed, but a delayed payment method has not settled yet.
+    Processing { payment_intent_id: Option<String> },
+    Failed,
+    Expired,
+    Canceled,
+    /// `amount_refunded` is the charge's cumulative refunded amount.
+    Refunded { amount_refunded: i64, currency: String, charge_id: Option<String>, payment_intent_id: Option<String> },
+    DisputeOpened { charge_id: Option<String> },
+    DisputeClosed { won: bool },
+}
+
+impl PaymentFact {
+    pub fn describe(&self) -> String {
+        match self {
+            PaymentFact::Paid { amount, currency, .. } => format!("paid {amount} {currency}"),
+            PaymentFact::Processing { .. } => "payment processing".to_owned(),
+            PaymentFact::Failed => "payment failed".to_owned(),
+            PaymentFact::Expired => "checkout expired".to_owned(),
+            PaymentFact::Canceled => "payment canceled".to_owned(),
+            PaymentFact::Refunded { amount_refunded, currency, .. } => format!("refunded {amount_refunded} {currency} in all"),
+            PaymentFact::DisputeOpened { .. } => "dispute opened".to_owned(),
+            PaymentFact::DisputeClosed { won } => format!("dispute closed ({})", if *won { "won" } else { "lost" }),
+        }
+    }
+}
+
+/// The state a grant should be in, given the order's facts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantState {
+    Active,
+    Suspended,
+    Revoked,
+}
+
+impl GrantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantState::Active => "active",
+            GrantState::Suspended => "suspended",
+            GrantState::Revoked => "revoked",
+        }
+    }
+}
+
+impl OrderFacts {
+    pub fn fully_refunded(&self) -> bool {
+        self.amount_refunded > 0 && self.amount_refunded >= self.amount
+    }
+
+    /// The status these facts add up to.
+    pub fn status(&self) -> OrderStatus {
+        if self.fully_refunded() {
+            OrderStatus::Refunded
+        } else if self.dispute.is_some_and(|d| d != DisputeState::Won || self.paid_at.is_none()) {
+            OrderStatus::Disputed
+        } else if self.amount_refunded > 0 {
+            OrderStatus::PartiallyRefunded
+        } else if self.paid_at.is_some() {
+            OrderStatus::Paid
+        } else if self.failed {
+            OrderStatus::Failed
+        } else if self.processing {
+            OrderStatus::Processing
+        } else if self.canceled {
+            OrderStatus::Canceled
+        } else if self.expired {
+            OrderStatus::Expired
+        } else {
+            OrderStatus::Pending
+        }
+    }
+
+    /// The grant's state (`None`: there should be no grant, or none yet). A flagged order grants
+    /// nothing; a full refund or a lost dispute revokes; an open dispute suspends.
+    pub fn grant_state(&self) -> Option<GrantState> {
+        if self.paid_at.is_none() || self.flag.is_some() {
+            None
+        } else if self.fully_refunded() || self.dispute == Some(DisputeState::Lost) {
+            Some(GrantState::Revoked)
+        } else if self.dispute == Some(DisputeState::Open) {
+            Some(GrantState::Suspended)
+        } else {
+            Some(GrantState::Active)
+        }
+    }
+
+    /// Adds what `fact` says, returning a line for the event's history. Never removes a fact,
+    /// so any order of arrival ends in the same place.
+    pub fn apply(&mut self, fact: &PaymentFact, now: DateTime<Utc>) -> String {
+        match fact {
+            PaymentFact::Paid { amount, currency, payment_intent_id } => {
+                if self.payment_intent_id.is_none() {
+                    self.payment_intent_id.clone_from(payment_intent_id);
+                }
+                if *amount != self.amount || *currency != self.currency {
+                    let why = format!(
+                        "paid {amount} {currency} but the order is for {} {}: flagged, nothing granted",
+                        self.amount, self.currency
+                    );
+                    self.flag = Some(why.clone());
+                    return why;
+                }
+                if self.paid_at.is_none() {
+                    self.paid_at = Some(now);
+                }
+            }
+            PaymentFact::Processing { payment_intent_id } => {
+                if self.payment_intent_id.is_none() {
+                    self.payment_intent_id.clone_from(payment_intent_id);
+                }
+                self.processing = true;
+            }
+            PaymentFact::Failed => self.failed = true,
+            PaymentFact::Expired => self.expired = true,
+            PaymentFact::Canceled => self.canceled = true,
+            PaymentFact::Refunded { amount_refunded, currency, charge_id, payment_intent_id } => {
+                if *currency != self.currency {
+                    let why = format!("a refund in {currency} for an order in {}: flagged", self.currency);
+                    self.flag = Some(why.clone());
+                    return why;
+                }
+                self.amount_refunded = self.amount_refunded.max(*amount_refunded);
+                if self.charge_id.is_none() {
+                    self.charge_id.clone_from(charge_id);
+                }
+                if self.payment_intent_id.is_none() {
+                    self.payment_intent_id.clone_from(payment_intent_id);
+                }
+            }
+            PaymentFact::DisputeOpened { charge_id } => {
+                // A dispute already closed stays closed when its opening arrives late.
+                if self.dispute.is_none() {
+                    self.dispute = Some(DisputeState::Open);
+                }
+                if self.charge_id.is_none() {
+                    self.charge_id.clone_from(charge_id);
+                }
+            }
+            PaymentFact::DisputeClosed { won } => {
+                self.dispute = Some(if *won { DisputeState::Won } else { DisputeState::Lost });
+            }
+        }
+        fact.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> OrderFacts {
+        OrderFacts { amount: 1000, currency: "usd".into(), ..Default::default() }
+    }
+
+    fn paid() -> PaymentFact {
+        PaymentFact::Paid { amount: 1000, currency: "usd".into(), payment_intent_id: Some("pi_1".into()) }
+    }
+
+    fn refunded(amount: i64) -> PaymentFact {
+        PaymentFact::Refunded { amount_refunded: amount, currency: "usd".into(), charge_id: None, payment_intent_id: None }
+    }
+
+    /// Applies facts in order, checking each status change against the machine.
+    fn run(facts: &[PaymentFact]) -> OrderFacts {
+        let mut o = order();
+        for f in facts {
+            let before = o.status();
+            o.apply(f, Utc::now());
+            before.transition(o.status()).unwrap_or_else(|e| panic!("{e} after {f:?}"));
+        }
+        o
+    }
+
+    fn permutations(items: &[PaymentFact]) -> Vec<Vec<PaymentFact>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut p in permutations(&rest) {
+                p.insert(0, first.clone());
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_order_of_completed_refunded_expired_ends_refunded_and_revoked() {
+        for p in permutations(&[paid(), refunded(1000), PaymentFact::Expired]) {
+            let o = run(&p);
+            assert_eq!(o.status(), OrderStatus::Refunded, "{p:?}");
+            assert_eq!(o.grant_state(), Some(GrantState::Revoked), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn delayed_payment_then_success_or_failure() {
+        let processing = PaymentFact::Processing { payment_intent_id: None };
+        assert_eq!(run(&[processing.clone()]).status(), OrderStatus::Processing);
+        assert_eq!(run(&[processing.clone(), paid()]).status(), OrderStatus::Paid);
+        assert_eq!(run(&[processing.clone(), PaymentFact::Failed]).status(), OrderStatus::Failed);
+        // Arrivals out of order end the same way.
+        assert_eq!(run(&[paid(), processing]).status(), OrderStatus::Paid);
+    }
+
+    #[test]
+    fn expired_after_paid_changes_nothing_and_duplicates_are_harmless() {
+        let o = run(&[paid(), PaymentFact::Expired, paid(), PaymentFact::Expired]);
+        assert_eq!(o.status(), OrderStatus::Paid);
+        assert_eq!(o.grant_state(), Some(GrantState::Active));
+    }
+
+    #[test]
+    fn partial_refund_keeps_the_grant() {
+        let o = run(&[paid(), refunded(300), refunded(200)]);
+        assert_eq!(o.status(), OrderStatus::PartiallyRefunded);
+        assert_eq!(o.amount_refunded, 300, "cumulative: a stale smaller figure changes nothing");
+        assert_eq!(o.grant_state(), Some(GrantState::Active));
+        assert_eq!(run(&[paid(), refunded(300), refunded(1000)]).status(), OrderStatus::Refunded);
+    }
+
+    #[test]
+    fn a_refund_before_the_completion_is_applied() {
+        let o = run(&[refunded(1000), paid()]);
+        assert_eq!(o.status(), OrderStatus::Refunded);
+        assert_eq!(o.grant_state(), Some(GrantState::Revoked));
+    }
+
+    #[test]
+    fn disputes_suspend_then_restore_or_revoke() {
+        let open = PaymentFact::DisputeOpened { charge_id: Some("ch_1".into()) };
+        let o = run(&[paid(), open.clone()]);
+        assert_eq!((o.status(), o.grant_state()), (OrderStatus::Disputed, Some(GrantState::Suspended)));
+        let won = run(&[paid(), open.clone(), PaymentFact::DisputeClosed { won: true }]);
+        assert_eq!((won.status(), won.grant_state()), (OrderStatus::Paid, Some(GrantState::Active)));
+        let lost = run(&[paid(), open.clone(), PaymentFact::DisputeClosed { won: false }]);
+        assert_eq!((lost.status(), lost.grant_state()), (OrderStatus::Disputed, Some(GrantState::Revoked)));
+        // The closing arriving before the opening: still closed.
+        let late = run(&[paid(), PaymentFact::DisputeClosed { won: true }, open]);
+        assert_eq!(late.status(), OrderStatus::Paid);
+    }
+
+    #[test]
+    fn a_different_amount_or_currency_flags_and_grants_nothing() {
+        let mut o = order();
+        o.apply(&PaymentFact::Paid { amount: 1, currency: "usd".into(), payment_intent_id: None }, Utc::now());
+        assert!(o.flag.is_some());
+        assert_eq!(o.grant_state(), None);
+        o.apply(&paid(), Utc::now());
+        assert_eq!(o.grant_state(), None, "a flagged order stays flagged");
+        let mut eur = order();
+        eur.apply(&PaymentFact::Paid { amount: 1000, currency: "eur".into(), payment_intent_id: None }, Utc::now());
+        assert!(eur.flag.is_some() && eur.paid_at.is_none());
+    }
+
+    #[test]
+    fn the_machine_refuses_illegal_moves() {
+        use OrderStatus::*;
+        assert!(Paid.transition(Pending).is_err());
+        assert!(Paid.transition(Expired).is_err());
+        assert!(Paid.transition(Failed).is_err());
+        assert!(Refunded.transition(Paid).is_err());
+        assert!(Processing.transition(Pending).is_err());
+        assert!(Pending.transition(Paid).is_ok());
+        for s in OrderStatus::ALL {
+            assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
+            assert!(s.transition(s).is_ok());
+        }
+    }
+
+    #[test]
+    fn facts_never_produce_an_illegal_move() {
+        let all = [
+            paid(),
+            PaymentFact::Processing { payment_intent_id: None },
+            PaymentFact::Failed,
+            PaymentFact::Expired,
+            PaymentFact::Canceled,
+            refunded(400),
+            refunded(1000),
+            PaymentFact::DisputeOpened { charge_id: None },
+            PaymentFact::DisputeClosed { won: true },
+            PaymentFact::DisputeClosed { won: false },
+        ];
+        // Every sequence of three facts (with repetition): `run` panics on an illegal move.
+        for a in &all {
+            for b in &all {
+                for c in &all {
+                    run(&[a.clone(), b.clone(), c.clone()]);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! The payments service: catalog management, starting a checkout (order first, then the
+//! provider), the success-page path, refunds, and taking in verified events. The rules for what
+//! an event does to an order are in `orders`; this is the orchestration around them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::account::{new_id, Role, User};
+use super::catalog::{self, Grant};
+use super::orders::OrderStatus;
+use super::FieldError;
+use crate::config::PaymentsConfig;
+use crate::ratelimit::{Decision, Quota, RateLimiter};
+use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundRow};
+use crate::store::{EventPlan, NewEvent, Recorded, Store, StoreError};
+use crate::stripe::events::{plan, session_fact};
+use crate::stripe::webhook::Event;
+use crate::stripe::{CheckoutCreated, CheckoutRequest, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError, RefundRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("not found")]
+    NotFound,
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("rate limited")]
+    RateLimited { limit: u32, retry_after: Duration },
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for PaymentError {
+    fn from(e: StoreError) -> Self {
+        PaymentError::Internal(e.into())
+    }
+}
+
+impl From<Vec<FieldError>> for PaymentError {
+    fn from(errors: Vec<FieldError>) -> Self {
+        PaymentError::Validation(errors)
+    }
+}
+
+/// A product as an admin describes it.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub name: String,
+    pub description: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub stripe_price_id: Option<String>,
+    pub grant: Grant,
+    pub active: bool,
+}
+
+/// Changes to a product; absent fields stay. `stripe_price_id: Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<Option<String>>,
+    pub active: Option<bool>,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+    pub stripe_price_id: Option<Option<String>>,
+    pub grant: Option<Grant>,
+}
+
+/// Which client flow started the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Checkout,
+    PaymentIntent,
+}
+
+pub enum Started {
+    Checkout(OrderRow, CheckoutCreated),
+    PaymentIntent(OrderRow, PaymentIntentCreated),
+}
+
+/// What a user owns now.
+#[derive(Debug, Clone)]
+pub struct Entitlements {
+    pub access: Vec<GrantRow>,
+    pub credit_balance: i64,
+}
+
+/// What `ingest` did with an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    Stored { status: String, detail: String, retried: bool },
+    Duplicate { status: String },
+}
+
+/// How a `stripe sync` went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub seen: usize,
+    pub stored: usize,
+    pub already_had: usize,
+}
+
+pub struct PaymentsService {
+    store: Arc<dyn Store>,
+    provider: Arc<dyn Provider>,
+    limiter: Arc<dyn RateLimiter>,
+    config: PaymentsConfig,
+    key_live: bool,
+}
+
+fn validate_product_fields(p: &NewProduct, errors: &mut Vec<FieldError>) {
+    catalog::validate_name("name", &p.name, errors);
+    if let Some(d) = &p.description {
+        catalog::validate_description("description", d, errors);
+    }
+    catalog::validate_amount("amount", p.amount, errors);
+    catalog::validate_currency("currency", &p.currency, errors);
+    if let Some(price) = &p.stripe_price_id {
+        catalog::validate_price_id("stripe_price_id", price, errors);
+    }
+    p.grant.validate("grant", errors);
+}
+
+impl PaymentsService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        provider: Arc<dyn Provider>,
+        limiter: Arc<dyn RateLimiter>,
+        config: PaymentsConfig,
+        key_live: bool,
+    ) -> PaymentsService {
+        PaymentsService { store, provider, limiter, config, key_live }
+    }
+
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
+    }
+
+    pub async fn create_product(&self, p: NewProduct) -> Result<ProductRow, PaymentError> {
+        let mut errors = Vec::new();
+        validate_product_fields(&p, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+        let now = Utc::now();
+        let row = ProductRow {
+            id: new_id("pr"),
+            name: p.name.trim().to_owned(),
+            description: p.description,
+            active: p.active,
+            version: 1,
+            amount: p.amount,
+            currency: p.currency,
+            stripe_price_id: p.stripe_price_id,
+            grant_spec: p.grant.to_json(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_product(&row).await?;
+        Ok(row)
+    }
+
+    /// A change of amount, currency, Stripe price or grant makes a new version; orders keep the
+    /// version (and the amount and grant) they were created with.
+    pub async fn update_product(&self, id: &str, patch: ProductPatch) -> Result<ProductRow, PaymentError> {
+        let current = self.store.product(id).await?.ok_or(PaymentError::NotFound)?;
+        let grant = patch.grant.clone().or_else(|| Grant::from_json(&current.grant_spec)).ok_or_else(|| anyhow::anyhow!("unreadable grant"))?;
+        let merged = NewProduct {
+            name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
+            description: patch.description.clone().unwrap_or_else(|| current.description.clone()),
+            amount: patch.amount.unwrap_or(current.amount),
+            currency: patch.currency.clone().unwrap_or_else(|| current.currency.clone()),
+            stripe_price_id: patch.stripe_price_id.clone().unwrap_or_else(|| current.stripe_price_id.clone()),
+            grant,
+            active: patch.active.unwrap_or(current.active),
+        };
+        let mut errors = Vec::new();
+        validate_product_fields(&merged, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+        let grant_spec = merged.grant.to_json();
+        let new_version = merged.amount != current.amount
+            || merged.currency != current.currency
+            || merged.stripe_price_id != current.stripe_price_id
+            || grant_spec != current.grant_spec;
+        let row = ProductRow {
+            id: current.id.clone(),
+            name: merged.name.trim().to_owned(),
+            description: merged.description,
+            active: merged.active,
+            version: if new_version { current.version + 1 } else { current.version },
+            amount: merged.amount,
+            currency: merged.currency,
+            stripe_price_id: merged.stripe_price_id,
+            grant_spec,
+            created_at: current.created_at,
+            updated_at: Utc::now(),
+        };
+        match self.store.update_product(&row, new_version).await {
+            Err(StoreError::Conflict) => Err(PaymentError::Conflict("the product was changed at the same time; retry".to_owned())),
+            other => other.map(|()| row).map_err(Into::into),
+        }
+    }
+
+    /// Creates a pending order for `product_id`, then the provider's session or intent for it.
+    /// The amount is the catalog's; the client only names the product and a quantity.
+    pub async fn start(&self, user: &User, product_id: &str, quantity: i64, flow: Flow) -> Result<Started, PaymentError> {
+        let mut errors = Vec::new();
+        catalog::validate_quantity("quantity", quantity, &mut errors);
+        let product = self.store.product(product_id).await?.filter(|p| p.active);
+        if product.is_none() {
+            errors.push(FieldError::new("product_id", "no such active product"));
+        }
+        let total = product.as_ref().and_then(|p| catalog::total(p.amount, quantity));
+        if product.is_some() && total.is_none() {
+            errors.push(FieldError::new("quantity", "the total would exceed the largest amount accepted"));
+        }
+        let (Some(product), Some(total), true) = (product, total, errors.is_empty()) else {
+            return Err(errors.into());
+        };
+        let quota = Quota { limit: self.config.checkout_limit, period: Duration::from_secs(60) };
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&format!("checkout:{}", user.id), quota).await {
+            return Err(PaymentError::RateLimited { limit, retry_after });
+        }
+        let grant = Grant::from_json(&product.grant_spec).ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", product.id))?;
+        let now = Utc::now();
+        let order = OrderRow {
+            id: new_id("ord"),
+            user_id: user.id.clone(),
+            product_id: product.id.clone(),
+            product_version: product.version,
+            quantity,
+            amount: total,
+            currency: product.currency.clone(),
+            grant_spec: grant.times(quantity).to_json(),
+            flow: match flow {
+                Flow::Checkout => "checkout",
+                Flow::PaymentIntent => "payment_intent",
+            }
+            .to_owned(),
+            status: OrderStatus::Pending.as_str().to_owned(),
+            checkout_session_id: None,
+            payment_intent_id: None,
+            charge_id: None,
+            checkout_url: None,
+            expires_at: None,
+            paid_at: None,
+            processing: false,
+            failed: false,
+            expired: false,
+            canceled: false,
+            amount_refunded: 0,
+            dispute: None,
+            flag: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_order(&order).await?;
+        let result = match flow {
+            Flow::Checkout => self.open_checkout(&order, &product, user).await.map(|c| Started::Checkout(order.clone(), c)),
+            Flow::PaymentIntent => self.open_intent(&order, &product).await.map(|i| Started::PaymentIntent(order.clone(), i)),
+        };
+        match result {
+            Ok(Started::Checkout(mut order, created)) => {
+                let expires_at = DateTime::from_timestamp(created.expires_at, 0);
+                self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), expires_at).await?;
+                order.checkout_session_id = Some(created.id.clone());
+                order.checkout_url = Some(created.url.clone());
+                order.expires_at = expires_at;
+                Ok(Started::Checkout(order, created))
+            }
+            Ok(Started::PaymentIntent(mut order, created)) => {
+                self.record_provider_ids(&order.id, None, Some(&created.id), None, None).await?;
+                order.payment_intent_id = Some(created.id.clone());
+                Ok(Started::PaymentIntent(order, created))
+            }
+            Err(e) => {
+                // The order stays pending with no session; nothing can pay it. A retry with the
+                // same Idempotency-Key starts afresh.
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn record_provider_ids(
+        &self,
+        order_id: &str,
+        session: Option<&str>,
+        intent: Option<&str>,
+        url: Option<&str>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), PaymentError> {
+        match self.store.set_order_provider_ids(order_id, session, intent, url, expires_at, Utc::now()).await {
+            Err(StoreError::Conflict) => Err(anyhow::anyhow!("the provider returned an id another order already holds").into()),
+            other => other.map_err(Into::into),
+        }
+    }
+
+    async fn open_checkout(&self, order: &OrderRow, product: &ProductRow, user: &User) -> Result<CheckoutCreated, ProviderError> {
+        let fill = |template: &str| template.replace("{ORDER_ID}", &order.id);
+        let ttl = chrono::Duration::from_std(self.config.checkout_ttl).unwrap_or(chrono::Duration::hours(1));
+        let request = CheckoutRequest {
+            order_id: order.id.clone(),
+            product_name: product.name.clone(),
+            unit_amount: product.amount,
+            currency: product.currency.clone(),
+            quantity: order.quantity,
+            stripe_price_id: product.stripe_price_id.clone(),
+            customer_email: Some(user.email.clone()),
+            success_url: fill(&self.config.success_url),
+            cancel_url: fill(&self.config.cancel_url),
+            expires_at: (order.created_at + ttl).timestamp(),
+        };
+        self.provider.create_checkout_session(&request).await
+    }
+
+    async fn open_intent(&self, order: &OrderRow, product: &ProductRow) -> Result<PaymentIntentCreated, ProviderError> {
+        let request = PaymentIntentRequest {
+            order_id: order.id.clone(),
+            amount: order.amount,
+            currency: order.currency.clone(),
+            description: format!("{} x{}", product.name, order.quantity),
+        };
+        self.provider.create_payment_intent(&request).await
+    }
+
+    /// The order, for its owner or an admin (anyone else: not found). While a Checkout order is
+    /// pending this asks the provider for the session and applies what it says, through the same
+    /// path as the webhook: whichever comes first fulfils, the other finds it done.
+    pub async fn order_for(&self, viewer: &User, id: &str) -> Result<OrderRow, PaymentError> {
+        let order = self.store.order(id).await?.ok_or(PaymentError::NotFound)?;
+        if order.user_id != viewer.id && viewer.role != Role::Admin {
+            return Err(PaymentError::NotFound);
+        }
+        let pending = matches!(order.status(), OrderStatus::Pending | OrderStatus::Processing);
+        let Some(session_id) = order.checkout_session_id.clone().filter(|_| pending) else {
+            return Ok(order);
+        };
+        match self.provider.retrieve_checkout_session(&session_id).await {
+            Ok(session) => {
+                if let Some((mut r, fact)) = session_fact(&session) {
+                    // The session must be this order's: its own id, whatever its metadata says.
+                    r.order_id = Some(order.id.clone());
+                    self.store.apply_fact(&r, &fact, Utc::now()).await?;
+                    return Ok(self.store.order(id).await?.unwrap_or(order));
+                }
+                Ok(order)
+            }
+            Err(e) => {
+                // The webhook will still come; the page shows what we know.
+                tracing::warn!(order_id = %order.id, error = %e, "cannot refresh the order from the provider");
+                Ok(order)
+            }
+        }
+    }
+
+    pub async fn list_orders(&self, user_id: Option<&str>, limit: i64, after: Option<&str>) -> Result<Vec<OrderRow>, PaymentError> {
+        Ok(self.store.list_orders(user_id, limit, after).await?)
+    }
+
+    pub async fn entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
+        let now = Utc::now();
+        let grants = self.store.grants_for_user(user_id).await?;
+        let active: Vec<GrantRow> =
+            grants.into_iter().filter(|g| g.status == "active" && g.starts_at <= now + chrono::Duration::seconds(1)).collect();
+        let credit_balance = active.iter().filter(|g| g.kind == "credits").filter_map(|g| g.credits).sum();
+        let access = active.into_iter().filter(|g| g.kind == "access" && g.expires_at.is_none_or(|e| e > now)).collect();
+        Ok(Entitlements { access, credit_balance })
+    }
+
+    /// Asks the provider for a refund of a paid order (the whole remaining amount when `amount`
+    /// is None). The order itself changes when the provider's `charge.refunded` event arrives.
+    pub async fn refund(&self, admin: &User, order_id: &str, amount: Option<i64>, reason: Option<String>) -> Result<RefundRow, PaymentError> {
+        let order = self.store.order(order_id).await?.ok_or(PaymentError::NotFound)?;
+        if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
+            return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
+        }
+        let Some(payment_intent_id) = order.payment_intent_id.clone() else {
+            return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
+        };
+        let requested: i64 = self.store.refunds_for_order(&order.id).await?.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
+        let remaining = order.amount - order.amount_refunded.max(requested);
+        let mut errors = Vec::new();
+        if let Some(a) = amount {
+            if a < 1 || a > remaining {
+                errors.push(FieldError::new("amount", format!("must be 1-{remaining} (what is left to refund)")));
+            }
+        } else if remaining < 1 {
+            errors.push(FieldError::new("amount", "nothing is left to refund"));
+        }
+        if let Some(r) = &reason {
+            if !matches!(r.as_str(), "duplicate" | "fraudulent" | "requested_by_customer") {
+                errors.push(FieldError::new("reason", "must be duplicate, fraudulent or requested_by_customer"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.into());
+        }
+        let mut row = RefundRow {
+            id: new_id("rf"),
+            order_id: order.id.clone(),
+            stripe_refund_id: None,
+            amount: amount.unwrap_or(remaining),
+            currency: order.currency.clone(),
+            reason: reason.clone(),
+            status: "requested".to_owned(),
+            requested_by: admin.id.clone(),
+            created_at: Utc::now(),
+        };
+        // Recorded before the call, so the refund's id (and Idempotency-Key) exists first.
+        self.store.insert_refund(&row).await?;
+        let request = RefundRequest {
+            refund_id: row.id.clone(),
+            order_id: order.id.clone(),
+            payment_intent_id,
+            amount: Some(row.amount),
+            reason,
+        };
+        match self.provider.create_refund(&request).await {
+            Ok(created) => {
+                self.store.set_refund_result(&row.id, &created.id, &created.status).await?;
+                row.stripe_refund_id = Some(created.id);
+                row.status = created.status;
+                Ok(row)
+            }
+            Err(e) => {
+                self.store.set_refund_result(&row.id, "", "failed").await.ok();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Stores a verified event and applies it, in one transaction. When applying fails the event
+    /// is still kept (status `failed`) and the error returned, so the caller answers 500 and
+    /// Stripe's retry processes it again.
+    pub async fn ingest(&self, event: &Event, payload: &[u8]) -> Result<Ingested, PaymentError> {
+        let new = NewEvent {
+            event_id: event.id.clone(),
+            kind: event.kind.clone(),
+            livemode: event.livemode,
+            api_version: event.api_version.clone(),
+            created: event.created,
+            payload: payload.to_vec(),
+        };
+        let plan = plan(event, self.key_live);
+        match self.store.record_event(&new, &plan, Utc::now()).await {
+            Ok(Recorded::Stored { status, detail, retried }) => Ok(Ingested::Stored { status, detail, retried }),
+            Ok(Recorded::Duplicate { status }) => Ok(Ingested::Duplicate { status }),
+            Err(e) => {
+                let detail = format!("processing failed: {e}");
+                if let Err(mark) = self.store.mark_event_failed(&new, &detail, Utc::now()).await {
+                    tracing::error!(event_id = %event.id, error = %mark, "cannot record the failure either; Stripe will retry");
+                }
+                Err(anyhow::anyhow!("processing event {} failed: {e}", event.id).into())
+            }
+        }
+    }
+
+    /// Processes a stored event again (idempotent: facts only accumulate, the grant is unique).
+    pub async fn replay(&self, event_id: &str, who: &str) -> Result<(String, String), PaymentError> {
+        let (row, _) = self.store.event(event_id).await?.ok_or(PaymentError::NotFound)?;
+        let plan = match Event::parse(&row.payload) {
+            Some(event) => plan(&event, self.key_live),
+            None => EventPlan::Ignore("the stored payload is not an event".to_owned()),
+        };
+        self.store.replay_event(event_id, &plan, &format!("replayed by {who}"), Utc::now()).await?.ok_or(PaymentError::NotFound)
+    }
+
+    /// Pages through the provider's events since `since` and stores and applies the ones the
+    /// ledger is missing; `progress` is told after each page.
+    pub async fn sync(&self, since: DateTime<Utc>, mut progress: impl FnMut(&SyncReport)) -> Result<SyncReport, PaymentError> {
+        let mut report = SyncReport::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.provider.list_events(since.timestamp(), after.as_deref()).await?;
+            for (id, payload) in &page.events {
+                report.seen += 1;
+                let Some(event) = Event::parse(payload) else {
+                    tracing::warn!(event_id = %id, "stripe sync: not an event; skipped");
+                    continue;
+                };
+                match self.ingest(&event, payload).await? {
+                    Ingested::Stored { .. } => report.stored += 1,
+                    Ingested::Duplicate { .. } => report.already_had += 1,
+                }
+            }
+            progress(&report);
+            match page.events.last() {
+                Some((last, _)) if page.has_more => after = Some(last.clone()),
+                _ => break,
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,79 @@
+//! `Idempotency-Key` for POSTs that create something: the same key with the same request from the
+//! same principal within 24 hours gets the first response again (with `Idempotent-Replayed: true`);
+//! the same key with a different request is 422; while the first is still running, 409.
+
+use std::future::Future;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::domain::FieldError;
+use crate::http::error::{ApiError, ApiResult};
+use crate::store::IdempotencyStart;
+
+/// The key, when the request carries a valid one: 1–255 printable ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(v) if (1..=255).contains(&v.len()) && v.bytes().all(|b| (0x20..0x7f).contains(&b)) => Ok(Some(v.to_owned())),
+        _ => Err(ApiError::Validation(vec![FieldError::new("Idempotency-Key", "must be 1-255 printable ASCII characters")])),
+    }
+}
+
+/// Runs `create` at most once per (principal, key, request): `request` is what identifies the
+/// request (route and parsed body), so the same JSON with other whitespace is the same request.
+pub async fn idempotent<F, Fut>(
+    state: &AppState,
+    principal: &str,
+    headers: &HeaderMap,
+    request: &[u8],
+    create: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
+{
+    let Some(key) = idempotency_key(headers)? else {
+        let (status, body) = create().await?;
+        return Ok((status, axum::Json(body)).into_response());
+    };
+    let hash: String = Sha256::digest(request).iter().map(|b| format!("{b:02x}")).collect();
+    let store = &state.store;
+    match store.idempotency_start(principal, &key, &hash, Utc::now()).await.map_err(anyhow::Error::from)? {
+        IdempotencyStart::New => {}
+        IdempotencyStart::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut response = (status, [("content-type", "application/json")], body).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+        IdempotencyStart::Mismatch => {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "Idempotency-Key",
+                "was already used with a different request; use a new key",
+            )]))
+        }
+        IdempotencyStart::InProgress => {
+            return Err(ApiError::Conflict("a request with this Idempotency-Key is still being processed; retry shortly".to_owned()))
+        }
+    }
+    match create().await {
+        Ok((status, body)) => {
+            let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
+            store.idempotency_finish(principal, &key, status.as_u16(), &bytes).await.map_err(anyhow::Error::from)?;
+            Ok((status, [("content-type", "application/json")], bytes).into_response())
+        }
+        Err(e) => {
+            // Only successes are remembered: a retry after a failure runs again.
+            if let Err(forget) = store.idempotency_abandon(principal, &key).await {
+                tracing::error!(error = %forget, "cannot release an idempotency key");
+            }
+            Err(e)
+        }
+    }
+}

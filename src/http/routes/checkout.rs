@@ -1,0 +1,332 @@
+//! Checkout and orders: starting a payment (hosted Checkout or a PaymentIntent for Elements), the
+//! caller's orders (the success page reads one), and admin refunds.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::AppState;
+use crate::domain::account::Role;
+use crate::domain::catalog::Grant;
+use crate::domain::orders::OrderStatus;
+use crate::domain::payments::{Flow, Started};
+use crate::http::auth::{AdminUser, CurrentUser, Meta};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::Json;
+use crate::http::idempotency::idempotent;
+use crate::http::routes::admin::{list_params, page};
+use crate::http::routes::audit;
+use crate::store::payments::{OrderRow, RefundRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/checkout/sessions", post(create_checkout_session))
+        .route("/api/v1/payment-intents", post(create_payment_intent))
+        .route("/api/v1/orders", get(list_orders))
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/admin/orders/{id}/refunds", post(create_refund))
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutIn {
+    #[schema(example = "pr_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub product_id: String,
+    /// Default 1.
+    #[schema(minimum = 1, maximum = 100)]
+    pub quantity: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckoutOut {
+    #[schema(example = "ord_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub order_id: String,
+    /// Send the buyer here.
+    pub checkout_url: String,
+    #[schema(example = "cs_test_a1YS1URlnyQCN5fUUduORoQ7Pw41PJqDWkIVQCpJPqkfIhd6tVY8XB1OLY")]
+    pub checkout_session_id: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PaymentIntentOut {
+    pub order_id: String,
+    #[schema(example = "pi_1PgafyB7WZ01zgkWSjxsAJo3")]
+    pub payment_intent_id: String,
+    /// For Stripe Elements (`stripe.confirmPayment`) on the buyer's page.
+    pub client_secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderOut {
+    #[schema(example = "ord_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub id: String,
+    pub user_id: String,
+    pub product_id: String,
+    /// The product version bought; later price changes do not touch this order.
+    pub product_version: i64,
+    pub quantity: i64,
+    /// What the order costs in all, in the currency's minor unit.
+    pub amount: i64,
+    pub currency: String,
+    /// What paying grants (already multiplied by the quantity).
+    pub grant: Option<Grant>,
+    pub status: OrderStatus,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    /// While the order is pending.
+    pub checkout_url: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub amount_refunded: i64,
+    /// True when the payment did not match the order (amount or currency): nothing is granted
+    /// until someone looks.
+    pub flagged: bool,
+    pub flag_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<OrderRow> for OrderOut {
+    fn from(o: OrderRow) -> OrderOut {
+        let status = o.status();
+        OrderOut {
+            grant: Grant::from_json(&o.grant_spec),
+            checkout_url: o.checkout_url.filter(|_| status == OrderStatus::Pending),
+            id: o.id,
+            user_id: o.user_id,
+            product_id: o.product_id,
+            product_version: o.product_version,
+            quantity: o.quantity,
+            amount: o.amount,
+            currency: o.currency,
+            status,
+            checkout_session_id: o.checkout_session_id,
+            payment_intent_id: o.payment_intent_id,
+            expires_at: o.expires_at,
+            paid_at: o.paid_at,
+            amount_refunded: o.amount_refunded,
+            flagged: o.flag.is_some(),
+            flag_reason: o.flag,
+            created_at: o.created_at,
+            updated_at: o.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderList {
+    pub data: Vec<OrderOut>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderListParams {
+    /// Admins only: another user's orders.
+    pub user_id: Option<String>,
+    /// 1–100, default 20.
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The last order id of the previous page.
+    pub starting_after: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundIn {
+    /// In the currency's minor unit; absent: everything not yet refunded.
+    #[schema(minimum = 1, maximum = 99999999)]
+    pub amount: Option<i64>,
+    #[schema(pattern = "^(duplicate|fraudulent|requested_by_customer)$")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundOut {
+    #[schema(example = "rf_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub id: String,
+    pub order_id: String,
+    /// Stripe's refund id.
+    pub stripe_refund_id: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub reason: Option<String>,
+    /// Stripe's refund status (`succeeded`, `pending`, …).
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<RefundRow> for RefundOut {
+    fn from(r: RefundRow) -> RefundOut {
+        RefundOut {
+            id: r.id,
+            order_id: r.order_id,
+            stripe_refund_id: r.stripe_refund_id,
+            amount: r.amount,
+            currency: r.currency,
+            reason: r.reason,
+            status: r.status,
+            created_at: r.created_at,
+        }
+    }
+}
+
+fn fingerprint(route: &str, input: &impl Serialize) -> ApiResult<Vec<u8>> {
+    let mut bytes = route.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend(serde_json::to_vec(input).map_err(anyhow::Error::from)?);
+    Ok(bytes)
+}
+
+fn to_json(value: impl Serialize) -> ApiResult<serde_json::Value> {
+    Ok(serde_json::to_value(value).map_err(anyhow::Error::from)?)
+}
+
+/// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
+/// catalog; the client names only the product and a quantity.
+#[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+    responses(
+        (status = 201, description = "The order and where to send the buyer", body = CheckoutOut),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_checkout_session(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    headers: HeaderMap,
+    Json(input): Json<CheckoutIn>,
+) -> ApiResult<Response> {
+    let request = fingerprint("checkout", &input)?;
+    idempotent(&state, &current.user.id, &headers, &request, || async {
+        let started = state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::Checkout).await?;
+        let Started::Checkout(order, created) = started else {
+            return Err(anyhow::anyhow!("checkout started another flow").into());
+        };
+        let out = CheckoutOut {
+            order_id: order.id,
+            checkout_url: created.url,
+            checkout_session_id: created.id,
+            expires_at: DateTime::from_timestamp(created.expires_at, 0),
+        };
+        Ok((StatusCode::CREATED, to_json(out)?))
+    })
+    .await
+}
+
+/// Creates a pending order and a Stripe PaymentIntent for a custom page with Stripe Elements.
+#[utoipa::path(post, path = "/api/v1/payment-intents", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+    responses(
+        (status = 201, description = "The order and the client secret", body = PaymentIntentOut),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_payment_intent(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    headers: HeaderMap,
+    Json(input): Json<CheckoutIn>,
+) -> ApiResult<Response> {
+    let request = fingerprint("payment-intent", &input)?;
+    idempotent(&state, &current.user.id, &headers, &request, || async {
+        let started = state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::PaymentIntent).await?;
+        let Started::PaymentIntent(order, created) = started else {
+            return Err(anyhow::anyhow!("payment intent started another flow").into());
+        };
+        let out = PaymentIntentOut { order_id: order.id, payment_intent_id: created.id, client_secret: created.client_secret };
+        Ok((StatusCode::CREATED, to_json(out)?))
+    })
+    .await
+}
+
+/// The caller's orders, newest first (admins: `?user_id=` for anyone's).
+#[utoipa::path(get, path = "/api/v1/orders", tag = "checkout", params(OrderListParams), security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderList),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "user_id given by a non-admin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_orders(State(state): State<AppState>, current: CurrentUser, RawQuery(q): RawQuery) -> ApiResult<axum::Json<OrderList>> {
+    let (limit, after) = list_params(q.clone())?;
+    let asked: Option<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .find(|(k, v)| k == "user_id" && !v.is_empty())
+        .map(|(_, v)| v.into_owned());
+    let user_id = match asked {
+        Some(other) if other != current.user.id && current.user.role != Role::Admin => {
+            return Err(ApiError::Forbidden("only admins may list another user's orders".to_owned()))
+        }
+        Some(other) => other,
+        None => current.user.id.clone(),
+    };
+    let rows = state.payments.list_orders(Some(&user_id), limit + 1, after.as_deref()).await?;
+    let (rows, has_more) = page(rows, limit);
+    Ok(axum::Json(OrderList { data: rows.into_iter().map(OrderOut::from).collect(), has_more }))
+}
+
+/// One order, for its owner or an admin. While it is pending this asks Stripe for the Checkout
+/// Session and fulfils the order when it is paid (the success page), exactly once with the webhook.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "checkout", security(("bearer" = []), ("session" = [])),
+    params(("id" = String, Path, description = "An order id (`ord_…`)")),
+    responses(
+        (status = 200, description = "The order", body = OrderOut),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order (or another user's)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_order(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<axum::Json<OrderOut>> {
+    let order = state.payments.order_for(&current.user, &id).await?;
+    Ok(axum::Json(order.into()))
+}
+
+/// Refunds a paid order through Stripe (in full when no amount is given). The order changes to
+/// `partially_refunded` or `refunded` when Stripe's `charge.refunded` event arrives.
+#[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refunds", tag = "admin", request_body = RefundIn, security(("bearer" = []), ("session" = [])),
+    params(("id" = String, Path, description = "An order id (`ord_…`)"),
+           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+    responses(
+        (status = 201, description = "The refund Stripe accepted", body = RefundOut),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is not paid", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid amount or reason", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Stripe failed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_refund(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(input): Json<RefundIn>,
+) -> ApiResult<Response> {
+    let request = fingerprint(&format!("refund:{id}"), &input)?;
+    idempotent(&state, &admin.user.id, &headers, &request, || async {
+        let refund = state.payments.refund(&admin.user, &id, input.amount, input.reason.clone()).await?;
+        audit(&state, &meta, &admin.user.id, "order.refund", &id, serde_json::json!({"refund_id": refund.id, "amount": refund.amount}))
+            .await;
+        Ok((StatusCode::CREATED, to_json(RefundOut::from(refund))?))
+    })
+    .await
+}

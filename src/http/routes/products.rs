@@ -1,0 +1,189 @@
+//! The catalog: `GET /api/v1/products` for anyone, `POST`/`PATCH /api/v1/admin/products` for admins.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::domain::catalog::Grant;
+use crate::domain::payments::{NewProduct, ProductPatch};
+use crate::http::auth::{AdminUser, Meta};
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::Json;
+use crate::http::routes::admin::{list_params, page, ListParams};
+use crate::http::routes::audit;
+use crate::store::payments::ProductRow;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/products", get(list_products))
+        .route("/api/v1/admin/products", post(create_product))
+        .route("/api/v1/admin/products/{id}", patch(update_product))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductOut {
+    #[schema(example = "pr_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub active: bool,
+    /// Goes up by one with every change of price or grant; orders keep the version they bought.
+    pub version: i64,
+    /// In the currency's minor unit (1999 = 19.99).
+    #[schema(example = 1999)]
+    pub amount: i64,
+    #[schema(example = "usd")]
+    pub currency: String,
+    pub stripe_price_id: Option<String>,
+    pub grant: Grant,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ProductOut {
+    pub fn from_row(r: ProductRow) -> ApiResult<ProductOut> {
+        let grant = Grant::from_json(&r.grant_spec).ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", r.id))?;
+        Ok(ProductOut {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            active: r.active,
+            version: r.version,
+            amount: r.amount,
+            currency: r.currency,
+            stripe_price_id: r.stripe_price_id,
+            grant,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProductList {
+    pub data: Vec<ProductOut>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductIn {
+    #[schema(example = "Pro, 30 days", min_length = 1, max_length = 200)]
+    pub name: String,
+    #[schema(max_length = 2000)]
+    pub description: Option<String>,
+    /// In the currency's minor unit.
+    #[schema(example = 1999, minimum = 1, maximum = 99999999)]
+    pub amount: i64,
+    #[schema(example = "usd", pattern = "^[a-z]{3}$")]
+    pub currency: String,
+    /// A Stripe Price to use at Checkout instead of an inline price.
+    #[schema(example = "price_1Pgc71B7WZ01zgkW", pattern = "^price_[A-Za-z0-9_]+$")]
+    pub stripe_price_id: Option<String>,
+    pub grant: Grant,
+    /// Default true.
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatchIn {
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: Option<String>,
+    /// An empty string removes the description.
+    #[schema(max_length = 2000)]
+    pub description: Option<String>,
+    pub active: Option<bool>,
+    /// A new price makes a new version.
+    #[schema(minimum = 1, maximum = 99999999)]
+    pub amount: Option<i64>,
+    #[schema(pattern = "^[a-z]{3}$")]
+    pub currency: Option<String>,
+    /// An empty string removes it.
+    pub stripe_price_id: Option<String>,
+    pub grant: Option<Grant>,
+}
+
+/// Active products, newest first.
+#[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
+    responses(
+        (status = 200, description = "A page of active products", body = ProductList),
+        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_products(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<axum::Json<ProductList>> {
+    let (limit, after) = list_params(q)?;
+    let rows = state.store.list_products(true, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
+    let (rows, has_more) = page(rows, limit);
+    let data = rows.into_iter().map(ProductOut::from_row).collect::<ApiResult<Vec<_>>>()?;
+    Ok(axum::Json(ProductList { data, has_more }))
+}
+
+/// Adds a product to the catalog.
+#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = ProductIn, security(("bearer" = []), ("session" = [])),
+    responses(
+        (status = 201, description = "Created", body = ProductOut),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_product(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Meta(meta): Meta,
+    Json(input): Json<ProductIn>,
+) -> ApiResult<(StatusCode, axum::Json<ProductOut>)> {
+    let product = NewProduct {
+        name: input.name,
+        description: input.description.filter(|d| !d.is_empty()),
+        amount: input.amount,
+        currency: input.currency,
+        stripe_price_id: input.stripe_price_id,
+        grant: input.grant,
+        active: input.active.unwrap_or(true),
+    };
+    let row = state.payments.create_product(product).await?;
+    audit(&state, &meta, &admin.user.id, "product.create", &row.id, serde_json::json!({"amount": row.amount, "currency": row.currency})).await;
+    Ok((StatusCode::CREATED, axum::Json(ProductOut::from_row(row)?)))
+}
+
+/// Changes a product. A change of amount, currency, Stripe price or grant makes a new version;
+/// orders already made keep what they bought.
+#[utoipa::path(patch, path = "/api/v1/admin/products/{id}", tag = "admin", request_body = ProductPatchIn, security(("bearer" = []), ("session" = [])),
+    params(("id" = String, Path, description = "A product id (`pr_…`)")),
+    responses(
+        (status = 200, description = "Changed", body = ProductOut),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_product(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(input): Json<ProductPatchIn>,
+) -> ApiResult<axum::Json<ProductOut>> {
+    let patch = ProductPatch {
+        name: input.name,
+        description: input.description.map(|d| Some(d).filter(|d| !d.is_empty())),
+        active: input.active,
+        amount: input.amount,
+        currency: input.currency,
+        stripe_price_id: input.stripe_price_id.map(|p| Some(p).filter(|p| !p.is_empty())),
+        grant: input.grant,
+    };
+    let row = state.payments.update_product(&id, patch).await.map_err(ApiError::from)?;
+    audit(&state, &meta, &admin.user.id, "product.update", &row.id, serde_json::json!({"version": row.version, "active": row.active})).await;
+    Ok(axum::Json(ProductOut::from_row(row)?))
+}

@@ -1,0 +1,629 @@
+//! Catalog, orders, grants, refunds and idempotency keys, one SQL text for both engines (see
+//! `accounts.rs`). The rules live in `domain::orders`; this file only loads an order under a lock,
+//! hands its facts to the domain, and writes back what the domain decided, in the caller's
+//! transaction (the webhook's ledger insert, a replay, or the success page).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::StoreError;
+use crate::domain::orders::{DisputeState, OrderFacts, OrderStatus, PaymentFact};
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ProductRow {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub active: bool,
+    pub version: i64,
+    pub amount: i64,
+    pub currency: String,
+    pub stripe_price_id: Option<String>,
+    pub grant_spec: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: String,
+    pub user_id: String,
+    pub product_id: String,
+    pub product_version: i64,
+    pub quantity: i64,
+    pub amount: i64,
+    pub currency: String,
+    pub grant_spec: String,
+    pub flow: String,
+    pub status: String,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub charge_id: Option<String>,
+    pub checkout_url: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub processing: bool,
+    pub failed: bool,
+    pub expired: bool,
+    pub canceled: bool,
+    pub amount_refunded: i64,
+    pub dispute: Option<String>,
+    pub flag: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl OrderRow {
+    pub fn facts(&self) -> OrderFacts {
+        OrderFacts {
+            amount: self.amount,
+            currency: self.currency.clone(),
+            paid_at: self.paid_at,
+            processing: self.processing,
+            failed: self.failed,
+            expired: self.expired,
+            canceled: self.canceled,
+            amount_refunded: self.amount_refunded,
+            dispute: self.dispute.as_deref().and_then(DisputeState::parse),
+            flag: self.flag.clone(),
+            payment_intent_id: self.payment_intent_id.clone(),
+            charge_id: self.charge_id.clone(),
+        }
+    }
+
+    pub fn status(&self) -> OrderStatus {
+        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Pending)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GrantRow {
+    pub id: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub kind: String,
+    pub feature: Option<String>,
+    pub credits: Option<i64>,
+    pub status: String,
+    pub starts_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RefundRow {
+    pub id: String,
+    pub order_id: String,
+    pub stripe_refund_id: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub reason: Option<String>,
+    pub status: String,
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The ways an event can name its order; the first that matches wins, in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderRef {
+    pub order_id: Option<String>,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub charge_id: Option<String>,
+}
+
+impl OrderRef {
+    pub fn is_empty(&self) -> bool {
+        self.order_id.is_none() && self.checkout_session_id.is_none() && self.payment_intent_id.is_none() && self.charge_id.is_none()
+    }
+}
+
+/// What applying a fact did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    NoOrder,
+    Order { order_id: String, status: OrderStatus, note: String },
+}
+
+/// The start of an idempotent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyStart {
+    /// First use of the key: go ahead, then `idempotency_finish`.
+    New,
+    /// Seen with this body: the first response.
+    Replay { status: u16, body: Vec<u8> },
+    /// Seen with another body.
+    Mismatch,
+    /// The first request with this key has not finished.
+    InProgress,
+}
+
+#[async_trait]
+pub trait PaymentStore: Send + Sync {
+    async fn insert_product(&self, product: &ProductRow) -> Result<(), StoreError>;
+    /// Writes `product`; when `new_version`, also records its price as that version.
+    async fn update_product(&self, product: &ProductRow, new_version: bool) -> Result<(), StoreError>;
+    async fn product(&self, id: &str) -> Result<Option<ProductRow>, StoreError>;
+    /// Newest first.
+    async fn list_products(&self, active_only: bool, limit: i64, starting_after: Option<&str>) -> Result<Vec<ProductRow>, StoreError>;
+
+    async fn insert_order(&self, order: &OrderRow) -> Result<(), StoreError>;
+    /// Records the provider's ids for a pending order; `Conflict` when another order holds them.
+    async fn set_order_provider_ids(
+        &self,
+        order_id: &str,
+        checkout_session_id: Option<&str>,
+        payment_intent_id: Option<&str>,
+        checkout_url: Option<&str>,
+        expires_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
+    /// Newest first; every user's when `user_id` is None.
+    async fn list_orders(&self, user_id: Option<&str>, limit: i64, starting_after: Option<&str>) -> Result<Vec<OrderRow>, StoreError>;
+    /// Applies `fact` to the order `order` names, in its own transaction (the success-page path).
+    async fn apply_fact(&self, order: &OrderRef, fact: &PaymentFact, now: DateTime<Utc>) -> Result<Applied, StoreError>;
+
+    async fn grants_for_user(&self, user_id: &str) -> Result<Vec<GrantRow>, StoreError>;
+    async fn grant_for_order(&self, order_id: &str) -> Result<Option<GrantRow>, StoreError>;
+
+    async fn insert_refund(&self, refund: &RefundRow) -> Result<(), StoreError>;
+    async fn set_refund_result(&self, id: &str, stripe_refund_id: &str, status: &str) -> Result<(), StoreError>;
+    async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<RefundRow>, StoreError>;
+
+    async fn idempotency_start(
+        &self,
+        principal: &str,
+        key: &str,
+        request_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IdempotencyStart, StoreError>;
+    async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
+    /// Forgets an unfinished key (the request failed), so a retry can run.
+    async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), StoreError>;
+}
+
+pub(crate) const PRODUCT_COLUMNS: &str =
+    "id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at";
+pub(crate) const ORDER_COLUMNS: &str = "id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, \
+     checkout_session_id, payment_intent_id, charge_id, checkout_url, expires_at, paid_at, processing, failed, expired, canceled, \
+     amount_refunded, dispute, flag, created_at, updated_at";
+pub(crate) const GRANT_COLUMNS: &str = "id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at";
+pub(crate) const REFUND_COLUMNS: &str = "id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at";
+
+/// How long an Idempotency-Key is remembered.
+pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+/// An unfinished key older than this belongs to a request that died (longer than any timeout).
+pub const IDEMPOTENCY_ABANDONED_SECS: i64 = 120;
+
+macro_rules! impl_payment_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// Locks the order `r` names (the UPDATE takes the row lock on PostgreSQL and the write
+            /// lock on SQLite in one statement), applies `fact`, writes back the facts, the derived
+            /// status and the grant. Runs inside the caller's transaction.
+            pub(crate) async fn apply_locked(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                r: &$crate::store::payments::OrderRef,
+                fact: &$crate::domain::orders::PaymentFact,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
+                use $crate::store::payments::{Applied, OrderRow, ORDER_COLUMNS};
+                let sql = format!(
+                    "UPDATE orders SET updated_at = updated_at WHERE id = (
+                        SELECT id FROM orders
+                         WHERE id = $1 OR checkout_session_id = $2 OR payment_intent_id = $3 OR charge_id = $4
+                         ORDER BY CASE WHEN id = $1 THEN 0 WHEN checkout_session_id = $2 THEN 1 WHEN payment_intent_id = $3 THEN 2 ELSE 3 END
+                         LIMIT 1)
+                     RETURNING {ORDER_COLUMNS}"
+                );
+                let row: Option<OrderRow> = sqlx::query_as(&sql)
+                    .bind(&r.order_id)
+                    .bind(&r.checkout_session_id)
+                    .bind(&r.payment_intent_id)
+                    .bind(&r.charge_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let Some(order) = row else {
+                    return Ok(Applied::NoOrder);
+                };
+                let before = order.status();
+                let mut facts = order.facts();
+                let note = facts.apply(fact, now);
+                let after = before.transition(facts.status()).map_err(|e| $crate::store::StoreError::Rule(e.to_string()))?;
+                sqlx::query(
+                    "UPDATE orders SET status = $2, paid_at = $3, processing = $4, failed = $5, expired = $6, canceled = $7,
+                            amount_refunded = $8, dispute = $9, flag = $10, payment_intent_id = $11, charge_id = $12, updated_at = $13
+                      WHERE id = $1",
+                )
+                .bind(&order.id)
+                .bind(after.as_str())
+                .bind(facts.paid_at)
+                .bind(facts.processing)
+                .bind(facts.failed)
+                .bind(facts.expired)
+                .bind(facts.canceled)
+                .bind(facts.amount_refunded)
+                .bind(facts.dispute.map(|d| d.as_str()))
+                .bind(&facts.flag)
+                .bind(&facts.payment_intent_id)
+                .bind(&facts.charge_id)
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                let grant_note = Self::reconcile_grant(tx, &order, &facts, now).await?;
+                let note = match grant_note {
+                    Some(g) => format!("{note}; {g}"),
+                    None => note,
+                };
+                Ok(Applied::Order { order_id: order.id, status: after, note })
+            }
+
+            /// Makes the order's grant what its facts say: created once (UNIQUE order_id), then
+            /// only its status changes.
+            async fn reconcile_grant(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                order: &$crate::store::payments::OrderRow,
+                facts: &$crate::domain::orders::OrderFacts,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                use $crate::domain::catalog::Grant;
+                use $crate::domain::orders::GrantState;
+                use $crate::store::payments::{GrantRow, GRANT_COLUMNS};
+                let Some(want) = facts.grant_state() else {
+                    return Ok(None);
+                };
+                let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE order_id = $1");
+                let existing: Option<GrantRow> = sqlx::query_as(&sql).bind(&order.id).fetch_optional(&mut **tx).await?;
+                if let Some(g) = existing {
+                    if g.status == want.as_str() {
+                        return Ok(None);
+                    }
+                    sqlx::query("UPDATE grants SET status = $2, updated_at = $3 WHERE id = $1")
+                        .bind(&g.id)
+                        .bind(want.as_str())
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                    return Ok(Some(format!("grant {} {}", g.id, want.as_str())));
+                }
+                if want == GrantState::Revoked {
+                    return Ok(None);
+                }
+                let Some(grant) = Grant::from_json(&order.grant_spec) else {
+                    return Err($crate::store::StoreError::Rule(format!("order {} has an unreadable grant", order.id)));
+                };
+                let starts_at = facts.paid_at.unwrap_or(now);
+                let (kind, feature, credits, expires_at) = match &grant {
+                    Grant::Access { feature, duration_days } => {
+                        // Access already running for this feature is extended, not overlapped.
+                        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE user_id = $1 AND kind = 'access' AND feature = $2 AND status = 'active'");
+                        let running: Vec<GrantRow> = sqlx::query_as(&sql).bind(&order.user_id).bind(feature).fetch_all(&mut **tx).await?;
+                        let from = running.iter().filter_map(|g| g.expires_at).filter(|e| *e > starts_at).max().unwrap_or(starts_at);
+                        let expires = duration_days.map(|d| from + chrono::Duration::days(d));
+                        ("access", Some(feature.clone()), None, expires)
+                    }
+                    Grant::Credits { amount } => ("credits", None, Some(*amount), None),
+                };
+                let id = $crate::domain::account::new_id("ent");
+                let inserted = sqlx::query(
+                    "INSERT INTO grants (id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(&order.id)
+                .bind(&order.user_id)
+                .bind(kind)
+                .bind(feature)
+                .bind(credits)
+                .bind(want.as_str())
+                .bind(starts_at)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                Ok((inserted == 1).then(|| format!("granted {id}")))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::payments::PaymentStore for $store {
+            async fn insert_product(&self, p: &$crate::store::payments::ProductRow) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO products (id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(&p.id)
+                .bind(&p.name)
+                .bind(&p.description)
+                .bind(p.active)
+                .bind(p.version)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .bind(&p.stripe_price_id)
+                .bind(&p.grant_spec)
+                .bind(p.created_at)
+                .bind(p.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                Self::insert_version(&mut tx, p).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn update_product(&self, p: &$crate::store::payments::ProductRow, new_version: bool) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
+                            stripe_price_id = $8, grant_spec = $9, updated_at = $10
+                      WHERE id = $1",
+                )
+                .bind(&p.id)
+                .bind(&p.name)
+                .bind(&p.description)
+                .bind(p.active)
+                .bind(p.version)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .bind(&p.stripe_price_id)
+                .bind(&p.grant_spec)
+                .bind(p.updated_at)
+                .execute(&mut *tx)
+                .await?;
+                if new_version {
+                    Self::insert_version(&mut tx, p).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn product(&self, id: &str) -> Result<Option<$crate::store::payments::ProductRow>, $crate::store::StoreError> {
+                let sql = format!("SELECT {} FROM products WHERE id = $1", $crate::store::payments::PRODUCT_COLUMNS);
+                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?)
+            }
+
+            async fn list_products(
+                &self,
+                active_only: bool,
+                limit: i64,
+                starting_after: Option<&str>,
+            ) -> Result<Vec<$crate::store::payments::ProductRow>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM products WHERE ($1 = FALSE OR active = TRUE) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    $crate::store::payments::PRODUCT_COLUMNS
+                );
+                Ok(sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&self.pool).await?)
+            }
+
+            async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(&o.id)
+                .bind(&o.user_id)
+                .bind(&o.product_id)
+                .bind(o.product_version)
+                .bind(o.quantity)
+                .bind(o.amount)
+                .bind(&o.currency)
+                .bind(&o.grant_spec)
+                .bind(&o.flow)
+                .bind(&o.status)
+                .bind(o.created_at)
+                .bind(o.updated_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                Ok(())
+            }
+
+            async fn set_order_provider_ids(
+                &self,
+                order_id: &str,
+                checkout_session_id: Option<&str>,
+                payment_intent_id: Option<&str>,
+                checkout_url: Option<&str>,
+                expires_at: Option<chrono::DateTime<chrono::Utc>>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "UPDATE orders SET checkout_session_id = COALESCE($2, checkout_session_id), payment_intent_id = COALESCE($3, payment_intent_id),
+                            checkout_url = COALESCE($4, checkout_url), expires_at = COALESCE($5, expires_at), updated_at = $6
+                      WHERE id = $1",
+                )
+                .bind(order_id)
+                .bind(checkout_session_id)
+                .bind(payment_intent_id)
+                .bind(checkout_url)
+                .bind(expires_at)
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                Ok(())
+            }
+
+            async fn order(&self, id: &str) -> Result<Option<$crate::store::payments::OrderRow>, $crate::store::StoreError> {
+                let sql = format!("SELECT {} FROM orders WHERE id = $1", $crate::store::payments::ORDER_COLUMNS);
+                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?)
+            }
+
+            async fn list_orders(
+                &self,
+                user_id: Option<&str>,
+                limit: i64,
+                starting_after: Option<&str>,
+            ) -> Result<Vec<$crate::store::payments::OrderRow>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    $crate::store::payments::ORDER_COLUMNS
+                );
+                Ok(sqlx::query_as(&sql).bind(user_id).bind(starting_after).bind(limit).fetch_all(&self.pool).await?)
+            }
+
+            async fn apply_fact(
+                &self,
+                r: &$crate::store::payments::OrderRef,
+                fact: &$crate::domain::orders::PaymentFact,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
+                tx.commit().await?;
+                Ok(applied)
+            }
+
+            async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
+                let sql = format!("SELECT {} FROM grants WHERE user_id = $1 ORDER BY id", $crate::store::payments::GRANT_COLUMNS);
+                Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&self.pool).await?)
+            }
+
+            async fn grant_for_order(&self, order_id: &str) -> Result<Option<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
+                let sql = format!("SELECT {} FROM grants WHERE order_id = $1", $crate::store::payments::GRANT_COLUMNS);
+                Ok(sqlx::query_as(&sql).bind(order_id).fetch_optional(&self.pool).await?)
+            }
+
+            async fn insert_refund(&self, r: &$crate::store::payments::RefundRow) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO refunds (id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&r.id)
+                .bind(&r.order_id)
+                .bind(&r.stripe_refund_id)
+                .bind(r.amount)
+                .bind(&r.currency)
+                .bind(&r.reason)
+                .bind(&r.status)
+                .bind(&r.requested_by)
+                .bind(r.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                Ok(())
+            }
+
+            async fn set_refund_result(&self, id: &str, stripe_refund_id: &str, status: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE refunds SET stripe_refund_id = $2, status = $3 WHERE id = $1")
+                    .bind(id)
+                    .bind(stripe_refund_id)
+                    .bind(status)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::accounts::conflict)?;
+                Ok(())
+            }
+
+            async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<$crate::store::payments::RefundRow>, $crate::store::StoreError> {
+                let sql = format!("SELECT {} FROM refunds WHERE order_id = $1 ORDER BY id", $crate::store::payments::REFUND_COLUMNS);
+                Ok(sqlx::query_as(&sql).bind(order_id).fetch_all(&self.pool).await?)
+            }
+
+            async fn idempotency_start(
+                &self,
+                principal: &str,
+                key: &str,
+                request_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::payments::IdempotencyStart, $crate::store::StoreError> {
+                use $crate::store::payments::IdempotencyStart;
+                for _ in 0..2 {
+                    let inserted = sqlx::query(
+                        "INSERT INTO idempotency_keys (principal, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (principal, key) DO NOTHING",
+                    )
+                    .bind(principal)
+                    .bind(key)
+                    .bind(request_hash)
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                    if inserted == 1 {
+                        return Ok(IdempotencyStart::New);
+                    }
+                    let row: Option<(String, Option<i64>, Option<Vec<u8>>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                        "SELECT request_hash, status_code, response, created_at FROM idempotency_keys WHERE principal = $1 AND key = $2",
+                    )
+                    .bind(principal)
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some((hash, status, body, created_at)) = row else { continue };
+                    let age = now - created_at;
+                    let abandoned = status.is_none() && age > chrono::Duration::seconds($crate::store::payments::IDEMPOTENCY_ABANDONED_SECS);
+                    if age > chrono::Duration::hours($crate::store::payments::IDEMPOTENCY_TTL_HOURS) || abandoned {
+                        // Expired, or its request died before answering (a crash): forget that
+                        // exact row and start again.
+                        sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND created_at = $3")
+                            .bind(principal)
+                            .bind(key)
+                            .bind(created_at)
+                            .execute(&self.pool)
+                            .await?;
+                        continue;
+                    }
+                    if hash != request_hash {
+                        return Ok(IdempotencyStart::Mismatch);
+                    }
+                    return Ok(match (status, body) {
+                        (Some(status), Some(body)) => IdempotencyStart::Replay { status: u16::try_from(status).unwrap_or(500), body },
+                        _ => IdempotencyStart::InProgress,
+                    });
+                }
+                Ok(IdempotencyStart::InProgress)
+            }
+
+            async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE principal = $1 AND key = $2")
+                    .bind(principal)
+                    .bind(key)
+                    .bind(i64::from(status))
+                    .bind(body)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status_code IS NULL")
+                    .bind(principal)
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        impl $store {
+            async fn insert_version(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                p: &$crate::store::payments::ProductRow,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO product_versions (product_id, version, amount, currency, stripe_price_id, grant_spec, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&p.id)
+                .bind(p.version)
+                .bind(p.amount)
+                .bind(&p.currency)
+                .bind(&p.stripe_price_id)
+                .bind(&p.grant_spec)
+                .bind(p.updated_at)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::store::accounts::conflict)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(crate) use impl_payment_store;
