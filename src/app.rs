@@ -15,8 +15,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{Config, PaymentProvider, TlsConfig};
 use crate::domain::auth::AuthService;
 use crate::domain::jwt::JwtKeys;
-use crate::domain::password::PasswordHasherPool;
 use crate::domain::ledger::key_is_live;
+use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::ratelimit::MemoryRateLimiter;
 use crate::store::{self, Store};
@@ -77,15 +77,23 @@ pub fn payments_service(
     store: Arc<dyn Store>,
     webhook_url: url::Url,
 ) -> anyhow::Result<(PaymentsService, Option<Arc<Sandbox>>)> {
-    let (provider, sandbox): (Arc<dyn Provider>, Option<Arc<Sandbox>>) = match (&config.stripe.provider, &config.stripe.secret_key) {
-        (PaymentProvider::Stripe, Some(key)) => (Arc::new(StripeClient::new(config.stripe.api_base.clone(), key.clone())?), None),
-        _ => {
-            // `App::build` gives the sandbox a secret the endpoint verifies; the CLI never delivers.
-            let secret = config.stripe.webhook_secrets.first().cloned().unwrap_or_else(|| crate::domain::crypto::random_token().into());
-            let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url, secret)?);
-            (sandbox.clone(), Some(sandbox))
-        }
-    };
+    let (provider, sandbox): (Arc<dyn Provider>, Option<Arc<Sandbox>>) =
+        match (&config.stripe.provider, &config.stripe.secret_key) {
+            (PaymentProvider::Stripe, Some(key)) => {
+                (Arc::new(StripeClient::new(config.stripe.api_base.clone(), key.clone())?), None)
+            }
+            _ => {
+                // `App::build` gives the sandbox a secret the endpoint verifies; the CLI never delivers.
+                let secret = config
+                    .stripe
+                    .webhook_secrets
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| crate::domain::crypto::random_token().into());
+                let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url, secret)?);
+                (sandbox.clone(), Some(sandbox))
+            }
+        };
     let key_live = key_is_live(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
     let service = PaymentsService::new(store, provider, Arc::new(MemoryRateLimiter::new()), config.payments.clone(), key_live);
     Ok((service, sandbox))
@@ -133,7 +141,10 @@ impl App {
     pub async fn build_with(mut config: Config, extra: Router<AppState>) -> anyhow::Result<App> {
         if config.stripe.provider == PaymentProvider::Sandbox && config.stripe.webhook_secrets.is_empty() {
             // Production refuses the sandbox; in development it signs with a per-process secret.
-            config.stripe.webhook_secrets.push(secrecy::SecretString::from(format!("whsec_{}", crate::domain::crypto::random_token())));
+            config
+                .stripe
+                .webhook_secrets
+                .push(secrecy::SecretString::from(format!("whsec_{}", crate::domain::crypto::random_token())));
         }
         // Everything that can be refused without side effects is checked before the database.
         let tls = match &config.tls {

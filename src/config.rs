@@ -341,7 +341,8 @@ pub const SETTINGS: &[Setting] = &[
         env: &["TOLLGATE_CHECKOUT_SUCCESS_URL"],
         default: None,
         secret: false,
-        meaning: "where Checkout sends the buyer after paying; {ORDER_ID} is replaced (default: public_url/api/v1/orders/{ORDER_ID})",
+        meaning:
+            "where Checkout sends the buyer after paying; {ORDER_ID} is replaced (default: public_url/api/v1/orders/{ORDER_ID})",
     },
     Setting {
         key: "checkout_cancel_url",
@@ -830,7 +831,8 @@ impl Config {
         if !(Duration::from_secs(30 * 60)..=Duration::from_secs(24 * 3600)).contains(&checkout_ttl) {
             errors.push(bad("checkout_expires_after", "must be between 30m and 24h (Stripe's limits)"));
         }
-        let payments = PaymentsConfig { success_url, cancel_url, checkout_ttl, checkout_limit: count("checkout_limit", &mut errors) };
+        let payments =
+            PaymentsConfig { success_url, cancel_url, checkout_ttl, checkout_limit: count("checkout_limit", &mut errors) };
         let config = Config {
             env,
             auth,

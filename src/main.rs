@@ -84,7 +84,8 @@ fn parse_since(value: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> anyho
     let at = match chrono::DateTime::parse_from_rfc3339(v) {
         Ok(t) => t.with_timezone(&chrono::Utc),
         Err(_) => {
-            let d = tollgate::config::parse_duration(v).ok_or_else(|| anyhow::anyhow!("--since must be an RFC 3339 time or a duration such as 7d"))?;
+            let d = tollgate::config::parse_duration(v)
+                .ok_or_else(|| anyhow::anyhow!("--since must be an RFC 3339 time or a duration such as 7d"))?;
             now - chrono::Duration::from_std(d)?
         }
     };
@@ -92,7 +93,9 @@ fn parse_since(value: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> anyho
 }
 
 /// The store and payments service for a one-off command.
-async fn payments(config: &Config) -> anyhow::Result<(std::sync::Arc<dyn store::Store>, tollgate::domain::payments::PaymentsService)> {
+async fn payments(
+    config: &Config,
+) -> anyhow::Result<(std::sync::Arc<dyn store::Store>, tollgate::domain::payments::PaymentsService)> {
     let store = store::connect(&config.database).await?;
     if config.database.migrate_on_start {
         store.migrate().await?;
@@ -227,11 +230,16 @@ fn main() -> ExitCode {
                 let (store, service) = payments(&config).await?;
                 eprintln!("syncing Stripe events since {}", since.to_rfc3339());
                 let report = service
-                    .sync(since, |r| eprintln!("  {} seen, {} new stored, {} already in the ledger", r.seen, r.stored, r.already_had))
+                    .sync(since, |r| {
+                        eprintln!("  {} seen, {} new stored, {} already in the ledger", r.seen, r.stored, r.already_had)
+                    })
                     .await;
                 store.close().await;
                 let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
-                println!("synced: {} events seen, {} stored, {} already in the ledger", report.seen, report.stored, report.already_had);
+                println!(
+                    "synced: {} events seen, {} stored, {} already in the ledger",
+                    report.seen, report.stored, report.already_had
+                );
                 Ok(())
             })
         }

@@ -99,9 +99,7 @@ pub fn validate_description(field: &str, description: &str, errors: &mut Vec<Fie
 }
 
 pub fn validate_price_id(field: &str, price: &str, errors: &mut Vec<FieldError>) {
-    let ok = price.starts_with("price_")
-        && price.len() <= 255
-        && price.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ok = price.starts_with("price_") && price.len() <= 255 && price.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if !ok {
         errors.push(FieldError::new(field, "must be a Stripe price id (price_…)"));
     }

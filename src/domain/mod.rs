@@ -20,9 +20,9 @@ impl FieldError {
 
 pub mod account;
 pub mod auth;
+pub mod catalog;
 pub mod crypto;
 pub mod jwt;
-pub mod catalog;
 pub mod ledger;
 pub mod orders;
 pub mod password;

@@ -131,16 +131,31 @@ pub struct OrderFacts {
 pub enum PaymentFact {
     /// Money arrived: a completed Checkout Session with `payment_status` paid, an async payment
     /// that succeeded, a succeeded PaymentIntent.
-    Paid { amount: i64, currency: String, payment_intent_id: Option<String> },
+    Paid {
+        amount: i64,
+        currency: String,
+        payment_intent_id: Option<String>,
+    },
     /// Completed, but a delayed payment method has not settled yet.
-    Processing { payment_intent_id: Option<String> },
+    Processing {
+        payment_intent_id: Option<String>,
+    },
     Failed,
     Expired,
     Canceled,
     /// `amount_refunded` is the charge's cumulative refunded amount.
-    Refunded { amount_refunded: i64, currency: String, charge_id: Option<String>, payment_intent_id: Option<String> },
-    DisputeOpened { charge_id: Option<String> },
-    DisputeClosed { won: bool },
+    Refunded {
+        amount_refunded: i64,
+        currency: String,
+        charge_id: Option<String>,
+        payment_intent_id: Option<String>,
+    },
+    DisputeOpened {
+        charge_id: Option<String>,
+    },
+    DisputeClosed {
+        won: bool,
+    },
 }
 
 impl PaymentFact {
@@ -333,7 +348,7 @@ mod tests {
     #[test]
     fn delayed_payment_then_success_or_failure() {
         let processing = PaymentFact::Processing { payment_intent_id: None };
-        assert_eq!(run(&[processing.clone()]).status(), OrderStatus::Processing);
+        assert_eq!(run(std::slice::from_ref(&processing)).status(), OrderStatus::Processing);
         assert_eq!(run(&[processing.clone(), paid()]).status(), OrderStatus::Paid);
         assert_eq!(run(&[processing.clone(), PaymentFact::Failed]).status(), OrderStatus::Failed);
         // Arrivals out of order end the same way.

@@ -17,7 +17,9 @@ use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundRow};
 use crate::store::{EventPlan, NewEvent, Recorded, Store, StoreError};
 use crate::stripe::events::{plan, session_fact};
 use crate::stripe::webhook::Event;
-use crate::stripe::{CheckoutCreated, CheckoutRequest, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError, RefundRequest};
+use crate::stripe::{
+    CheckoutCreated, CheckoutRequest, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError, RefundRequest,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentError {
@@ -169,7 +171,11 @@ impl PaymentsService {
     /// version (and the amount and grant) they were created with.
     pub async fn update_product(&self, id: &str, patch: ProductPatch) -> Result<ProductRow, PaymentError> {
         let current = self.store.product(id).await?.ok_or(PaymentError::NotFound)?;
-        let grant = patch.grant.clone().or_else(|| Grant::from_json(&current.grant_spec)).ok_or_else(|| anyhow::anyhow!("unreadable grant"))?;
+        let grant = patch
+            .grant
+            .clone()
+            .or_else(|| Grant::from_json(&current.grant_spec))
+            .ok_or_else(|| anyhow::anyhow!("unreadable grant"))?;
         let merged = NewProduct {
             name: patch.name.clone().unwrap_or_else(|| current.name.clone()),
             description: patch.description.clone().unwrap_or_else(|| current.description.clone()),
@@ -203,7 +209,9 @@ impl PaymentsService {
             updated_at: Utc::now(),
         };
         match self.store.update_product(&row, new_version).await {
-            Err(StoreError::Conflict) => Err(PaymentError::Conflict("the product was changed at the same time; retry".to_owned())),
+            Err(StoreError::Conflict) => {
+                Err(PaymentError::Conflict("the product was changed at the same time; retry".to_owned()))
+            }
             other => other.map(|()| row).map_err(Into::into),
         }
     }
@@ -228,7 +236,8 @@ impl PaymentsService {
         if let Decision::Limited { limit, retry_after } = self.limiter.hit(&format!("checkout:{}", user.id), quota).await {
             return Err(PaymentError::RateLimited { limit, retry_after });
         }
-        let grant = Grant::from_json(&product.grant_spec).ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", product.id))?;
+        let grant = Grant::from_json(&product.grant_spec)
+            .ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", product.id))?;
         let now = Utc::now();
         let order = OrderRow {
             id: new_id("ord"),
@@ -360,7 +369,12 @@ impl PaymentsService {
         }
     }
 
-    pub async fn list_orders(&self, user_id: Option<&str>, limit: i64, after: Option<&str>) -> Result<Vec<OrderRow>, PaymentError> {
+    pub async fn list_orders(
+        &self,
+        user_id: Option<&str>,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<OrderRow>, PaymentError> {
         Ok(self.store.list_orders(user_id, limit, after).await?)
     }
 
@@ -376,7 +390,13 @@ impl PaymentsService {
 
     /// Asks the provider for a refund of a paid order (the whole remaining amount when `amount`
     /// is None). The order itself changes when the provider's `charge.refunded` event arrives.
-    pub async fn refund(&self, admin: &User, order_id: &str, amount: Option<i64>, reason: Option<String>) -> Result<RefundRow, PaymentError> {
+    pub async fn refund(
+        &self,
+        admin: &User,
+        order_id: &str,
+        amount: Option<i64>,
+        reason: Option<String>,
+    ) -> Result<RefundRow, PaymentError> {
         let order = self.store.order(order_id).await?.ok_or(PaymentError::NotFound)?;
         if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
             return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
@@ -384,7 +404,8 @@ impl PaymentsService {
         let Some(payment_intent_id) = order.payment_intent_id.clone() else {
             return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
         };
-        let requested: i64 = self.store.refunds_for_order(&order.id).await?.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
+        let requested: i64 =
+            self.store.refunds_for_order(&order.id).await?.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
         let remaining = order.amount - order.amount_refunded.max(requested);
         let mut errors = Vec::new();
         if let Some(a) = amount {

@@ -159,7 +159,9 @@ impl ApiError {
                 p.checks = Some(checks.clone());
                 p
             }
-            ApiError::Provider(_) => p.detail("the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)"),
+            ApiError::Provider(_) => p.detail(
+                "the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)",
+            ),
             ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
         }
     }

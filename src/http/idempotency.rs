@@ -59,7 +59,9 @@ where
             )]))
         }
         IdempotencyStart::InProgress => {
-            return Err(ApiError::Conflict("a request with this Idempotency-Key is still being processed; retry shortly".to_owned()))
+            return Err(ApiError::Conflict(
+                "a request with this Idempotency-Key is still being processed; retry shortly".to_owned(),
+            ))
         }
     }
     match create().await {

@@ -71,7 +71,13 @@ pub trait LedgerStore: Send + Sync {
     /// so nothing verified is lost; a redelivery or a replay processes it again.
     async fn mark_event_failed(&self, event: &NewEvent, detail: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Carries out `plan` again for a stored event; `None` when there is no such event.
-    async fn replay_event(&self, event_id: &str, plan: &EventPlan, why: &str, now: DateTime<Utc>) -> Result<Option<(String, String)>, StoreError>;
+    async fn replay_event(
+        &self,
+        event_id: &str,
+        plan: &EventPlan,
+        why: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(String, String)>, StoreError>;
     /// Newest first, optionally filtered; `starting_after` is the last event id of the previous page.
     async fn list_events(
         &self,

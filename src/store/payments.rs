@@ -115,7 +115,10 @@ pub struct OrderRef {
 
 impl OrderRef {
     pub fn is_empty(&self) -> bool {
-        self.order_id.is_none() && self.checkout_session_id.is_none() && self.payment_intent_id.is_none() && self.charge_id.is_none()
+        self.order_id.is_none()
+            && self.checkout_session_id.is_none()
+            && self.payment_intent_id.is_none()
+            && self.charge_id.is_none()
     }
 }
 
@@ -146,7 +149,12 @@ pub trait PaymentStore: Send + Sync {
     async fn update_product(&self, product: &ProductRow, new_version: bool) -> Result<(), StoreError>;
     async fn product(&self, id: &str) -> Result<Option<ProductRow>, StoreError>;
     /// Newest first.
-    async fn list_products(&self, active_only: bool, limit: i64, starting_after: Option<&str>) -> Result<Vec<ProductRow>, StoreError>;
+    async fn list_products(
+        &self,
+        active_only: bool,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<ProductRow>, StoreError>;
 
     async fn insert_order(&self, order: &OrderRow) -> Result<(), StoreError>;
     /// Records the provider's ids for a pending order; `Conflict` when another order holds them.
@@ -161,7 +169,12 @@ pub trait PaymentStore: Send + Sync {
     ) -> Result<(), StoreError>;
     async fn order(&self, id: &str) -> Result<Option<OrderRow>, StoreError>;
     /// Newest first; every user's when `user_id` is None.
-    async fn list_orders(&self, user_id: Option<&str>, limit: i64, starting_after: Option<&str>) -> Result<Vec<OrderRow>, StoreError>;
+    async fn list_orders(
+        &self,
+        user_id: Option<&str>,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<OrderRow>, StoreError>;
     /// Applies `fact` to the order `order` names, in its own transaction (the success-page path).
     async fn apply_fact(&self, order: &OrderRef, fact: &PaymentFact, now: DateTime<Utc>) -> Result<Applied, StoreError>;
 
@@ -189,8 +202,10 @@ pub(crate) const PRODUCT_COLUMNS: &str =
 pub(crate) const ORDER_COLUMNS: &str = "id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, \
      checkout_session_id, payment_intent_id, charge_id, checkout_url, expires_at, paid_at, processing, failed, expired, canceled, \
      amount_refunded, dispute, flag, created_at, updated_at";
-pub(crate) const GRANT_COLUMNS: &str = "id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at";
-pub(crate) const REFUND_COLUMNS: &str = "id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at";
+pub(crate) const GRANT_COLUMNS: &str =
+    "id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at";
+pub(crate) const REFUND_COLUMNS: &str =
+    "id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at";
 
 /// How long an Idempotency-Key is remembered.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;

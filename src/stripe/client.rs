@@ -12,8 +12,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::{
-    CheckoutCreated, CheckoutRequest, EventPage, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError, RefundCreated,
-    RefundRequest,
+    CheckoutCreated, CheckoutRequest, EventPage, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError,
+    RefundCreated, RefundRequest,
 };
 
 /// The API version every request asks for; event and object shapes are read for this version.
@@ -59,7 +59,13 @@ impl StripeClient {
     }
 
     /// One call, retried when that is safe and useful. POSTs carry `idempotency_key`.
-    async fn call(&self, method: Method, url: Url, form: Option<String>, idempotency_key: Option<&str>) -> Result<Value, ProviderError> {
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        form: Option<String>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ProviderError> {
         let mut last = ProviderError::Network("no attempt made".to_owned());
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -97,7 +103,12 @@ impl StripeClient {
             last = if status == StatusCode::NOT_FOUND {
                 ProviderError::NotFound
             } else {
-                ProviderError::Api { status: status.as_u16(), kind: field("type"), code: field("code"), message: field("message") }
+                ProviderError::Api {
+                    status: status.as_u16(),
+                    kind: field("type"),
+                    code: field("code"),
+                    message: field("message"),
+                }
             };
             let retry = should_retry.unwrap_or(status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error());
             tracing::warn!(attempt, status = status.as_u16(), retry, error = %last, "stripe request refused");

@@ -73,10 +73,17 @@ pub fn fact_of(kind: &str, object: &Value) -> Option<(OrderRef, PaymentFact)> {
         "checkout.session.async_payment_failed" => (session_ref(object), PaymentFact::Failed),
         "checkout.session.expired" => (session_ref(object), PaymentFact::Expired),
         "payment_intent.succeeded" | "payment_intent.payment_failed" | "payment_intent.canceled" => {
-            let r = OrderRef { order_id: metadata_order_id(object), payment_intent_id: str_field(object, "id"), ..Default::default() };
+            let r = OrderRef {
+                order_id: metadata_order_id(object),
+                payment_intent_id: str_field(object, "id"),
+                ..Default::default()
+            };
             let fact = match kind {
                 "payment_intent.succeeded" => PaymentFact::Paid {
-                    amount: int_field(object, "amount_received").filter(|a| *a > 0).or_else(|| int_field(object, "amount")).unwrap_or(-1),
+                    amount: int_field(object, "amount_received")
+                        .filter(|a| *a > 0)
+                        .or_else(|| int_field(object, "amount"))
+                        .unwrap_or(-1),
                     currency: str_field(object, "currency").unwrap_or_default(),
                     payment_intent_id: str_field(object, "id"),
                 },
@@ -131,7 +138,9 @@ pub fn plan(event: &Event, key_live: bool) -> EventPlan {
         return EventPlan::Ignore(format!("event type {} is not handled", event.kind));
     }
     match fact_of(&event.kind, &event.data.object) {
-        Some((r, _)) if r.is_empty() => EventPlan::Unmatched("the event names no order, session, payment intent or charge".to_owned()),
+        Some((r, _)) if r.is_empty() => {
+            EventPlan::Unmatched("the event names no order, session, payment intent or charge".to_owned())
+        }
         Some((r, fact)) => EventPlan::Apply(r, fact),
         None => EventPlan::Unmatched(format!("cannot read a {} object", event.kind)),
     }
@@ -149,8 +158,12 @@ mod tests {
 
     #[test]
     fn plans() {
-        assert!(matches!(plan(&event("plan.created", false, json!({})), false), EventPlan::Ignore(w) if w.contains("not handled")));
-        assert!(matches!(plan(&event("checkout.session.completed", true, json!({})), false), EventPlan::Ignore(w) if w.contains("live-mode")));
+        assert!(
+            matches!(plan(&event("plan.created", false, json!({})), false), EventPlan::Ignore(w) if w.contains("not handled"))
+        );
+        assert!(
+            matches!(plan(&event("checkout.session.completed", true, json!({})), false), EventPlan::Ignore(w) if w.contains("live-mode"))
+        );
         assert!(matches!(plan(&event("checkout.session.completed", false, json!({})), false), EventPlan::Unmatched(_)));
         let session = json!({"id": "cs_1", "metadata": {"order_id": "ord_1"}, "payment_status": "paid", "amount_total": 500, "currency": "usd", "payment_intent": {"id": "pi_1"}});
         let EventPlan::Apply(r, fact) = plan(&event("checkout.session.completed", false, session), false) else { panic!() };

@@ -15,8 +15,8 @@ use url::Url;
 use super::client::STRIPE_VERSION;
 use super::webhook::sign;
 use super::{
-    CheckoutCreated, CheckoutRequest, EventPage, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError, RefundCreated,
-    RefundRequest,
+    CheckoutCreated, CheckoutRequest, EventPage, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError,
+    RefundCreated, RefundRequest,
 };
 
 #[derive(Debug, Clone)]

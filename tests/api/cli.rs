@@ -10,7 +10,7 @@ const STRONG_KEY: &str = "sk_live_51H8qwertyuiopasdfghjklzxcvbnm0123456789QWERTY
 const STRONG_WHSEC: &str = "whsec_3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
 
 /// The binary in an empty directory with only the given environment (no .env, no tollgate.toml).
-fn tollgate(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
+pub fn tollgate(dir: &std::path::Path, env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear().current_dir(dir).env("PATH", std::env::var("PATH").unwrap_or_default());
     for (k, v) in env {
@@ -31,7 +31,7 @@ fn production_env(whsec: &'static str) -> Vec<(&'static str, &'static str)> {
     ]
 }
 
-fn output_text(out: &std::process::Output) -> String {
+pub fn output_text(out: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 

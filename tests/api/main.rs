@@ -10,6 +10,7 @@ mod errors;
 mod health;
 mod helpers;
 mod network;
+mod payments;
 mod security_headers;
 mod storage;
 mod tls;

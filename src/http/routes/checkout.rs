@@ -248,7 +248,8 @@ pub async fn create_payment_intent(
 ) -> ApiResult<Response> {
     let request = fingerprint("payment-intent", &input)?;
     idempotent(&state, &current.user.id, &headers, &request, || async {
-        let started = state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::PaymentIntent).await?;
+        let started =
+            state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::PaymentIntent).await?;
         let Started::PaymentIntent(order, created) = started else {
             return Err(anyhow::anyhow!("payment intent started another flow").into());
         };
@@ -266,7 +267,11 @@ pub async fn create_payment_intent(
         (status = 403, description = "user_id given by a non-admin", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_orders(State(state): State<AppState>, current: CurrentUser, RawQuery(q): RawQuery) -> ApiResult<axum::Json<OrderList>> {
+pub async fn list_orders(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    RawQuery(q): RawQuery,
+) -> ApiResult<axum::Json<OrderList>> {
     let (limit, after) = list_params(q.clone())?;
     let asked: Option<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
         .find(|(k, v)| k == "user_id" && !v.is_empty())
@@ -292,7 +297,11 @@ pub async fn list_orders(State(state): State<AppState>, current: CurrentUser, Ra
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order (or another user's)", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn get_order(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<axum::Json<OrderOut>> {
+pub async fn get_order(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<OrderOut>> {
     let order = state.payments.order_for(&current.user, &id).await?;
     Ok(axum::Json(order.into()))
 }
@@ -324,8 +333,15 @@ pub async fn create_refund(
     let request = fingerprint(&format!("refund:{id}"), &input)?;
     idempotent(&state, &admin.user.id, &headers, &request, || async {
         let refund = state.payments.refund(&admin.user, &id, input.amount, input.reason.clone()).await?;
-        audit(&state, &meta, &admin.user.id, "order.refund", &id, serde_json::json!({"refund_id": refund.id, "amount": refund.amount}))
-            .await;
+        audit(
+            &state,
+            &meta,
+            &admin.user.id,
+            "order.refund",
+            &id,
+            serde_json::json!({"refund_id": refund.id, "amount": refund.amount}),
+        )
+        .await;
         Ok((StatusCode::CREATED, to_json(RefundOut::from(refund))?))
     })
     .await

@@ -10,9 +10,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::app::AppState;
 use crate::domain::FieldError;
 use crate::http::auth::{AdminUser, Meta};
-use crate::http::routes::audit;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::routes::admin::{list_params, page};
+use crate::http::routes::audit;
 use crate::store::ledger::{EventRow, HistoryRow};
 
 pub fn router() -> Router<AppState> {

@@ -160,7 +160,13 @@ pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -
     let access = e
         .access
         .into_iter()
-        .map(|g| AccessOut { id: g.id, feature: g.feature.unwrap_or_default(), order_id: g.order_id, starts_at: g.starts_at, expires_at: g.expires_at })
+        .map(|g| AccessOut {
+            id: g.id,
+            feature: g.feature.unwrap_or_default(),
+            order_id: g.order_id,
+            starts_at: g.starts_at,
+            expires_at: g.expires_at,
+        })
         .collect();
     Ok(axum::Json(EntitlementsOut { access, credit_balance: e.credit_balance }))
 }

@@ -149,7 +149,15 @@ pub async fn create_product(
         active: input.active.unwrap_or(true),
     };
     let row = state.payments.create_product(product).await?;
-    audit(&state, &meta, &admin.user.id, "product.create", &row.id, serde_json::json!({"amount": row.amount, "currency": row.currency})).await;
+    audit(
+        &state,
+        &meta,
+        &admin.user.id,
+        "product.create",
+        &row.id,
+        serde_json::json!({"amount": row.amount, "currency": row.currency}),
+    )
+    .await;
     Ok((StatusCode::CREATED, axum::Json(ProductOut::from_row(row)?)))
 }
 
@@ -184,6 +192,14 @@ pub async fn update_product(
         grant: input.grant,
     };
     let row = state.payments.update_product(&id, patch).await.map_err(ApiError::from)?;
-    audit(&state, &meta, &admin.user.id, "product.update", &row.id, serde_json::json!({"version": row.version, "active": row.active})).await;
+    audit(
+        &state,
+        &meta,
+        &admin.user.id,
+        "product.update",
+        &row.id,
+        serde_json::json!({"version": row.version, "active": row.active}),
+    )
+    .await;
     Ok(axum::Json(ProductOut::from_row(row)?))
 }

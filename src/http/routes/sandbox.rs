@@ -60,7 +60,12 @@ async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
     Ok(html(StatusCode::OK, body))
 }
 
-async fn choose(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn choose(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let sandbox = state.sandbox.as_ref().ok_or(ApiError::NotFound)?;
     if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
         return Err(ApiError::Forbidden("cross-site request refused".to_owned()));
