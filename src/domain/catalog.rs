@@ -17,14 +17,16 @@ pub enum Grant {
     /// Access to `feature` for `duration_days` days from payment (null: forever). Buying again
     /// while access is active extends it.
     Access {
-        #[schema(example = "pro")]
+        #[schema(example = "pro", pattern = "^[a-z0-9_.:-]{1,64}$")]
         feature: String,
-        #[schema(example = 30)]
+        #[schema(example = 30, minimum = 1, maximum = 36500)]
+        #[serde(default, deserialize_with = "super::whole_number::option::deserialize")]
         duration_days: Option<i64>,
     },
     /// `amount` credits added to the buyer's balance.
     Credits {
-        #[schema(example = 500)]
+        #[schema(example = 500, minimum = 1, maximum = 1000000000)]
+        #[serde(deserialize_with = "super::whole_number::deserialize")]
         amount: i64,
     },
 }

@@ -36,9 +36,27 @@ use crate::http::routes::{admin, auth, checkout, docs, events, health, me, produ
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
     ),
-    modifiers(&RequestIdHeader, &SecuritySchemes),
+    modifiers(&RequestIdHeader, &SecuritySchemes, &ClosedGrant),
 )]
 pub struct ApiDoc;
+
+/// `Grant`'s variants refuse unknown fields (`deny_unknown_fields`), which utoipa states for
+/// structs but not for the variants of a tagged enum; say it here so the schema is the truth.
+struct ClosedGrant;
+
+impl Modify for ClosedGrant {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let Some(components) = openapi.components.as_mut() else { return };
+        if let Some(RefOr::T(Schema::OneOf(one_of))) = components.schemas.get_mut("Grant") {
+            for item in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = item {
+                    object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
 
 /// Documents the `X-Request-Id` header every response carries.
 struct RequestIdHeader;

@@ -39,6 +39,7 @@ pub struct CheckoutIn {
     pub product_id: String,
     /// Default 1.
     #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option::deserialize")]
     pub quantity: Option<i64>,
 }
 
@@ -142,6 +143,7 @@ pub struct OrderListParams {
 pub struct RefundIn {
     /// In the currency's minor unit; absent: everything not yet refunded.
     #[schema(minimum = 1, maximum = 99999999)]
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option::deserialize")]
     pub amount: Option<i64>,
     #[schema(pattern = "^(duplicate|fraudulent|requested_by_customer)$")]
     pub reason: Option<String>,
@@ -191,7 +193,7 @@ fn to_json(value: impl Serialize) -> ApiResult<serde_json::Value> {
 /// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
 /// catalog; the client names only the product and a quantity.
 #[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
     responses(
         (status = 201, description = "The order and where to send the buyer", body = CheckoutOut),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
@@ -228,7 +230,7 @@ pub async fn create_checkout_session(
 
 /// Creates a pending order and a Stripe PaymentIntent for a custom page with Stripe Elements.
 #[utoipa::path(post, path = "/api/v1/payment-intents", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
     responses(
         (status = 201, description = "The order and the client secret", body = PaymentIntentOut),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
@@ -310,7 +312,7 @@ pub async fn get_order(
 /// `partially_refunded` or `refunded` when Stripe's `charge.refunded` event arrives.
 #[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refunds", tag = "admin", request_body = RefundIn, security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "An order id (`ord_…`)"),
-           ("Idempotency-Key" = Option<String>, Header, description = "1-255 printable characters; a retry with the same key and body gets the first answer")),
+           ("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
     responses(
         (status = 201, description = "The refund Stripe accepted", body = RefundOut),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),

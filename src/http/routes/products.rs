@@ -73,17 +73,24 @@ pub struct ProductList {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductIn {
-    #[schema(example = "Pro, 30 days", min_length = 1, max_length = 200)]
+    /// Shown at Checkout; at least one visible character, no control characters.
+    #[schema(
+        example = "Pro, 30 days",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u001f\\u007f-\\u009f\\s][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: String,
     #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// In the currency's minor unit.
     #[schema(example = 1999, minimum = 1, maximum = 99999999)]
+    #[serde(deserialize_with = "crate::domain::whole_number::deserialize")]
     pub amount: i64,
     #[schema(example = "usd", pattern = "^[a-z]{3}$")]
     pub currency: String,
     /// A Stripe Price to use at Checkout instead of an inline price.
-    #[schema(example = "price_1Pgc71B7WZ01zgkW", pattern = "^price_[A-Za-z0-9_]+$")]
+    #[schema(example = "price_1Pgc71B7WZ01zgkW", pattern = "^price_[A-Za-z0-9_]+$", max_length = 255)]
     pub stripe_price_id: Option<String>,
     pub grant: Grant,
     /// Default true.
@@ -93,7 +100,11 @@ pub struct ProductIn {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatchIn {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u001f\\u007f-\\u009f\\s][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub name: Option<String>,
     /// An empty string removes the description.
     #[schema(max_length = 2000)]
@@ -101,10 +112,12 @@ pub struct ProductPatchIn {
     pub active: Option<bool>,
     /// A new price makes a new version.
     #[schema(minimum = 1, maximum = 99999999)]
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option::deserialize")]
     pub amount: Option<i64>,
     #[schema(pattern = "^[a-z]{3}$")]
     pub currency: Option<String>,
     /// An empty string removes it.
+    #[schema(pattern = "^(price_[A-Za-z0-9_]+)?$", max_length = 255)]
     pub stripe_price_id: Option<String>,
     pub grant: Option<Grant>,
 }
