@@ -124,6 +124,8 @@ pub struct OrderFacts {
     pub flag: Option<String>,
     pub payment_intent_id: Option<String>,
     pub charge_id: Option<String>,
+    /// Started as a hosted Checkout Session (whose page stays open after a declined card).
+    pub checkout_flow: bool,
 }
 
 /// One thing an event (or the success page) says about an order.
@@ -140,7 +142,11 @@ pub enum PaymentFact {
     Processing {
         payment_intent_id: Option<String>,
     },
+    /// The payment failed for good (`async_payment_failed`).
     Failed,
+    /// A PaymentIntent's attempt was declined: final for the PaymentIntent flow, but a Checkout
+    /// page stays open for another card.
+    Declined,
     Expired,
     Canceled,
     /// `amount_refunded` is the charge's cumulative refunded amount.
@@ -164,6 +170,7 @@ impl PaymentFact {
             PaymentFact::Paid { amount, currency, .. } => format!("paid {amount} {currency}"),
             PaymentFact::Processing { .. } => "payment processing".to_owned(),
             PaymentFact::Failed => "payment failed".to_owned(),
+            PaymentFact::Declined => "payment attempt declined".to_owned(),
             PaymentFact::Expired => "checkout expired".to_owned(),
             PaymentFact::Canceled => "payment canceled".to_owned(),
             PaymentFact::Refunded { amount_refunded, currency, .. } => format!("refunded {amount_refunded} {currency} in all"),
@@ -219,15 +226,18 @@ impl OrderFacts {
         }
     }
 
-    /// The grant's state (`None`: there should be no grant, or none yet). A flagged order grants
-    /// nothing; a full refund or a lost dispute revokes; an open dispute suspends.
+    /// The grant's state (`None`: no grant is to be created, and an existing one stays as it is).
+    /// A full refund or a lost dispute revokes; an open dispute suspends; a flagged order grants
+    /// nothing new (a flag never shields an existing grant from a refund or a dispute).
     pub fn grant_state(&self) -> Option<GrantState> {
-        if self.paid_at.is_none() || self.flag.is_some() {
+        if self.paid_at.is_none() {
             None
         } else if self.fully_refunded() || self.dispute == Some(DisputeState::Lost) {
             Some(GrantState::Revoked)
         } else if self.dispute == Some(DisputeState::Open) {
             Some(GrantState::Suspended)
+        } else if self.flag.is_some() {
+            None
         } else {
             Some(GrantState::Active)
         }
@@ -260,6 +270,10 @@ impl OrderFacts {
                 self.processing = true;
             }
             PaymentFact::Failed => self.failed = true,
+            PaymentFact::Declined if self.checkout_flow => {
+                return "a card was declined; the Checkout Session stays open for another try".to_owned();
+            }
+            PaymentFact::Declined => self.failed = true,
             PaymentFact::Expired => self.expired = true,
             PaymentFact::Canceled => self.canceled = true,
             PaymentFact::Refunded { amount_refunded, currency, charge_id, payment_intent_id } => {
@@ -393,6 +407,30 @@ mod tests {
     }
 
     #[test]
+    fn a_declined_card_fails_a_payment_intent_order_but_not_an_open_checkout() {
+        assert_eq!(run(&[PaymentFact::Declined]).status(), OrderStatus::Failed);
+        let mut checkout = OrderFacts { checkout_flow: true, ..order() };
+        checkout.apply(&PaymentFact::Declined, Utc::now());
+        assert_eq!(checkout.status(), OrderStatus::Pending);
+        checkout.apply(&paid(), Utc::now());
+        assert_eq!(checkout.status(), OrderStatus::Paid);
+    }
+
+    #[test]
+    fn a_flag_never_shields_a_grant_from_a_refund_or_a_dispute() {
+        let mut o = run(&[paid()]);
+        let euros =
+            PaymentFact::Refunded { amount_refunded: 1000, currency: "eur".into(), charge_id: None, payment_intent_id: None };
+        o.apply(&euros, Utc::now());
+        assert!(o.flag.is_some());
+        assert_eq!(o.grant_state(), None, "a flag alone creates nothing and changes nothing");
+        o.apply(&PaymentFact::DisputeOpened { charge_id: None }, Utc::now());
+        assert_eq!(o.grant_state(), Some(GrantState::Suspended));
+        o.apply(&refunded(1000), Utc::now());
+        assert_eq!(o.grant_state(), Some(GrantState::Revoked));
+    }
+
+    #[test]
     fn a_different_amount_or_currency_flags_and_grants_nothing() {
         let mut o = order();
         o.apply(&PaymentFact::Paid { amount: 1, currency: "usd".into(), payment_intent_id: None }, Utc::now());
@@ -426,6 +464,7 @@ mod tests {
             paid(),
             PaymentFact::Processing { payment_intent_id: None },
             PaymentFact::Failed,
+            PaymentFact::Declined,
             PaymentFact::Expired,
             PaymentFact::Canceled,
             refunded(400),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sha2::Digest;
 
 use super::account::{new_id, Role, User};
 use super::catalog::{self, Grant};
@@ -13,7 +14,7 @@ use super::orders::OrderStatus;
 use super::FieldError;
 use crate::config::PaymentsConfig;
 use crate::ratelimit::{Decision, Quota, RateLimiter};
-use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundRow};
+use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundRow, Reserved};
 use crate::store::{EventPlan, NewEvent, Recorded, Store, StoreError};
 use crate::stripe::events::{plan, session_fact};
 use crate::stripe::webhook::Event;
@@ -105,6 +106,37 @@ pub struct SyncReport {
     pub seen: usize,
     pub stored: usize,
     pub already_had: usize,
+}
+
+/// Active access grants as the user holds them: per feature, each purchase's period follows the
+/// one before (buying 30 days twice gives 60), computed when read so that revoking one purchase
+/// moves the later ones up. Only what is current or still to come is returned.
+pub fn effective_access(mut grants: Vec<GrantRow>, now: DateTime<Utc>) -> Vec<GrantRow> {
+    grants.retain(|g| g.kind == "access" && g.status == "active");
+    grants.sort_by(|a, b| (a.feature.as_deref(), a.starts_at, &a.id).cmp(&(b.feature.as_deref(), b.starts_at, &b.id)));
+    let mut out = Vec::new();
+    let mut feature: Option<String> = None;
+    // Where the previous purchase of this feature ends (None inside a feature: forever).
+    let mut end: Option<Option<DateTime<Utc>>> = None;
+    for mut g in grants {
+        if g.feature != feature {
+            feature.clone_from(&g.feature);
+            end = None;
+        }
+        let start = match end {
+            Some(None) => continue, // forever already
+            Some(Some(previous_end)) => previous_end.max(g.starts_at),
+            None => g.starts_at,
+        };
+        let expires = g.expires_at.map(|e| start + (e - g.starts_at));
+        end = Some(expires);
+        g.starts_at = start;
+        g.expires_at = expires;
+        if expires.is_none_or(|e| e > now) {
+            out.push(g);
+        }
+    }
+    out
 }
 
 pub struct PaymentsService {
@@ -208,7 +240,7 @@ impl PaymentsService {
             created_at: current.created_at,
             updated_at: Utc::now(),
         };
-        match self.store.update_product(&row, new_version).await {
+        match self.store.update_product(&row, current.version, new_version).await {
             Err(StoreError::Conflict) => {
                 Err(PaymentError::Conflict("the product was changed at the same time; retry".to_owned()))
             }
@@ -347,10 +379,18 @@ impl PaymentsService {
         if order.user_id != viewer.id && viewer.role != Role::Admin {
             return Err(PaymentError::NotFound);
         }
-        let pending = matches!(order.status(), OrderStatus::Pending | OrderStatus::Processing);
-        let Some(session_id) = order.checkout_session_id.clone().filter(|_| pending) else {
+        // A declined card leaves a Checkout order open; `failed` here is an async failure, which
+        // a later look at the session cannot undo, but asking costs nothing wrong.
+        let open = matches!(order.status(), OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed);
+        let Some(session_id) = order.checkout_session_id.clone().filter(|_| open) else {
             return Ok(order);
         };
+        // Each look is a call to Stripe, whose rate limit checkout and refunds share: bounded per
+        // viewer; over the bound the page shows what the webhook has told us.
+        let quota = Quota { limit: 30, period: Duration::from_secs(60) };
+        if !self.limiter.hit(&format!("order-refresh:{}", viewer.id), quota).await.is_allowed() {
+            return Ok(order);
+        }
         match self.provider.retrieve_checkout_session(&session_id).await {
             Ok(session) => {
                 if let Some((mut r, fact)) = session_fact(&session) {
@@ -379,42 +419,26 @@ impl PaymentsService {
     }
 
     pub async fn entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
-        let now = Utc::now();
         let grants = self.store.grants_for_user(user_id).await?;
-        let active: Vec<GrantRow> =
-            grants.into_iter().filter(|g| g.status == "active" && g.starts_at <= now + chrono::Duration::seconds(1)).collect();
+        let active: Vec<GrantRow> = grants.into_iter().filter(|g| g.status == "active").collect();
         let credit_balance = active.iter().filter(|g| g.kind == "credits").filter_map(|g| g.credits).sum();
-        let access = active.into_iter().filter(|g| g.kind == "access" && g.expires_at.is_none_or(|e| e > now)).collect();
-        Ok(Entitlements { access, credit_balance })
+        Ok(Entitlements { access: effective_access(active, Utc::now()), credit_balance })
     }
 
     /// Asks the provider for a refund of a paid order (the whole remaining amount when `amount`
     /// is None). The order itself changes when the provider's `charge.refunded` event arrives.
+    /// With the caller's Idempotency-Key the refund's id, and so the key Stripe sees, is derived
+    /// from it: a retry after a timeout can never refund twice. Refunds of one order are decided
+    /// under its lock; one whose outcome is unknown (a timeout) still counts against what is left.
     pub async fn refund(
         &self,
         admin: &User,
         order_id: &str,
         amount: Option<i64>,
         reason: Option<String>,
+        idempotency_key: Option<&str>,
     ) -> Result<RefundRow, PaymentError> {
-        let order = self.store.order(order_id).await?.ok_or(PaymentError::NotFound)?;
-        if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
-            return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
-        }
-        let Some(payment_intent_id) = order.payment_intent_id.clone() else {
-            return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
-        };
-        let requested: i64 =
-            self.store.refunds_for_order(&order.id).await?.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
-        let remaining = order.amount - order.amount_refunded.max(requested);
         let mut errors = Vec::new();
-        if let Some(a) = amount {
-            if a < 1 || a > remaining {
-                errors.push(FieldError::new("amount", format!("must be 1-{remaining} (what is left to refund)")));
-            }
-        } else if remaining < 1 {
-            errors.push(FieldError::new("amount", "nothing is left to refund"));
-        }
         if let Some(r) = &reason {
             if !matches!(r.as_str(), "duplicate" | "fraudulent" | "requested_by_customer") {
                 errors.push(FieldError::new("reason", "must be duplicate, fraudulent or requested_by_customer"));
@@ -423,19 +447,52 @@ impl PaymentsService {
         if !errors.is_empty() {
             return Err(errors.into());
         }
-        let mut row = RefundRow {
-            id: new_id("rf"),
-            order_id: order.id.clone(),
-            stripe_refund_id: None,
-            amount: amount.unwrap_or(remaining),
-            currency: order.currency.clone(),
-            reason: reason.clone(),
-            status: "requested".to_owned(),
-            requested_by: admin.id.clone(),
-            created_at: Utc::now(),
+        let refund_id = match idempotency_key {
+            Some(key) => {
+                let digest = sha2::Sha256::digest(format!("{order_id}\n{}\n{key}", admin.id).as_bytes());
+                format!("rf_{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>())
+            }
+            None => new_id("rf"),
         };
-        // Recorded before the call, so the refund's id (and Idempotency-Key) exists first.
-        self.store.insert_refund(&row).await?;
+        let (admin_id, id, wanted, why) = (admin.id.clone(), refund_id.clone(), amount, reason.clone());
+        let decide = move |order: &OrderRow, refunds: &[RefundRow]| -> Result<RefundRow, PaymentError> {
+            if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
+                return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
+            }
+            if order.payment_intent_id.is_none() {
+                return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
+            }
+            let asked: i64 = refunds.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
+            let remaining = order.amount - order.amount_refunded.max(asked);
+            let amount = wanted.unwrap_or(remaining);
+            if remaining < 1 {
+                return Err(vec![FieldError::new("amount", "nothing is left to refund")].into());
+            }
+            if !(1..=remaining).contains(&amount) {
+                return Err(vec![FieldError::new("amount", format!("must be 1-{remaining} (what is left to refund)"))].into());
+            }
+            Ok(RefundRow {
+                id: id.clone(),
+                order_id: order.id.clone(),
+                stripe_refund_id: None,
+                amount,
+                currency: order.currency.clone(),
+                reason: why.clone(),
+                status: "requested".to_owned(),
+                requested_by: admin_id.clone(),
+                created_at: Utc::now(),
+            })
+        };
+        let mut row = match self.store.reserve_refund(order_id, &refund_id, &decide).await? {
+            Reserved::NoOrder => return Err(PaymentError::NotFound),
+            Reserved::Refused(e) => return Err(e),
+            Reserved::Existing(row) if row.stripe_refund_id.is_some() && row.status != "failed" => return Ok(row),
+            Reserved::Existing(row) | Reserved::New(row) => row,
+        };
+        let order = self.store.order(order_id).await?.ok_or(PaymentError::NotFound)?;
+        let Some(payment_intent_id) = order.payment_intent_id.clone() else {
+            return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
+        };
         let request = RefundRequest {
             refund_id: row.id.clone(),
             order_id: order.id.clone(),
@@ -445,13 +502,16 @@ impl PaymentsService {
         };
         match self.provider.create_refund(&request).await {
             Ok(created) => {
-                self.store.set_refund_result(&row.id, &created.id, &created.status).await?;
+                self.store.set_refund_result(&row.id, Some(&created.id), &created.status).await?;
                 row.stripe_refund_id = Some(created.id);
                 row.status = created.status;
                 Ok(row)
             }
             Err(e) => {
-                self.store.set_refund_result(&row.id, "", "failed").await.ok();
+                // Refused outright (4xx): nothing happened. Otherwise Stripe may have made it:
+                // `unknown` keeps counting against what is left until an event or a retry says.
+                let definite = matches!(&e, ProviderError::Api { status, .. } if (400..500).contains(status) && *status != 429);
+                self.store.set_refund_result(&row.id, None, if definite { "failed" } else { "unknown" }).await?;
                 Err(e.into())
             }
         }

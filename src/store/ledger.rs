@@ -249,6 +249,10 @@ macro_rules! impl_ledger_store {
                     EventPlan::Unmatched(why) => ("unmatched", why.clone()),
                     EventPlan::Apply(order, fact) => match Self::apply_locked(tx, order, fact, now).await? {
                         Applied::NoOrder => ("unmatched", "no order matches this event".to_owned()),
+                        Applied::Disagrees { order_id } => (
+                            "unmatched",
+                            format!("names order {order_id}, but its session, payment intent or charge is not that order's: not applied"),
+                        ),
                         Applied::Order { order_id, status, note } => ("processed", format!("order {order_id} {}: {note}", status.as_str())),
                     },
                 })

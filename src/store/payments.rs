@@ -68,7 +68,24 @@ impl OrderRow {
             flag: self.flag.clone(),
             payment_intent_id: self.payment_intent_id.clone(),
             charge_id: self.charge_id.clone(),
+            checkout_flow: self.flow == "checkout",
         }
+    }
+
+    /// Whether the ids `r` carries agree with the ids this order already holds. An event found by
+    /// `metadata.order_id` or `client_reference_id` must also be about this order's own session or
+    /// PaymentIntent, so a payment made elsewhere (a Payment Link, another session) that names an
+    /// order cannot touch it.
+    pub fn agrees_with(&self, r: &OrderRef) -> bool {
+        let same = |ours: &Option<String>, theirs: &Option<String>| match (ours, theirs) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let session_ok = match &r.checkout_session_id {
+            Some(theirs) => self.checkout_session_id.as_deref() == Some(theirs.as_str()),
+            None => true,
+        };
+        session_ok && same(&self.payment_intent_id, &r.payment_intent_id) && same(&self.charge_id, &r.charge_id)
     }
 
     pub fn status(&self) -> OrderStatus {
@@ -126,7 +143,27 @@ impl OrderRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     NoOrder,
-    Order { order_id: String, status: OrderStatus, note: String },
+    /// An order was named, but the event's session/PaymentIntent/charge is not that order's.
+    Disagrees {
+        order_id: String,
+    },
+    Order {
+        order_id: String,
+        status: OrderStatus,
+        note: String,
+    },
+}
+
+/// What a refund request should become, given the locked order and its refunds so far.
+pub type RefundDecision =
+    dyn Fn(&OrderRow, &[RefundRow]) -> Result<RefundRow, crate::domain::payments::PaymentError> + Send + Sync;
+
+pub enum Reserved {
+    NoOrder,
+    /// A refund with this id exists already (a retry with the same Idempotency-Key).
+    Existing(RefundRow),
+    Refused(crate::domain::payments::PaymentError),
+    New(RefundRow),
 }
 
 /// The start of an idempotent request.
@@ -145,8 +182,9 @@ pub enum IdempotencyStart {
 #[async_trait]
 pub trait PaymentStore: Send + Sync {
     async fn insert_product(&self, product: &ProductRow) -> Result<(), StoreError>;
-    /// Writes `product`; when `new_version`, also records its price as that version.
-    async fn update_product(&self, product: &ProductRow, new_version: bool) -> Result<(), StoreError>;
+    /// Writes `product` if the stored one is still at `expected_version` (else `Conflict`); when
+    /// `new_version`, also records its price as that version.
+    async fn update_product(&self, product: &ProductRow, expected_version: i64, new_version: bool) -> Result<(), StoreError>;
     async fn product(&self, id: &str) -> Result<Option<ProductRow>, StoreError>;
     /// Newest first.
     async fn list_products(
@@ -181,8 +219,11 @@ pub trait PaymentStore: Send + Sync {
     async fn grants_for_user(&self, user_id: &str) -> Result<Vec<GrantRow>, StoreError>;
     async fn grant_for_order(&self, order_id: &str) -> Result<Option<GrantRow>, StoreError>;
 
-    async fn insert_refund(&self, refund: &RefundRow) -> Result<(), StoreError>;
-    async fn set_refund_result(&self, id: &str, stripe_refund_id: &str, status: &str) -> Result<(), StoreError>;
+    async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), StoreError>;
+    /// Under the order's lock: the refund `refund_id` if it exists (a retry), else what `decide`
+    /// makes of the order and its refunds so far, inserted. Concurrent refunds of one order take
+    /// turns, so together they can never exceed what was paid.
+    async fn reserve_refund(&self, order_id: &str, refund_id: &str, decide: &RefundDecision) -> Result<Reserved, StoreError>;
     async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<RefundRow>, StoreError>;
 
     async fn idempotency_start(
@@ -243,6 +284,9 @@ macro_rules! impl_payment_store {
                 let Some(order) = row else {
                     return Ok(Applied::NoOrder);
                 };
+                if !order.agrees_with(r) {
+                    return Ok(Applied::Disagrees { order_id: order.id });
+                }
                 let before = order.status();
                 let mut facts = order.facts();
                 let note = facts.apply(fact, now);
@@ -312,13 +356,10 @@ macro_rules! impl_payment_store {
                 };
                 let starts_at = facts.paid_at.unwrap_or(now);
                 let (kind, feature, credits, expires_at) = match &grant {
+                    // The grant's own period; consecutive purchases are chained when read
+                    // (`domain::payments::effective_access`), so a refund re-chains the rest.
                     Grant::Access { feature, duration_days } => {
-                        // Access already running for this feature is extended, not overlapped.
-                        let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE user_id = $1 AND kind = 'access' AND feature = $2 AND status = 'active'");
-                        let running: Vec<GrantRow> = sqlx::query_as(&sql).bind(&order.user_id).bind(feature).fetch_all(&mut **tx).await?;
-                        let from = running.iter().filter_map(|g| g.expires_at).filter(|e| *e > starts_at).max().unwrap_or(starts_at);
-                        let expires = duration_days.map(|d| from + chrono::Duration::days(d));
-                        ("access", Some(feature.clone()), None, expires)
+                        ("access", Some(feature.clone()), None, duration_days.map(|d| starts_at + chrono::Duration::days(d)))
                     }
                     Grant::Credits { amount } => ("credits", None, Some(*amount), None),
                 };
@@ -371,12 +412,17 @@ macro_rules! impl_payment_store {
                 Ok(())
             }
 
-            async fn update_product(&self, p: &$crate::store::payments::ProductRow, new_version: bool) -> Result<(), $crate::store::StoreError> {
+            async fn update_product(
+                &self,
+                p: &$crate::store::payments::ProductRow,
+                expected_version: i64,
+                new_version: bool,
+            ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
+                let updated = sqlx::query(
                     "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
                             stripe_price_id = $8, grant_spec = $9, updated_at = $10
-                      WHERE id = $1",
+                      WHERE id = $1 AND version = $11",
                 )
                 .bind(&p.id)
                 .bind(&p.name)
@@ -388,8 +434,13 @@ macro_rules! impl_payment_store {
                 .bind(&p.stripe_price_id)
                 .bind(&p.grant_spec)
                 .bind(p.updated_at)
+                .bind(expected_version)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    return Err($crate::store::StoreError::Conflict);
+                }
                 if new_version {
                     Self::insert_version(&mut tx, p).await?;
                 }
@@ -504,28 +555,49 @@ macro_rules! impl_payment_store {
                 Ok(sqlx::query_as(&sql).bind(order_id).fetch_optional(&self.pool).await?)
             }
 
-            async fn insert_refund(&self, r: &$crate::store::payments::RefundRow) -> Result<(), $crate::store::StoreError> {
+            async fn reserve_refund(
+                &self,
+                order_id: &str,
+                refund_id: &str,
+                decide: &$crate::store::payments::RefundDecision,
+            ) -> Result<$crate::store::payments::Reserved, $crate::store::StoreError> {
+                use $crate::store::payments::{OrderRow, RefundRow, Reserved, ORDER_COLUMNS, REFUND_COLUMNS};
+                let mut tx = self.pool.begin().await?;
+                let sql = format!("UPDATE orders SET updated_at = updated_at WHERE id = $1 RETURNING {ORDER_COLUMNS}");
+                let Some(order): Option<OrderRow> = sqlx::query_as(&sql).bind(order_id).fetch_optional(&mut *tx).await? else {
+                    return Ok(Reserved::NoOrder);
+                };
+                let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY id");
+                let refunds: Vec<RefundRow> = sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *tx).await?;
+                if let Some(existing) = refunds.iter().find(|r| r.id == refund_id) {
+                    return Ok(Reserved::Existing(existing.clone()));
+                }
+                let row = match decide(&order, &refunds) {
+                    Ok(row) => row,
+                    Err(e) => return Ok(Reserved::Refused(e)),
+                };
                 sqlx::query(
                     "INSERT INTO refunds (id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
-                .bind(&r.id)
-                .bind(&r.order_id)
-                .bind(&r.stripe_refund_id)
-                .bind(r.amount)
-                .bind(&r.currency)
-                .bind(&r.reason)
-                .bind(&r.status)
-                .bind(&r.requested_by)
-                .bind(r.created_at)
-                .execute(&self.pool)
+                .bind(&row.id)
+                .bind(&row.order_id)
+                .bind(&row.stripe_refund_id)
+                .bind(row.amount)
+                .bind(&row.currency)
+                .bind(&row.reason)
+                .bind(&row.status)
+                .bind(&row.requested_by)
+                .bind(row.created_at)
+                .execute(&mut *tx)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
-                Ok(())
+                tx.commit().await?;
+                Ok(Reserved::New(row))
             }
 
-            async fn set_refund_result(&self, id: &str, stripe_refund_id: &str, status: &str) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("UPDATE refunds SET stripe_refund_id = $2, status = $3 WHERE id = $1")
+            async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE refunds SET stripe_refund_id = COALESCE($2, stripe_refund_id), status = $3 WHERE id = $1")
                     .bind(id)
                     .bind(stripe_refund_id)
                     .bind(status)

@@ -87,7 +87,7 @@ pub fn fact_of(kind: &str, object: &Value) -> Option<(OrderRef, PaymentFact)> {
                     currency: str_field(object, "currency").unwrap_or_default(),
                     payment_intent_id: str_field(object, "id"),
                 },
-                "payment_intent.payment_failed" => PaymentFact::Failed,
+                "payment_intent.payment_failed" => PaymentFact::Declined,
                 _ => PaymentFact::Canceled,
             };
             (r, fact)

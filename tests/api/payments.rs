@@ -443,7 +443,11 @@ async fn every_arrival_order_of_completed_refunded_expired_ends_refunded_with_no
         let order = s.order(order_id).await;
         assert_eq!(order["status"], "refunded", "{permutation:?}");
         assert_eq!(order["amount_refunded"], 1000);
-        assert!(s.grants(order_id).await.iter().all(|g| g.status == "revoked"), "{permutation:?}");
+        // Granted then revoked when the completion came first; never granted when the refund did.
+        let completion_first = permutation.iter().position(|i| *i == 0) < permutation.iter().position(|i| *i == 1);
+        let grants = s.grants(order_id).await;
+        assert_eq!(grants.len(), usize::from(completion_first), "{permutation:?}");
+        assert!(grants.iter().all(|g| g.status == "revoked"), "{permutation:?}");
         for (id, _) in &events {
             assert_eq!(s.event_status(id).await, "processed");
         }
@@ -668,11 +672,9 @@ async fn admin_refunds_go_to_stripe_once_and_the_refund_event_revokes_or_keeps_t
 #[tokio::test]
 async fn a_dispute_suspends_the_grant_a_won_one_restores_it_a_lost_one_revokes_it() {
     let s = shop(&[]).await;
-    let product = s
-        .product(json!({"name": "Pro", "amount": 1000, "currency": "usd",
-                                    "grant": {"kind": "access", "feature": "pro", "duration_days": null}}))
-        .await;
     for (outcome, restored) in [("won", true), ("lost", false)] {
+        let grant = json!({"kind": "access", "feature": format!("pro-{outcome}"), "duration_days": null});
+        let product = s.product(json!({"name": "Pro", "amount": 1000, "currency": "usd", "grant": grant})).await;
         let checkout = s.checkout(&product).await;
         let order_id = checkout["order_id"].as_str().unwrap();
         let has_access = || async {
@@ -824,20 +826,23 @@ async fn a_purchase_in_the_sandbox_goes_through_our_own_webhook() {
     assert_eq!(s.order(order_id).await["status"], "refunded");
     assert_eq!(s.entitlements().await["credit_balance"], 0);
 
-    // A declined card fails the order; cancelling expires it.
+    // A declined card leaves the checkout open, as Stripe's page does; another try can pay.
     let declined = s.checkout(&product).await;
     let path = url::Url::parse(declined["checkout_url"].as_str().unwrap()).unwrap().path().to_owned();
-    let r = s
-        .app
-        .client
-        .post(s.app.url(&path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("choice=decline")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(s.order(declined["order_id"].as_str().unwrap()).await["status"], "failed");
+    let form = |choice: &str| {
+        s.app
+            .client
+            .post(s.app.url(&path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("choice={choice}"))
+    };
+    assert_eq!(form("decline").send().await.unwrap().status(), 200);
+    assert_eq!(s.order(declined["order_id"].as_str().unwrap()).await["status"], "pending");
+    let failed = s.app.store.list_events(Some("payment_intent.payment_failed"), None, 10, None).await.unwrap();
+    assert_eq!(failed.len(), 1, "the decline reached the webhook");
+    assert_eq!(form("pay").send().await.unwrap().status(), 200);
+    assert_eq!(s.order(declined["order_id"].as_str().unwrap()).await["status"], "paid");
+    // Cancelling expires it.
     let canceled = s.checkout(&product).await;
     let path = url::Url::parse(canceled["checkout_url"].as_str().unwrap()).unwrap().path().to_owned();
     let r = s
@@ -953,4 +958,164 @@ async fn stripe_sync_fills_a_gap_in_the_ledger_without_doubling_anything() {
     assert_eq!(s.grants(&order_id).await.len(), 1);
     let out = crate::cli::tollgate(dir.path(), &env).args(["events", "replay", "evt_nope"]).output().unwrap();
     assert!(!out.status.success() && crate::cli::output_text(&out).contains("no event evt_nope"));
+}
+
+#[tokio::test]
+async fn different_events_for_one_order_at_once_lose_nothing() {
+    let s = shop(&[]).await;
+    let product = s.credits_product(1000, 10).await;
+    for _ in 0..5 {
+        let checkout = s.checkout(&product).await;
+        let order_id = checkout["order_id"].as_str().unwrap();
+        assert_eq!(s.deliver(&completed(&checkout, 1000).1).await, 200);
+        // A partial refund and a dispute, delivered together: each must survive the other.
+        let refund = refunded(&checkout, 1000, 300).1;
+        let opened = dispute(&checkout, "charge.dispute.created", "needs_response").1;
+        let (a, b) = tokio::join!(s.deliver(&refund), s.deliver(&opened));
+        assert_eq!((a, b), (200, 200));
+        let order = s.order(order_id).await;
+        assert_eq!(order["amount_refunded"], 300, "the refund was not lost");
+        assert_eq!(order["status"], "disputed", "the dispute was not lost");
+        assert_eq!(s.grants(order_id).await[0].status, "suspended");
+    }
+}
+
+#[tokio::test]
+async fn a_payment_elsewhere_that_names_an_order_cannot_touch_it() {
+    let s = shop(&[]).await;
+    let product = s.credits_product(1000, 10).await;
+    let checkout = s.checkout(&product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    // A Payment Link or another session whose client_reference_id / metadata names our order.
+    let mut fields = session_fields(&checkout, "complete", "paid", 1000, "usd");
+    fields["id"] = json!("cs_test_somewhere_else");
+    fields["payment_intent"] = json!("pi_somewhere_else");
+    let (id, body) = stripe_event("checkout.session.completed", "checkout.session", fields);
+    assert_eq!(s.deliver(&body).await, 200);
+    let (row, history) = s.app.store.event(&id).await.unwrap().unwrap();
+    assert_eq!(row.status, "unmatched");
+    assert!(history[0].detail.contains("not that order's"), "{}", history[0].detail);
+    let order = s.order(order_id).await;
+    assert_eq!((order["status"].as_str(), order["flagged"].as_bool()), (Some("pending"), Some(false)));
+    assert!(s.grants(order_id).await.is_empty());
+}
+
+#[tokio::test]
+async fn refunding_the_first_of_two_access_purchases_moves_the_second_up() {
+    let s = shop(&[]).await;
+    let product = s
+        .product(json!({"name": "Pro", "amount": 1000, "currency": "usd",
+                                    "grant": {"kind": "access", "feature": "pro", "duration_days": 30}}))
+        .await;
+    let first = s.checkout(&product).await;
+    assert_eq!(s.deliver(&completed(&first, 1000).1).await, 200);
+    let second = s.checkout(&product).await;
+    assert_eq!(s.deliver(&completed(&second, 1000).1).await, 200);
+    let days_left = |e: Value| {
+        let ends = e["access"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["expires_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+        (ends.max().unwrap() - chrono::Utc::now()).num_minutes() as f64 / 1440.0
+    };
+    assert!((59.9..=60.1).contains(&days_left(s.entitlements().await)));
+    assert_eq!(s.deliver(&refunded(&first, 1000, 1000).1).await, 200);
+    let e = s.entitlements().await;
+    assert_eq!(e["access"].as_array().unwrap().len(), 1);
+    assert_eq!(e["access"][0]["order_id"], second["order_id"]);
+    assert!((29.9..=30.1).contains(&days_left(e)), "one paid period left, starting now");
+}
+
+#[tokio::test]
+async fn a_refund_retried_with_its_idempotency_key_after_stripe_failed_is_made_once() {
+    let mock = MockServer::start().await;
+    mock_checkout(&mock).await;
+    // Stripe fails three times (one whole call with its retries), then answers.
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(|request: &Request| {
+            let mut refund = fixtures()["resources"]["refund"].clone();
+            refund["id"] = json!("re_made_once");
+            refund["amount"] = json!(form_value(request, "amount").unwrap().parse::<i64>().unwrap());
+            ResponseTemplate::new(200).set_body_json(refund)
+        })
+        .mount(&mock)
+        .await;
+    let s = stripe_shop(&mock, &[]).await;
+    let product = s.credits_product(1000, 10).await;
+    let checkout = s.checkout(&product).await;
+    let order_id = checkout["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.deliver(&completed(&checkout, 1000).1).await, 200);
+    let refund = |key: &'static str, amount: i64| {
+        let (client, url, admin) =
+            (s.app.client.clone(), s.app.url(&format!("/api/v1/admin/orders/{order_id}/refunds")), s.admin.clone());
+        async move {
+            client
+                .post(url)
+                .bearer_auth(admin)
+                .header("idempotency-key", key)
+                .json(&json!({"amount": amount}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_problem(refund("refund-1", 300).await, 502).await;
+    // Its outcome is unknown, so it counts: 800 more could exceed what was paid.
+    assert_problem(refund("refund-2", 800).await, 422).await;
+    let r = refund("refund-1", 300).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["stripe_refund_id"], "re_made_once");
+    let sent: Vec<_> = mock.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/refunds").collect();
+    assert_eq!(sent.len(), 4, "three failed attempts and the retry");
+    let keys: std::collections::HashSet<_> = sent.iter().map(|r| r.headers.get("idempotency-key").unwrap().clone()).collect();
+    assert_eq!(keys.len(), 1, "one key at Stripe for one refund: Stripe cannot make it twice");
+    let rows = s.app.store.refunds_for_order(&order_id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "succeeded");
+}
+
+#[tokio::test]
+async fn concurrent_refunds_never_exceed_what_was_paid() {
+    let s = shop(&[]).await;
+    let product = s.credits_product(1000, 10).await;
+    let checkout = s.checkout(&product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    let url = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
+    let pay =
+        s.app.client.post(s.app.url(url.path())).header("content-type", "application/x-www-form-urlencoded").body("choice=pay");
+    assert_eq!(pay.send().await.unwrap().status(), 200);
+    let path = format!("/api/v1/admin/orders/{order_id}/refunds");
+    let attempts = futures_util::future::join_all((0..6).map(|_| s.post(&s.admin, &path, json!({"amount": 400})))).await;
+    let made = attempts.iter().filter(|r| r.status() == 201).count();
+    assert_eq!(made, 2, "400 + 400 fit in 1000; a third would not");
+    assert!(attempts.iter().all(|r| r.status() == 201 || r.status() == 422));
+    assert_eq!(s.order(order_id).await["amount_refunded"], 800);
+}
+
+#[tokio::test]
+async fn creating_a_product_twice_with_one_idempotency_key_makes_one() {
+    let s = shop(&[]).await;
+    let body = json!({"name": "Credits", "amount": 500, "currency": "usd", "grant": {"kind": "credits", "amount": 5}});
+    let create = || {
+        s.app
+            .client
+            .post(s.app.url("/api/v1/admin/products"))
+            .bearer_auth(&s.admin)
+            .header("idempotency-key", "p-1")
+            .json(&body)
+            .send()
+    };
+    let first: Value = create().await.unwrap().json().await.unwrap();
+    let second = create().await.unwrap();
+    assert_eq!(second.status(), 201);
+    assert_eq!(second.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(s.app.store.list_products(false, 10, None).await.unwrap().len(), 1);
 }

@@ -334,7 +334,8 @@ pub async fn create_refund(
 ) -> ApiResult<Response> {
     let request = fingerprint(&format!("refund:{id}"), &input)?;
     idempotent(&state, &admin.user.id, &headers, &request, || async {
-        let refund = state.payments.refund(&admin.user, &id, input.amount, input.reason.clone()).await?;
+        let key = crate::http::idempotency::idempotency_key(&headers)?;
+        let refund = state.payments.refund(&admin.user, &id, input.amount, input.reason.clone(), key.as_deref()).await?;
         audit(
             &state,
             &meta,

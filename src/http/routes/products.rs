@@ -1,7 +1,8 @@
 //! The catalog: `GET /api/v1/products` for anyone, `POST`/`PATCH /api/v1/admin/products` for admins.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, patch, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use crate::domain::payments::{NewProduct, ProductPatch};
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
+use crate::http::idempotency::idempotent;
 use crate::http::routes::admin::{list_params, page, ListParams};
 use crate::http::routes::audit;
 use crate::store::payments::ProductRow;
@@ -70,7 +72,7 @@ pub struct ProductList {
     pub has_more: bool,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductIn {
     /// Shown at Checkout; at least one visible character, no control characters.
@@ -138,40 +140,41 @@ pub async fn list_products(State(state): State<AppState>, RawQuery(q): RawQuery)
 
 /// Adds a product to the catalog.
 #[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = ProductIn, security(("bearer" = []), ("session" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
     responses(
         (status = 201, description = "Created", body = ProductOut),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_product(
     State(state): State<AppState>,
     AdminUser(admin): AdminUser,
     Meta(meta): Meta,
+    headers: HeaderMap,
     Json(input): Json<ProductIn>,
-) -> ApiResult<(StatusCode, axum::Json<ProductOut>)> {
-    let product = NewProduct {
-        name: input.name,
-        description: input.description.filter(|d| !d.is_empty()),
-        amount: input.amount,
-        currency: input.currency,
-        stripe_price_id: input.stripe_price_id,
-        grant: input.grant,
-        active: input.active.unwrap_or(true),
-    };
-    let row = state.payments.create_product(product).await?;
-    audit(
-        &state,
-        &meta,
-        &admin.user.id,
-        "product.create",
-        &row.id,
-        serde_json::json!({"amount": row.amount, "currency": row.currency}),
-    )
-    .await;
-    Ok((StatusCode::CREATED, axum::Json(ProductOut::from_row(row)?)))
+) -> ApiResult<Response> {
+    let request = [b"product\0".as_slice(), &serde_json::to_vec(&input).map_err(anyhow::Error::from)?].concat();
+    idempotent(&state, &admin.user.id, &headers, &request, || async {
+        let product = NewProduct {
+            name: input.name.clone(),
+            description: input.description.clone().filter(|d| !d.is_empty()),
+            amount: input.amount,
+            currency: input.currency.clone(),
+            stripe_price_id: input.stripe_price_id.clone(),
+            grant: input.grant.clone(),
+            active: input.active.unwrap_or(true),
+        };
+        let row = state.payments.create_product(product).await?;
+        let detail = serde_json::json!({"amount": row.amount, "currency": row.currency});
+        audit(&state, &meta, &admin.user.id, "product.create", &row.id, detail).await;
+        let out = serde_json::to_value(ProductOut::from_row(row)?).map_err(anyhow::Error::from)?;
+        Ok((StatusCode::CREATED, out))
+    })
+    .await
 }
 
 /// Changes a product. A change of amount, currency, Stripe price or grant makes a new version;
