@@ -101,6 +101,7 @@ macro_rules! impl_ledger_store {
                 plan: &$crate::store::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::ledger::Recorded, $crate::store::StoreError> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 // The insert comes first: on SQLite it takes the write lock before anything is read.
                 let inserted = sqlx::query(
@@ -144,6 +145,7 @@ macro_rules! impl_ledger_store {
                 detail: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
@@ -186,6 +188,7 @@ macro_rules! impl_ledger_store {
                 why: &str,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<(String, String)>, $crate::store::StoreError> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let found: Option<String> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
                     .bind(event_id)

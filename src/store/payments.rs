@@ -539,6 +539,7 @@ macro_rules! impl_payment_store {
                 fact: &$crate::domain::orders::PaymentFact,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
                 tx.commit().await?;
@@ -562,6 +563,7 @@ macro_rules! impl_payment_store {
                 decide: &$crate::store::payments::RefundDecision,
             ) -> Result<$crate::store::payments::Reserved, $crate::store::StoreError> {
                 use $crate::store::payments::{OrderRow, RefundRow, Reserved, ORDER_COLUMNS, REFUND_COLUMNS};
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 let sql = format!("UPDATE orders SET updated_at = updated_at WHERE id = $1 RETURNING {ORDER_COLUMNS}");
                 let Some(order): Option<OrderRow> = sqlx::query_as(&sql).bind(order_id).fetch_optional(&mut *tx).await? else {

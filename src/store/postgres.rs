@@ -18,6 +18,13 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// PostgreSQL writers run side by side, locking rows, not the database.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+}
+
+impl PgStore {
     /// `sslmode` and the other libpq parameters in the URL are honoured by sqlx.
     pub async fn connect(url: &str, config: &DatabaseConfig) -> Result<PgStore, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("tollgate");

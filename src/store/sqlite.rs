@@ -17,6 +17,9 @@ super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// SQLite has one writer at a time. Taking turns here, in arrival order, replaces its busy
+    /// handler's sleep-and-retry (which left some writers waiting hundreds of milliseconds).
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl SqliteStore {
@@ -39,7 +42,12 @@ impl SqliteStore {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()) })
+    }
+
+    /// The right to write, held for a whole write transaction.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.writer.lock().await)
     }
 }
 
