@@ -226,9 +226,8 @@ impl OrderFacts {
         }
     }
 
-    /// The grant's state (`None`: no grant is to be created, and an existing one stays as it is).
-    /// A full refund or a lost dispute revokes; an open dispute suspends; a flagged order grants
-    /// nothing new (a flag never shields an existing grant from a refund or a dispute).
+    /// The state the order's grant should be in (`None`: not paid, so no grant). A full refund or
+    /// a lost dispute revokes; an open dispute suspends; otherwise active.
     pub fn grant_state(&self) -> Option<GrantState> {
         if self.paid_at.is_none() {
             None
@@ -236,11 +235,15 @@ impl OrderFacts {
             Some(GrantState::Revoked)
         } else if self.dispute == Some(DisputeState::Open) {
             Some(GrantState::Suspended)
-        } else if self.flag.is_some() {
-            None
         } else {
             Some(GrantState::Active)
         }
+    }
+
+    /// Whether a grant may be *created*: paid, and not flagged. A flag stops a new grant; it never
+    /// shields an existing one from a refund or a dispute, nor keeps a won dispute from restoring it.
+    pub fn may_grant(&self) -> bool {
+        self.paid_at.is_some() && self.flag.is_none()
     }
 
     /// Adds what `fact` says, returning a line for the event's history. Never removes a fact,
@@ -422,10 +425,13 @@ mod tests {
         let euros =
             PaymentFact::Refunded { amount_refunded: 1000, currency: "eur".into(), charge_id: None, payment_intent_id: None };
         o.apply(&euros, Utc::now());
-        assert!(o.flag.is_some());
-        assert_eq!(o.grant_state(), None, "a flag alone creates nothing and changes nothing");
+        assert!(o.flag.is_some() && !o.may_grant());
+        assert_eq!(o.grant_state(), Some(GrantState::Active), "the existing grant stays as it was");
         o.apply(&PaymentFact::DisputeOpened { charge_id: None }, Utc::now());
         assert_eq!(o.grant_state(), Some(GrantState::Suspended));
+        let mut won = o.clone();
+        won.apply(&PaymentFact::DisputeClosed { won: true }, Utc::now());
+        assert_eq!(won.grant_state(), Some(GrantState::Active), "a won dispute restores it, flag or not");
         o.apply(&refunded(1000), Utc::now());
         assert_eq!(o.grant_state(), Some(GrantState::Revoked));
     }
@@ -437,7 +443,7 @@ mod tests {
         assert!(o.flag.is_some());
         assert_eq!(o.grant_state(), None);
         o.apply(&paid(), Utc::now());
-        assert_eq!(o.grant_state(), None, "a flagged order stays flagged");
+        assert!(!o.may_grant(), "a flagged order stays flagged: no grant is created");
         let mut eur = order();
         eur.apply(&PaymentFact::Paid { amount: 1000, currency: "eur".into(), payment_intent_id: None }, Utc::now());
         assert!(eur.flag.is_some() && eur.paid_at.is_none());

@@ -14,7 +14,7 @@ use super::orders::OrderStatus;
 use super::FieldError;
 use crate::config::PaymentsConfig;
 use crate::ratelimit::{Decision, Quota, RateLimiter};
-use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundRow, Reserved};
+use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundPick, RefundRow, Reserved};
 use crate::store::{EventPlan, NewEvent, Recorded, Store, StoreError};
 use crate::stripe::events::{plan, session_fact};
 use crate::stripe::webhook::Event;
@@ -240,7 +240,7 @@ impl PaymentsService {
             created_at: current.created_at,
             updated_at: Utc::now(),
         };
-        match self.store.update_product(&row, current.version, new_version).await {
+        match self.store.update_product(&row, &current, new_version).await {
             Err(StoreError::Conflict) => {
                 Err(PaymentError::Conflict("the product was changed at the same time; retry".to_owned()))
             }
@@ -447,15 +447,39 @@ impl PaymentsService {
         if !errors.is_empty() {
             return Err(errors.into());
         }
-        let refund_id = match idempotency_key {
-            Some(key) => {
-                let digest = sha2::Sha256::digest(format!("{order_id}\n{}\n{key}", admin.id).as_bytes());
-                format!("rf_{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>())
+        let (admin_id, key, wanted, why) = (admin.id.clone(), idempotency_key.map(str::to_owned), amount, reason.clone());
+        let decide = move |order: &OrderRow, refunds: &[RefundRow]| -> Result<RefundPick, PaymentError> {
+            // The refund's id, and so the Idempotency-Key Stripe sees, is derived from the request:
+            // from the caller's key, or else from what is asked and how many refunds of this order
+            // have settled, so repeating a request whose outcome is unknown repeats the same refund.
+            let settled = refunds.iter().filter(|r| !matches!(r.status.as_str(), "requested" | "unknown")).count();
+            let basis = match &key {
+                Some(k) => format!("key\n{k}"),
+                None => format!("request\n{wanted:?}\n{why:?}\n{settled}"),
+            };
+            let digest = sha2::Sha256::digest(format!("{}\n{admin_id}\n{basis}", order.id).as_bytes());
+            let id = format!("rf_{}", digest.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>());
+            // Without a key, the same refund asked again within a minute by the same admin is a
+            // double click, not a second refund (a deliberate one within the minute needs a key).
+            let double_click = key.is_none().then(|| {
+                refunds.iter().find(|r| {
+                    r.requested_by == admin_id
+                        && r.reason == why
+                        && wanted.is_some_and(|a| a == r.amount)
+                        && r.status != "failed"
+                        && Utc::now() - r.created_at < chrono::Duration::seconds(60)
+                })
+            });
+            if let Some(Some(recent)) = double_click {
+                return Ok(RefundPick::Existing(recent.clone()));
             }
-            None => new_id("rf"),
-        };
-        let (admin_id, id, wanted, why) = (admin.id.clone(), refund_id.clone(), amount, reason.clone());
-        let decide = move |order: &OrderRow, refunds: &[RefundRow]| -> Result<RefundRow, PaymentError> {
+            if let Some(existing) = refunds.iter().find(|r| r.id == id) {
+                if wanted.is_some_and(|a| a != existing.amount) || why != existing.reason {
+                    let message = "was already used for a refund of another amount or reason; use a new key";
+                    return Err(vec![FieldError::new("Idempotency-Key", message)].into());
+                }
+                return Ok(RefundPick::Existing(existing.clone()));
+            }
             if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
                 return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
             }
@@ -471,8 +495,8 @@ impl PaymentsService {
             if !(1..=remaining).contains(&amount) {
                 return Err(vec![FieldError::new("amount", format!("must be 1-{remaining} (what is left to refund)"))].into());
             }
-            Ok(RefundRow {
-                id: id.clone(),
+            Ok(RefundPick::New(RefundRow {
+                id,
                 order_id: order.id.clone(),
                 stripe_refund_id: None,
                 amount,
@@ -481,12 +505,17 @@ impl PaymentsService {
                 status: "requested".to_owned(),
                 requested_by: admin_id.clone(),
                 created_at: Utc::now(),
-            })
+            }))
         };
-        let mut row = match self.store.reserve_refund(order_id, &refund_id, &decide).await? {
+        let mut row = match self.store.reserve_refund(order_id, &decide).await? {
             Reserved::NoOrder => return Err(PaymentError::NotFound),
             Reserved::Refused(e) => return Err(e),
             Reserved::Existing(row) if row.stripe_refund_id.is_some() && row.status != "failed" => return Ok(row),
+            Reserved::Existing(row)
+                if row.status == "requested" && Utc::now() - row.created_at < chrono::Duration::seconds(60) =>
+            {
+                return Err(PaymentError::Conflict("this refund is being made right now; retry in a moment".to_owned()));
+            }
             Reserved::Existing(row) | Reserved::New(row) => row,
         };
         let order = self.store.order(order_id).await?.ok_or(PaymentError::NotFound)?;
@@ -510,7 +539,9 @@ impl PaymentsService {
             Err(e) => {
                 // Refused outright (4xx): nothing happened. Otherwise Stripe may have made it:
                 // `unknown` keeps counting against what is left until an event or a retry says.
-                let definite = matches!(&e, ProviderError::Api { status, .. } if (400..500).contains(status) && *status != 429);
+                // 409 and idempotency errors mean another request with the key is in flight or differs.
+                let definite = matches!(&e, ProviderError::Api { status, kind, .. }
+                    if (400..500).contains(status) && !matches!(status, 409 | 429) && kind != "idempotency_error");
                 self.store.set_refund_result(&row.id, None, if definite { "failed" } else { "unknown" }).await?;
                 Err(e.into())
             }

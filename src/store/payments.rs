@@ -156,7 +156,13 @@ pub enum Applied {
 
 /// What a refund request should become, given the locked order and its refunds so far.
 pub type RefundDecision =
-    dyn Fn(&OrderRow, &[RefundRow]) -> Result<RefundRow, crate::domain::payments::PaymentError> + Send + Sync;
+    dyn Fn(&OrderRow, &[RefundRow]) -> Result<RefundPick, crate::domain::payments::PaymentError> + Send + Sync;
+
+pub enum RefundPick {
+    /// This request is a retry of a refund already recorded.
+    Existing(RefundRow),
+    New(RefundRow),
+}
 
 pub enum Reserved {
     NoOrder,
@@ -182,9 +188,10 @@ pub enum IdempotencyStart {
 #[async_trait]
 pub trait PaymentStore: Send + Sync {
     async fn insert_product(&self, product: &ProductRow) -> Result<(), StoreError>;
-    /// Writes `product` if the stored one is still at `expected_version` (else `Conflict`); when
-    /// `new_version`, also records its price as that version.
-    async fn update_product(&self, product: &ProductRow, expected_version: i64, new_version: bool) -> Result<(), StoreError>;
+    /// Writes `product` if the stored one is still `expected` (same version and `updated_at`; else
+    /// `Conflict`, so concurrent edits never overwrite each other); when `new_version`, also
+    /// records its price as that version.
+    async fn update_product(&self, product: &ProductRow, expected: &ProductRow, new_version: bool) -> Result<(), StoreError>;
     async fn product(&self, id: &str) -> Result<Option<ProductRow>, StoreError>;
     /// Newest first.
     async fn list_products(
@@ -220,10 +227,10 @@ pub trait PaymentStore: Send + Sync {
     async fn grant_for_order(&self, order_id: &str) -> Result<Option<GrantRow>, StoreError>;
 
     async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), StoreError>;
-    /// Under the order's lock: the refund `refund_id` if it exists (a retry), else what `decide`
-    /// makes of the order and its refunds so far, inserted. Concurrent refunds of one order take
-    /// turns, so together they can never exceed what was paid.
-    async fn reserve_refund(&self, order_id: &str, refund_id: &str, decide: &RefundDecision) -> Result<Reserved, StoreError>;
+    /// Under the order's lock, what `decide` makes of the order and its refunds so far: an existing
+    /// refund (a retry), or a new one, inserted. Concurrent refunds of one order take turns, so
+    /// together they can never exceed what was paid.
+    async fn reserve_refund(&self, order_id: &str, decide: &RefundDecision) -> Result<Reserved, StoreError>;
     async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<RefundRow>, StoreError>;
 
     async fn idempotency_start(
@@ -348,7 +355,7 @@ macro_rules! impl_payment_store {
                         .await?;
                     return Ok(Some(format!("grant {} {}", g.id, want.as_str())));
                 }
-                if want == GrantState::Revoked {
+                if want == GrantState::Revoked || !facts.may_grant() {
                     return Ok(None);
                 }
                 let Some(grant) = Grant::from_json(&order.grant_spec) else {
@@ -415,14 +422,14 @@ macro_rules! impl_payment_store {
             async fn update_product(
                 &self,
                 p: &$crate::store::payments::ProductRow,
-                expected_version: i64,
+                expected: &$crate::store::payments::ProductRow,
                 new_version: bool,
             ) -> Result<(), $crate::store::StoreError> {
                 let mut tx = self.pool.begin().await?;
                 let updated = sqlx::query(
                     "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
                             stripe_price_id = $8, grant_spec = $9, updated_at = $10
-                      WHERE id = $1 AND version = $11",
+                      WHERE id = $1 AND version = $11 AND updated_at = $12",
                 )
                 .bind(&p.id)
                 .bind(&p.name)
@@ -434,7 +441,8 @@ macro_rules! impl_payment_store {
                 .bind(&p.stripe_price_id)
                 .bind(&p.grant_spec)
                 .bind(p.updated_at)
-                .bind(expected_version)
+                .bind(expected.version)
+                .bind(expected.updated_at)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -559,7 +567,6 @@ macro_rules! impl_payment_store {
             async fn reserve_refund(
                 &self,
                 order_id: &str,
-                refund_id: &str,
                 decide: &$crate::store::payments::RefundDecision,
             ) -> Result<$crate::store::payments::Reserved, $crate::store::StoreError> {
                 use $crate::store::payments::{OrderRow, RefundRow, Reserved, ORDER_COLUMNS, REFUND_COLUMNS};
@@ -571,11 +578,9 @@ macro_rules! impl_payment_store {
                 };
                 let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY id");
                 let refunds: Vec<RefundRow> = sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *tx).await?;
-                if let Some(existing) = refunds.iter().find(|r| r.id == refund_id) {
-                    return Ok(Reserved::Existing(existing.clone()));
-                }
                 let row = match decide(&order, &refunds) {
-                    Ok(row) => row,
+                    Ok($crate::store::payments::RefundPick::Existing(row)) => return Ok(Reserved::Existing(row)),
+                    Ok($crate::store::payments::RefundPick::New(row)) => row,
                     Err(e) => return Ok(Reserved::Refused(e)),
                 };
                 sqlx::query(
@@ -599,7 +604,11 @@ macro_rules! impl_payment_store {
             }
 
             async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("UPDATE refunds SET stripe_refund_id = COALESCE($2, stripe_refund_id), status = $3 WHERE id = $1")
+                // A failure never overwrites a refund Stripe has confirmed (a concurrent retry's).
+                sqlx::query(
+                    "UPDATE refunds SET stripe_refund_id = COALESCE($2, stripe_refund_id), status = $3
+                      WHERE id = $1 AND ($2 IS NOT NULL OR stripe_refund_id IS NULL)",
+                )
                     .bind(id)
                     .bind(stripe_refund_id)
                     .bind(status)

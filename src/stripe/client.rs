@@ -194,7 +194,11 @@ impl Provider for StripeClient {
     }
 
     async fn create_refund(&self, r: &RefundRequest) -> Result<RefundCreated, ProviderError> {
-        let mut form = vec![pair("payment_intent", &r.payment_intent_id), pair("metadata[order_id]", &r.order_id)];
+        let mut form = vec![
+            pair("payment_intent", &r.payment_intent_id),
+            pair("metadata[order_id]", &r.order_id),
+            pair("metadata[refund_id]", &r.refund_id),
+        ];
         if let Some(amount) = r.amount {
             form.push(pair("amount", amount));
         }

@@ -1080,6 +1080,43 @@ async fn a_refund_retried_with_its_idempotency_key_after_stripe_failed_is_made_o
     let rows = s.app.store.refunds_for_order(&order_id).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "succeeded");
+    assert_eq!(form_value(&sent[3], "metadata[refund_id]").unwrap(), rows[0].id, "Stripe's refund names ours");
+    // The same key for another amount is refused, not silently answered with the first refund.
+    let problem = assert_problem(refund("refund-1", 200).await, 422).await;
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+
+    // Without a key, repeating the request whose outcome was unknown repeats the same refund.
+    mock.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(ResponseTemplate::new(503))
+        .up_to_n_times(3)
+        .mount(&mock)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(|request: &Request| {
+            let mut refund = fixtures()["resources"]["refund"].clone();
+            refund["id"] = json!(format!("re_for_{}", form_value(request, "metadata[refund_id]").unwrap()));
+            refund["amount"] = json!(form_value(request, "amount").unwrap().parse::<i64>().unwrap());
+            ResponseTemplate::new(200).set_body_json(refund)
+        })
+        .mount(&mock)
+        .await;
+    let path = format!("/api/v1/admin/orders/{order_id}/refunds");
+    assert_problem(s.post(&s.admin, &path, json!({"amount": 200})).await, 502).await;
+    assert_eq!(s.post(&s.admin, &path, json!({"amount": 200})).await.status(), 201);
+    let sent: Vec<_> = mock.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/refunds").collect();
+    let keys: std::collections::HashSet<_> = sent.iter().map(|r| r.headers.get("idempotency-key").unwrap().clone()).collect();
+    assert_eq!((sent.len(), keys.len()), (4, 1), "the repeat carried the first attempt's key");
+    assert_eq!(s.app.store.refunds_for_order(&order_id).await.unwrap().len(), 2);
+    // Asked again within the minute without a key: a double click, the same refund.
+    let again: Value = s.post(&s.admin, &path, json!({"amount": 200})).await.json().await.unwrap();
+    assert_eq!(again["stripe_refund_id"].as_str().unwrap().len(), "re_for_rf_".len() + 24);
+    assert_eq!(s.app.store.refunds_for_order(&order_id).await.unwrap().len(), 2);
+    // A deliberate second refund of the same amount says so with its own key.
+    assert_eq!(refund("another-200", 200).await.status(), 201);
+    assert_eq!(s.app.store.refunds_for_order(&order_id).await.unwrap().len(), 3);
 }
 
 #[tokio::test]
@@ -1093,11 +1130,37 @@ async fn concurrent_refunds_never_exceed_what_was_paid() {
         s.app.client.post(s.app.url(url.path())).header("content-type", "application/x-www-form-urlencoded").body("choice=pay");
     assert_eq!(pay.send().await.unwrap().status(), 200);
     let path = format!("/api/v1/admin/orders/{order_id}/refunds");
-    let attempts = futures_util::future::join_all((0..6).map(|_| s.post(&s.admin, &path, json!({"amount": 400})))).await;
-    let made = attempts.iter().filter(|r| r.status() == 201).count();
-    assert_eq!(made, 2, "400 + 400 fit in 1000; a third would not");
-    assert!(attempts.iter().all(|r| r.status() == 201 || r.status() == 422));
-    assert_eq!(s.order(order_id).await["amount_refunded"], 800);
+    // Six different refunds at once: any two fit in 1000, no three do.
+    let attempts = futures_util::future::join_all((0..6).map(|i| s.post(&s.admin, &path, json!({"amount": 400 + i})))).await;
+    let mut made = 0;
+    for r in attempts {
+        match r.status().as_u16() {
+            201 => made += r.json::<Value>().await.unwrap()["amount"].as_i64().unwrap(),
+            422 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!((801..=809).contains(&made), "two refunds made: {made}");
+    assert_eq!(s.order(order_id).await["amount_refunded"], made);
+    assert_eq!(s.app.store.refunds_for_order(order_id).await.unwrap().iter().filter(|r| r.status == "succeeded").count(), 2);
+}
+
+#[tokio::test]
+async fn a_double_clicked_refund_is_made_once() {
+    let s = shop(&[]).await;
+    let product = s.credits_product(1000, 10).await;
+    let checkout = s.checkout(&product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    let url = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
+    let pay =
+        s.app.client.post(s.app.url(url.path())).header("content-type", "application/x-www-form-urlencoded").body("choice=pay");
+    assert_eq!(pay.send().await.unwrap().status(), 200);
+    let path = format!("/api/v1/admin/orders/{order_id}/refunds");
+    let (a, b) = tokio::join!(s.post(&s.admin, &path, json!({"amount": 300})), s.post(&s.admin, &path, json!({"amount": 300})));
+    let statuses = [a.status().as_u16(), b.status().as_u16()];
+    assert!(statuses.contains(&201) && statuses.iter().all(|s| [201, 409].contains(s)), "{statuses:?}");
+    assert_eq!(s.app.store.refunds_for_order(order_id).await.unwrap().len(), 1);
+    assert_eq!(s.order(order_id).await["amount_refunded"], 300);
 }
 
 #[tokio::test]

@@ -142,7 +142,9 @@ pub struct AccessOut {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EntitlementsOut {
-    /// Access the caller has now (suspended, revoked and expired grants are not listed).
+    /// Access the caller holds: current periods and, for a feature bought again, the periods queued
+    /// after them (each purchase's period follows the one before). Suspended, revoked and expired
+    /// grants are not listed.
     pub access: Vec<AccessOut>,
     /// Credits from paid orders that are neither refunded nor lost in a dispute.
     #[schema(example = 500)]
