@@ -12,6 +12,10 @@ pub const HANDLED_TYPES: &[&str] = &[
     "charge.refunded",
     "charge.dispute.created",
     "charge.dispute.closed",
+    // Stripe's word on refunds tollgate asked for (settles one whose answer was lost).
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
 ];
 
 /// Whether the configured Stripe key is a live one (`sk_live_…`/`rk_live_…`); test keys and the

@@ -486,7 +486,8 @@ impl PaymentsService {
             if order.payment_intent_id.is_none() {
                 return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
             }
-            let asked: i64 = refunds.iter().filter(|r| r.status != "failed").map(|r| r.amount).sum();
+            let asked: i64 =
+                refunds.iter().filter(|r| !matches!(r.status.as_str(), "failed" | "canceled")).map(|r| r.amount).sum();
             let remaining = order.amount - order.amount_refunded.max(asked);
             let amount = wanted.unwrap_or(remaining);
             if remaining < 1 {

@@ -51,6 +51,8 @@ pub enum EventPlan {
     Unmatched(String),
     /// Apply `fact` to the order `order` names (`unmatched` when there is none).
     Apply(OrderRef, PaymentFact),
+    /// Record Stripe's word on one of our refunds (found by `metadata.refund_id`).
+    SettleRefund { refund_id: String, stripe_refund_id: String, status: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +252,22 @@ macro_rules! impl_ledger_store {
                 Ok(match plan {
                     EventPlan::Ignore(why) => ("ignored", why.clone()),
                     EventPlan::Unmatched(why) => ("unmatched", why.clone()),
+                    EventPlan::SettleRefund { refund_id, stripe_refund_id, status } => {
+                        let settled = sqlx::query(
+                            "UPDATE refunds SET stripe_refund_id = COALESCE(stripe_refund_id, $2), status = $3 WHERE id = $1",
+                        )
+                        .bind(refund_id)
+                        .bind(stripe_refund_id)
+                        .bind(status)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
+                        if settled == 0 {
+                            ("unmatched", format!("no refund {refund_id}"))
+                        } else {
+                            ("processed", format!("refund {refund_id} is {status}"))
+                        }
+                    }
                     EventPlan::Apply(order, fact) => match Self::apply_locked(tx, order, fact, now).await? {
                         Applied::NoOrder => ("unmatched", "no order matches this event".to_owned()),
                         Applied::Disagrees { order_id } => (

@@ -137,6 +137,16 @@ pub fn plan(event: &Event, key_live: bool) -> EventPlan {
     if !HANDLED_TYPES.contains(&event.kind.as_str()) {
         return EventPlan::Ignore(format!("event type {} is not handled", event.kind));
     }
+    if event.kind.starts_with("refund.") {
+        let object = &event.data.object;
+        let refund_id = object.get("metadata").and_then(|m| m.get("refund_id")).and_then(Value::as_str);
+        return match (refund_id, str_field(object, "id"), str_field(object, "status")) {
+            (Some(refund_id), Some(stripe_refund_id), Some(status)) => {
+                EventPlan::SettleRefund { refund_id: refund_id.to_owned(), stripe_refund_id, status }
+            }
+            _ => EventPlan::Unmatched("a refund tollgate did not ask for (no metadata.refund_id)".to_owned()),
+        };
+    }
     match fact_of(&event.kind, &event.data.object) {
         Some((r, _)) if r.is_empty() => {
             EventPlan::Unmatched("the event names no order, session, payment intent or charge".to_owned())

@@ -1182,3 +1182,42 @@ async fn creating_a_product_twice_with_one_idempotency_key_makes_one() {
     assert_eq!(second.json::<Value>().await.unwrap()["id"], first["id"]);
     assert_eq!(s.app.store.list_products(false, 10, None).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn stripes_refund_events_settle_a_refund_whose_answer_was_lost() {
+    let mock = MockServer::start().await;
+    mock_checkout(&mock).await;
+    Mock::given(method("POST")).and(path("/v1/refunds")).respond_with(ResponseTemplate::new(503)).mount(&mock).await;
+    let s = stripe_shop(&mock, &[]).await;
+    let product = s.credits_product(1000, 10).await;
+    let checkout = s.checkout(&product).await;
+    let order_id = checkout["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(s.deliver(&completed(&checkout, 1000).1).await, 200);
+    let refunds = format!("/api/v1/admin/orders/{order_id}/refunds");
+    assert_problem(s.post(&s.admin, &refunds, json!({"amount": 1000})).await, 502).await;
+    let row = s.app.store.refunds_for_order(&order_id).await.unwrap().remove(0);
+    assert_eq!(row.status, "unknown");
+    assert_problem(s.post(&s.admin, &refunds, json!({"amount": 500})).await, 422).await;
+    // Stripe says that refund failed: it stops counting.
+    let fields = json!({"id": "re_lost", "amount": 1000, "status": "failed", "payment_intent": pi_of(&order_id),
+                        "metadata": {"order_id": order_id, "refund_id": row.id}});
+    let (event_id, body) = stripe_event("refund.failed", "refund", fields);
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.event_status(&event_id).await, "processed");
+    let row = s.app.store.refunds_for_order(&order_id).await.unwrap().remove(0);
+    assert_eq!((row.status.as_str(), row.stripe_refund_id.as_deref()), ("failed", Some("re_lost")));
+    mock.reset().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/refunds"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"id": "re_second", "object": "refund", "amount": 500, "status": "succeeded"})),
+        )
+        .mount(&mock)
+        .await;
+    assert_eq!(s.post(&s.admin, &refunds, json!({"amount": 500})).await.status(), 201);
+    // A refund made elsewhere (the dashboard) names none of ours.
+    let (other_id, other) = stripe_event("refund.created", "refund", json!({"metadata": {}}));
+    assert_eq!(s.deliver(&other).await, 200);
+    assert_eq!(s.event_status(&other_id).await, "unmatched");
+}
