@@ -139,6 +139,15 @@ fn print_errors(errors: &ConfigErrors) {
     eprint!("{errors}");
 }
 
+/// The configuration for a one-off command (production secrets not required), or exit code 2
+/// after printing every problem.
+fn parse_config(sources: &Sources) -> Result<Config, ExitCode> {
+    Config::parse(sources).map_err(|e| {
+        print_errors(&e);
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let sources = Sources::from_process(cli.config.clone());
@@ -149,12 +158,9 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig => check_config(&sources),
         Command::Admin { command: AdminCommand::Create { email, name } } => {
-            let config = match Config::parse(&sources) {
+            let config = match parse_config(&sources) {
                 Ok(c) => c,
-                Err(e) => {
-                    print_errors(&e);
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             let password = match read_new_password() {
                 Ok(p) => p,
@@ -190,12 +196,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Events { command: EventsCommand::Replay { event_id } } => {
-            let config = match Config::parse(&sources) {
+            let config = match parse_config(&sources) {
                 Ok(c) => c,
-                Err(e) => {
-                    print_errors(&e);
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             telemetry::init(&config.log_filter, config.log_format);
             run(async move {
@@ -213,12 +216,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Stripe { command: StripeCommand::Sync { since } } => {
-            let config = match Config::parse(&sources) {
+            let config = match parse_config(&sources) {
                 Ok(c) => c,
-                Err(e) => {
-                    print_errors(&e);
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             telemetry::init(&config.log_filter, config.log_format);
             run(async move {
@@ -245,12 +245,9 @@ fn main() -> ExitCode {
         }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.
-            let config = match Config::parse(&sources) {
+            let config = match parse_config(&sources) {
                 Ok(c) => c,
-                Err(e) => {
-                    print_errors(&e);
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             telemetry::init(&config.log_filter, config.log_format);
             run(async move {

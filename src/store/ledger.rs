@@ -106,21 +106,7 @@ macro_rules! impl_ledger_store {
                 let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 // The insert comes first: on SQLite it takes the write lock before anything is read.
-                let inserted = sqlx::query(
-                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'received', $8) ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(&e.event_id)
-                .bind(&e.kind)
-                .bind(e.livemode)
-                .bind(&e.api_version)
-                .bind(e.created)
-                .bind(now)
-                .bind(now)
-                .bind(&e.payload)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                let inserted = Self::insert_event(&mut tx, e, "received", now).await?;
                 let mut retried = false;
                 if inserted == 0 {
                     // Locks the event row, so two redeliveries of a failed event take turns.
@@ -149,20 +135,7 @@ macro_rules! impl_ledger_store {
             ) -> Result<(), $crate::store::StoreError> {
                 let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 'failed', $8) ON CONFLICT (event_id) DO NOTHING",
-                )
-                .bind(&e.event_id)
-                .bind(&e.kind)
-                .bind(e.livemode)
-                .bind(&e.api_version)
-                .bind(e.created)
-                .bind(now)
-                .bind(now)
-                .bind(&e.payload)
-                .execute(&mut *tx)
-                .await?;
+                Self::insert_event(&mut tx, e, "failed", now).await?;
                 // Only an event nobody finished is marked; a concurrent success stands.
                 let open: Option<String> = sqlx::query_scalar(
                     "UPDATE stripe_events SET status = 'failed', updated_at = $2 WHERE event_id = $1 AND status IN ('received', 'failed') RETURNING status",
@@ -241,6 +214,31 @@ macro_rules! impl_ledger_store {
         }
 
         impl $store {
+            /// Stores the event with `status` unless its id is already in the ledger; how many rows
+            /// that wrote (0 for a redelivery).
+            async fn insert_event(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                e: &$crate::store::ledger::NewEvent,
+                status: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::store::StoreError> {
+                Ok(sqlx::query(
+                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&e.event_id)
+                .bind(&e.kind)
+                .bind(e.livemode)
+                .bind(&e.api_version)
+                .bind(e.created)
+                .bind(now)
+                .bind(status)
+                .bind(&e.payload)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected())
+            }
+
             /// Carries out `plan` inside the ledger's transaction: the event's new status and why.
             async fn carry_out(
                 tx: &mut sqlx::Transaction<'static, $db>,

@@ -108,6 +108,13 @@ impl Shop {
         self.app.store.grants_for_user(&self.user_id).await.unwrap().into_iter().filter(|g| g.order_id == order_id).collect()
     }
 
+    /// Presses a button on the sandbox's checkout page for `checkout`.
+    async fn sandbox(&self, checkout: &Value, choice: &str) -> u16 {
+        let page = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
+        let form = self.app.client.post(self.app.url(page.path())).header("content-type", "application/x-www-form-urlencoded");
+        form.body(format!("choice={choice}")).send().await.unwrap().status().as_u16()
+    }
+
     async fn event_status(&self, id: &str) -> String {
         self.app.store.event(id).await.unwrap().expect("in the ledger").0.status
     }
@@ -800,25 +807,13 @@ async fn a_purchase_in_the_sandbox_goes_through_our_own_webhook() {
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let html = page.text().await.unwrap();
     assert!(html.contains("19.99 USD") && html.contains("value=\"pay\""));
-    let choose = |choice: &'static str| {
-        let (client, target) = (s.app.client.clone(), s.app.url(&page_path));
-        async move {
-            client
-                .post(target)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(format!("choice={choice}"))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(choose("pay").await.status(), 200);
+    assert_eq!(s.sandbox(&checkout, "pay").await, 200);
     let order_id = checkout["order_id"].as_str().unwrap();
     assert_eq!(s.order(order_id).await["status"], "paid");
     assert_eq!(s.entitlements().await["credit_balance"], 500);
     let events = s.app.store.list_events(Some("checkout.session.completed"), Some("processed"), 10, None).await.unwrap();
     assert_eq!(events.len(), 1, "a signed event through the webhook endpoint");
-    assert_eq!(choose("pay").await.status(), 409, "paid once");
+    assert_eq!(s.sandbox(&checkout, "pay").await, 409, "paid once");
 
     // Refunds in the sandbox come back as charge.refunded too.
     let r = s.post(&s.admin, &format!("/api/v1/admin/orders/{order_id}/refunds"), json!({})).await;
@@ -828,34 +823,17 @@ async fn a_purchase_in_the_sandbox_goes_through_our_own_webhook() {
 
     // A declined card leaves the checkout open, as Stripe's page does; another try can pay.
     let declined = s.checkout(&product).await;
-    let path = url::Url::parse(declined["checkout_url"].as_str().unwrap()).unwrap().path().to_owned();
-    let form = |choice: &str| {
-        s.app
-            .client
-            .post(s.app.url(&path))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("choice={choice}"))
-    };
-    assert_eq!(form("decline").send().await.unwrap().status(), 200);
+    assert_eq!(s.sandbox(&declined, "decline").await, 200);
     assert_eq!(s.order(declined["order_id"].as_str().unwrap()).await["status"], "pending");
     let failed = s.app.store.list_events(Some("payment_intent.payment_failed"), None, 10, None).await.unwrap();
     assert_eq!(failed.len(), 1, "the decline reached the webhook");
-    assert_eq!(form("pay").send().await.unwrap().status(), 200);
+    assert_eq!(s.sandbox(&declined, "pay").await, 200);
     assert_eq!(s.order(declined["order_id"].as_str().unwrap()).await["status"], "paid");
     // Cancelling expires it.
     let canceled = s.checkout(&product).await;
-    let path = url::Url::parse(canceled["checkout_url"].as_str().unwrap()).unwrap().path().to_owned();
-    let r = s
-        .app
-        .client
-        .post(s.app.url(&path))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("choice=cancel")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(s.sandbox(&canceled, "cancel").await, 200);
     assert_eq!(s.order(canceled["order_id"].as_str().unwrap()).await["status"], "expired");
+    assert_eq!(s.sandbox(&canceled, "bogus").await, 400);
     assert_eq!(s.app.get("/sandbox/checkout/cs_test_unknown").await.status(), 404);
 }
 
@@ -1125,10 +1103,7 @@ async fn concurrent_refunds_never_exceed_what_was_paid() {
     let product = s.credits_product(1000, 10).await;
     let checkout = s.checkout(&product).await;
     let order_id = checkout["order_id"].as_str().unwrap();
-    let url = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
-    let pay =
-        s.app.client.post(s.app.url(url.path())).header("content-type", "application/x-www-form-urlencoded").body("choice=pay");
-    assert_eq!(pay.send().await.unwrap().status(), 200);
+    assert_eq!(s.sandbox(&checkout, "pay").await, 200);
     let path = format!("/api/v1/admin/orders/{order_id}/refunds");
     // Six different refunds at once: any two fit in 1000, no three do.
     let attempts = futures_util::future::join_all((0..6).map(|i| s.post(&s.admin, &path, json!({"amount": 400 + i})))).await;
@@ -1151,10 +1126,7 @@ async fn a_double_clicked_refund_is_made_once() {
     let product = s.credits_product(1000, 10).await;
     let checkout = s.checkout(&product).await;
     let order_id = checkout["order_id"].as_str().unwrap();
-    let url = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
-    let pay =
-        s.app.client.post(s.app.url(url.path())).header("content-type", "application/x-www-form-urlencoded").body("choice=pay");
-    assert_eq!(pay.send().await.unwrap().status(), 200);
+    assert_eq!(s.sandbox(&checkout, "pay").await, 200);
     let path = format!("/api/v1/admin/orders/{order_id}/refunds");
     let (a, b) = tokio::join!(s.post(&s.admin, &path, json!({"amount": 300})), s.post(&s.admin, &path, json!({"amount": 300})));
     let statuses = [a.status().as_u16(), b.status().as_u16()];
