@@ -214,11 +214,26 @@ impl App {
             tls = self.tls.is_some(),
             "listening"
         );
+        // Idempotency keys are remembered for 24 h; forget older ones hourly (and once at start).
+        let store = self.state.store.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                hourly.tick().await;
+                let cutoff = chrono::Utc::now() - chrono::Duration::hours(crate::store::payments::IDEMPOTENCY_TTL_HOURS);
+                match store.sweep_idempotency(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot remove expired idempotency keys"),
+                }
+            }
+        });
         let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = match self.tls {
             Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).handle(self.handle).serve(service).await,
             None => axum_server::from_tcp(self.listener).handle(self.handle).serve(service).await,
         };
+        sweeper.abort();
         self.state.store.close().await;
         served.context("server error")
     }

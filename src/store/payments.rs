@@ -241,6 +241,8 @@ pub trait PaymentStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<IdempotencyStart, StoreError>;
     async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
+    /// Forgets every key older than `before`; how many.
+    async fn sweep_idempotency(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
     /// Forgets an unfinished key (the request failed), so a retry can run.
     async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), StoreError>;
 }
@@ -687,6 +689,11 @@ macro_rules! impl_payment_store {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn sweep_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
+                // Both engines store UTC; SQLite's RFC 3339 text in one offset sorts as time does.
+                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?.rows_affected())
             }
 
             async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::StoreError> {

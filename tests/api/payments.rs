@@ -1193,3 +1193,30 @@ async fn stripes_refund_events_settle_a_refund_whose_answer_was_lost() {
     assert_eq!(s.deliver(&other).await, 200);
     assert_eq!(s.event_status(&other_id).await, "unmatched");
 }
+
+#[tokio::test]
+async fn idempotency_keys_older_than_a_day_are_swept() {
+    use chrono::{Duration, SubsecRound, Utc};
+    use tollgate::store::IdempotencyStart;
+    let s = shop(&[]).await;
+    let store = &s.app.store;
+    let now = Utc::now();
+    // Whole seconds and fractions mixed: SQLite keeps these as text, which must still sort as time.
+    let old = (now - Duration::hours(25)).trunc_subsecs(0);
+    assert_eq!(store.idempotency_start("usr_a", "old", "h", old).await.unwrap(), IdempotencyStart::New);
+    assert_eq!(store.idempotency_start("usr_a", "recent", "h", now - Duration::hours(23)).await.unwrap(), IdempotencyStart::New);
+    assert_eq!(
+        store.idempotency_start("usr_a", "edge", "h", (now - Duration::hours(24)).trunc_subsecs(0)).await.unwrap(),
+        IdempotencyStart::New
+    );
+    let cutoff = now - Duration::hours(24);
+    assert_eq!(
+        store.sweep_idempotency(cutoff).await.unwrap(),
+        2,
+        "the 25 h key and the one a fraction of a second before the cutoff"
+    );
+    store.idempotency_finish("usr_a", "recent", 201, b"{}").await.unwrap();
+    let kept = store.idempotency_start("usr_a", "recent", "h", now).await.unwrap();
+    assert_eq!(kept, IdempotencyStart::Replay { status: 201, body: b"{}".to_vec() }, "kept");
+    assert_eq!(store.idempotency_start("usr_a", "old", "other", now).await.unwrap(), IdempotencyStart::New, "forgotten");
+}
