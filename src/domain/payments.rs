@@ -264,12 +264,20 @@ impl PaymentsService {
         let (Some(product), Some(total), true) = (product, total, errors.is_empty()) else {
             return Err(errors.into());
         };
+        let grant = Grant::from_json(&product.grant_spec)
+            .ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", product.id))?
+            .times(quantity);
+        let mut too_much = Vec::new();
+        grant.validate("grant", &mut too_much);
+        if !too_much.is_empty() {
+            return Err(
+                vec![FieldError::new("quantity", "this many would grant more than one order may (credits or days)")].into()
+            );
+        }
         let quota = Quota { limit: self.config.checkout_limit, period: Duration::from_secs(60) };
         if let Decision::Limited { limit, retry_after } = self.limiter.hit(&format!("checkout:{}", user.id), quota).await {
             return Err(PaymentError::RateLimited { limit, retry_after });
         }
-        let grant = Grant::from_json(&product.grant_spec)
-            .ok_or_else(|| anyhow::anyhow!("product {} has an unreadable grant", product.id))?;
         let now = Utc::now();
         let order = OrderRow {
             id: new_id("ord"),
@@ -279,7 +287,7 @@ impl PaymentsService {
             quantity,
             amount: total,
             currency: product.currency.clone(),
-            grant_spec: grant.times(quantity).to_json(),
+            grant_spec: grant.to_json(),
             flow: match flow {
                 Flow::Checkout => "checkout",
                 Flow::PaymentIntent => "payment_intent",

@@ -305,6 +305,12 @@ async fn checkout_sends_stripe_the_catalog_amount_with_an_idempotency_key_and_ne
     let order = s.order(order_id).await;
     assert_eq!(order["status"], "pending");
     assert_eq!(order["amount"], 3000, "the catalog's amount times the quantity");
+    // A quantity whose grant would pass the largest one order may give is refused up front.
+    let big = s.credits_product(100, 50_000_000).await;
+    let problem =
+        assert_problem(s.post(&s.user, "/api/v1/checkout/sessions", json!({"product_id": big, "quantity": 21})).await, 422).await;
+    assert_eq!(problem["errors"][0]["field"], "quantity");
+    assert_eq!(stripe.calls.load(Ordering::SeqCst), 1, "nothing more sent to Stripe");
     assert_eq!(order["checkout_session_id"], out["checkout_session_id"]);
     assert_eq!(order["grant"], json!({"kind": "credits", "amount": 200}));
 }
