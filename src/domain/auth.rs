@@ -24,6 +24,30 @@ pub struct RequestMeta {
     pub request_id: String,
 }
 
+/// Appends to the audit log what `actor` did to `resource`, from where `meta` says. The action
+/// itself already happened; a failed audit write is logged loudly, not undone.
+pub async fn record_audit(
+    store: &dyn Store,
+    meta: &RequestMeta,
+    actor: Option<&str>,
+    action: &str,
+    resource: Option<&str>,
+    detail: serde_json::Value,
+) {
+    let entry = NewAuditEntry {
+        actor: actor.map(str::to_owned),
+        action: action.to_owned(),
+        resource: resource.map(str::to_owned),
+        ip: Some(meta.ip.clone()).filter(|s| !s.is_empty()),
+        user_agent: meta.user_agent.clone(),
+        request_id: Some(meta.request_id.clone()).filter(|s| !s.is_empty()),
+        detail,
+    };
+    if let Err(e) = store.append_audit(entry).await {
+        tracing::error!(error = %e, action, "audit write failed");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// One answer for unknown email, wrong password and disabled account.
@@ -133,19 +157,7 @@ impl AuthService {
         resource: Option<&str>,
         detail: serde_json::Value,
     ) {
-        let entry = NewAuditEntry {
-            actor: actor.map(str::to_owned),
-            action: action.to_owned(),
-            resource: resource.map(str::to_owned),
-            ip: Some(meta.ip.clone()).filter(|s| !s.is_empty()),
-            user_agent: meta.user_agent.clone(),
-            request_id: Some(meta.request_id.clone()).filter(|s| !s.is_empty()),
-            detail,
-        };
-        // The action itself already happened; a failed audit write is logged loudly, not undone.
-        if let Err(e) = self.store.append_audit(entry).await {
-            tracing::error!(error = %e, action, "audit write failed");
-        }
+        record_audit(self.store.as_ref(), meta, actor, action, resource, detail).await;
     }
 
     fn ip_quota(&self) -> Quota {

@@ -76,14 +76,9 @@ pub struct ProductPatch {
 
 /// Which client flow started the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+enum Flow {
     Checkout,
     PaymentIntent,
-}
-
-pub enum Started {
-    Checkout(OrderRow, CheckoutCreated),
-    PaymentIntent(OrderRow, PaymentIntentCreated),
 }
 
 /// What a user owns now.
@@ -91,13 +86,6 @@ pub enum Started {
 pub struct Entitlements {
     pub access: Vec<GrantRow>,
     pub credit_balance: i64,
-}
-
-/// What `ingest` did with an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ingested {
-    Stored { status: String, detail: String, retried: bool },
-    Duplicate { status: String },
 }
 
 /// How a `stripe sync` went.
@@ -248,9 +236,44 @@ impl PaymentsService {
         }
     }
 
-    /// Creates a pending order for `product_id`, then the provider's session or intent for it.
-    /// The amount is the catalog's; the client only names the product and a quantity.
-    pub async fn start(&self, user: &User, product_id: &str, quantity: i64, flow: Flow) -> Result<Started, PaymentError> {
+    /// Creates a pending order for `product_id` and opens a Checkout Session for it; the order's id
+    /// and the session. The amount is the catalog's; the client only names the product and a
+    /// quantity. If the provider fails, the order stays pending with nothing that can pay it.
+    pub async fn start_checkout(
+        &self,
+        user: &User,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<(String, CheckoutCreated), PaymentError> {
+        let (order, product) = self.new_order(user, product_id, quantity, Flow::Checkout).await?;
+        let created = self.open_checkout(&order, &product, user).await?;
+        let expires_at = DateTime::from_timestamp(created.expires_at, 0);
+        self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), expires_at).await?;
+        Ok((order.id, created))
+    }
+
+    /// Like [`start_checkout`](Self::start_checkout), with a PaymentIntent for Stripe Elements.
+    pub async fn start_payment_intent(
+        &self,
+        user: &User,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<(String, PaymentIntentCreated), PaymentError> {
+        let (order, product) = self.new_order(user, product_id, quantity, Flow::PaymentIntent).await?;
+        let created = self.open_intent(&order, &product).await?;
+        self.record_provider_ids(&order.id, None, Some(&created.id), None, None).await?;
+        Ok((order.id, created))
+    }
+
+    /// Validates the request, counts it against the user's checkout limit, and stores the pending
+    /// order with the catalog's amount and grant.
+    async fn new_order(
+        &self,
+        user: &User,
+        product_id: &str,
+        quantity: i64,
+        flow: Flow,
+    ) -> Result<(OrderRow, ProductRow), PaymentError> {
         let mut errors = Vec::new();
         catalog::validate_quantity("quantity", quantity, &mut errors);
         let product = self.store.product(product_id).await?.filter(|p| p.active);
@@ -311,30 +334,7 @@ impl PaymentsService {
             updated_at: now,
         };
         self.store.insert_order(&order).await?;
-        let result = match flow {
-            Flow::Checkout => self.open_checkout(&order, &product, user).await.map(|c| Started::Checkout(order.clone(), c)),
-            Flow::PaymentIntent => self.open_intent(&order, &product).await.map(|i| Started::PaymentIntent(order.clone(), i)),
-        };
-        match result {
-            Ok(Started::Checkout(mut order, created)) => {
-                let expires_at = DateTime::from_timestamp(created.expires_at, 0);
-                self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), expires_at).await?;
-                order.checkout_session_id = Some(created.id.clone());
-                order.checkout_url = Some(created.url.clone());
-                order.expires_at = expires_at;
-                Ok(Started::Checkout(order, created))
-            }
-            Ok(Started::PaymentIntent(mut order, created)) => {
-                self.record_provider_ids(&order.id, None, Some(&created.id), None, None).await?;
-                order.payment_intent_id = Some(created.id.clone());
-                Ok(Started::PaymentIntent(order, created))
-            }
-            Err(e) => {
-                // The order stays pending with no session; nothing can pay it. A retry with the
-                // same Idempotency-Key starts afresh.
-                Err(e.into())
-            }
-        }
+        Ok((order, product))
     }
 
     async fn record_provider_ids(
@@ -560,7 +560,7 @@ impl PaymentsService {
     /// Stores a verified event and applies it, in one transaction. When applying fails the event
     /// is still kept (status `failed`) and the error returned, so the caller answers 500 and
     /// Stripe's retry processes it again.
-    pub async fn ingest(&self, event: &Event, payload: &[u8]) -> Result<Ingested, PaymentError> {
+    pub async fn ingest(&self, event: &Event, payload: &[u8]) -> Result<Recorded, PaymentError> {
         let new = NewEvent {
             event_id: event.id.clone(),
             kind: event.kind.clone(),
@@ -571,8 +571,7 @@ impl PaymentsService {
         };
         let plan = plan(event, self.key_live);
         match self.store.record_event(&new, &plan, Utc::now()).await {
-            Ok(Recorded::Stored { status, detail, retried }) => Ok(Ingested::Stored { status, detail, retried }),
-            Ok(Recorded::Duplicate { status }) => Ok(Ingested::Duplicate { status }),
+            Ok(recorded) => Ok(recorded),
             Err(e) => {
                 let detail = format!("processing failed: {e}");
                 if let Err(mark) = self.store.mark_event_failed(&new, &detail, Utc::now()).await {
@@ -607,8 +606,8 @@ impl PaymentsService {
                     continue;
                 };
                 match self.ingest(&event, payload).await? {
-                    Ingested::Stored { .. } => report.stored += 1,
-                    Ingested::Duplicate { .. } => report.already_had += 1,
+                    Recorded::Stored { .. } => report.stored += 1,
+                    Recorded::Duplicate { .. } => report.already_had += 1,
                 }
             }
             progress(&report);

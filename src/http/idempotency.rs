@@ -7,6 +7,7 @@ use std::future::Future;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
@@ -25,24 +26,30 @@ pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
-/// Runs `create` at most once per (principal, key, request): `request` is what identifies the
-/// request (route and parsed body), so the same JSON with other whitespace is the same request.
-pub async fn idempotent<F, Fut>(
+/// Runs `create` at most once per (principal, key, request). The request is identified by `route`
+/// and the parsed `input`, so the same JSON with other whitespace is the same request.
+pub async fn idempotent<T, F, Fut>(
     state: &AppState,
     principal: &str,
     headers: &HeaderMap,
-    request: &[u8],
+    route: &str,
+    input: &impl Serialize,
     create: F,
 ) -> ApiResult<Response>
 where
+    T: Serialize,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = ApiResult<(StatusCode, serde_json::Value)>>,
+    Fut: Future<Output = ApiResult<(StatusCode, T)>>,
 {
     let Some(key) = idempotency_key(headers)? else {
         let (status, body) = create().await?;
         return Ok((status, axum::Json(body)).into_response());
     };
-    let hash: String = Sha256::digest(request).iter().map(|b| format!("{b:02x}")).collect();
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(input).map_err(anyhow::Error::from)?);
+    let hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let store = &state.store;
     match store.idempotency_start(principal, &key, &hash, Utc::now()).await.map_err(anyhow::Error::from)? {
         IdempotencyStart::New => {}

@@ -224,7 +224,6 @@ pub trait PaymentStore: Send + Sync {
     async fn apply_fact(&self, order: &OrderRef, fact: &PaymentFact, now: DateTime<Utc>) -> Result<Applied, StoreError>;
 
     async fn grants_for_user(&self, user_id: &str) -> Result<Vec<GrantRow>, StoreError>;
-    async fn grant_for_order(&self, order_id: &str) -> Result<Option<GrantRow>, StoreError>;
 
     async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), StoreError>;
     /// Under the order's lock, what `decide` makes of the order and its refunds so far: an existing
@@ -559,11 +558,6 @@ macro_rules! impl_payment_store {
             async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM grants WHERE user_id = $1 ORDER BY id", $crate::store::payments::GRANT_COLUMNS);
                 Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&self.pool).await?)
-            }
-
-            async fn grant_for_order(&self, order_id: &str) -> Result<Option<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
-                let sql = format!("SELECT {} FROM grants WHERE order_id = $1", $crate::store::payments::GRANT_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(order_id).fetch_optional(&self.pool).await?)
             }
 
             async fn reserve_refund(

@@ -14,7 +14,6 @@ use crate::app::AppState;
 use crate::domain::account::Role;
 use crate::domain::catalog::Grant;
 use crate::domain::orders::OrderStatus;
-use crate::domain::payments::{Flow, Started};
 use crate::http::auth::{AdminUser, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
@@ -179,17 +178,6 @@ impl From<RefundRow> for RefundOut {
     }
 }
 
-fn fingerprint(route: &str, input: &impl Serialize) -> ApiResult<Vec<u8>> {
-    let mut bytes = route.as_bytes().to_vec();
-    bytes.push(0);
-    bytes.extend(serde_json::to_vec(input).map_err(anyhow::Error::from)?);
-    Ok(bytes)
-}
-
-fn to_json(value: impl Serialize) -> ApiResult<serde_json::Value> {
-    Ok(serde_json::to_value(value).map_err(anyhow::Error::from)?)
-}
-
 /// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
 /// catalog; the client names only the product and a quantity.
 #[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
@@ -211,19 +199,16 @@ pub async fn create_checkout_session(
     headers: HeaderMap,
     Json(input): Json<CheckoutIn>,
 ) -> ApiResult<Response> {
-    let request = fingerprint("checkout", &input)?;
-    idempotent(&state, &current.user.id, &headers, &request, || async {
-        let started = state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::Checkout).await?;
-        let Started::Checkout(order, created) = started else {
-            return Err(anyhow::anyhow!("checkout started another flow").into());
-        };
+    idempotent(&state, &current.user.id, &headers, "checkout", &input, || async {
+        let (order_id, created) =
+            state.payments.start_checkout(&current.user, &input.product_id, input.quantity.unwrap_or(1)).await?;
         let out = CheckoutOut {
-            order_id: order.id,
+            order_id,
             checkout_url: created.url,
             checkout_session_id: created.id,
             expires_at: DateTime::from_timestamp(created.expires_at, 0),
         };
-        Ok((StatusCode::CREATED, to_json(out)?))
+        Ok((StatusCode::CREATED, out))
     })
     .await
 }
@@ -248,15 +233,11 @@ pub async fn create_payment_intent(
     headers: HeaderMap,
     Json(input): Json<CheckoutIn>,
 ) -> ApiResult<Response> {
-    let request = fingerprint("payment-intent", &input)?;
-    idempotent(&state, &current.user.id, &headers, &request, || async {
-        let started =
-            state.payments.start(&current.user, &input.product_id, input.quantity.unwrap_or(1), Flow::PaymentIntent).await?;
-        let Started::PaymentIntent(order, created) = started else {
-            return Err(anyhow::anyhow!("payment intent started another flow").into());
-        };
-        let out = PaymentIntentOut { order_id: order.id, payment_intent_id: created.id, client_secret: created.client_secret };
-        Ok((StatusCode::CREATED, to_json(out)?))
+    idempotent(&state, &current.user.id, &headers, "payment-intent", &input, || async {
+        let (order_id, created) =
+            state.payments.start_payment_intent(&current.user, &input.product_id, input.quantity.unwrap_or(1)).await?;
+        let out = PaymentIntentOut { order_id, payment_intent_id: created.id, client_secret: created.client_secret };
+        Ok((StatusCode::CREATED, out))
     })
     .await
 }
@@ -332,8 +313,7 @@ pub async fn create_refund(
     Path(id): Path<String>,
     Json(input): Json<RefundIn>,
 ) -> ApiResult<Response> {
-    let request = fingerprint(&format!("refund:{id}"), &input)?;
-    idempotent(&state, &admin.user.id, &headers, &request, || async {
+    idempotent(&state, &admin.user.id, &headers, &format!("refund:{id}"), &input, || async {
         let key = crate::http::idempotency::idempotency_key(&headers)?;
         let refund = state.payments.refund(&admin.user, &id, input.amount, input.reason.clone(), key.as_deref()).await?;
         audit(
@@ -345,7 +325,7 @@ pub async fn create_refund(
             serde_json::json!({"refund_id": refund.id, "amount": refund.amount}),
         )
         .await;
-        Ok((StatusCode::CREATED, to_json(RefundOut::from(refund))?))
+        Ok((StatusCode::CREATED, RefundOut::from(refund)))
     })
     .await
 }

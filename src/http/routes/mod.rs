@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
         .merge(sandbox::router())
 }
 
-/// Appends to the audit log; a failed write is logged loudly (the action already happened).
+/// Appends to the audit log what an admin did (see [`record_audit`](crate::domain::auth::record_audit)).
 pub(crate) async fn audit(
     state: &AppState,
     meta: &crate::domain::auth::RequestMeta,
@@ -38,16 +38,5 @@ pub(crate) async fn audit(
     resource: &str,
     detail: serde_json::Value,
 ) {
-    let entry = crate::store::NewAuditEntry {
-        actor: Some(actor.to_owned()),
-        action: action.to_owned(),
-        resource: Some(resource.to_owned()),
-        ip: Some(meta.ip.clone()).filter(|s| !s.is_empty()),
-        user_agent: meta.user_agent.clone(),
-        request_id: Some(meta.request_id.clone()).filter(|s| !s.is_empty()),
-        detail,
-    };
-    if let Err(e) = state.store.append_audit(entry).await {
-        tracing::error!(error = %e, action, "audit write failed");
-    }
+    crate::domain::auth::record_audit(state.store.as_ref(), meta, Some(actor), action, Some(resource), detail).await;
 }

@@ -157,8 +157,7 @@ pub async fn create_product(
     headers: HeaderMap,
     Json(input): Json<ProductIn>,
 ) -> ApiResult<Response> {
-    let request = [b"product\0".as_slice(), &serde_json::to_vec(&input).map_err(anyhow::Error::from)?].concat();
-    idempotent(&state, &admin.user.id, &headers, &request, || async {
+    idempotent(&state, &admin.user.id, &headers, "product", &input, || async {
         let product = NewProduct {
             name: input.name.clone(),
             description: input.description.clone().filter(|d| !d.is_empty()),
@@ -171,8 +170,7 @@ pub async fn create_product(
         let row = state.payments.create_product(product).await?;
         let detail = serde_json::json!({"amount": row.amount, "currency": row.currency});
         audit(&state, &meta, &admin.user.id, "product.create", &row.id, detail).await;
-        let out = serde_json::to_value(ProductOut::from_row(row)?).map_err(anyhow::Error::from)?;
-        Ok((StatusCode::CREATED, out))
+        Ok((StatusCode::CREATED, ProductOut::from_row(row)?))
     })
     .await
 }

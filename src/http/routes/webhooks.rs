@@ -12,9 +12,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
-use crate::domain::payments::Ingested;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
+use crate::store::Recorded;
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> Router<AppState> {
@@ -56,10 +56,10 @@ pub async fn receive(
         return Err(ApiError::BadRequest("the body is not a Stripe event".to_owned()));
     };
     match state.payments.ingest(&event, &body).await? {
-        Ingested::Stored { status, detail, retried } => {
+        Recorded::Stored { status, detail, retried } => {
             tracing::info!(event_id = %event.id, kind = %event.kind, status = %status, detail = %detail, retried, "stripe event stored")
         }
-        Ingested::Duplicate { status } => {
+        Recorded::Duplicate { status } => {
             tracing::info!(event_id = %event.id, status = %status, "stripe event redelivered; already stored")
         }
     }
