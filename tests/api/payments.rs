@@ -129,12 +129,18 @@ fn stripe_event(kind: &str, fixture: &str, fields: Value) -> (String, Vec<u8>) {
     e["type"] = json!(kind);
     e["livemode"] = json!(false);
     e["api_version"] = json!("2024-06-20");
-    let mut object = f["resources"][fixture].clone();
+    e["data"]["object"] = fixture_with(fixture, fields);
+    (id, serde_json::to_vec_pretty(&e).unwrap())
+}
+
+/// Stripe's example object `name` with `fields` set.
+fn fixture_with(name: &str, fields: Value) -> Value {
+    let mut object = fixtures()["resources"][name].clone();
+    assert!(object.is_object(), "fixture {name}");
     for (k, v) in fields.as_object().unwrap() {
         object[k] = v.clone();
     }
-    e["data"]["object"] = object;
-    (id, serde_json::to_vec_pretty(&e).unwrap())
+    object
 }
 
 fn pi_of(order_id: &str) -> String {
@@ -477,10 +483,7 @@ async fn the_success_page_and_the_webhook_racing_fulfil_once() {
     let checkout = s.checkout(&product).await;
     let order_id = checkout["order_id"].as_str().unwrap().to_owned();
     // Stripe says the session is complete and paid.
-    let mut session = fixtures()["resources"]["checkout.session"].clone();
-    for (k, v) in session_fields(&checkout, "complete", "paid", 1000, "usd").as_object().unwrap() {
-        session[k] = v.clone();
-    }
+    let session = fixture_with("checkout.session", session_fields(&checkout, "complete", "paid", 1000, "usd"));
     Mock::given(method("GET"))
         .and(path_regex(r"^/v1/checkout/sessions/cs_test_[0-9a-f]+$"))
         .and(header("authorization", format!("Bearer {SK}").as_str()))
@@ -507,10 +510,7 @@ async fn the_success_page_alone_fulfils_a_paid_order() {
     let product = s.credits_product(1000, 50).await;
     let checkout = s.checkout(&product).await;
     let order_id = checkout["order_id"].as_str().unwrap();
-    let mut session = fixtures()["resources"]["checkout.session"].clone();
-    for (k, v) in session_fields(&checkout, "open", "unpaid", 1000, "usd").as_object().unwrap() {
-        session[k] = v.clone();
-    }
+    let mut session = fixture_with("checkout.session", session_fields(&checkout, "open", "unpaid", 1000, "usd"));
     let open = Mock::given(method("GET"))
         .and(path_regex(r"^/v1/checkout/sessions/"))
         .respond_with(ResponseTemplate::new(200).set_body_json(&session));

@@ -10,10 +10,14 @@ use crate::helpers::{assert_problem, spawn_app_with, TestApp};
 pub const WHSEC: &str = "whsec_test_0123456789abcdef0123456789abcdef";
 const ROTATED: &str = "whsec_rotated_fedcba9876543210fedcba98765432";
 
-pub fn fixtures() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/fixtures3.json");
-    let text = std::fs::read_to_string(path).expect("../shared/stripe/fixtures3.json beside the repository");
-    serde_json::from_str(&text).unwrap()
+/// Stripe's example objects, read and parsed once per test binary.
+pub fn fixtures() -> &'static Value {
+    static FIXTURES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/fixtures3.json");
+        let text = std::fs::read_to_string(path).expect("../shared/stripe/fixtures3.json beside the repository");
+        serde_json::from_str(&text).unwrap()
+    })
 }
 
 /// A Stripe event envelope (the fixture `event`) around the fixture object `object`, as bytes.
