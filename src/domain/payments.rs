@@ -572,12 +572,14 @@ impl PaymentsService {
         let plan = plan(event, self.key_live);
         match self.store.record_event(&new, &plan, Utc::now()).await {
             Ok(recorded) => Ok(recorded),
+            // Nothing was stored, and trying to record that would only wait on the database again.
+            Err(e) if e.is_unavailable() => Err(e.into()),
             Err(e) => {
                 let detail = format!("processing failed: {e}");
                 if let Err(mark) = self.store.mark_event_failed(&new, &detail, Utc::now()).await {
                     tracing::error!(event_id = %event.id, error = %mark, "cannot record the failure either; Stripe will retry");
                 }
-                Err(anyhow::anyhow!("processing event {} failed: {e}", event.id).into())
+                Err(anyhow::Error::from(e).context(format!("processing event {} failed", event.id)).into())
             }
         }
     }

@@ -114,9 +114,32 @@ pub enum ApiError {
     /// The payment provider failed or refused; logged, never shown (no key, no Stripe internals).
     #[error("payment provider error: {0}")]
     Provider(String),
+    /// The database cannot be reached right now; nothing was done and a retry may work.
+    #[error("database unavailable")]
+    Unavailable,
     /// Logged with the request id; the client only learns that something went wrong.
     #[error("internal error: {0:#}")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// An internal error, unless somewhere in its chain the store said the database is unreachable:
+/// that is a 503 the client may retry, not a bug.
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        let unavailable =
+            e.chain().any(|cause| cause.downcast_ref::<crate::store::StoreError>().is_some_and(|s| s.is_unavailable()));
+        if unavailable {
+            ApiError::Unavailable
+        } else {
+            ApiError::Internal(e)
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::from(anyhow::Error::from(e))
+    }
 }
 
 impl ApiError {
@@ -131,7 +154,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Provider(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -162,6 +185,7 @@ impl ApiError {
             ApiError::Provider(_) => p.detail(
                 "the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)",
             ),
+            ApiError::Unavailable => p.detail("the database is unavailable; nothing was done, retry shortly"),
             ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
         }
     }
@@ -201,6 +225,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            ApiError::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         response.extensions_mut().insert(self.problem());
@@ -223,7 +250,7 @@ impl From<crate::domain::auth::AuthError> for ApiError {
             AuthError::Conflict(d) => ApiError::Conflict(d),
             AuthError::Validation(errors) => ApiError::Validation(errors),
             AuthError::NotFound => ApiError::NotFound,
-            AuthError::Internal(e) => ApiError::Internal(e),
+            AuthError::Internal(e) => ApiError::from(e),
         }
     }
 }
@@ -239,7 +266,7 @@ impl From<crate::domain::payments::PaymentError> for ApiError {
             PaymentError::Conflict(d) => ApiError::Conflict(d),
             PaymentError::RateLimited { limit, retry_after } => ApiError::RateLimited { limit, retry_after },
             PaymentError::Provider(e) => ApiError::Provider(e.to_string()),
-            PaymentError::Internal(e) => ApiError::Internal(e),
+            PaymentError::Internal(e) => ApiError::from(e),
         }
     }
 }

@@ -153,7 +153,7 @@ macro_rules! impl_account_store {
                 .bind(u.created_at)
                 .bind(u.created_at)
                 .bind(u.password_changed_at)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
@@ -161,13 +161,13 @@ macro_rules! impl_account_store {
 
             async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1")).bind($crate::domain::account::email_key(email)).fetch_optional(&self.pool).await?;
+                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1")).bind($crate::domain::account::email_key(email)).fetch_optional(&mut *self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
             async fn user_by_id(&self, id: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
@@ -177,7 +177,7 @@ macro_rules! impl_account_store {
                 } else {
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
                 };
-                sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&self.pool).await?;
+                sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(())
             }
 
@@ -187,7 +187,7 @@ macro_rules! impl_account_store {
                     .bind(now)
                     .bind(id)
                     .bind(old)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -197,9 +197,9 @@ macro_rules! impl_account_store {
                     Some(after) => sqlx::query_as(&$crate::store::accounts::user_query("WHERE id < $1 ORDER BY id DESC LIMIT $2"))
                         .bind(after)
                         .bind(limit)
-                        .fetch_all(&self.pool)
+                        .fetch_all(&mut *self.conn().await?)
                         .await?,
-                    None => sqlx::query_as(&$crate::store::accounts::user_query("ORDER BY id DESC LIMIT $1")).bind(limit).fetch_all(&self.pool).await?,
+                    None => sqlx::query_as(&$crate::store::accounts::user_query("ORDER BY id DESC LIMIT $1")).bind(limit).fetch_all(&mut *self.conn().await?).await?,
                 };
                 Ok(rows.into_iter().map(Into::into).collect())
             }
@@ -219,7 +219,7 @@ macro_rules! impl_account_store {
                 .bind(disabled)
                 .bind(now)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
                 Ok(row.map(Into::into))
             }
@@ -237,26 +237,26 @@ macro_rules! impl_account_store {
                 .bind(s.expires_at)
                 .bind(&s.ip)
                 .bind(&s.user_agent)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
                 Ok(())
             }
 
             async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1")).bind(token_hash).fetch_optional(&self.pool).await?)
+                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1")).bind(token_hash).fetch_optional(&mut *self.conn().await?).await?)
             }
 
             async fn touch_session(&self, id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now).bind(id).execute(&self.pool).await?;
+                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(())
             }
 
             async fn delete_session(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
-                Ok(sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.pool).await?.rows_affected() > 0)
+                Ok(sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *self.conn().await?).await?.rows_affected() > 0)
             }
 
             async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&self.pool).await?;
+                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -264,7 +264,7 @@ macro_rules! impl_account_store {
                 let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> COALESCE($2, '')")
                     .bind(user_id)
                     .bind(except_id)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(done.rows_affected())
             }
@@ -272,7 +272,7 @@ macro_rules! impl_account_store {
             async fn list_sessions_of(&self, user_id: &str) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
                 Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE user_id = $1 ORDER BY created_at DESC, id DESC"))
                     .bind(user_id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn().await?)
                     .await?)
             }
 
@@ -281,7 +281,7 @@ macro_rules! impl_account_store {
                     .bind(id)
                     .bind(user_id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(())
             }
@@ -300,7 +300,7 @@ macro_rules! impl_account_store {
                     .bind(user_id)
                     .bind(now)
                     .bind(expires_at)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(())
             }
@@ -312,7 +312,7 @@ macro_rules! impl_account_store {
                 )
                 .bind(now)
                 .bind(token_hash)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
                 if let Some(r) = spent {
                     return Ok($crate::store::accounts::SpendOutcome::Fresh {
@@ -321,7 +321,7 @@ macro_rules! impl_account_store {
                         expires_at: r.try_get("expires_at")?,
                     });
                 }
-                let known = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&self.pool).await?;
+                let known = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&mut *self.conn().await?).await?;
                 Ok(match known {
                     Some(r) => $crate::store::accounts::SpendOutcome::Reused { family_id: r.try_get("family_id")?, user_id: r.try_get("user_id")? },
                     None => $crate::store::accounts::SpendOutcome::Unknown,
@@ -333,7 +333,7 @@ macro_rules! impl_account_store {
                     .bind(now)
                     .bind(reason)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(done.rows_affected() > 0)
             }
@@ -353,7 +353,7 @@ macro_rules! impl_account_store {
                 .bind(reason)
                 .bind(user_id)
                 .bind(except_id)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
                 Ok(done.rows_affected())
             }
@@ -361,7 +361,7 @@ macro_rules! impl_account_store {
             async fn family_active(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
                 let n: i64 = sqlx::query_scalar("SELECT count(*) FROM token_families WHERE id = $1 AND revoked_at IS NULL")
                     .bind(id)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.conn().await?)
                     .await?;
                 Ok(n > 0)
             }

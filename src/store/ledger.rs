@@ -104,27 +104,28 @@ macro_rules! impl_ledger_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::ledger::Recorded, $crate::store::StoreError> {
                 let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
-                // The insert comes first: on SQLite it takes the write lock before anything is read.
-                let inserted = Self::insert_event(&mut tx, e, "received", now).await?;
-                let mut retried = false;
-                if inserted == 0 {
-                    // Locks the event row, so two redeliveries of a failed event take turns.
-                    let existing: String = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
-                        .bind(&e.event_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    if existing != "failed" && existing != "received" {
-                        tx.rollback().await?;
-                        return Ok($crate::store::ledger::Recorded::Duplicate { status: existing });
+                $crate::store::transaction!(self, tx => {
+                    // The insert comes first: on SQLite it takes the write lock before anything is read.
+                    let inserted = Self::insert_event(&mut tx, e, "received", now).await?;
+                    let mut retried = false;
+                    if inserted == 0 {
+                        // Locks the event row, so two redeliveries of a failed event take turns.
+                        let existing: String = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                            .bind(&e.event_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        if existing != "failed" && existing != "received" {
+                            tx.rollback().await?;
+                            return Ok($crate::store::ledger::Recorded::Duplicate { status: existing });
+                        }
+                        retried = true;
                     }
-                    retried = true;
-                }
-                let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
-                let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
-                Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
-                tx.commit().await?;
-                Ok($crate::store::ledger::Recorded::Stored { status: status.to_owned(), detail, retried })
+                    let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
+                    let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
+                    Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
+                    tx.commit().await?;
+                    Ok($crate::store::ledger::Recorded::Stored { status: status.to_owned(), detail, retried })
+                })
             }
 
             async fn mark_event_failed(
@@ -134,26 +135,27 @@ macro_rules! impl_ledger_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
-                Self::insert_event(&mut tx, e, "failed", now).await?;
-                // Only an event nobody finished is marked; a concurrent success stands.
-                let open: Option<String> = sqlx::query_scalar(
-                    "UPDATE stripe_events SET status = 'failed', updated_at = $2 WHERE event_id = $1 AND status IN ('received', 'failed') RETURNING status",
-                )
-                .bind(&e.event_id)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if open.is_some() {
-                    sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, 'failed', $3)")
-                        .bind(&e.event_id)
-                        .bind(now)
-                        .bind(detail)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                $crate::store::transaction!(self, tx => {
+                    Self::insert_event(&mut tx, e, "failed", now).await?;
+                    // Only an event nobody finished is marked; a concurrent success stands.
+                    let open: Option<String> = sqlx::query_scalar(
+                        "UPDATE stripe_events SET status = 'failed', updated_at = $2 WHERE event_id = $1 AND status IN ('received', 'failed') RETURNING status",
+                    )
+                    .bind(&e.event_id)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if open.is_some() {
+                        sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, 'failed', $3)")
+                            .bind(&e.event_id)
+                            .bind(now)
+                            .bind(detail)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
             }
 
             async fn replay_event(
@@ -164,20 +166,21 @@ macro_rules! impl_ledger_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<(String, String)>, $crate::store::StoreError> {
                 let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
-                let found: Option<String> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
-                    .bind(event_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if found.is_none() {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
-                let detail = format!("{why}: {detail}");
-                Self::set_event_status(&mut tx, event_id, status, &detail, now).await?;
-                tx.commit().await?;
-                Ok(Some((status.to_owned(), detail)))
+                $crate::store::transaction!(self, tx => {
+                    let found: Option<String> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                        .bind(event_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if found.is_none() {
+                        tx.rollback().await?;
+                        return Ok(None);
+                    }
+                    let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
+                    let detail = format!("{why}: {detail}");
+                    Self::set_event_status(&mut tx, event_id, status, &detail, now).await?;
+                    tx.commit().await?;
+                    Ok(Some((status.to_owned(), detail)))
+                })
             }
 
             async fn list_events(
@@ -194,7 +197,7 @@ macro_rules! impl_ledger_store {
                      ORDER BY seq DESC LIMIT $4",
                     $crate::store::ledger::EVENT_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
             }
 
             async fn event(
@@ -202,12 +205,12 @@ macro_rules! impl_ledger_store {
                 event_id: &str,
             ) -> Result<Option<($crate::store::ledger::EventRow, Vec<$crate::store::ledger::HistoryRow>)>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM stripe_events WHERE event_id = $1", $crate::store::ledger::EVENT_COLUMNS);
-                let Some(row): Option<$crate::store::ledger::EventRow> = sqlx::query_as(&sql).bind(event_id).fetch_optional(&self.pool).await? else {
+                let Some(row): Option<$crate::store::ledger::EventRow> = sqlx::query_as(&sql).bind(event_id).fetch_optional(&mut *self.conn().await?).await? else {
                     return Ok(None);
                 };
                 let history = sqlx::query_as("SELECT at, status, detail FROM stripe_event_history WHERE event_id = $1 ORDER BY id")
                     .bind(event_id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn().await?)
                     .await?;
                 Ok(Some((row, history)))
             }
@@ -217,7 +220,7 @@ macro_rules! impl_ledger_store {
             /// Stores the event with `status` unless its id is already in the ledger; how many rows
             /// that wrote (0 for a redelivery).
             async fn insert_event(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 e: &$crate::store::ledger::NewEvent,
                 status: &str,
                 now: chrono::DateTime<chrono::Utc>,
@@ -241,7 +244,7 @@ macro_rules! impl_ledger_store {
 
             /// Carries out `plan` inside the ledger's transaction: the event's new status and why.
             async fn carry_out(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 plan: &$crate::store::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(&'static str, String), $crate::store::StoreError> {
@@ -278,7 +281,7 @@ macro_rules! impl_ledger_store {
             }
 
             async fn set_event_status(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 event_id: &str,
                 status: &str,
                 detail: &str,

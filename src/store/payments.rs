@@ -268,7 +268,7 @@ macro_rules! impl_payment_store {
             /// lock on SQLite in one statement), applies `fact`, writes back the facts, the derived
             /// status and the grant. Runs inside the caller's transaction.
             pub(crate) async fn apply_locked(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 r: &$crate::store::payments::OrderRef,
                 fact: &$crate::domain::orders::PaymentFact,
                 now: chrono::DateTime<chrono::Utc>,
@@ -331,7 +331,7 @@ macro_rules! impl_payment_store {
             /// Makes the order's grant what its facts say: created once (UNIQUE order_id), then
             /// only its status changes.
             async fn reconcile_grant(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 order: &$crate::store::payments::OrderRow,
                 facts: &$crate::domain::orders::OrderFacts,
                 now: chrono::DateTime<chrono::Utc>,
@@ -396,28 +396,29 @@ macro_rules! impl_payment_store {
         #[async_trait::async_trait]
         impl $crate::store::payments::PaymentStore for $store {
             async fn insert_product(&self, p: &$crate::store::payments::ProductRow) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO products (id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(&p.id)
-                .bind(&p.name)
-                .bind(&p.description)
-                .bind(p.active)
-                .bind(p.version)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .bind(&p.stripe_price_id)
-                .bind(&p.grant_spec)
-                .bind(p.created_at)
-                .bind(p.updated_at)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::accounts::conflict)?;
-                Self::insert_version(&mut tx, p).await?;
-                tx.commit().await?;
-                Ok(())
+                $crate::store::transaction!(self, tx => {
+                    sqlx::query(
+                        "INSERT INTO products (id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    )
+                    .bind(&p.id)
+                    .bind(&p.name)
+                    .bind(&p.description)
+                    .bind(p.active)
+                    .bind(p.version)
+                    .bind(p.amount)
+                    .bind(&p.currency)
+                    .bind(&p.stripe_price_id)
+                    .bind(&p.grant_spec)
+                    .bind(p.created_at)
+                    .bind(p.updated_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::store::accounts::conflict)?;
+                    Self::insert_version(&mut tx, p).await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
             }
 
             async fn update_product(
@@ -426,40 +427,41 @@ macro_rules! impl_payment_store {
                 expected: &$crate::store::payments::ProductRow,
                 new_version: bool,
             ) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await?;
-                let updated = sqlx::query(
-                    "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
-                            stripe_price_id = $8, grant_spec = $9, updated_at = $10
-                      WHERE id = $1 AND version = $11 AND updated_at = $12",
-                )
-                .bind(&p.id)
-                .bind(&p.name)
-                .bind(&p.description)
-                .bind(p.active)
-                .bind(p.version)
-                .bind(p.amount)
-                .bind(&p.currency)
-                .bind(&p.stripe_price_id)
-                .bind(&p.grant_spec)
-                .bind(p.updated_at)
-                .bind(expected.version)
-                .bind(expected.updated_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    return Err($crate::store::StoreError::Conflict);
-                }
-                if new_version {
-                    Self::insert_version(&mut tx, p).await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                $crate::store::transaction!(self, tx => {
+                    let updated = sqlx::query(
+                        "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
+                                stripe_price_id = $8, grant_spec = $9, updated_at = $10
+                          WHERE id = $1 AND version = $11 AND updated_at = $12",
+                    )
+                    .bind(&p.id)
+                    .bind(&p.name)
+                    .bind(&p.description)
+                    .bind(p.active)
+                    .bind(p.version)
+                    .bind(p.amount)
+                    .bind(&p.currency)
+                    .bind(&p.stripe_price_id)
+                    .bind(&p.grant_spec)
+                    .bind(p.updated_at)
+                    .bind(expected.version)
+                    .bind(expected.updated_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if updated == 0 {
+                        return Err($crate::store::StoreError::Conflict);
+                    }
+                    if new_version {
+                        Self::insert_version(&mut tx, p).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
             }
 
             async fn product(&self, id: &str) -> Result<Option<$crate::store::payments::ProductRow>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM products WHERE id = $1", $crate::store::payments::PRODUCT_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
             }
 
             async fn list_products(
@@ -472,7 +474,7 @@ macro_rules! impl_payment_store {
                     "SELECT {} FROM products WHERE ($1 = FALSE OR active = TRUE) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::PRODUCT_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
             }
 
             async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::StoreError> {
@@ -492,7 +494,7 @@ macro_rules! impl_payment_store {
                 .bind(&o.status)
                 .bind(o.created_at)
                 .bind(o.updated_at)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
@@ -518,7 +520,7 @@ macro_rules! impl_payment_store {
                 .bind(checkout_url)
                 .bind(expires_at)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
@@ -526,7 +528,7 @@ macro_rules! impl_payment_store {
 
             async fn order(&self, id: &str) -> Result<Option<$crate::store::payments::OrderRow>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM orders WHERE id = $1", $crate::store::payments::ORDER_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
             }
 
             async fn list_orders(
@@ -539,7 +541,7 @@ macro_rules! impl_payment_store {
                     "SELECT {} FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::ORDER_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(user_id).bind(starting_after).bind(limit).fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(user_id).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
             }
 
             async fn apply_fact(
@@ -549,15 +551,16 @@ macro_rules! impl_payment_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
                 let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
-                let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
-                tx.commit().await?;
-                Ok(applied)
+                $crate::store::transaction!(self, tx => {
+                    let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
+                    tx.commit().await?;
+                    Ok(applied)
+                })
             }
 
             async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM grants WHERE user_id = $1 ORDER BY id", $crate::store::payments::GRANT_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&mut *self.conn().await?).await?)
             }
 
             async fn reserve_refund(
@@ -567,36 +570,37 @@ macro_rules! impl_payment_store {
             ) -> Result<$crate::store::payments::Reserved, $crate::store::StoreError> {
                 use $crate::store::payments::{OrderRow, RefundRow, Reserved, ORDER_COLUMNS, REFUND_COLUMNS};
                 let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
-                let sql = format!("UPDATE orders SET updated_at = updated_at WHERE id = $1 RETURNING {ORDER_COLUMNS}");
-                let Some(order): Option<OrderRow> = sqlx::query_as(&sql).bind(order_id).fetch_optional(&mut *tx).await? else {
-                    return Ok(Reserved::NoOrder);
-                };
-                let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY id");
-                let refunds: Vec<RefundRow> = sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *tx).await?;
-                let row = match decide(&order, &refunds) {
-                    Ok($crate::store::payments::RefundPick::Existing(row)) => return Ok(Reserved::Existing(row)),
-                    Ok($crate::store::payments::RefundPick::New(row)) => row,
-                    Err(e) => return Ok(Reserved::Refused(e)),
-                };
-                sqlx::query(
-                    "INSERT INTO refunds (id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(&row.id)
-                .bind(&row.order_id)
-                .bind(&row.stripe_refund_id)
-                .bind(row.amount)
-                .bind(&row.currency)
-                .bind(&row.reason)
-                .bind(&row.status)
-                .bind(&row.requested_by)
-                .bind(row.created_at)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::accounts::conflict)?;
-                tx.commit().await?;
-                Ok(Reserved::New(row))
+                $crate::store::transaction!(self, tx => {
+                    let sql = format!("UPDATE orders SET updated_at = updated_at WHERE id = $1 RETURNING {ORDER_COLUMNS}");
+                    let Some(order): Option<OrderRow> = sqlx::query_as(&sql).bind(order_id).fetch_optional(&mut *tx).await? else {
+                        return Ok(Reserved::NoOrder);
+                    };
+                    let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY id");
+                    let refunds: Vec<RefundRow> = sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *tx).await?;
+                    let row = match decide(&order, &refunds) {
+                        Ok($crate::store::payments::RefundPick::Existing(row)) => return Ok(Reserved::Existing(row)),
+                        Ok($crate::store::payments::RefundPick::New(row)) => row,
+                        Err(e) => return Ok(Reserved::Refused(e)),
+                    };
+                    sqlx::query(
+                        "INSERT INTO refunds (id, order_id, stripe_refund_id, amount, currency, reason, status, requested_by, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    )
+                    .bind(&row.id)
+                    .bind(&row.order_id)
+                    .bind(&row.stripe_refund_id)
+                    .bind(row.amount)
+                    .bind(&row.currency)
+                    .bind(&row.reason)
+                    .bind(&row.status)
+                    .bind(&row.requested_by)
+                    .bind(row.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::store::accounts::conflict)?;
+                    tx.commit().await?;
+                    Ok(Reserved::New(row))
+                })
             }
 
             async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), $crate::store::StoreError> {
@@ -608,7 +612,7 @@ macro_rules! impl_payment_store {
                     .bind(id)
                     .bind(stripe_refund_id)
                     .bind(status)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await
                     .map_err($crate::store::accounts::conflict)?;
                 Ok(())
@@ -616,7 +620,7 @@ macro_rules! impl_payment_store {
 
             async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<$crate::store::payments::RefundRow>, $crate::store::StoreError> {
                 let sql = format!("SELECT {} FROM refunds WHERE order_id = $1 ORDER BY id", $crate::store::payments::REFUND_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(order_id).fetch_all(&self.pool).await?)
+                Ok(sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *self.conn().await?).await?)
             }
 
             async fn idempotency_start(
@@ -636,7 +640,7 @@ macro_rules! impl_payment_store {
                     .bind(key)
                     .bind(request_hash)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?
                     .rows_affected();
                     if inserted == 1 {
@@ -647,7 +651,7 @@ macro_rules! impl_payment_store {
                     )
                     .bind(principal)
                     .bind(key)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.conn().await?)
                     .await?;
                     let Some((hash, status, body, created_at)) = row else { continue };
                     let age = now - created_at;
@@ -659,7 +663,7 @@ macro_rules! impl_payment_store {
                             .bind(principal)
                             .bind(key)
                             .bind(created_at)
-                            .execute(&self.pool)
+                            .execute(&mut *self.conn().await?)
                             .await?;
                         continue;
                     }
@@ -680,21 +684,21 @@ macro_rules! impl_payment_store {
                     .bind(key)
                     .bind(i64::from(status))
                     .bind(body)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(())
             }
 
             async fn sweep_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
                 // Both engines store UTC; SQLite's RFC 3339 text in one offset sorts as time does.
-                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&self.pool).await?.rows_affected())
+                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&mut *self.conn().await?).await?.rows_affected())
             }
 
             async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::StoreError> {
                 sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status_code IS NULL")
                     .bind(principal)
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(&mut *self.conn().await?)
                     .await?;
                 Ok(())
             }
@@ -702,7 +706,7 @@ macro_rules! impl_payment_store {
 
         impl $store {
             async fn insert_version(
-                tx: &mut sqlx::Transaction<'static, $db>,
+                tx: &mut sqlx::Transaction<'_, $db>,
                 p: &$crate::store::payments::ProductRow,
             ) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(

@@ -1,9 +1,16 @@
+//! The PostgreSQL store: a pool of connections, writers side by side (row locks, not a database
+//! lock), and fast refusals while the server cannot be reached.
+
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::Utc;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection, PgPool, Postgres, Row};
 
+use super::health::Health;
 use super::{status_of, AuditEntry, Engine, MigrationStatus, NewAuditEntry, Store, StoreError};
 use crate::config::DatabaseConfig;
 
@@ -15,6 +22,8 @@ super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 
 pub struct PgStore {
     pool: PgPool,
+    health: Arc<Health>,
+    max_connections: u32,
 }
 
 impl PgStore {
@@ -31,9 +40,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
+            // Never hand out a connection with a transaction left open.
+            .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, health: Arc::new(Health::new()), max_connections: config.max_connections })
+    }
+
+    /// A connection, unless the database is known to be unreachable (see `store::acquire`).
+    pub(crate) async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        super::acquire(&self.pool, &self.health, self.max_connections).await
+    }
+
+    pub(crate) fn settle<T>(&self, conn: PoolConnection<Postgres>, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        super::settle(&self.health, conn, result)
     }
 }
 
@@ -50,10 +70,11 @@ impl Store for PgStore {
     }
 
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&self.pool).await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(&mut *self.conn().await?).await?;
         let applied = if exists {
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
         } else {
             Vec::new()
@@ -62,8 +83,24 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
+    }
+
+    async fn check_writable(&self) -> Result<(), String> {
+        let probe = super::transaction!(self, tx => {
+            sqlx::query(
+                "INSERT INTO health_probe (id, checked_at, filler) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, filler = excluded.filler",
+            )
+            .bind(Utc::now())
+            .bind(super::probe_filler())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        });
+        super::writable_verdict(&self.health, probe)
     }
 
     async fn append_audit(&self, e: NewAuditEntry) -> Result<i64, StoreError> {
@@ -78,7 +115,7 @@ impl Store for PgStore {
         .bind(e.user_agent)
         .bind(e.request_id)
         .bind(e.detail.to_string())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(id)
     }
@@ -90,7 +127,7 @@ impl Store for PgStore {
         )
         .bind(before_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.into_iter()
             .map(|r| {

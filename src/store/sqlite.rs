@@ -1,11 +1,17 @@
+//! The SQLite store: one file (WAL, `synchronous = FULL`), writers taking turns in-process, and
+//! connections that are never reused after a storage fault or with a transaction left open.
+
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool};
 
+use super::health::Health;
 use super::{status_of, AuditEntry, Engine, MigrationStatus, NewAuditEntry, Store, StoreError};
 use crate::config::DatabaseConfig;
 
@@ -20,6 +26,36 @@ pub struct SqliteStore {
     /// SQLite has one writer at a time. Taking turns here, in arrival order, replaces its busy
     /// handler's sleep-and-retry (which left some writers waiting hundreds of milliseconds).
     writer: tokio::sync::Mutex<()>,
+    health: Arc<Health>,
+    max_connections: u32,
+}
+
+/// Whether a connection going back to (or coming out of) the pool may be used again. After a
+/// full disk or an I/O error SQLite may have rolled a transaction back on its own, or failed to
+/// end one; sqlx's count of open transactions can then disagree with SQLite's, and the next
+/// "transaction" on that connection becomes a savepoint inside a transaction that never commits
+/// (while holding the write lock). Such a connection is closed, never reused, as is any
+/// connection opened before the last storage fault.
+async fn reusable(conn: &mut SqliteConnection, age: Duration, health: &Health) -> bool {
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a SQLite connection released inside a transaction");
+        return false;
+    }
+    if health.predates_last_fault(age) {
+        return false;
+    }
+    match conn.lock_handle().await {
+        Ok(mut handle) => {
+            // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit only
+            // reads the connection's state.
+            let autocommit = unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0;
+            if !autocommit {
+                tracing::warn!("closing a SQLite connection that SQLite says is inside a transaction");
+            }
+            autocommit
+        }
+        Err(_) => false,
+    }
 }
 
 impl SqliteStore {
@@ -34,15 +70,36 @@ impl SqliteStore {
         // Each connection to an in-memory database is a database of its own: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let max_connections = if in_memory { 1 } else { config.max_connections };
+        let health = Arc::new(Health::new());
+        let (on_release, on_acquire) = (health.clone(), health.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            // An in-memory database lives in its one connection: closing it would lose the data.
+            .after_release(move |conn, meta| {
+                let health = on_release.clone();
+                Box::pin(async move { Ok(in_memory || reusable(conn, meta.age, &health).await) })
+            })
+            // Idle connections opened before a storage fault are not handed out either.
+            .before_acquire(move |_, meta| {
+                let stale = !in_memory && on_acquire.predates_last_fault(meta.age);
+                Box::pin(async move { Ok(!stale) })
+            })
             .min_connections(u32::from(in_memory))
             .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
             .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(1800)) })
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()) })
+        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()), health, max_connections })
+    }
+
+    /// A connection, unless the database is known to be unreachable (see `store::acquire`).
+    pub(crate) async fn conn(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        super::acquire(&self.pool, &self.health, self.max_connections).await
+    }
+
+    pub(crate) fn settle<T>(&self, conn: PoolConnection<Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        super::settle(&self.health, conn, result)
     }
 
     /// The right to write, held for a whole write transaction.
@@ -66,21 +123,38 @@ impl Store for SqliteStore {
     async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
         let exists: i64 =
             sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.conn().await?)
                 .await?;
         let applied = if exists == 0 {
             Vec::new()
         } else {
             sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?
         };
         Ok(status_of(&MIGRATOR, applied))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
+    }
+
+    async fn check_writable(&self) -> Result<(), String> {
+        let _turn = self.write_turn().await;
+        let probe = super::transaction!(self, tx => {
+            sqlx::query(
+                "INSERT INTO health_probe (id, checked_at, filler) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, filler = excluded.filler",
+            )
+            .bind(Utc::now())
+            .bind(super::probe_filler())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        });
+        super::writable_verdict(&self.health, probe)
     }
 
     async fn append_audit(&self, e: NewAuditEntry) -> Result<i64, StoreError> {
@@ -96,7 +170,7 @@ impl Store for SqliteStore {
         .bind(e.user_agent)
         .bind(e.request_id)
         .bind(e.detail.to_string())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         Ok(id)
     }
@@ -108,7 +182,7 @@ impl Store for SqliteStore {
         )
         .bind(before_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.into_iter()
             .map(|r| {

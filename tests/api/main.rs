@@ -7,6 +7,7 @@ mod contract;
 mod cors;
 mod durability;
 mod errors;
+mod faults;
 mod health;
 mod helpers;
 mod network;

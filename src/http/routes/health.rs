@@ -42,11 +42,12 @@ pub async fn healthz() -> Json<HealthOut> {
     Json(HealthOut { status: "ok".to_owned() })
 }
 
-/// Readiness: the database answers and its schema is current (and Redis answers, when configured).
+/// Readiness: the database answers, its schema is current and it takes a write (and Redis answers,
+/// when configured).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Every dependency answers", body = ReadyOut),
-        (status = 503, description = "A dependency failed; `checks` names it", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A dependency failed (the database unreachable, behind on migrations or unable to write); `checks` names it", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> {
     let mut checks = BTreeMap::new();
@@ -59,7 +60,11 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> 
         Ok(Ok(status)) if !status.pending.is_empty() => {
             format!("{} migration(s) pending; run `tollgate migrate`", status.pending.len())
         }
-        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Ok(_)) => match tokio::time::timeout(CHECK_TIMEOUT, state.store.check_writable()).await {
+            Err(_) => "write timed out".to_owned(),
+            Ok(Err(why)) => why,
+            Ok(Ok(())) => "ok".to_owned(),
+        },
     };
     checks.insert("database".to_owned(), database);
     if let Some(url) = &state.config.redis_url {
