@@ -11,6 +11,7 @@ use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use secrecy::ExposeSecret;
 
 use crate::config::{Config, PaymentProvider, TlsConfig};
 use crate::domain::auth::AuthService;
@@ -43,6 +44,8 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct CookieSettings {
     pub name: &'static str,
+    /// The device cookie: marks a browser that logged in to an account before (login limits).
+    pub device_name: &'static str,
     pub secure: bool,
 }
 
@@ -50,9 +53,9 @@ impl CookieSettings {
     pub fn for_config(config: &Config) -> CookieSettings {
         let https = config.public_url.scheme() == "https" || config.tls.is_some() || config.is_production();
         if https {
-            CookieSettings { name: "__Host-tollgate_session", secure: true }
+            CookieSettings { name: "__Host-tollgate_session", device_name: "__Host-tollgate_device", secure: true }
         } else {
-            CookieSettings { name: "tollgate_session", secure: false }
+            CookieSettings { name: "tollgate_session", device_name: "tollgate_device", secure: false }
         }
     }
 }
@@ -66,8 +69,10 @@ pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
     });
     let issuer = config.public_url.origin().ascii_serialization();
     let ttl = i64::try_from(config.auth.access_token_ttl.as_secs()).unwrap_or(900);
+    let device_key = crate::domain::crypto::derive_key(secret.expose_secret().as_bytes(), "tollgate device cookie v1");
     let jwt = JwtKeys::new(secret, config.auth.jwt_previous_secret.clone(), issuer, "tollgate".to_owned(), ttl);
-    AuthService::new(store, PasswordHasherPool::new(), Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone())
+    let hasher = PasswordHasherPool::with_queue(usize::try_from(config.auth.password_queue).unwrap_or(32));
+    AuthService::new(store, hasher, Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone(), device_key)
 }
 
 /// The payments service for `config` with its provider: Stripe when configured, else the sandbox
@@ -214,8 +219,9 @@ impl App {
             tls = self.tls.is_some(),
             "listening"
         );
-        // Idempotency keys are remembered for 24 h; forget older ones hourly (and once at start).
-        let store = self.state.store.clone();
+        // Hourly (and once at start): idempotency keys older than 24 h are forgotten, and expired
+        // sessions, refresh tokens, token families and login clients are purged.
+        let (store, auth) = (self.state.store.clone(), self.state.auth.clone());
         let sweeper = tokio::spawn(async move {
             let mut hourly = tokio::time::interval(Duration::from_secs(3600));
             loop {
@@ -225,6 +231,16 @@ impl App {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
                     Err(e) => tracing::warn!(error = %e, "cannot remove expired idempotency keys"),
+                }
+                match auth.purge_expired().await {
+                    Ok(p) => tracing::info!(
+                        sessions = p.sessions,
+                        refresh_tokens = p.refresh_tokens,
+                        families = p.families,
+                        login_clients = p.login_clients,
+                        "expired credentials purged"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot purge expired credentials"),
                 }
             }
         });

@@ -126,6 +126,13 @@ pub struct AuthConfig {
     pub login_failure_window: Duration,
     pub login_ip_limit: u32,
     pub login_ip_window: Duration,
+    /// Failed logins per account per window from clients it does not know, all of them together;
+    /// beyond it such attempts are slowed (see `domain::auth`).
+    pub login_account_ceiling: u32,
+    /// Password jobs (hashing, verifying, strength) allowed to wait; beyond it 503 at once.
+    pub password_queue: u32,
+    /// A just-spent refresh token presented again this soon gets the same successor back.
+    pub refresh_grace: Duration,
 }
 
 /// One configuration setting: its TOML key, the environment names that set it (first is canonical),
@@ -313,7 +320,7 @@ pub const SETTINGS: &[Setting] = &[
         env: &["TOLLGATE_LOGIN_MAX_FAILURES"],
         default: Some("10"),
         secret: false,
-        meaning: "failed logins allowed per account per window (then 429)",
+        meaning: "failed logins allowed per account from one client (a device, else an address) per window (then 429 for that client)",
     },
     Setting {
         key: "login_failure_window",
@@ -335,6 +342,27 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("1m"),
         secret: false,
         meaning: "the window of login_ip_limit",
+    },
+    Setting {
+        key: "login_account_ceiling",
+        env: &["TOLLGATE_LOGIN_ACCOUNT_CEILING"],
+        default: Some("100"),
+        secret: false,
+        meaning: "failed logins per account per window from clients that never logged in to it, all together; beyond it they are slowed",
+    },
+    Setting {
+        key: "password_queue",
+        env: &["TOLLGATE_PASSWORD_QUEUE"],
+        default: Some("32"),
+        secret: false,
+        meaning: "password hashing and strength checks allowed to wait; beyond it 503 with Retry-After at once",
+    },
+    Setting {
+        key: "refresh_grace",
+        env: &["TOLLGATE_REFRESH_GRACE"],
+        default: Some("30s"),
+        secret: false,
+        meaning: "a just-spent refresh token presented again this soon gets the same new refresh token (0s: never)",
     },
     Setting {
         key: "checkout_success_url",
@@ -812,6 +840,15 @@ impl Config {
             login_failure_window: duration("login_failure_window", &mut errors),
             login_ip_limit: count("login_ip_limit", &mut errors),
             login_ip_window: duration("login_ip_window", &mut errors),
+            login_account_ceiling: count("login_account_ceiling", &mut errors),
+            password_queue: count("password_queue", &mut errors),
+            refresh_grace: match raw.get("refresh_grace").and_then(parse_duration) {
+                Some(d) if d <= Duration::from_secs(300) => d,
+                _ => {
+                    errors.push(bad("refresh_grace", "must be a duration from 0s to 5m"));
+                    Duration::from_secs(30)
+                }
+            },
         };
         let public = public_url.clone().unwrap_or_else(|| Url::parse("http://localhost:8080").expect("constant URL"));
         let default_return = format!("{}api/v1/orders/{{ORDER_ID}}", public.as_str());

@@ -7,21 +7,35 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::account::{email_key, known_words, new_id, Email, NewPassword, Role, User, UserName};
-use super::crypto::{csrf_token_for, random_token, token_hash};
+use super::account::{email_key, known_words, new_id, Email, NewPassword, PasswordCandidate, Role, User, UserName};
+use super::crypto::{csrf_token_for, device_cookie, device_cookie_owner, random_token, seal_token, token_hash, unseal_token};
 use super::jwt::{Claims, JwtKeys};
-use super::password::PasswordHasherPool;
+use super::password::{PasswordHasherPool, PasswordWorkError};
 use super::FieldError;
 use crate::config::AuthConfig;
 use crate::ratelimit::{client_key, Decision, Quota, RateLimiter};
-use crate::store::{NewAuditEntry, SessionRow, SpendOutcome, Store, StoreError};
+use crate::store::{FlagsChanged, Keep, NewAuditEntry, PasswordChanged, Purged, SessionRow, SpendOutcome, Store, StoreError};
 
 /// Who asked, for the audit log and the limiter.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RequestMeta {
     pub ip: String,
     pub user_agent: Option<String>,
     pub request_id: String,
+    /// The browser's device cookie, when it sent one (see [`AuthService::login`]).
+    pub device: Option<String>,
+}
+
+/// The device cookie is a credential of sorts: never printed.
+impl std::fmt::Debug for RequestMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMeta")
+            .field("ip", &self.ip)
+            .field("user_agent", &self.user_agent)
+            .field("request_id", &self.request_id)
+            .field("device", &self.device.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
 }
 
 /// Appends to the audit log what `actor` did to `resource`, from where `meta` says. The action
@@ -57,6 +71,9 @@ pub enum AuthError {
     Unauthenticated,
     #[error("rate limited")]
     RateLimited { limit: u32, retry_after: Duration },
+    /// Too much password work is waiting: answered at once, the client may retry shortly.
+    #[error("busy")]
+    Busy,
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("validation failed")]
@@ -73,12 +90,23 @@ impl From<StoreError> for AuthError {
     }
 }
 
+impl From<PasswordWorkError> for AuthError {
+    fn from(e: PasswordWorkError) -> Self {
+        match e {
+            PasswordWorkError::Busy => AuthError::Busy,
+            other => AuthError::Internal(other.into()),
+        }
+    }
+}
+
 /// A new browser session: the cookie value (shown once, stored hashed) and its CSRF token.
 pub struct NewSession {
     pub user: User,
     pub token: String,
     pub csrf_token: String,
     pub expires_at: DateTime<Utc>,
+    /// A device cookie to set, when the browser has none for this account yet.
+    pub device_cookie: Option<String>,
 }
 
 pub struct TokenPair {
@@ -108,22 +136,36 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// A page of the caller's live sessions.
+pub struct SessionPage {
+    pub sessions: Vec<SessionRow>,
+    pub has_more: bool,
+}
+
 pub struct AuthService {
     store: Arc<dyn Store>,
     hasher: PasswordHasherPool,
     limiter: Arc<dyn RateLimiter>,
     jwt: JwtKeys,
     cfg: AuthConfig,
+    /// Signs device cookies.
+    device_key: [u8; 32],
 }
 
 /// Session activity is written at most this often (or a quarter of the idle timeout, if shorter),
 /// not on every request.
 const TOUCH_EVERY: chrono::Duration = chrono::Duration::seconds(60);
 
-/// The per-account limiter's key: failed logins and wrong current passwords count together, and
-/// the address's case buys nothing.
-fn account_limiter_key(email: &str) -> String {
-    format!("login:account:{}", email_key(email))
+/// A client that logged in to an account successfully within this long is known to it.
+const KNOWN_CLIENT_FOR: chrono::Duration = chrono::Duration::days(90);
+
+/// How long an attempt slowed by the account ceiling may wait for its turn before it is 429.
+const MAX_SLOWDOWN: Duration = Duration::from_secs(10);
+
+/// The login limiters' keys for an account (by its folded address, so case buys nothing, and the
+/// same for an address with no account).
+fn account_key(email: &str, what: &str) -> String {
+    format!("login:{}:{what}", email_key(email))
 }
 
 fn chrono_of(d: Duration) -> chrono::Duration {
@@ -137,16 +179,9 @@ impl AuthService {
         limiter: Arc<dyn RateLimiter>,
         jwt: JwtKeys,
         cfg: AuthConfig,
+        device_key: [u8; 32],
     ) -> AuthService {
-        AuthService { store, hasher, limiter, jwt, cfg }
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    pub fn hasher(&self) -> &PasswordHasherPool {
-        &self.hasher
+        AuthService { store, hasher, limiter, jwt, cfg, device_key }
     }
 
     async fn audit(
@@ -164,8 +199,26 @@ impl AuthService {
         Quota { limit: self.cfg.login_ip_limit, period: self.cfg.login_ip_window }
     }
 
-    fn account_quota(&self) -> Quota {
+    /// Failed logins per account from one client, in a sliding window.
+    fn client_quota(&self) -> Quota {
         Quota { limit: self.cfg.login_max_failures, period: self.cfg.login_failure_window }
+    }
+
+    /// Failed logins per account from clients it does not know, all together.
+    fn ceiling_quota(&self) -> Quota {
+        Quota { limit: self.cfg.login_account_ceiling, period: self.cfg.login_failure_window }
+    }
+
+    /// Past the ceiling: one attempt from an unknown client per this interval.
+    fn slowdown_quota(&self) -> Quota {
+        Quota { limit: 1, period: self.cfg.login_failure_window / self.cfg.login_account_ceiling.max(1) }
+    }
+
+    /// The strength verdict on a password that passed the cheap checks (zxcvbn, on the pool).
+    async fn judge(&self, field: &str, candidate: PasswordCandidate, known: &[&str]) -> Result<NewPassword, AuthError> {
+        let known = known.iter().map(|w| (*w).to_owned()).collect();
+        let score = self.hasher.strength(candidate.secret(), known).await?;
+        candidate.judge(field, score).map_err(|e| AuthError::Validation(vec![e]))
     }
 
     pub async fn register(
@@ -189,7 +242,20 @@ impl AuthService {
         let email = Email::parse("email", email).map_err(|e| errors.push(e)).ok();
         let name = name.map(|n| UserName::parse("name", n)).transpose().map_err(|e| errors.push(e)).ok().flatten();
         let known = known_words(email.as_ref().map(Email::as_str), name.as_ref().map(UserName::as_str));
-        let password = NewPassword::parse("password", password, &known).map_err(|e| errors.push(e)).ok();
+        let password = match NewPassword::precheck("password", password) {
+            Ok(candidate) => match self.judge("password", candidate, &known).await {
+                Ok(p) => Some(p),
+                Err(AuthError::Validation(e)) => {
+                    errors.extend(e);
+                    None
+                }
+                Err(other) => return Err(other),
+            },
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
         let (Some(email), Some(password), true) = (email, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
@@ -204,6 +270,7 @@ impl AuthService {
             disabled: false,
             created_at: now,
             password_changed_at: now,
+            credential_epoch: 0,
         };
         match self.store.insert_user(&user).await {
             Err(StoreError::Conflict) => return Err(AuthError::Conflict("an account with this email already exists".to_owned())),
@@ -213,22 +280,77 @@ impl AuthService {
         Ok(user)
     }
 
-    /// Checks a password login under both limiters. Unknown email, wrong password and disabled
-    /// account give the same error after the same work (a dummy hash for unknown emails).
-    async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<User, AuthError> {
+    /// The user a device cookie names, if it is genuine.
+    fn device_owner<'a>(&self, cookie: &'a str) -> Option<(&'a str, &'a str)> {
+        device_cookie_owner(&self.device_key, cookie)
+    }
+
+    /// Waits for the account's next slot for an unknown client past the ceiling, up to
+    /// [`MAX_SLOWDOWN`]; a longer wait is a 429 with the time left.
+    async fn slow_down(&self, email: &str) -> Result<(), AuthError> {
+        let key = account_key(email, "slow");
+        let deadline = tokio::time::Instant::now() + MAX_SLOWDOWN;
+        loop {
+            match self.limiter.hit(&key, self.slowdown_quota()).await {
+                Decision::Allowed { .. } => return Ok(()),
+                Decision::Limited { limit, retry_after } => {
+                    if tokio::time::Instant::now() + retry_after > deadline {
+                        return Err(AuthError::RateLimited { limit, retry_after });
+                    }
+                    tokio::time::sleep(retry_after).await;
+                }
+            }
+        }
+    }
+
+    /// Checks a password login. Unknown email, wrong password and disabled account give the same
+    /// error after the same work (a dummy hash for unknown emails). Guessing is bounded without
+    /// handing anyone a lockout (README "Login limits"):
+    /// - per client IP, across accounts (`login_ip_limit`);
+    /// - per account and client (its device cookie, else its address): `login_max_failures`
+    ///   failures in any `login_failure_window`, then 429 for that client only;
+    /// - per account, for clients that never logged in to it: `login_account_ceiling` failures in
+    ///   the window, then each such attempt waits its turn, one per window / ceiling.
+    ///   A device or address that logged in to the account before is never slowed.
+    async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<(User, bool), AuthError> {
         if let Decision::Limited { limit, retry_after } =
             self.limiter.hit(&format!("login:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
         {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
-        // The attempt is counted before the password is checked, so guesses sent in parallel all
+        let now = Utc::now();
+        let user = self.store.user_by_email(email.as_str()).await?;
+        let device = meta
+            .device
+            .as_deref()
+            .and_then(|c| self.device_owner(c))
+            .filter(|(owner, _)| user.as_ref().is_some_and(|u| u.id == *owner))
+            .map(|(_, nonce)| nonce);
+        let ip_key = client_key(&meta.ip);
+        let client = match device {
+            Some(nonce) => format!("device:{nonce}"),
+            None => format!("ip:{ip_key}"),
+        };
+        // Attempts are counted before the password is checked, so guesses sent in parallel all
         // count; a successful login gives its count back.
-        let account_key = account_limiter_key(email.as_str());
-        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
+        let client_limit = account_key(email.as_str(), &client);
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit_window(&client_limit, self.client_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let user = self.store.user_by_email(email.as_str()).await?;
+        let known = device.is_some()
+            || match &user {
+                Some(u) => self.store.known_client(&u.id, &ip_key, now - KNOWN_CLIENT_FOR).await?,
+                None => false,
+            };
+        let ceiling = account_key(email.as_str(), "strangers");
+        let mut counted_in_ceiling = false;
+        if !known {
+            match self.limiter.hit_window(&ceiling, self.ceiling_quota()).await {
+                Decision::Allowed { .. } => counted_in_ceiling = true,
+                Decision::Limited { .. } => self.slow_down(email.as_str()).await?,
+            }
+        }
         let verified = self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
         let failure = match &user {
             None => Some("unknown_email"),
@@ -238,23 +360,30 @@ impl AuthService {
         };
         if let Some(reason) = failure {
             let actor = user.as_ref().map(|u| u.id.as_str());
-            self.audit(meta, actor, "login.failure", actor, serde_json::json!({ "reason": reason })).await;
+            self.audit(meta, actor, "login.failure", actor, serde_json::json!({ "reason": reason, "known_client": known })).await;
             return Err(AuthError::InvalidCredentials);
         }
         let user = user.ok_or(AuthError::InvalidCredentials)?;
-        self.limiter.refund(&account_key, self.account_quota()).await;
+        self.limiter.refund_window(&client_limit).await;
+        if counted_in_ceiling {
+            self.limiter.refund_window(&ceiling).await;
+        }
+        if !meta.ip.is_empty() {
+            self.store.remember_client(&user.id, &ip_key, now).await?;
+        }
         if verified.needs_rehash {
             let upgraded = self.hasher.hash(password).await?;
             // Only if the hash is still the one we verified: a password change in between wins.
             self.store.upgrade_password_hash(&user.id, &user.password_hash, &upgraded, Utc::now()).await?;
         }
         self.audit(meta, Some(&user.id), "login.success", Some(&user.id), serde_json::json!({})).await;
-        Ok(user)
+        Ok((user, device.is_some()))
     }
 
-    /// Password login for browsers: always a new session token (no fixation).
+    /// Password login for browsers: always a new session token (no fixation), and a device cookie
+    /// when the browser has none for this account (it marks the browser as known to the account).
     pub async fn login(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<NewSession, AuthError> {
-        let user = self.authenticate(email, password, meta).await?;
+        let (user, has_device) = self.authenticate(email, password, meta).await?;
         let now = Utc::now();
         let token = random_token();
         let expires_at = now + chrono_of(self.cfg.session_lifetime);
@@ -267,17 +396,24 @@ impl AuthService {
             expires_at,
             ip: Some(meta.ip.clone()),
             user_agent: meta.user_agent.clone(),
+            credential_epoch: user.credential_epoch,
         };
-        self.store.insert_session(&row).await?;
+        // Refused when the password changed or the account was disabled since it was verified.
+        if !self.store.insert_session(&row).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
         let csrf_token = csrf_token_for(&token);
-        Ok(NewSession { user, token, csrf_token, expires_at })
+        let device_cookie = (!has_device).then(|| device_cookie(&self.device_key, &user.id));
+        Ok(NewSession { user, token, csrf_token, expires_at, device_cookie })
     }
 
     /// Password login for API clients: a new token family and its first pair.
     pub async fn token(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<TokenPair, AuthError> {
-        let user = self.authenticate(email, password, meta).await?;
+        let (user, _) = self.authenticate(email, password, meta).await?;
         let family = new_id("fam");
-        self.store.insert_family(&family, &user.id, Utc::now()).await?;
+        if !self.store.insert_family(&family, &user.id, user.credential_epoch, Utc::now()).await? {
+            return Err(AuthError::InvalidCredentials);
+        }
         self.issue_pair(&user.id, &family).await
     }
 
@@ -290,13 +426,47 @@ impl AuthService {
         Ok(TokenPair { access_token, expires_in: claims.exp - claims.iat, refresh_token })
     }
 
-    /// Spends a refresh token for a new pair. A token presented twice revokes its whole family:
-    /// one of the two presenters is a thief, and we cannot tell which.
+    /// The user of a live family: not revoked, of the user's current credential epoch, the user
+    /// enabled.
+    async fn family_user(&self, family_id: &str, user_id: &str) -> Result<Option<User>, AuthError> {
+        let Some(family) = self.store.family(family_id).await? else { return Ok(None) };
+        if family.revoked || family.user_id != user_id {
+            return Ok(None);
+        }
+        let user = self.store.user_by_id(user_id).await?;
+        Ok(user.filter(|u| !u.disabled && u.credential_epoch == family.credential_epoch))
+    }
+
+    /// Spends a refresh token for a new pair. A spent token presented again revokes its whole
+    /// family (one of the two presenters is a thief, and we cannot tell which), except within
+    /// `refresh_grace` of its use while its successor is still unused: then the client lost the
+    /// answer, and gets the same new refresh token again (with a new access token).
     pub async fn refresh(&self, refresh_token: &str, meta: &RequestMeta) -> Result<TokenPair, AuthError> {
         let now = Utc::now();
-        match self.store.spend_refresh(&token_hash(refresh_token), now).await? {
+        let presented = token_hash(refresh_token);
+        match self.store.spend_refresh(&presented, now).await? {
             SpendOutcome::Unknown => Err(AuthError::Unauthenticated),
-            SpendOutcome::Reused { family_id, user_id } => {
+            SpendOutcome::Reused { family_id, user_id, used_at, successor } => {
+                let grace = chrono_of(self.cfg.refresh_grace);
+                let in_grace = used_at.is_some_and(|t| now - t <= grace) && !grace.is_zero();
+                if in_grace {
+                    if let Some((successor_hash, sealed)) = successor {
+                        let again = unseal_token(&sealed, refresh_token).filter(|t| token_hash(t) == successor_hash);
+                        if let Some(again) = again {
+                            if self.store.refresh_unspent(&successor_hash).await?
+                                && self.family_user(&family_id, &user_id).await?.is_some()
+                            {
+                                let (access_token, claims) = self.jwt.issue(&user_id, &family_id, now.timestamp());
+                                self.audit(meta, Some(&user_id), "token.refresh_retry", Some(&family_id), serde_json::json!({}))
+                                    .await;
+                                return Ok(TokenPair { access_token, expires_in: claims.exp - claims.iat, refresh_token: again });
+                            }
+                        }
+                    } else {
+                        // The first presentation is still being answered: not a theft signal yet.
+                        return Err(AuthError::Unauthenticated);
+                    }
+                }
                 self.store.revoke_family(&family_id, "refresh_token_reuse", now).await?;
                 tracing::warn!(family = %family_id, "refresh token reused; family revoked");
                 self.audit(
@@ -310,13 +480,17 @@ impl AuthService {
                 Err(AuthError::Unauthenticated)
             }
             SpendOutcome::Fresh { family_id, user_id, expires_at } => {
-                if expires_at <= now || !self.store.family_active(&family_id).await? {
+                if expires_at <= now {
                     return Err(AuthError::Unauthenticated);
                 }
-                match self.store.user_by_id(&user_id).await? {
-                    Some(u) if !u.disabled => self.issue_pair(&u.id, &family_id).await,
-                    _ => Err(AuthError::Unauthenticated),
+                let Some(user) = self.family_user(&family_id, &user_id).await? else {
+                    return Err(AuthError::Unauthenticated);
+                };
+                let pair = self.issue_pair(&user.id, &family_id).await?;
+                if let Some(sealed) = seal_token(&pair.refresh_token, refresh_token) {
+                    self.store.set_successor(&presented, &token_hash(&pair.refresh_token), &sealed).await?;
                 }
+                Ok(pair)
             }
         }
     }
@@ -333,8 +507,9 @@ impl AuthService {
         Ok(())
     }
 
-    /// The user behind a session cookie, if the session is live (idle and absolute limits), and
-    /// when it was last seen. Nothing is written here: see [`AuthService::touch_session`].
+    /// The user behind a session cookie, if the session is live (idle and absolute limits, the
+    /// user's current credential epoch), and when it was last seen. Nothing is written here for a
+    /// live session: see [`AuthService::touch_session`].
     pub async fn session_user(&self, token: &str) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
         let now = Utc::now();
         let session = self.store.session_by_token_hash(&token_hash(token)).await?.ok_or(AuthError::Unauthenticated)?;
@@ -344,20 +519,22 @@ impl AuthService {
             return Err(AuthError::Unauthenticated);
         }
         let user = self.store.user_by_id(&session.user_id).await?.filter(|u| !u.disabled).ok_or(AuthError::Unauthenticated)?;
+        if user.credential_epoch != session.credential_epoch {
+            self.store.delete_session(&session.id).await?;
+            return Err(AuthError::Unauthenticated);
+        }
         Ok((user, Credential::Session { session_id: session.id, csrf_token: csrf_token_for(token) }, session.last_seen_at))
     }
 
-    /// The user behind an access token: signature and claims, then the family (logout and theft
-    /// detection revoke it) and the user (disabling ends access at once, not at expiry).
+    /// The user behind an access token: signature and claims, then the family (logout, theft
+    /// detection and password changes end it) and the user (disabling ends access at once, not at
+    /// expiry).
     pub async fn bearer_user(&self, token: &str) -> Result<(User, Credential), AuthError> {
         let claims = self.jwt.verify(token, Utc::now().timestamp()).map_err(|e| {
             tracing::info!(reason = %e, "access token refused");
             AuthError::Unauthenticated
         })?;
-        if !self.store.family_active(&claims.fam).await? {
-            return Err(AuthError::Unauthenticated);
-        }
-        let user = self.store.user_by_id(&claims.sub).await?.filter(|u| !u.disabled).ok_or(AuthError::Unauthenticated)?;
+        let user = self.family_user(&claims.fam, &claims.sub).await?.ok_or(AuthError::Unauthenticated)?;
         Ok((user, Credential::Bearer { family_id: claims.fam.clone(), claims: Box::new(claims) }))
     }
 
@@ -374,7 +551,34 @@ impl AuthService {
         Ok(())
     }
 
-    /// Changes the password and ends every other session and token family of the user.
+    /// The caller's live browser sessions, newest first.
+    pub async fn sessions(&self, user: &User, limit: i64, starting_after: Option<&str>) -> Result<SessionPage, AuthError> {
+        let now = Utc::now();
+        let idle_cutoff = now - chrono_of(self.cfg.session_idle_timeout);
+        let mut sessions =
+            self.store.list_live_sessions(&user.id, user.credential_epoch, now, idle_cutoff, limit + 1, starting_after).await?;
+        let has_more = sessions.len() > usize::try_from(limit).unwrap_or(0);
+        sessions.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(SessionPage { sessions, has_more })
+    }
+
+    /// Removes expired sessions, refresh tokens, token families and login clients (hourly).
+    pub async fn purge_expired(&self) -> Result<Purged, AuthError> {
+        let now = Utc::now();
+        Ok(self
+            .store
+            .purge_expired(
+                now,
+                now - chrono_of(self.cfg.session_idle_timeout),
+                now - chrono_of(self.cfg.access_token_ttl),
+                now - KNOWN_CLIENT_FOR,
+            )
+            .await?)
+    }
+
+    /// Changes the password and ends every other session and token family of the user. The
+    /// current password is checked first (under its own limiter, never the login one): the new
+    /// password's strength is only judged for someone who knows the current one.
     pub async fn change_password(
         &self,
         user: &User,
@@ -383,49 +587,53 @@ impl AuthService {
         new: &SecretString,
         meta: &RequestMeta,
     ) -> Result<(), AuthError> {
-        // Guessing the current password through this route counts like failed logins.
-        let account_key = account_limiter_key(&user.email);
-        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&account_key, self.account_quota()).await {
+        let limit_key = format!("password_change:{}", user.id);
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit_window(&limit_key, self.client_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let known = known_words(Some(&user.email), user.name.as_deref());
-        let mut errors = Vec::new();
         let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
+        let mut errors = Vec::new();
         if verified.ok {
-            self.limiter.refund(&account_key, self.account_quota()).await;
+            self.limiter.refund_window(&limit_key).await;
         } else {
             errors.push(FieldError::new("current_password", "is incorrect"));
         }
-        let new_password = NewPassword::parse("new_password", new, &known).map_err(|e| errors.push(e)).ok();
+        let candidate = NewPassword::precheck("new_password", new).map_err(|e| errors.push(e)).ok();
         if current.expose_secret() == new.expose_secret() {
             errors.push(FieldError::new("new_password", "must differ from the current password"));
         }
-        let (Some(new_password), true) = (new_password, errors.is_empty()) else {
+        let (Some(candidate), true) = (candidate, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
+        let known = known_words(Some(&user.email), user.name.as_deref());
+        let new_password = self.judge("new_password", candidate, &known).await?;
         let hash = self.hasher.hash(new_password.secret()).await?;
-        let now = Utc::now();
-        self.store.set_password_hash(&user.id, &hash, true, now).await?;
-        let (keep_session, keep_family) = match credential {
-            Credential::Session { session_id, .. } => (Some(session_id.as_str()), None),
-            Credential::Bearer { family_id, .. } => (None, Some(family_id.as_str())),
+        let keep = match credential {
+            Credential::Session { session_id, .. } => Keep::Session(session_id),
+            Credential::Bearer { family_id, .. } => Keep::Family(family_id),
         };
-        let sessions = self.store.delete_sessions_of(&user.id, keep_session).await?;
-        let families = self.store.revoke_families_of(&user.id, keep_family, "password_change", now).await?;
-        self.audit(
-            meta,
-            Some(&user.id),
-            "password.change",
-            Some(&user.id),
-            serde_json::json!({ "sessions_ended": sessions, "families_revoked": families }),
-        )
-        .await;
-        Ok(())
+        match self.store.change_password(&user.id, &user.password_hash, &hash, keep, Utc::now()).await? {
+            PasswordChanged::Stale => {
+                Err(AuthError::Conflict("the password was changed by another request; sign in again".to_owned()))
+            }
+            PasswordChanged::Changed { sessions_ended, families_revoked } => {
+                self.audit(
+                    meta,
+                    Some(&user.id),
+                    "password.change",
+                    Some(&user.id),
+                    serde_json::json!({ "sessions_ended": sessions_ended, "families_revoked": families_revoked }),
+                )
+                .await;
+                Ok(())
+            }
+        }
     }
 
     /// An admin's change to a user's role or disabled flag. Disabling ends every session and
-    /// token family of the user at once. An admin cannot demote or disable themselves (the last
-    /// admin could otherwise lock everyone out).
+    /// token family of the user at once. An admin cannot demote or disable themselves, and no
+    /// change may leave no enabled admin (checked under a lock, so two admins demoting each other
+    /// at once cannot both succeed).
     pub async fn admin_update_user(
         &self,
         admin: &User,
@@ -437,13 +645,13 @@ impl AuthService {
         if id == admin.id && (role.is_some_and(|r| r != Role::Admin) || disabled == Some(true)) {
             return Err(AuthError::Conflict("admins cannot demote or disable themselves".to_owned()));
         }
-        let before = self.store.user_by_id(id).await?.ok_or(AuthError::NotFound)?;
-        let now = Utc::now();
-        let after = self.store.update_user_flags(id, role, disabled, now).await?.ok_or(AuthError::NotFound)?;
-        if after.disabled {
-            self.store.delete_sessions_of(id, None).await?;
-            self.store.revoke_families_of(id, None, "user_disabled", now).await?;
-        }
+        let (before, after) = match self.store.update_user_flags(id, role, disabled, Utc::now()).await? {
+            FlagsChanged::NotFound => return Err(AuthError::NotFound),
+            FlagsChanged::LastAdmin => {
+                return Err(AuthError::Conflict("this would leave no enabled admin".to_owned()));
+            }
+            FlagsChanged::Updated { before, after, .. } => (*before, *after),
+        };
         if before.role != after.role {
             let detail = serde_json::json!({ "from": before.role.as_str(), "to": after.role.as_str() });
             self.audit(meta, Some(&admin.id), "user.role_change", Some(id), detail).await;

@@ -1,28 +1,50 @@
-//! Password hashing: argon2id with OWASP's parameters, off the async runtime, in a bounded pool.
+//! Password work: argon2id hashing and verification with OWASP's parameters, and the strength
+//! check, on a few dedicated threads off the async runtime, behind a bounded queue.
+//!
+//! Memory is predictable: each worker keeps one argon2 block buffer (19 MiB at today's
+//! parameters) for its whole life instead of allocating and freeing one per hash, which the
+//! allocator kept around (RSS grew from 17 MB to over 230 MB after a few dozen logins).
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
+
+use super::crypto::constant_time_eq;
 
 /// OWASP: argon2id, m = 19 MiB, t = 2, p = 1.
 pub const M_COST_KIB: u32 = 19_456;
 pub const T_COST: u32 = 2;
 pub const P_COST: u32 = 1;
 
-fn argon2_with(m: u32, t: u32, p: u32) -> Argon2<'static> {
-    let params = Params::new(m, t, p, None).expect("valid argon2 parameters");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+/// Jobs waiting for a worker, at most; beyond that a request is answered 503 at once.
+pub const DEFAULT_QUEUE: usize = 32;
+
+/// The most memory a stored hash may make a worker use when verifying it (a corrupt hash must
+/// not make it allocate gigabytes).
+const MAX_VERIFY_M_KIB: u32 = 256 * 1024;
+
+/// Why password work was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordWorkError {
+    /// The queue is full: answered at once instead of waiting behind everyone else.
+    #[error("password work queue is full")]
+    Busy,
+    #[error("password work failed: {0}")]
+    Failed(String),
 }
 
-/// Hashes and verifies passwords on a few dedicated threads: one fewer than the machine has cores
-/// (at least one), running at a lower OS priority (nice 10), so a flood of logins queues here while
-/// every other route keeps getting the CPU it needs (`bench/login_flood.py`).
+/// Hashes, verifies and judges passwords on a few dedicated threads: one fewer than the machine
+/// has cores (at least one), running at a lower OS priority (nice 10), so a flood of logins or
+/// registrations queues here while every other route keeps getting the CPU it needs
+/// (`bench/login_flood.py`). At most `queue` jobs wait; more are refused with
+/// [`PasswordWorkError::Busy`].
 #[derive(Clone)]
 pub struct PasswordHasherPool {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     params: (u32, u32, u32),
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
@@ -47,23 +69,97 @@ fn lower_thread_priority() {
     }
 }
 
+thread_local! {
+    /// This worker's argon2 memory, grown to the largest parameters it has needed and reused.
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// argon2 of `password` and `salt` into `out`, in this thread's reusable memory.
+fn compute(
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> argon2::Result<()> {
+    let needed = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    BLOCKS.with(|cell| {
+        let mut blocks = cell.borrow_mut();
+        if blocks.len() < needed {
+            blocks.resize(needed, Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+    })
+}
+
+/// A PHC string of `password` with argon2id and the given parameters and a new random salt.
+fn hash_phc(password: &[u8], (m, t, p): (u32, u32, u32)) -> Result<String, PasswordWorkError> {
+    let failed = |e: &dyn std::fmt::Display| PasswordWorkError::Failed(e.to_string());
+    let params = Params::new(m, t, p, Some(Params::DEFAULT_OUTPUT_LEN)).map_err(|e| failed(&e))?;
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let mut salt_bytes = [0u8; 64];
+    let raw_salt = salt.decode_b64(&mut salt_bytes).map_err(|e| failed(&e))?;
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    compute(Algorithm::Argon2id, Version::V0x13, params.clone(), password, raw_salt, &mut out).map_err(|e| failed(&e))?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| failed(&e))?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).map_err(|e| failed(&e))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (any argon2 variant, version and parameters
+/// it names), and whether those parameters are `current`. `None`: not a usable argon2 hash.
+fn verify_phc(phc: &str, password: &[u8], current: (u32, u32, u32)) -> Option<(bool, bool)> {
+    let parsed = PasswordHash::new(phc).ok()?;
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = parsed.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
+    let params = Params::try_from(&parsed).ok()?;
+    if params.m_cost() > MAX_VERIFY_M_KIB {
+        return None;
+    }
+    let is_current = algorithm == Algorithm::Argon2id
+        && (params.m_cost(), params.t_cost(), params.p_cost()) == current
+        && version == Version::V0x13;
+    let expected = parsed.hash?;
+    let mut salt_bytes = [0u8; 64];
+    let salt = parsed.salt?.decode_b64(&mut salt_bytes).ok()?;
+    let mut out = vec![0u8; expected.len()];
+    compute(algorithm, version, params, password, salt, &mut out).ok()?;
+    Some((constant_time_eq(&out, expected.as_bytes()), is_current))
+}
+
 impl PasswordHasherPool {
     pub fn new() -> PasswordHasherPool {
+        PasswordHasherPool::with_queue(DEFAULT_QUEUE)
+    }
+
+    /// Today's parameters on cores − 1 workers, with at most `queue` jobs waiting.
+    pub fn with_queue(queue: usize) -> PasswordHasherPool {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        PasswordHasherPool::with_params(cores.saturating_sub(1).max(1), (M_COST_KIB, T_COST, P_COST))
+        PasswordHasherPool::build(cores.saturating_sub(1).max(1), (M_COST_KIB, T_COST, P_COST), queue)
     }
 
     /// `workers` threads hashing with argon2id parameters `(m KiB, t, p)`.
     pub fn with_params(workers: usize, params: (u32, u32, u32)) -> PasswordHasherPool {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let queue = Arc::new(std::sync::Mutex::new(queue));
+        PasswordHasherPool::build(workers, params, DEFAULT_QUEUE)
+    }
+
+    pub fn build(workers: usize, params: (u32, u32, u32), queue: usize) -> PasswordHasherPool {
+        let (jobs, waiting) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let waiting = Arc::new(std::sync::Mutex::new(waiting));
         for i in 0..workers.max(1) {
-            let queue = queue.clone();
+            let waiting = waiting.clone();
             // A worker ends when the pool (every sender) is dropped.
             let _ = std::thread::Builder::new().name(format!("tollgate-hash-{i}")).spawn(move || {
                 lower_thread_priority();
                 loop {
-                    let job = match queue.lock() {
+                    let job = match waiting.lock() {
                         Ok(q) => q.recv(),
                         Err(_) => return,
                     };
@@ -83,12 +179,12 @@ impl PasswordHasherPool {
         }
     }
 
-    /// The most hashes that ever ran at once.
+    /// The most jobs that ever ran at once.
     pub fn peak_concurrency(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordWorkError> {
         let (done, result) = tokio::sync::oneshot::channel();
         let (in_flight, peak) = (self.in_flight.clone(), self.peak.clone());
         let job: Job = Box::new(move || {
@@ -102,48 +198,61 @@ impl PasswordHasherPool {
             in_flight.fetch_sub(1, Ordering::SeqCst);
             let _ = done.send(out);
         });
-        self.jobs.send(job).map_err(|_| anyhow::anyhow!("password hashing workers are gone"))?;
-        result.await.map_err(|_| anyhow::anyhow!("password hashing worker failed"))
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => PasswordWorkError::Busy,
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                PasswordWorkError::Failed("password hashing workers are gone".to_owned())
+            }
+        })?;
+        result.await.map_err(|_| PasswordWorkError::Failed("password hashing worker failed".to_owned()))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
-    pub async fn hash(&self, password: &SecretString) -> anyhow::Result<String> {
+    pub async fn hash(&self, password: &SecretString) -> Result<String, PasswordWorkError> {
         let password = password.clone();
-        let (m, t, p) = self.params;
-        self.run(move || {
-            let salt = SaltString::generate(&mut rand::rngs::OsRng);
-            argon2_with(m, t, p)
-                .hash_password(password.expose_secret().as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))
-        })
-        .await?
+        let params = self.params;
+        self.run(move || hash_phc(password.expose_secret().as_bytes(), params)).await?
     }
 
     /// Verifies against `stored`; with `None` (unknown user) verifies against a dummy hash so the
     /// answer takes as long as for a real account. A stored hash with cheaper, older parameters is
     /// padded with a dummy verification too, so it does not answer faster.
-    pub async fn verify(&self, password: &SecretString, stored: Option<&str>) -> anyhow::Result<Verified> {
+    pub async fn verify(&self, password: &SecretString, stored: Option<&str>) -> Result<Verified, PasswordWorkError> {
         let password = password.clone();
         let stored = stored.map(str::to_owned);
-        let (m, t, p) = self.params;
+        let params = self.params;
         let dummy_cell = self.dummy.clone();
         self.run(move || {
-            let dummy = dummy_cell.get_or_init(|| dummy_hash(m, t, p)).as_str();
-            let real = stored.is_some();
-            let phc = stored.as_deref().unwrap_or(dummy);
-            let Ok(parsed) = PasswordHash::new(phc) else {
-                // A corrupt stored hash: spend the same time, then refuse.
-                let _ = verify_phc(dummy, password.expose_secret());
+            let pw = password.expose_secret().as_bytes();
+            let dummy = dummy_cell.get_or_init(|| dummy_hash(params)).as_str();
+            let Some(stored) = stored else {
+                let _ = verify_phc(dummy, pw, params);
                 return Verified { ok: false, needs_rehash: false };
             };
-            let ok = Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok() && real;
-            let current = parsed.algorithm.as_str() == "argon2id"
-                && Params::try_from(&parsed).is_ok_and(|pp| pp.m_cost() == m && pp.t_cost() == t && pp.p_cost() == p);
-            if real && !current {
-                let _ = verify_phc(dummy, password.expose_secret());
+            match verify_phc(&stored, pw, params) {
+                None => {
+                    // A corrupt stored hash: spend the same time, then refuse.
+                    let _ = verify_phc(dummy, pw, params);
+                    Verified { ok: false, needs_rehash: false }
+                }
+                Some((ok, current)) => {
+                    if !current {
+                        let _ = verify_phc(dummy, pw, params);
+                    }
+                    Verified { ok, needs_rehash: ok && !current }
+                }
             }
-            Verified { ok, needs_rehash: ok && !current }
+        })
+        .await
+    }
+
+    /// zxcvbn's score (0–4) for `password` with `known` words, on the pool (it can take a
+    /// noticeable fraction of a second on long passwords full of look-alike symbols).
+    pub async fn strength(&self, password: &SecretString, known: Vec<String>) -> Result<u8, PasswordWorkError> {
+        let password = password.clone();
+        self.run(move || {
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+            super::account::strength_score(password.expose_secret(), &known)
         })
         .await
     }
@@ -155,21 +264,15 @@ impl Default for PasswordHasherPool {
     }
 }
 
-fn verify_phc(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-}
-
 /// A hash of a random password with the given parameters.
-fn dummy_hash(m: u32, t: u32, p: u32) -> String {
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    argon2_with(m, t, p)
-        .hash_password(crate::domain::crypto::random_token().as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+fn dummy_hash(params: (u32, u32, u32)) -> String {
+    hash_phc(crate::domain::crypto::random_token().as_bytes(), params).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
+    use argon2::{PasswordHasher, PasswordVerifier};
+
     use super::*;
 
     #[tokio::test]
@@ -183,6 +286,28 @@ mod tests {
         assert!(!pool.verify(&SecretString::from("wrong".to_owned()), Some(&phc)).await.unwrap().ok);
         assert!(!pool.verify(&pw, None).await.unwrap().ok, "unknown user never verifies");
         assert!(!pool.verify(&pw, Some("garbage")).await.unwrap().ok);
+    }
+
+    #[tokio::test]
+    async fn hashes_agree_with_the_argon2_crates_own_hasher_both_ways() {
+        let pool = PasswordHasherPool::with_params(1, (8192, 1, 1));
+        let pw = "correct horse battery staple 42";
+        let ours = pool.hash(&SecretString::from(pw.to_owned())).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(pw.as_bytes(), &parsed).is_ok(), "the crate verifies ours");
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8192, 1, 1, None).unwrap())
+            .hash_password(pw.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        let v = pool.verify(&SecretString::from(pw.to_owned()), Some(&theirs)).await.unwrap();
+        assert!(v.ok && !v.needs_rehash, "we verify the crate's");
+        let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(4096, 3, 1, None).unwrap())
+            .hash_password(pw.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        let v = pool.verify(&SecretString::from(pw.to_owned()), Some(&argon2i)).await.unwrap();
+        assert!(v.ok && v.needs_rehash, "another variant verifies and asks for a rehash");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -201,6 +326,32 @@ mod tests {
         assert_eq!(pool.peak_concurrency(), 2, "12 concurrent requests, 2 hashing at a time");
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_queue_refuses_at_once() {
+        // One worker, two places in the queue: of 12 concurrent hashes, the ones beyond 1 + 2
+        // are refused immediately instead of waiting.
+        let pool = PasswordHasherPool::build(1, (32768, 3, 1), 2);
+        let pw = SecretString::from("correct horse battery staple 42".to_owned());
+        let jobs: Vec<_> = (0..12)
+            .map(|_| {
+                let (pool, pw) = (pool.clone(), pw.clone());
+                tokio::spawn(async move { pool.hash(&pw).await })
+            })
+            .collect();
+        let mut done = 0;
+        let mut busy = 0;
+        for j in jobs {
+            match j.await.unwrap() {
+                Ok(_) => done += 1,
+                Err(PasswordWorkError::Busy) => busy += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(busy >= 12 - 3, "{busy} refused, {done} done");
+        assert!(done >= 1);
+        assert!(pool.hash(&pw).await.is_ok(), "room again once the queue drained");
+    }
+
     #[tokio::test]
     async fn older_parameters_ask_for_a_rehash() {
         let old = PasswordHasherPool::with_params(1, (4096, 1, 1));
@@ -208,5 +359,11 @@ mod tests {
         let phc = old.hash(&pw).await.unwrap();
         let v = PasswordHasherPool::new().verify(&pw, Some(&phc)).await.unwrap();
         assert!(v.ok && v.needs_rehash);
+    }
+
+    #[test]
+    fn a_hash_asking_for_absurd_memory_is_refused_not_computed() {
+        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        assert!(verify_phc(huge, b"x", (M_COST_KIB, T_COST, P_COST)).is_none());
     }
 }

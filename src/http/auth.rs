@@ -47,6 +47,7 @@ pub fn request_meta(parts: &Parts) -> RequestMeta {
         ip: parts.extensions.get::<ClientInfo>().map(|c| c.ip.to_string()).unwrap_or_default(),
         user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(256).collect()),
         request_id: parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+        device: None,
     }
 }
 
@@ -128,6 +129,13 @@ impl FromRequestParts<AppState> for AdminUser {
         }
         Ok(AdminUser(current))
     }
+}
+
+/// `Set-Cookie` for the device cookie (180 days).
+pub fn device_cookie(state: &AppState, value: &str) -> HeaderValue {
+    let secure = if state.cookie.secure { "; Secure" } else { "" };
+    let value = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", state.cookie.device_name, 180 * 86_400);
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `Set-Cookie` for a new session (or, with `None`, one that clears it).

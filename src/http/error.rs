@@ -117,6 +117,9 @@ pub enum ApiError {
     /// The database cannot be reached right now; nothing was done and a retry may work.
     #[error("database unavailable")]
     Unavailable,
+    /// Too much password work is waiting; nothing was done and a retry may work.
+    #[error("busy")]
+    Busy,
     /// Logged with the request id; the client only learns that something went wrong.
     #[error("internal error: {0:#}")]
     Internal(anyhow::Error),
@@ -154,7 +157,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotReady(_) | ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady(_) | ApiError::Unavailable | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Provider(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -186,6 +189,7 @@ impl ApiError {
                 "the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)",
             ),
             ApiError::Unavailable => p.detail("the database is unavailable; nothing was done, retry shortly"),
+            ApiError::Busy => p.detail("too many password checks are waiting; nothing was done, retry shortly"),
             ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
         }
     }
@@ -225,7 +229,7 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::Busy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -247,6 +251,7 @@ impl From<crate::domain::auth::AuthError> for ApiError {
             AuthError::InvalidCredentials => ApiError::Unauthorized("invalid email or password".to_owned()),
             AuthError::Unauthenticated => ApiError::Unauthorized("authentication required".to_owned()),
             AuthError::RateLimited { limit, retry_after } => ApiError::RateLimited { limit, retry_after },
+            AuthError::Busy => ApiError::Busy,
             AuthError::Conflict(d) => ApiError::Conflict(d),
             AuthError::Validation(errors) => ApiError::Validation(errors),
             AuthError::NotFound => ApiError::NotFound,

@@ -1,6 +1,10 @@
 //! `Idempotency-Key` for POSTs that create something: the same key with the same request from the
 //! same principal within 24 hours gets the first response again (with `Idempotent-Replayed: true`);
 //! the same key with a different request is 422; while the first is still running, 409.
+//!
+//! Nothing in the table can be replayed by someone who only reads the database: the key is stored
+//! as its SHA-256, and the saved response (a PaymentIntent's `client_secret`, say) is sealed with
+//! a key derived from the Idempotency-Key itself, which only the client holds.
 
 use std::future::Future;
 
@@ -11,6 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
+use crate::domain::crypto::{open_bytes, seal_bytes, token_hash};
 use crate::domain::FieldError;
 use crate::http::error::{ApiError, ApiResult};
 use crate::store::IdempotencyStart;
@@ -51,9 +56,12 @@ where
     hasher.update(serde_json::to_vec(input).map_err(anyhow::Error::from)?);
     let hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let store = &state.store;
-    match store.idempotency_start(principal, &key, &hash, Utc::now()).await.map_err(anyhow::Error::from)? {
+    let stored_key = token_hash(&key);
+    match store.idempotency_start(principal, &stored_key, &hash, Utc::now()).await? {
         IdempotencyStart::New => {}
-        IdempotencyStart::Replay { status, body } => {
+        IdempotencyStart::Replay { status, body: sealed } => {
+            let body = open_bytes(key.as_bytes(), principal, &sealed)
+                .ok_or_else(|| anyhow::anyhow!("a saved idempotent response does not open with its key"))?;
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             let mut response = (status, [("content-type", "application/json")], body).into_response();
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -74,12 +82,13 @@ where
     match create().await {
         Ok((status, body)) => {
             let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
-            store.idempotency_finish(principal, &key, status.as_u16(), &bytes).await.map_err(anyhow::Error::from)?;
+            let sealed = seal_bytes(key.as_bytes(), principal, &bytes);
+            store.idempotency_finish(principal, &stored_key, status.as_u16(), &sealed).await?;
             Ok((status, [("content-type", "application/json")], bytes).into_response())
         }
         Err(e) => {
             // Only successes are remembered: a retry after a failure runs again.
-            if let Err(forget) = store.idempotency_abandon(principal, &key).await {
+            if let Err(forget) = store.idempotency_abandon(principal, &stored_key).await {
                 tracing::error!(error = %forget, "cannot release an idempotency key");
             }
             Err(e)

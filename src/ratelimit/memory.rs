@@ -1,4 +1,6 @@
-use std::collections::HashMap;
+//! The in-memory rate limiter: GCRA state and sliding-window logs per key, in this process.
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -15,29 +17,45 @@ pub struct MemoryRateLimiter {
 
 struct State {
     tats: HashMap<String, Duration>,
+    /// Per key, the times of the events counted in its window, oldest first, and the window.
+    windows: HashMap<String, (VecDeque<Duration>, Duration)>,
     hits_since_sweep: u32,
 }
 
 impl MemoryRateLimiter {
     pub fn new() -> MemoryRateLimiter {
-        MemoryRateLimiter { origin: Instant::now(), state: Mutex::new(State { tats: HashMap::new(), hits_since_sweep: 0 }) }
+        MemoryRateLimiter {
+            origin: Instant::now(),
+            state: Mutex::new(State { tats: HashMap::new(), windows: HashMap::new(), hits_since_sweep: 0 }),
+        }
     }
 
     fn decide(&self, key: &str, quota: Quota, record: bool) -> Decision {
         let now = self.origin.elapsed();
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.lock();
         let (decision, new_tat) = gcra(state.tats.get(key).copied(), now, quota);
         if record {
             if let Some(t) = new_tat {
                 state.tats.insert(key.to_owned(), t);
             }
-            state.hits_since_sweep += 1;
-            if state.hits_since_sweep >= 4096 {
-                state.hits_since_sweep = 0;
-                state.tats.retain(|_, tat| *tat > now);
-            }
+            state.sweep(now);
         }
         decision
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    fn sweep(&mut self, now: Duration) {
+        self.hits_since_sweep += 1;
+        if self.hits_since_sweep >= 4096 {
+            self.hits_since_sweep = 0;
+            self.tats.retain(|_, tat| *tat > now);
+            self.windows.retain(|_, (times, period)| times.back().is_some_and(|t| *t + *period > now));
+        }
     }
 }
 
@@ -59,9 +77,35 @@ impl RateLimiter for MemoryRateLimiter {
 
     async fn refund(&self, key: &str, quota: Quota) {
         let now = self.origin.elapsed();
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut state = self.lock();
         if let Some(tat) = state.tats.get_mut(key) {
             *tat = tat.saturating_sub(quota.interval()).max(now);
+        }
+    }
+
+    async fn hit_window(&self, key: &str, quota: Quota) -> Decision {
+        let now = self.origin.elapsed();
+        let mut state = self.lock();
+        state.sweep(now);
+        let (times, period) = state.windows.entry(key.to_owned()).or_insert_with(|| (VecDeque::new(), quota.period));
+        *period = quota.period;
+        while times.front().is_some_and(|t| *t + quota.period <= now) {
+            times.pop_front();
+        }
+        let limit = usize::try_from(quota.limit).unwrap_or(usize::MAX);
+        if times.len() >= limit {
+            let oldest = times.front().copied().unwrap_or(now);
+            return Decision::Limited { limit: quota.limit, retry_after: (oldest + quota.period).saturating_sub(now) };
+        }
+        times.push_back(now);
+        let remaining = u32::try_from(limit - times.len()).unwrap_or(0);
+        let reset = (times.front().copied().unwrap_or(now) + quota.period).saturating_sub(now);
+        Decision::Allowed { limit: quota.limit, remaining, reset }
+    }
+
+    async fn refund_window(&self, key: &str) {
+        if let Some((times, _)) = self.lock().windows.get_mut(key) {
+            times.pop_back();
         }
     }
 }
@@ -83,5 +127,25 @@ mod tests {
         l.refund("a", q).await;
         assert!(l.hit("a", q).await.is_allowed(), "a refunded event can be used again");
         assert!(!l.hit("a", q).await.is_allowed());
+    }
+
+    #[tokio::test]
+    async fn a_sliding_window_never_holds_more_than_its_limit() {
+        let l = MemoryRateLimiter::new();
+        let q = Quota { limit: 3, period: Duration::from_millis(300) };
+        for _ in 0..3 {
+            assert!(l.hit_window("k", q).await.is_allowed());
+        }
+        let Decision::Limited { retry_after, .. } = l.hit_window("k", q).await else { panic!("the fourth is refused") };
+        assert!(retry_after <= Duration::from_millis(300));
+        l.refund_window("k").await;
+        assert!(l.hit_window("k", q).await.is_allowed(), "a refunded event leaves the window");
+        assert!(!l.hit_window("k", q).await.is_allowed());
+        tokio::time::sleep(Duration::from_millis(320)).await;
+        for _ in 0..3 {
+            assert!(l.hit_window("k", q).await.is_allowed(), "the window moved on");
+        }
+        assert!(!l.hit_window("k", q).await.is_allowed());
+        assert!(l.hit_window("other", q).await.is_allowed());
     }
 }

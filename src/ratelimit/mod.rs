@@ -55,6 +55,12 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn peek(&self, key: &str, quota: Quota) -> Decision;
     /// Gives back one event counted by `hit` (an attempt reserved up front that turned out fine).
     async fn refund(&self, key: &str, quota: Quota);
+    /// A sliding window, exact: counts one event under `key` if fewer than `quota.limit` were
+    /// counted in the last `quota.period` (GCRA would let up to twice that through in a window
+    /// that straddles a burst). `retry_after` is when the oldest counted event leaves the window.
+    async fn hit_window(&self, key: &str, quota: Quota) -> Decision;
+    /// Gives back the newest event counted by `hit_window` under `key`.
+    async fn refund_window(&self, key: &str);
 }
 
 /// The GCRA step: given the stored theoretical arrival time (as an offset from a fixed origin),

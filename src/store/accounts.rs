@@ -19,6 +19,7 @@ pub struct UserRow {
     pub disabled: bool,
     pub created_at: DateTime<Utc>,
     pub password_changed_at: DateTime<Utc>,
+    pub credential_epoch: i64,
 }
 
 impl From<UserRow> for User {
@@ -33,6 +34,7 @@ impl From<UserRow> for User {
             disabled: r.disabled,
             created_at: r.created_at,
             password_changed_at: r.password_changed_at,
+            credential_epoch: r.credential_epoch,
         }
     }
 }
@@ -47,6 +49,16 @@ pub struct SessionRow {
     pub expires_at: DateTime<Utc>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The user's credential epoch its login verified; the session works only while it is current.
+    pub credential_epoch: i64,
+}
+
+/// A refresh-token family as the access and refresh checks need it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct FamilyRow {
+    pub user_id: String,
+    pub credential_epoch: i64,
+    pub revoked: bool,
 }
 
 /// What presenting a refresh token found.
@@ -58,12 +70,56 @@ pub enum SpendOutcome {
         user_id: String,
         expires_at: DateTime<Utc>,
     },
-    /// Spent before: someone is replaying it.
+    /// Spent before, at `used_at`; `successor` is the hash of the token issued for it and its
+    /// sealed value, when they were recorded.
     Reused {
         family_id: String,
         user_id: String,
+        used_at: Option<DateTime<Utc>>,
+        successor: Option<(String, String)>,
     },
     Unknown,
+}
+
+/// Which of the user's credentials survive a password change: the one that made it.
+#[derive(Debug, Clone, Copy)]
+pub enum Keep<'a> {
+    Session(&'a str),
+    Family(&'a str),
+}
+
+/// What a password change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordChanged {
+    Changed {
+        sessions_ended: u64,
+        families_revoked: u64,
+    },
+    /// The stored hash is no longer the one verified (a concurrent change won): nothing done.
+    Stale,
+}
+
+/// What an admin's change of role or disabled flag did.
+#[derive(Debug, Clone)]
+pub enum FlagsChanged {
+    NotFound,
+    /// It would leave no enabled admin: nothing done.
+    LastAdmin,
+    Updated {
+        before: Box<User>,
+        after: Box<User>,
+        sessions_ended: u64,
+        families_revoked: u64,
+    },
+}
+
+/// How many expired rows the hourly purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub sessions: u64,
+    pub refresh_tokens: u64,
+    pub families: u64,
+    pub login_clients: u64,
 }
 
 #[async_trait]
@@ -72,29 +128,57 @@ pub trait AccountStore: Send + Sync {
     async fn insert_user(&self, user: &User) -> Result<(), StoreError>;
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError>;
-    /// A new hash; `changed` marks a password change (not a parameter upgrade).
+    /// Replaces the stored hash; `changed` marks a password change (the credential epoch moves on,
+    /// so every session and token family of the old password stops working).
     async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Replaces `old` by `new` (same password, today's parameters) only if `old` is still stored.
     async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// In one transaction, only if `verified_hash` is still stored: the new hash, the credential
+    /// epoch moved on, every other session deleted and every other token family revoked, and the
+    /// credential that asked (`keep`) moved to the new epoch.
+    async fn change_password(
+        &self,
+        user_id: &str,
+        verified_hash: &str,
+        new_hash: &str,
+        keep: Keep<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<PasswordChanged, StoreError>;
     /// Newest first; `starting_after` is the last id of the previous page.
     async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<User>, StoreError>;
+    /// An admin's change, in one transaction that first locks every enabled admin: refused when it
+    /// would leave none. Disabling moves the credential epoch on, deletes the user's sessions and
+    /// revokes their token families.
     async fn update_user_flags(
         &self,
         id: &str,
         role: Option<Role>,
         disabled: Option<bool>,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, StoreError>;
+    ) -> Result<FlagsChanged, StoreError>;
 
-    async fn insert_session(&self, session: &SessionRow) -> Result<(), StoreError>;
+    /// Stores the session only if `session.credential_epoch` is still the user's and the user is
+    /// enabled; `false` otherwise (the password changed, or the user was disabled, since the login
+    /// read them).
+    async fn insert_session(&self, session: &SessionRow) -> Result<bool, StoreError>;
     async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<SessionRow>, StoreError>;
     async fn touch_session(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
     async fn delete_session(&self, id: &str) -> Result<bool, StoreError>;
     async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, StoreError>;
-    async fn delete_sessions_of(&self, user_id: &str, except_id: Option<&str>) -> Result<u64, StoreError>;
-    async fn list_sessions_of(&self, user_id: &str) -> Result<Vec<SessionRow>, StoreError>;
+    /// The user's sessions of `epoch` that are neither past `now` nor last seen before
+    /// `idle_cutoff`, newest first, after `starting_after` (a session id).
+    async fn list_live_sessions(
+        &self,
+        user_id: &str,
+        epoch: i64,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<SessionRow>, StoreError>;
 
-    async fn insert_family(&self, id: &str, user_id: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Like [`AccountStore::insert_session`]: only while `epoch` is the user's and the user is enabled.
+    async fn insert_family(&self, id: &str, user_id: &str, epoch: i64, now: DateTime<Utc>) -> Result<bool, StoreError>;
     async fn insert_refresh(
         &self,
         token_hash: &str,
@@ -105,15 +189,27 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Marks the token used, atomically: of two concurrent presentations one is `Fresh`, the other `Reused`.
     async fn spend_refresh(&self, token_hash: &str, now: DateTime<Utc>) -> Result<SpendOutcome, StoreError>;
+    /// Records on the spent token the token issued for it (its hash and sealed value).
+    async fn set_successor(&self, spent_hash: &str, successor_hash: &str, sealed: &str) -> Result<(), StoreError>;
+    /// Whether the refresh token with this hash exists and was never spent.
+    async fn refresh_unspent(&self, token_hash: &str) -> Result<bool, StoreError>;
     async fn revoke_family(&self, id: &str, reason: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
-    async fn revoke_families_of(
+    async fn family(&self, id: &str) -> Result<Option<FamilyRow>, StoreError>;
+
+    /// Whether `client_key` logged in to the user successfully at or after `since`.
+    async fn known_client(&self, user_id: &str, client_key: &str, since: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn remember_client(&self, user_id: &str, client_key: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Deletes sessions past their lifetime or idle since before `idle_cutoff`, or of an old
+    /// credential epoch; refresh tokens past their expiry; families revoked, or without a live
+    /// refresh token, created before `family_cutoff`; login clients not seen since `clients_cutoff`.
+    async fn purge_expired(
         &self,
-        user_id: &str,
-        except_id: Option<&str>,
-        reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<u64, StoreError>;
-    async fn family_active(&self, id: &str) -> Result<bool, StoreError>;
+        idle_cutoff: DateTime<Utc>,
+        family_cutoff: DateTime<Utc>,
+        clients_cutoff: DateTime<Utc>,
+    ) -> Result<Purged, StoreError>;
 }
 
 pub(crate) fn conflict(e: sqlx::Error) -> StoreError {
@@ -123,8 +219,8 @@ pub(crate) fn conflict(e: sqlx::Error) -> StoreError {
     }
 }
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, disabled, created_at, password_changed_at";
-const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, disabled, created_at, password_changed_at, credential_epoch";
+const SESSION_COLUMNS: &str = "id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent, credential_epoch";
 
 pub(crate) fn user_query(tail: &str) -> String {
     format!("SELECT {USER_COLUMNS} FROM users {tail}")
@@ -134,14 +230,18 @@ pub(crate) fn session_query(tail: &str) -> String {
     format!("SELECT {SESSION_COLUMNS} FROM sessions {tail}")
 }
 
+pub(crate) fn user_returning(head: &str) -> String {
+    format!("{head} RETURNING {USER_COLUMNS}")
+}
+
 macro_rules! impl_account_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::store::accounts::AccountStore for $store {
             async fn insert_user(&self, u: &$crate::domain::account::User) -> Result<(), $crate::store::StoreError> {
                 sqlx::query(
-                    "INSERT INTO users (id, email, email_key, name, password_hash, role, disabled, created_at, updated_at, password_changed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO users (id, email, email_key, name, password_hash, role, disabled, created_at, updated_at, password_changed_at, credential_epoch)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&u.id)
                 .bind(&u.email)
@@ -153,6 +253,7 @@ macro_rules! impl_account_store {
                 .bind(u.created_at)
                 .bind(u.created_at)
                 .bind(u.password_changed_at)
+                .bind(u.credential_epoch)
                 .execute(&mut *self.conn().await?)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
@@ -160,8 +261,10 @@ macro_rules! impl_account_store {
             }
 
             async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
-                let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1")).bind($crate::domain::account::email_key(email)).fetch_optional(&mut *self.conn().await?).await?;
+                let row: Option<$crate::store::accounts::UserRow> = sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1"))
+                    .bind($crate::domain::account::email_key(email))
+                    .fetch_optional(&mut *self.conn().await?)
+                    .await?;
                 Ok(row.map(Into::into))
             }
 
@@ -173,7 +276,7 @@ macro_rules! impl_account_store {
 
             async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
                 let sql = if changed {
-                    "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2 WHERE id = $3"
+                    "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2, credential_epoch = credential_epoch + 1 WHERE id = $3"
                 } else {
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
                 };
@@ -192,15 +295,75 @@ macro_rules! impl_account_store {
                 Ok(done.rows_affected() > 0)
             }
 
+            async fn change_password(
+                &self,
+                user_id: &str,
+                verified_hash: &str,
+                new_hash: &str,
+                keep: $crate::store::accounts::Keep<'_>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::accounts::PasswordChanged, $crate::store::StoreError> {
+                use $crate::store::accounts::{Keep, PasswordChanged};
+                let _turn = self.write_turn().await;
+                $crate::store::transaction!(self, tx => {
+                    let epoch: Option<i64> = sqlx::query_scalar(
+                        "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2, credential_epoch = credential_epoch + 1
+                          WHERE id = $3 AND password_hash = $4 RETURNING credential_epoch",
+                    )
+                    .bind(new_hash)
+                    .bind(now)
+                    .bind(user_id)
+                    .bind(verified_hash)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let Some(epoch) = epoch else {
+                        tx.rollback().await?;
+                        return Ok(PasswordChanged::Stale);
+                    };
+                    let (keep_session, keep_family) = match keep {
+                        Keep::Session(id) => (Some(id), None),
+                        Keep::Family(id) => (None, Some(id)),
+                    };
+                    let sessions_ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> COALESCE($2, '')")
+                        .bind(user_id)
+                        .bind(keep_session)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    let families_revoked = sqlx::query(
+                        "UPDATE token_families SET revoked_at = $1, revoked_reason = 'password_change'
+                          WHERE user_id = $2 AND id <> COALESCE($3, '') AND revoked_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(user_id)
+                    .bind(keep_family)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    sqlx::query("UPDATE sessions SET credential_epoch = $1 WHERE id = $2 AND user_id = $3")
+                        .bind(epoch)
+                        .bind(keep_session)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("UPDATE token_families SET credential_epoch = $1 WHERE id = $2 AND user_id = $3")
+                        .bind(epoch)
+                        .bind(keep_family)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(PasswordChanged::Changed { sessions_ended, families_revoked })
+                })
+            }
+
             async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::StoreError> {
-                let rows: Vec<$crate::store::accounts::UserRow> = match starting_after {
-                    Some(after) => sqlx::query_as(&$crate::store::accounts::user_query("WHERE id < $1 ORDER BY id DESC LIMIT $2"))
-                        .bind(after)
+                let rows: Vec<$crate::store::accounts::UserRow> =
+                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
+                        .bind(starting_after)
                         .bind(limit)
                         .fetch_all(&mut *self.conn().await?)
-                        .await?,
-                    None => sqlx::query_as(&$crate::store::accounts::user_query("ORDER BY id DESC LIMIT $1")).bind(limit).fetch_all(&mut *self.conn().await?).await?,
-                };
+                        .await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
@@ -210,24 +373,62 @@ macro_rules! impl_account_store {
                 role: Option<$crate::domain::account::Role>,
                 disabled: Option<bool>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
-                let row: Option<$crate::store::accounts::UserRow> = sqlx::query_as(
-                    "UPDATE users SET role = COALESCE($1, role), disabled = COALESCE($2, disabled), updated_at = $3 WHERE id = $4
-                     RETURNING id, email, name, password_hash, role, disabled, created_at, password_changed_at",
-                )
-                .bind(role.map(|r| r.as_str()))
-                .bind(disabled)
-                .bind(now)
-                .bind(id)
-                .fetch_optional(&mut *self.conn().await?)
-                .await?;
-                Ok(row.map(Into::into))
+            ) -> Result<$crate::store::accounts::FlagsChanged, $crate::store::StoreError> {
+                use $crate::domain::account::{Role, User};
+                use $crate::store::accounts::{user_query, user_returning, FlagsChanged, UserRow};
+                let _turn = self.write_turn().await;
+                $crate::store::transaction!(self, tx => {
+                    // Every enabled admin is locked first (row locks on PostgreSQL, the write lock on
+                    // SQLite), so two admins demoting each other take turns and the second sees the first.
+                    let admins: Vec<String> = sqlx::query_scalar("UPDATE users SET role = role WHERE role = 'admin' AND disabled = $1 RETURNING id")
+                        .bind(false)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let row: Option<UserRow> = sqlx::query_as(&user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *tx).await?;
+                    let Some(before) = row.map(User::from) else {
+                        tx.rollback().await?;
+                        return Ok(FlagsChanged::NotFound);
+                    };
+                    let (new_role, new_disabled) = (role.unwrap_or(before.role), disabled.unwrap_or(before.disabled));
+                    let was_admin = before.role == Role::Admin && !before.disabled;
+                    let stays_admin = new_role == Role::Admin && !new_disabled;
+                    if was_admin && !stays_admin && !admins.iter().any(|a| a != id) {
+                        tx.rollback().await?;
+                        return Ok(FlagsChanged::LastAdmin);
+                    }
+                    let disabling = new_disabled && !before.disabled;
+                    let after: UserRow = sqlx::query_as(&user_returning(
+                        "UPDATE users SET role = $1, disabled = $2, updated_at = $3, credential_epoch = credential_epoch + $4 WHERE id = $5",
+                    ))
+                    .bind(new_role.as_str())
+                    .bind(new_disabled)
+                    .bind(now)
+                    .bind(i64::from(disabling))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let (mut sessions_ended, mut families_revoked) = (0, 0);
+                    if new_disabled {
+                        sessions_ended = sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?.rows_affected();
+                        families_revoked = sqlx::query(
+                            "UPDATE token_families SET revoked_at = $1, revoked_reason = 'user_disabled' WHERE user_id = $2 AND revoked_at IS NULL",
+                        )
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    }
+                    tx.commit().await?;
+                    Ok(FlagsChanged::Updated { before: Box::new(before), after: Box::new(after.into()), sessions_ended, families_revoked })
+                })
             }
 
-            async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<(), $crate::store::StoreError> {
-                sqlx::query(
-                    "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent, credential_epoch)
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+                      WHERE EXISTS (SELECT 1 FROM users WHERE id = $3 AND credential_epoch = $9 AND disabled = $10)",
                 )
                 .bind(&s.id)
                 .bind(&s.token_hash)
@@ -237,13 +438,18 @@ macro_rules! impl_account_store {
                 .bind(s.expires_at)
                 .bind(&s.ip)
                 .bind(&s.user_agent)
+                .bind(s.credential_epoch)
+                .bind(false)
                 .execute(&mut *self.conn().await?)
                 .await?;
-                Ok(())
+                Ok(done.rows_affected() == 1)
             }
 
             async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1")).bind(token_hash).fetch_optional(&mut *self.conn().await?).await?)
+                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1"))
+                    .bind(token_hash)
+                    .fetch_optional(&mut *self.conn().await?)
+                    .await?)
             }
 
             async fn touch_session(&self, id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
@@ -256,34 +462,47 @@ macro_rules! impl_account_store {
             }
 
             async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *self.conn().await?).await?;
+                let done =
+                    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn delete_sessions_of(&self, user_id: &str, except_id: Option<&str>) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> COALESCE($2, '')")
-                    .bind(user_id)
-                    .bind(except_id)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
-                Ok(done.rows_affected())
+            async fn list_live_sessions(
+                &self,
+                user_id: &str,
+                epoch: i64,
+                now: chrono::DateTime<chrono::Utc>,
+                idle_cutoff: chrono::DateTime<chrono::Utc>,
+                limit: i64,
+                starting_after: Option<&str>,
+            ) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as(&$crate::store::accounts::session_query(
+                    "WHERE user_id = $1 AND credential_epoch = $2 AND expires_at > $3 AND last_seen_at > $4
+                       AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
+                ))
+                .bind(user_id)
+                .bind(epoch)
+                .bind(now)
+                .bind(idle_cutoff)
+                .bind(starting_after)
+                .bind(limit)
+                .fetch_all(&mut *self.conn().await?)
+                .await?)
             }
 
-            async fn list_sessions_of(&self, user_id: &str) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
-                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE user_id = $1 ORDER BY created_at DESC, id DESC"))
-                    .bind(user_id)
-                    .fetch_all(&mut *self.conn().await?)
-                    .await?)
-            }
-
-            async fn insert_family(&self, id: &str, user_id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("INSERT INTO token_families (id, user_id, created_at) VALUES ($1, $2, $3)")
-                    .bind(id)
-                    .bind(user_id)
-                    .bind(now)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
-                Ok(())
+            async fn insert_family(&self, id: &str, user_id: &str, epoch: i64, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO token_families (id, user_id, created_at, credential_epoch)
+                     SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND credential_epoch = $4 AND disabled = $5)",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(now)
+                .bind(epoch)
+                .bind(false)
+                .execute(&mut *self.conn().await?)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn insert_refresh(
@@ -321,11 +540,41 @@ macro_rules! impl_account_store {
                         expires_at: r.try_get("expires_at")?,
                     });
                 }
-                let known = sqlx::query("SELECT family_id, user_id FROM refresh_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(&mut *self.conn().await?).await?;
+                let known = sqlx::query("SELECT family_id, user_id, used_at, successor_hash, successor_sealed FROM refresh_tokens WHERE token_hash = $1")
+                    .bind(token_hash)
+                    .fetch_optional(&mut *self.conn().await?)
+                    .await?;
                 Ok(match known {
-                    Some(r) => $crate::store::accounts::SpendOutcome::Reused { family_id: r.try_get("family_id")?, user_id: r.try_get("user_id")? },
+                    Some(r) => {
+                        let successor_hash: Option<String> = r.try_get("successor_hash")?;
+                        let successor_sealed: Option<String> = r.try_get("successor_sealed")?;
+                        $crate::store::accounts::SpendOutcome::Reused {
+                            family_id: r.try_get("family_id")?,
+                            user_id: r.try_get("user_id")?,
+                            used_at: r.try_get("used_at")?,
+                            successor: successor_hash.zip(successor_sealed),
+                        }
+                    }
                     None => $crate::store::accounts::SpendOutcome::Unknown,
                 })
+            }
+
+            async fn set_successor(&self, spent_hash: &str, successor_hash: &str, sealed: &str) -> Result<(), $crate::store::StoreError> {
+                sqlx::query("UPDATE refresh_tokens SET successor_hash = $2, successor_sealed = $3 WHERE token_hash = $1")
+                    .bind(spent_hash)
+                    .bind(successor_hash)
+                    .bind(sealed)
+                    .execute(&mut *self.conn().await?)
+                    .await?;
+                Ok(())
+            }
+
+            async fn refresh_unspent(&self, token_hash: &str) -> Result<bool, $crate::store::StoreError> {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NULL")
+                    .bind(token_hash)
+                    .fetch_one(&mut *self.conn().await?)
+                    .await?;
+                Ok(n > 0)
             }
 
             async fn revoke_family(&self, id: &str, reason: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
@@ -338,32 +587,69 @@ macro_rules! impl_account_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn revoke_families_of(
-                &self,
-                user_id: &str,
-                except_id: Option<&str>,
-                reason: &str,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query(
-                    "UPDATE token_families SET revoked_at = $1, revoked_reason = $2
-                     WHERE user_id = $3 AND id <> COALESCE($4, '') AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(reason)
-                .bind(user_id)
-                .bind(except_id)
-                .execute(&mut *self.conn().await?)
-                .await?;
-                Ok(done.rows_affected())
+            async fn family(&self, id: &str) -> Result<Option<$crate::store::accounts::FamilyRow>, $crate::store::StoreError> {
+                Ok(sqlx::query_as("SELECT user_id, credential_epoch, revoked_at IS NOT NULL AS revoked FROM token_families WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *self.conn().await?)
+                    .await?)
             }
 
-            async fn family_active(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM token_families WHERE id = $1 AND revoked_at IS NULL")
-                    .bind(id)
+            async fn known_client(&self, user_id: &str, client_key: &str, since: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM login_clients WHERE user_id = $1 AND client_key = $2 AND last_success_at >= $3")
+                    .bind(user_id)
+                    .bind(client_key)
+                    .bind(since)
                     .fetch_one(&mut *self.conn().await?)
                     .await?;
                 Ok(n > 0)
+            }
+
+            async fn remember_client(&self, user_id: &str, client_key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO login_clients (user_id, client_key, last_success_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id, client_key) DO UPDATE SET last_success_at = excluded.last_success_at",
+                )
+                .bind(user_id)
+                .bind(client_key)
+                .bind(now)
+                .execute(&mut *self.conn().await?)
+                .await?;
+                Ok(())
+            }
+
+            async fn purge_expired(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+                idle_cutoff: chrono::DateTime<chrono::Utc>,
+                family_cutoff: chrono::DateTime<chrono::Utc>,
+                clients_cutoff: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::accounts::Purged, $crate::store::StoreError> {
+                let _turn = self.write_turn().await;
+                let sessions = sqlx::query(
+                    "DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2
+                        OR credential_epoch <> (SELECT u.credential_epoch FROM users u WHERE u.id = sessions.user_id)",
+                )
+                .bind(now)
+                .bind(idle_cutoff)
+                .execute(&mut *self.conn().await?)
+                .await?
+                .rows_affected();
+                let refresh_tokens =
+                    sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1").bind(now).execute(&mut *self.conn().await?).await?.rows_affected();
+                let families = sqlx::query(
+                    "DELETE FROM token_families WHERE created_at < $1
+                        AND (revoked_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.family_id = token_families.id AND r.used_at IS NULL))",
+                )
+                .bind(family_cutoff)
+                .execute(&mut *self.conn().await?)
+                .await?
+                .rows_affected();
+                let login_clients = sqlx::query("DELETE FROM login_clients WHERE last_success_at < $1")
+                    .bind(clients_cutoff)
+                    .execute(&mut *self.conn().await?)
+                    .await?
+                    .rows_affected();
+                Ok($crate::store::accounts::Purged { sessions, refresh_tokens, families, login_clients })
             }
         }
     };

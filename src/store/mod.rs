@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::config::DatabaseConfig;
 
-pub use accounts::{AccountStore, SessionRow, SpendOutcome};
+pub use accounts::{AccountStore, FamilyRow, FlagsChanged, Keep, PasswordChanged, Purged, SessionRow, SpendOutcome};
 pub use ledger::{EventPlan, LedgerStore, NewEvent, Recorded};
 pub use payments::{Applied, IdempotencyStart, OrderRef, PaymentStore};
 pub use postgres::PgStore;

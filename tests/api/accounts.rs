@@ -61,15 +61,15 @@ pub async fn tokens(app: &TestApp, email: &str, password: &str) -> (String, Stri
     (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
 }
 
-async fn me_with_cookie(app: &TestApp, cookie: &str) -> reqwest::StatusCode {
+pub async fn me_with_cookie(app: &TestApp, cookie: &str) -> reqwest::StatusCode {
     app.client.get(app.url("/api/v1/me")).header("cookie", cookie).send().await.unwrap().status()
 }
 
-async fn me_with_bearer(app: &TestApp, token: &str) -> reqwest::StatusCode {
+pub async fn me_with_bearer(app: &TestApp, token: &str) -> reqwest::StatusCode {
     app.client.get(app.url("/api/v1/me")).bearer_auth(token).send().await.unwrap().status()
 }
 
-async fn password_still(app: &TestApp, email: &str, password: &str) -> bool {
+pub async fn password_still(app: &TestApp, email: &str, password: &str) -> bool {
     let r =
         app.client.post(app.url("/api/v1/auth/token")).json(&json!({"email": email, "password": password})).send().await.unwrap();
     r.status() == 200
@@ -158,8 +158,14 @@ async fn login_sets_an_httponly_lax_cookie_and_a_fresh_token_every_time() {
 
     let again = login(&app, "ada@example.com", PASSWORD).await;
     assert_ne!(again.cookie, issued, "every login gets a new token");
-    let session =
-        app.store.list_sessions_of(&app.store.user_by_email("ada@example.com").await.unwrap().unwrap().id).await.unwrap();
+    let user = app.store.user_by_email("ada@example.com").await.unwrap().unwrap();
+    let now = chrono::Utc::now();
+    let session = app
+        .store
+        .list_live_sessions(&user.id, user.credential_epoch, now, now - chrono::Duration::hours(1), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(session.len(), 2);
     let token = issued.split_once('=').unwrap().1;
     assert!(session.iter().all(|s| s.token_hash != token && s.token_hash.len() == 64), "stored hashed, never as sent");
 }
@@ -359,7 +365,8 @@ async fn a_rotated_signing_secret_still_verifies_by_kid() {
 
 #[tokio::test]
 async fn refresh_rotates_and_a_replayed_refresh_token_kills_the_family() {
-    let app = spawn_app().await;
+    // No grace window: a spent token presented again is a theft at once (see hardening.rs for the window).
+    let app = spawn_app_with(&[("TOLLGATE_REFRESH_GRACE", "0s")]).await;
     register(&app, "ada@example.com").await;
     let (access1, refresh1) = tokens(&app, "ada@example.com", PASSWORD).await;
     let refresh = |t: &str| app.client.post(app.url("/api/v1/auth/refresh")).json(&json!({"refresh_token": t})).send();
@@ -434,49 +441,6 @@ async fn login_failures_do_not_reveal_whether_the_account_exists() {
             assert_eq!((a.1, &a.2, &a.3), (same[0].1, &same[0].2, &same[0].3), "{path}: identical status, headers and body");
         }
     }
-}
-
-#[tokio::test]
-async fn the_eleventh_failed_login_is_429_even_from_a_new_ip() {
-    let app = spawn_app_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
-    register(&app, "ada@example.com").await;
-    let attempt = |ip: String, email: &'static str, password: &'static str| {
-        app.client
-            .post(app.url("/api/v1/auth/login"))
-            .header("x-forwarded-for", ip)
-            .json(&json!({"email": email, "password": password}))
-            .send()
-    };
-    for i in 0..10 {
-        let r = attempt(format!("198.51.100.{i}"), "ada@example.com", "wrong password entirely").await.unwrap();
-        assert_eq!(r.status(), 401, "failure {}", i + 1);
-    }
-    let r = attempt("203.0.113.77".into(), "ada@example.com", PASSWORD).await.unwrap();
-    assert!(r.headers().get("retry-after").unwrap().to_str().unwrap().parse::<u64>().unwrap() > 0);
-    assert_eq!(r.headers().get("ratelimit-remaining").unwrap(), "0");
-    assert_eq!(r.headers().get("ratelimit-limit").unwrap(), "10");
-    assert_problem(r, 429).await;
-    assert!(
-        app.client
-            .post(app.url("/api/v1/auth/login"))
-            .header("x-forwarded-for", "203.0.113.78")
-            .json(&json!({"email": "ADA@example.com", "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 429,
-        "the address's case buys nothing"
-    );
-
-    // The same answer for an account that does not exist.
-    for i in 0..10 {
-        assert_eq!(
-            attempt(format!("198.51.100.{i}"), "nobody@example.com", "wrong password entirely").await.unwrap().status(),
-            401
-        );
-    }
-    assert_eq!(attempt("203.0.113.79".into(), "nobody@example.com", PASSWORD).await.unwrap().status(), 429);
 }
 
 #[tokio::test]
@@ -711,44 +675,6 @@ async fn the_audit_log_records_who_what_where_and_never_a_secret() {
     assert!(
         !all.contains(PASSWORD) && !all.contains("wrong password entirely") && !all.contains(token) && !all.contains(&b.csrf)
     );
-}
-
-#[tokio::test]
-async fn parallel_guesses_all_count_against_the_account() {
-    let app = spawn_app_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
-    register(&app, "ada@example.com").await;
-    let guesses: Vec<_> = (0..20)
-        .map(|i| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .header("x-forwarded-for", format!("198.51.100.{i}"))
-                    .json(&json!({"email": "ada@example.com", "password": format!("wrong password number {i}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for g in guesses {
-        statuses.push(g.await.unwrap());
-    }
-    let checked = statuses.iter().filter(|s| **s == 401).count();
-    assert!(checked <= 10, "at most 10 guesses were checked, not {checked}: {statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20 - checked);
-    let r = app
-        .client
-        .post(app.url("/api/v1/auth/login"))
-        .header("x-forwarded-for", "203.0.113.1")
-        .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 429);
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
+    /// The running application's state (its services), for what a test cannot reach over HTTP.
+    pub state: AppState,
     pub database_url: String,
     pub shutdown: ShutdownHandle,
     /// How many times the storing probe handler ran.
@@ -124,6 +126,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let addr = app.local_addr();
     let scheme = if app.state().config.tls.is_some() { "https" } else { "http" };
     let store = app.state().store.clone();
+    let state = app.state().clone();
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
@@ -131,6 +134,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         base: format!("{scheme}://localhost:{}", addr.port()),
         client: client(),
         store,
+        state,
         database_url,
         shutdown,
         echo_calls,

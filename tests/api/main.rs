@@ -8,6 +8,7 @@ mod cors;
 mod durability;
 mod errors;
 mod faults;
+mod hardening;
 mod health;
 mod helpers;
 mod network;

@@ -844,6 +844,51 @@ async fn a_purchase_in_the_sandbox_goes_through_our_own_webhook() {
 }
 
 #[tokio::test]
+async fn a_replayed_payment_intent_returns_its_client_secret_which_is_never_readable_at_rest() {
+    let s = shop(&[]).await;
+    let product = s.credits_product(900, 10).await;
+    let key = uuid::Uuid::new_v4().to_string();
+    let post = || {
+        s.app
+            .client
+            .post(s.app.url("/api/v1/payment-intents"))
+            .bearer_auth(&s.user)
+            .header("idempotency-key", &key)
+            .json(&json!({"product_id": product}))
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let secret = first["client_secret"].as_str().unwrap().to_owned();
+    assert!(secret.contains("_secret_"));
+    let again = post().await.unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the same client_secret again");
+
+    // What the database holds: neither the key nor the secret, in any readable form.
+    let rows: Vec<(String, Vec<u8>)> = match s.app.store.engine() {
+        tollgate::store::Engine::Sqlite => {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+            sqlx::query_as("SELECT key, response FROM idempotency_keys").fetch_all(&mut c).await.unwrap()
+        }
+        tollgate::store::Engine::Postgres => {
+            use sqlx::Connection;
+            let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+            sqlx::query_as("SELECT key, response FROM idempotency_keys").fetch_all(&mut c).await.unwrap()
+        }
+    };
+    assert_eq!(rows.len(), 1);
+    let (stored_key, response) = &rows[0];
+    assert_ne!(stored_key, &key, "the key is stored as a hash");
+    assert!(!stored_key.contains(&key));
+    let secret_bytes = secret.as_bytes();
+    assert!(!response.windows(secret_bytes.len()).any(|w| w == secret_bytes), "the client_secret is sealed");
+    assert!(!String::from_utf8_lossy(response).contains("_secret_"));
+}
+
+#[tokio::test]
 async fn the_payment_intent_flow_creates_an_order_and_its_events_fulfil_it() {
     let mock = MockServer::start().await;
     Mock::given(method("POST"))

@@ -1,7 +1,7 @@
 //! `/api/v1/auth/*`: register, login/logout (browser sessions), csrf, token/refresh (API clients).
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::domain::account::{Role, User};
 use crate::domain::auth::Credential;
-use crate::http::auth::{session_cookie, CurrentUser, Meta};
+use crate::http::auth::{cookie_value, device_cookie, session_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
 
@@ -103,6 +103,7 @@ pub struct TokenOut {
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (email, weak password, name)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many registrations from this client; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -116,20 +117,31 @@ pub async fn register(
 /// Log in with a password: sets the session cookie and returns the CSRF token.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = CredentialsIn,
     responses(
-        (status = 200, description = "Logged in; `Set-Cookie` carries a new session", body = LoginOut),
+        (status = 200, description = "Logged in; `Set-Cookie` carries a new session (and, the first time on this browser, a device cookie that marks it as known to the account)", body = LoginOut),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Invalid email or password (the same answer for every reason)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Malformed email", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn login(State(state): State<AppState>, Meta(meta): Meta, Json(input): Json<CredentialsIn>) -> ApiResult<Response> {
+pub async fn login(
+    State(state): State<AppState>,
+    Meta(mut meta): Meta,
+    headers: HeaderMap,
+    Json(input): Json<CredentialsIn>,
+) -> ApiResult<Response> {
+    meta.device = cookie_value(&headers, state.cookie.device_name).map(str::to_owned);
     let session = state.auth.login(&input.email, &input.password, &meta).await?;
     let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
-    let cookie = session_cookie(&state, Some(&session.token), max_age);
     let body = LoginOut { user: UserOut::from(&session.user), csrf_token: session.csrf_token };
-    Ok(([(header::SET_COOKIE, cookie)], axum::Json(body)).into_response())
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().append(header::SET_COOKIE, session_cookie(&state, Some(&session.token), max_age));
+    if let Some(device) = &session.device_cookie {
+        response.headers_mut().append(header::SET_COOKIE, device_cookie(&state, device));
+    }
+    Ok(response)
 }
 
 /// End the session (cookie) or revoke the token family (bearer).
@@ -173,6 +185,7 @@ pub async fn csrf(current: CurrentUser) -> ApiResult<axum::Json<CsrfOut>> {
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Malformed email", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many attempts; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     State(state): State<AppState>,

@@ -1,6 +1,6 @@
 //! `/api/v1/me*`: the caller's own account and sessions.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -14,6 +14,7 @@ use crate::domain::auth::Credential;
 use crate::http::auth::{CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
+use crate::http::routes::admin::{list_params, ListParams};
 use crate::http::routes::auth::UserOut;
 
 pub fn router() -> Router<AppState> {
@@ -71,7 +72,9 @@ pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
         (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong passwords; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The password was changed by another request meanwhile", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current passwords; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
@@ -83,19 +86,26 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The caller's browser sessions.
-#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", security(("bearer" = []), ("session" = [])),
+/// The caller's live browser sessions (neither expired nor idle), newest first.
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Live sessions, newest first", body = SessionList),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn sessions(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<SessionList>> {
+pub async fn sessions(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    RawQuery(query): RawQuery,
+) -> ApiResult<axum::Json<SessionList>> {
+    let (limit, after) = list_params(query)?;
     let this = match &current.credential {
         Credential::Session { session_id, .. } => Some(session_id.as_str()),
         Credential::Bearer { .. } => None,
     };
-    let rows = state.store.list_sessions_of(&current.user.id).await.map_err(anyhow::Error::from)?;
-    let data = rows
+    let page = state.auth.sessions(&current.user, limit, after.as_deref()).await?;
+    let data = page
+        .sessions
         .into_iter()
         .map(|s| SessionOut {
             current: this == Some(s.id.as_str()),
@@ -107,7 +117,7 @@ pub async fn sessions(State(state): State<AppState>, current: CurrentUser) -> Ap
             user_agent: s.user_agent,
         })
         .collect();
-    Ok(axum::Json(SessionList { data, has_more: false }))
+    Ok(axum::Json(SessionList { data, has_more: page.has_more }))
 }
 
 /// End one of the caller's sessions (another user's session id answers 404).
