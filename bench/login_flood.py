@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Does a flood of password guesses starve the rest of the API?
+"""Does a flood of password work starve the rest of the API, or its memory?
 
 Starts the release binary on a fresh SQLite database with the login limiters opened wide (so every
 guess really costs an argon2id hash), then measures GET /healthz and an authenticated GET /api/v1/me
-(bearer token) while idle, and again while 200 concurrent clients send wrong-password logins.
-Prints p50/p99 latencies for both phases and the logins handled per second. Asserts nothing.
+(bearer token) while idle, and again while 200 concurrent clients (each its own address, through a
+trusted proxy header) attack:
 
-    cargo build --release && python3 bench/login_flood.py [--seconds 15] [--clients 200]
+- `--attack login` (default): wrong-password logins;
+- `--attack register`: registrations whose password is the review's 128-character string of
+  look-alike symbols, which makes zxcvbn slow (judged on its first 64 characters).
+
+Prints p50/p99 latencies for both phases, the attack requests answered per second by status, and the
+server's resident memory (VmRSS) idle, after 5 and after 25 more wrong-password logins, at the end of
+the flood and 2 s after it. Asserts nothing.
+
+    cargo build --release && python3 bench/login_flood.py [--seconds 15] [--clients 200] [--attack register]
 """
 import argparse
 import http.client
@@ -24,6 +32,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "tollgate")
 PASSWORD = "correct horse battery staple 42"
+LOOKALIKE = ("4@8({[</369&#!1/|0$5+7%2/" * 6)[:128]
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def free_port():
@@ -63,17 +80,24 @@ def probe(port, token, stop, out):
         time.sleep(0.01)
 
 
-def flood_main(port, clients, stop, handled, non_401):
-    def guesser(i):
+def flood_main(port, clients, stop, handled, statuses, attack):
+    def attacker(i):
+        n = 0
+        headers = {"x-forwarded-for": f"10.{i // 250}.{i % 250}.{n % 250 + 1}"}
         while not stop.is_set():
-            s, _ = request(port, "POST", "/api/v1/auth/login", {"email": "bench@example.com", "password": f"wrong guess number {i}"})
+            n += 1
+            if attack == "register":
+                body = {"email": f"flood{i}-{n}@example.com", "password": LOOKALIKE}
+                s, _ = request(port, "POST", "/api/v1/auth/register", body, headers=headers)
+            else:
+                body = {"email": "bench@example.com", "password": f"wrong guess number {i}"}
+                s, _ = request(port, "POST", "/api/v1/auth/login", body, headers=headers)
             with handled.get_lock():
                 handled.value += 1
-            if s != 401:
-                with non_401.get_lock():
-                    non_401.value += 1
+            with statuses.get_lock():
+                statuses[min(s, 599) - 100] += 1
 
-    threads = [threading.Thread(target=guesser, args=(i,), daemon=True) for i in range(clients)]
+    threads = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     stop.wait()
@@ -83,6 +107,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--attack", choices=["login", "register"], default="login")
     args = ap.parse_args()
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -96,6 +121,7 @@ def main():
             "TOLLGATE_LOGIN_IP_LIMIT": "100000000",
             "TOLLGATE_LOGIN_MAX_FAILURES": "100000000",
             "TOLLGATE_REQUEST_TIMEOUT": "120s",
+            "TOLLGATE_TRUSTED_PROXIES": "127.0.0.1/32",
         }
         proc = subprocess.Popen([BIN, "serve"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -108,6 +134,13 @@ def main():
             assert request(port, "POST", "/api/v1/auth/register", {"email": "bench@example.com", "password": PASSWORD})[0] == 201
             status, body = request(port, "POST", "/api/v1/auth/token", {"email": "bench@example.com", "password": PASSWORD})
             token = json.loads(body)["access_token"]
+            time.sleep(1.0)
+            rss = {"idle": rss_mib(proc.pid)}
+            for n in (5, 25):
+                for _ in range(n):
+                    request(port, "POST", "/api/v1/auth/login", {"email": "bench@example.com", "password": "a wrong password"})
+                time.sleep(0.5)
+                rss[f"after {5 if n == 5 else 30} wrong logins"] = rss_mib(proc.pid)
 
             idle = {"healthz": [], "me": []}
             stop = threading.Event()
@@ -121,8 +154,8 @@ def main():
             # The guessers run in another process, so the probe here never waits on their GIL.
             stop_flood = multiprocessing.Event()
             handled = multiprocessing.Value("i", 0)
-            non_401 = multiprocessing.Value("i", 0)
-            flooder = multiprocessing.Process(target=flood_main, args=(port, args.clients, stop_flood, handled, non_401))
+            statuses = multiprocessing.Array("i", 500)
+            flooder = multiprocessing.Process(target=flood_main, args=(port, args.clients, stop_flood, handled, statuses, args.attack))
             flooder.start()
             time.sleep(2.0)  # let the queue form
             before = handled.value
@@ -135,15 +168,20 @@ def main():
             t.join()
             elapsed = time.perf_counter() - started
             handled = handled.value - before
-            statuses = "all 401" if non_401.value == 0 else f"{non_401.value} not 401"
+            rss["end of the flood"] = rss_mib(proc.pid)
             stop_flood.set()
             flooder.join(timeout=120)
+            time.sleep(2.0)
+            rss["2 s after the flood"] = rss_mib(proc.pid)
+            by_status = ", ".join(f"{i + 100}: {n}" for i, n in enumerate(statuses[:]) if n)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
 
-    print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent wrong-password clients for {args.seconds:.0f} s")
-    print(f"logins handled: {handled} ({handled / elapsed:.1f}/s), {statuses}")
+    what = "wrong-password logins" if args.attack == "login" else "registrations with 128 look-alike symbols"
+    print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent clients sending {what} for {args.seconds:.0f} s")
+    print(f"attack requests answered: {handled} ({handled / elapsed:.1f}/s); by status over the whole flood: {by_status}")
+    print("server RSS: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in rss.items()))
     print(f"{'route':<10}{'idle p50':>10}{'idle p99':>10}{'flood p50':>11}{'flood p99':>11}{'p99 ratio':>11}  samples idle/flood")
     for name in ("healthz", "me"):
         i, f = idle[name], flood[name]

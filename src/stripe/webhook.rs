@@ -138,16 +138,10 @@ mod tests {
     const SECRET: &str = "whsec_test_secret_0123456789abcdef0123456789";
     const NOW: i64 = 1_800_000_000;
 
-    /// Stripe's own example event (../shared/stripe/fixtures3.json), byte for byte as a delivery.
+    /// Stripe's own example event (tests/fixtures/stripe/fixtures3.json), byte for byte as a delivery.
     fn fixture_event() -> Vec<u8> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/fixtures3.json");
-        let fixtures: serde_json::Value = match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).expect("fixtures are JSON"),
-            // Outside CI the shared folder may be absent; the envelope shape is the same.
-            Err(_) => {
-                serde_json::json!({"resources": {"event": {"id": "evt_1Pgc76B7WZ01zgkWwyRHS12y", "object": "event", "type": "plan.created", "created": 1234567890, "livemode": false, "api_version": null, "data": {"object": {"id": "price_1"}}}}})
-            }
-        };
+        let text = include_str!("../../tests/fixtures/stripe/fixtures3.json");
+        let fixtures: serde_json::Value = serde_json::from_str(text).expect("fixtures are JSON");
         serde_json::to_vec_pretty(&fixtures["resources"]["event"]).unwrap()
     }
 

@@ -1,5 +1,5 @@
 //! The Stripe webhook endpoint and the ledger: events built from Stripe's own example objects
-//! (`../shared/stripe/fixtures3.json`), signed like Stripe signs them, and attacked.
+//! (`tests/fixtures/stripe/fixtures3.json`, vendored), signed like Stripe signs them, and attacked.
 
 use serde_json::{json, Value};
 use tollgate::stripe::webhook::sign;
@@ -14,8 +14,8 @@ const ROTATED: &str = "whsec_rotated_fedcba9876543210fedcba98765432";
 pub fn fixtures() -> &'static Value {
     static FIXTURES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
     FIXTURES.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/stripe/fixtures3.json");
-        let text = std::fs::read_to_string(path).expect("../shared/stripe/fixtures3.json beside the repository");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/fixtures3.json");
+        let text = std::fs::read_to_string(path).expect("tests/fixtures/stripe/fixtures3.json");
         serde_json::from_str(&text).unwrap()
     })
 }
