@@ -196,6 +196,210 @@ impl GrantState {
             GrantState::Revoked => "revoked",
         }
     }
+
+    pub fn parse(s: &str) -> Option<GrantState> {
+        [GrantState::Active, GrantState::Suspended, GrantState::Revoked].into_iter().find(|g| g.as_str() == s)
+    }
+}
+
+/// What a grant gives: access to a feature, or credits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    Access,
+    Credits,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Access => "access",
+            GrantKind::Credits => "credits",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<GrantKind> {
+        [GrantKind::Access, GrantKind::Credits].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// The row a new grant is written as: what it gives and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantTerms {
+    pub kind: GrantKind,
+    pub feature: Option<String>,
+    pub credits: Option<i64>,
+    pub starts_at: DateTime<Utc>,
+    /// `None`: forever (or not a period at all, for credits).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// What an order's grant has to become, given the grant stored for it (if any) and its facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantAction {
+    /// Nothing to write.
+    Keep,
+    /// The stored grant changes state (suspended by a dispute, revoked by a refund, restored).
+    SetState(GrantState),
+    /// A first grant, created once (the order id is UNIQUE among grants).
+    Create(GrantTerms, GrantState),
+}
+
+/// The grant decision for an order with `facts`, whose stored grant is in `stored` (if there is
+/// one), buying `grant` (`None`: the order's grant could not be read). Runs inside the
+/// transaction that applied the facts.
+pub fn reconcile_grant(
+    facts: &OrderFacts,
+    stored: Option<GrantState>,
+    grant: Option<&crate::domain::catalog::Grant>,
+    now: DateTime<Utc>,
+) -> Result<GrantAction, UnreadableGrant> {
+    let Some(want) = facts.grant_state() else { return Ok(GrantAction::Keep) };
+    match stored {
+        Some(state) if state == want => Ok(GrantAction::Keep),
+        Some(_) => Ok(GrantAction::SetState(want)),
+        None if want == GrantState::Revoked || !facts.may_grant() => Ok(GrantAction::Keep),
+        None => {
+            let grant = grant.ok_or(UnreadableGrant)?;
+            Ok(GrantAction::Create(grant_terms(grant, facts.paid_at.unwrap_or(now)), want))
+        }
+    }
+}
+
+/// The order's grant specification cannot be read: nothing may be granted from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the order's grant cannot be read")]
+pub struct UnreadableGrant;
+
+/// The terms of a grant bought with `grant` and paid at `starts_at`. An access grant runs for its
+/// own period from payment; consecutive purchases are chained when read
+/// (`domain::payments::effective_access`), so a refund re-chains the rest.
+pub fn grant_terms(grant: &crate::domain::catalog::Grant, starts_at: DateTime<Utc>) -> GrantTerms {
+    use crate::domain::catalog::Grant;
+    match grant {
+        Grant::Access { feature, duration_days } => GrantTerms {
+            kind: GrantKind::Access,
+            feature: Some(feature.clone()),
+            credits: None,
+            starts_at,
+            expires_at: duration_days.map(|d| starts_at + chrono::Duration::days(d)),
+        },
+        Grant::Credits { amount } => {
+            GrantTerms { kind: GrantKind::Credits, feature: None, credits: Some(*amount), starts_at, expires_at: None }
+        }
+    }
+}
+
+/// How an order was started by its client: a hosted Checkout Session or a bare PaymentIntent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderFlow {
+    Checkout,
+    PaymentIntent,
+}
+
+impl OrderFlow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderFlow::Checkout => "checkout",
+            OrderFlow::PaymentIntent => "payment_intent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderFlow> {
+        [OrderFlow::Checkout, OrderFlow::PaymentIntent].into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// The ways an event can name its order; the first that matches wins, in this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderRef {
+    pub order_id: Option<String>,
+    pub checkout_session_id: Option<String>,
+    pub payment_intent_id: Option<String>,
+    pub charge_id: Option<String>,
+}
+
+impl OrderRef {
+    pub fn is_empty(&self) -> bool {
+        self.order_id.is_none()
+            && self.checkout_session_id.is_none()
+            && self.payment_intent_id.is_none()
+            && self.charge_id.is_none()
+    }
+}
+
+/// What applying a fact did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    NoOrder,
+    /// An order was named, but the event's session/PaymentIntent/charge is not that order's.
+    Disagrees {
+        order_id: String,
+    },
+    Order {
+        order_id: String,
+        status: OrderStatus,
+        note: String,
+    },
+}
+
+/// A refund's state: ours until Stripe answers (`requested`; `unknown` when the answer was lost),
+/// then Stripe's own (`pending`, `requires_action`, `succeeded`, `failed`, `canceled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefundStatus {
+    Requested,
+    Unknown,
+    Pending,
+    RequiresAction,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl RefundStatus {
+    pub const ALL: [RefundStatus; 7] = [
+        RefundStatus::Requested,
+        RefundStatus::Unknown,
+        RefundStatus::Pending,
+        RefundStatus::RequiresAction,
+        RefundStatus::Succeeded,
+        RefundStatus::Failed,
+        RefundStatus::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Requested => "requested",
+            RefundStatus::Unknown => "unknown",
+            RefundStatus::Pending => "pending",
+            RefundStatus::RequiresAction => "requires_action",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Failed => "failed",
+            RefundStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RefundStatus> {
+        RefundStatus::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Whether Stripe has said what became of it.
+    pub fn settled(self) -> bool {
+        !matches!(self, RefundStatus::Requested | RefundStatus::Unknown)
+    }
+
+    /// Whether it counts against what is left to refund: anything that may have moved money.
+    pub fn counts(self) -> bool {
+        !matches!(self, RefundStatus::Failed | RefundStatus::Canceled)
+    }
+}
+
+/// Why a refund request is refused, decided under the order's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundRefused {
+    /// The request's fields (amount, Idempotency-Key) do not fit the order.
+    Invalid(Vec<crate::domain::FieldError>),
+    /// The order is not in a state that can be refunded.
+    Conflict(String),
 }
 
 impl OrderFacts {
@@ -447,6 +651,78 @@ mod tests {
         let mut eur = order();
         eur.apply(&PaymentFact::Paid { amount: 1000, currency: "eur".into(), payment_intent_id: None }, Utc::now());
         assert!(eur.flag.is_some() && eur.paid_at.is_none());
+    }
+
+    #[test]
+    fn the_grant_follows_the_facts_whatever_was_stored() {
+        use crate::domain::catalog::Grant;
+        let now = Utc::now();
+        let month = Grant::Access { feature: "pro".into(), duration_days: Some(30) };
+        let paid_facts = run(&[paid()]);
+        let paid_at = paid_facts.paid_at.unwrap();
+        let created = reconcile_grant(&paid_facts, None, Some(&month), now).unwrap();
+        let GrantAction::Create(terms, GrantState::Active) = created else { panic!("{created:?}") };
+        assert_eq!(terms.kind, GrantKind::Access);
+        assert_eq!(terms.feature.as_deref(), Some("pro"));
+        assert_eq!((terms.starts_at, terms.expires_at), (paid_at, Some(paid_at + chrono::Duration::days(30))));
+        // Already granted and still active: nothing; a redelivery writes nothing.
+        assert_eq!(reconcile_grant(&paid_facts, Some(GrantState::Active), Some(&month), now), Ok(GrantAction::Keep));
+        // Every arrival order of completion, refund and expiry ends revoked, never re-created.
+        for p in permutations(&[paid(), refunded(1000), PaymentFact::Expired]) {
+            let facts = run(&p);
+            assert_eq!(
+                reconcile_grant(&facts, None, Some(&month), now),
+                Ok(GrantAction::Keep),
+                "{p:?}: never granted after a full refund"
+            );
+            assert_eq!(
+                reconcile_grant(&facts, Some(GrantState::Active), Some(&month), now),
+                Ok(GrantAction::SetState(GrantState::Revoked)),
+                "{p:?}"
+            );
+        }
+        // Disputes suspend and restore what exists.
+        let disputed = run(&[paid(), PaymentFact::DisputeOpened { charge_id: None }]);
+        assert_eq!(
+            reconcile_grant(&disputed, Some(GrantState::Active), Some(&month), now),
+            Ok(GrantAction::SetState(GrantState::Suspended))
+        );
+        let won = run(&[paid(), PaymentFact::DisputeOpened { charge_id: None }, PaymentFact::DisputeClosed { won: true }]);
+        assert_eq!(
+            reconcile_grant(&won, Some(GrantState::Suspended), Some(&month), now),
+            Ok(GrantAction::SetState(GrantState::Active))
+        );
+        // Unpaid: nothing at all. Flagged: nothing new. Credits: no period.
+        assert_eq!(reconcile_grant(&run(&[PaymentFact::Expired]), None, Some(&month), now), Ok(GrantAction::Keep));
+        let mut flagged = run(&[paid()]);
+        flagged.flag = Some("amount differs".into());
+        assert_eq!(reconcile_grant(&flagged, None, Some(&month), now), Ok(GrantAction::Keep));
+        let credits = reconcile_grant(&paid_facts, None, Some(&Grant::Credits { amount: 500 }), now).unwrap();
+        let GrantAction::Create(terms, _) = credits else { panic!() };
+        assert_eq!((terms.kind, terms.credits, terms.expires_at), (GrantKind::Credits, Some(500), None));
+        let forever = grant_terms(&Grant::Access { feature: "pro".into(), duration_days: None }, paid_at);
+        assert_eq!(forever.expires_at, None);
+        // A grant that cannot be read is an error, not a silent "nothing".
+        assert_eq!(reconcile_grant(&paid_facts, None, None, now), Err(UnreadableGrant));
+    }
+
+    #[test]
+    fn statuses_round_trip() {
+        for r in RefundStatus::ALL {
+            assert_eq!(RefundStatus::parse(r.as_str()), Some(r));
+        }
+        for g in [GrantState::Active, GrantState::Suspended, GrantState::Revoked] {
+            assert_eq!(GrantState::parse(g.as_str()), Some(g));
+        }
+        for f in [OrderFlow::Checkout, OrderFlow::PaymentIntent] {
+            assert_eq!(OrderFlow::parse(f.as_str()), Some(f));
+        }
+        for k in [GrantKind::Access, GrantKind::Credits] {
+            assert_eq!(GrantKind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(RefundStatus::parse("bogus"), None);
+        assert!(!RefundStatus::Unknown.settled() && RefundStatus::Unknown.counts());
+        assert!(RefundStatus::Failed.settled() && !RefundStatus::Failed.counts());
     }
 
     #[test]

@@ -10,12 +10,13 @@ use sha2::Digest;
 
 use super::account::{new_id, Role, User};
 use super::catalog::{self, Grant};
-use super::orders::OrderStatus;
+use super::ledger::{EventPlan, EventStatus, Recorded};
+use super::orders::{GrantKind, GrantState, OrderFlow, OrderStatus, RefundRefused, RefundStatus};
 use super::FieldError;
 use crate::config::PaymentsConfig;
 use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundPick, RefundRow, Reserved};
-use crate::store::{EventPlan, NewEvent, Recorded, Store, StoreError};
+use crate::store::{NewEvent, Store, StoreError};
 use crate::stripe::events::{plan, session_fact};
 use crate::stripe::webhook::Event;
 use crate::stripe::{
@@ -74,13 +75,6 @@ pub struct ProductPatch {
     pub grant: Option<Grant>,
 }
 
-/// Which client flow started the order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Checkout,
-    PaymentIntent,
-}
-
 /// What a user owns now.
 #[derive(Debug, Clone)]
 pub struct Entitlements {
@@ -100,7 +94,7 @@ pub struct SyncReport {
 /// one before (buying 30 days twice gives 60), computed when read so that revoking one purchase
 /// moves the later ones up. Only what is current or still to come is returned.
 pub fn effective_access(mut grants: Vec<GrantRow>, now: DateTime<Utc>) -> Vec<GrantRow> {
-    grants.retain(|g| g.kind == "access" && g.status == "active");
+    grants.retain(|g| g.kind == GrantKind::Access && g.status == GrantState::Active);
     grants.sort_by(|a, b| (a.feature.as_deref(), a.starts_at, &a.id).cmp(&(b.feature.as_deref(), b.starts_at, &b.id)));
     let mut out = Vec::new();
     let mut feature: Option<String> = None;
@@ -245,7 +239,7 @@ impl PaymentsService {
         product_id: &str,
         quantity: i64,
     ) -> Result<(String, CheckoutCreated), PaymentError> {
-        let (order, product) = self.new_order(user, product_id, quantity, Flow::Checkout).await?;
+        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::Checkout).await?;
         let created = self.open_checkout(&order, &product, user).await?;
         let expires_at = DateTime::from_timestamp(created.expires_at, 0);
         self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), expires_at).await?;
@@ -259,7 +253,7 @@ impl PaymentsService {
         product_id: &str,
         quantity: i64,
     ) -> Result<(String, PaymentIntentCreated), PaymentError> {
-        let (order, product) = self.new_order(user, product_id, quantity, Flow::PaymentIntent).await?;
+        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::PaymentIntent).await?;
         let created = self.open_intent(&order, &product).await?;
         self.record_provider_ids(&order.id, None, Some(&created.id), None, None).await?;
         Ok((order.id, created))
@@ -272,7 +266,7 @@ impl PaymentsService {
         user: &User,
         product_id: &str,
         quantity: i64,
-        flow: Flow,
+        flow: OrderFlow,
     ) -> Result<(OrderRow, ProductRow), PaymentError> {
         let mut errors = Vec::new();
         catalog::validate_quantity("quantity", quantity, &mut errors);
@@ -311,12 +305,8 @@ impl PaymentsService {
             amount: total,
             currency: product.currency.clone(),
             grant_spec: grant.to_json(),
-            flow: match flow {
-                Flow::Checkout => "checkout",
-                Flow::PaymentIntent => "payment_intent",
-            }
-            .to_owned(),
-            status: OrderStatus::Pending.as_str().to_owned(),
+            flow,
+            status: OrderStatus::Pending,
             checkout_session_id: None,
             payment_intent_id: None,
             charge_id: None,
@@ -428,8 +418,8 @@ impl PaymentsService {
 
     pub async fn entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
         let grants = self.store.grants_for_user(user_id).await?;
-        let active: Vec<GrantRow> = grants.into_iter().filter(|g| g.status == "active").collect();
-        let credit_balance = active.iter().filter(|g| g.kind == "credits").filter_map(|g| g.credits).sum();
+        let active: Vec<GrantRow> = grants.into_iter().filter(|g| g.status == GrantState::Active).collect();
+        let credit_balance = active.iter().filter(|g| g.kind == GrantKind::Credits).filter_map(|g| g.credits).sum();
         Ok(Entitlements { access: effective_access(active, Utc::now()), credit_balance })
     }
 
@@ -456,11 +446,11 @@ impl PaymentsService {
             return Err(errors.into());
         }
         let (admin_id, key, wanted, why) = (admin.id.clone(), idempotency_key.map(str::to_owned), amount, reason.clone());
-        let decide = move |order: &OrderRow, refunds: &[RefundRow]| -> Result<RefundPick, PaymentError> {
+        let decide = move |order: &OrderRow, refunds: &[RefundRow]| -> Result<RefundPick, RefundRefused> {
             // The refund's id, and so the Idempotency-Key Stripe sees, is derived from the request:
             // from the caller's key, or else from what is asked and how many refunds of this order
             // have settled, so repeating a request whose outcome is unknown repeats the same refund.
-            let settled = refunds.iter().filter(|r| !matches!(r.status.as_str(), "requested" | "unknown")).count();
+            let settled = refunds.iter().filter(|r| r.status.settled()).count();
             let basis = match &key {
                 Some(k) => format!("key\n{k}"),
                 None => format!("request\n{wanted:?}\n{why:?}\n{settled}"),
@@ -474,7 +464,7 @@ impl PaymentsService {
                     r.requested_by == admin_id
                         && r.reason == why
                         && wanted.is_some_and(|a| a == r.amount)
-                        && r.status != "failed"
+                        && r.status != RefundStatus::Failed
                         && Utc::now() - r.created_at < chrono::Duration::seconds(60)
                 })
             });
@@ -484,25 +474,25 @@ impl PaymentsService {
             if let Some(existing) = refunds.iter().find(|r| r.id == id) {
                 if wanted.is_some_and(|a| a != existing.amount) || why != existing.reason {
                     let message = "was already used for a refund of another amount or reason; use a new key";
-                    return Err(vec![FieldError::new("Idempotency-Key", message)].into());
+                    return Err(RefundRefused::Invalid(vec![FieldError::new("Idempotency-Key", message)]));
                 }
                 return Ok(RefundPick::Existing(existing.clone()));
             }
             if !matches!(order.status(), OrderStatus::Paid | OrderStatus::PartiallyRefunded) {
-                return Err(PaymentError::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
+                return Err(RefundRefused::Conflict(format!("a {} order cannot be refunded", order.status().as_str())));
             }
             if order.payment_intent_id.is_none() {
-                return Err(PaymentError::Conflict("the order has no payment to refund yet".to_owned()));
+                return Err(RefundRefused::Conflict("the order has no payment to refund yet".to_owned()));
             }
-            let asked: i64 =
-                refunds.iter().filter(|r| !matches!(r.status.as_str(), "failed" | "canceled")).map(|r| r.amount).sum();
+            let asked: i64 = refunds.iter().filter(|r| r.status.counts()).map(|r| r.amount).sum();
             let remaining = order.amount - order.amount_refunded.max(asked);
             let amount = wanted.unwrap_or(remaining);
             if remaining < 1 {
-                return Err(vec![FieldError::new("amount", "nothing is left to refund")].into());
+                return Err(RefundRefused::Invalid(vec![FieldError::new("amount", "nothing is left to refund")]));
             }
             if !(1..=remaining).contains(&amount) {
-                return Err(vec![FieldError::new("amount", format!("must be 1-{remaining} (what is left to refund)"))].into());
+                let message = format!("must be 1-{remaining} (what is left to refund)");
+                return Err(RefundRefused::Invalid(vec![FieldError::new("amount", message)]));
             }
             Ok(RefundPick::New(RefundRow {
                 id,
@@ -511,17 +501,18 @@ impl PaymentsService {
                 amount,
                 currency: order.currency.clone(),
                 reason: why.clone(),
-                status: "requested".to_owned(),
+                status: RefundStatus::Requested,
                 requested_by: admin_id.clone(),
                 created_at: Utc::now(),
             }))
         };
         let mut row = match self.store.reserve_refund(order_id, &decide).await? {
             Reserved::NoOrder => return Err(PaymentError::NotFound),
-            Reserved::Refused(e) => return Err(e),
-            Reserved::Existing(row) if row.stripe_refund_id.is_some() && row.status != "failed" => return Ok(row),
+            Reserved::Refused(RefundRefused::Invalid(errors)) => return Err(PaymentError::Validation(errors)),
+            Reserved::Refused(RefundRefused::Conflict(why)) => return Err(PaymentError::Conflict(why)),
+            Reserved::Existing(row) if row.stripe_refund_id.is_some() && row.status != RefundStatus::Failed => return Ok(row),
             Reserved::Existing(row)
-                if row.status == "requested" && Utc::now() - row.created_at < chrono::Duration::seconds(60) =>
+                if row.status == RefundStatus::Requested && Utc::now() - row.created_at < chrono::Duration::seconds(60) =>
             {
                 return Err(PaymentError::Conflict("this refund is being made right now; retry in a moment".to_owned()));
             }
@@ -540,7 +531,7 @@ impl PaymentsService {
         };
         match self.provider.create_refund(&request).await {
             Ok(created) => {
-                self.store.set_refund_result(&row.id, Some(&created.id), &created.status).await?;
+                self.store.set_refund_result(&row.id, Some(&created.id), created.status).await?;
                 row.stripe_refund_id = Some(created.id);
                 row.status = created.status;
                 Ok(row)
@@ -551,7 +542,8 @@ impl PaymentsService {
                 // 409 and idempotency errors mean another request with the key is in flight or differs.
                 let definite = matches!(&e, ProviderError::Api { status, kind, .. }
                     if (400..500).contains(status) && !matches!(status, 409 | 429) && kind != "idempotency_error");
-                self.store.set_refund_result(&row.id, None, if definite { "failed" } else { "unknown" }).await?;
+                let status = if definite { RefundStatus::Failed } else { RefundStatus::Unknown };
+                self.store.set_refund_result(&row.id, None, status).await?;
                 Err(e.into())
             }
         }
@@ -585,7 +577,7 @@ impl PaymentsService {
     }
 
     /// Processes a stored event again (idempotent: facts only accumulate, the grant is unique).
-    pub async fn replay(&self, event_id: &str, who: &str) -> Result<(String, String), PaymentError> {
+    pub async fn replay(&self, event_id: &str, who: &str) -> Result<(EventStatus, String), PaymentError> {
         let (row, _) = self.store.event(event_id).await?.ok_or(PaymentError::NotFound)?;
         let plan = match Event::parse(&row.payload) {
             Some(event) => plan(&event, self.key_live),

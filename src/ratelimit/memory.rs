@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{gcra, Decision, Quota, RateLimiter};
+use super::limiter::{gcra, Decision, Quota, RateLimiter};
 
 /// GCRA state per key in this process. Expired keys are swept now and then, so memory stays
 /// bounded by the keys active within one period.

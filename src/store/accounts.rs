@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::domain::account::{Role, User};
 
 /// No `Debug`: it holds the password hash.
@@ -238,7 +238,7 @@ macro_rules! impl_account_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::store::accounts::AccountStore for $store {
-            async fn insert_user(&self, u: &$crate::domain::account::User) -> Result<(), $crate::store::StoreError> {
+            async fn insert_user(&self, u: &$crate::domain::account::User) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO users (id, email, email_key, name, password_hash, role, disabled, created_at, updated_at, password_changed_at, credential_epoch)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -260,7 +260,7 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
-            async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
+            async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::error::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> = sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1"))
                     .bind($crate::domain::account::email_key(email))
                     .fetch_optional(&mut *self.conn().await?)
@@ -268,13 +268,13 @@ macro_rules! impl_account_store {
                 Ok(row.map(Into::into))
             }
 
-            async fn user_by_id(&self, id: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::StoreError> {
+            async fn user_by_id(&self, id: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::error::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
                     sqlx::query_as(&$crate::store::accounts::user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *self.conn().await?).await?;
                 Ok(row.map(Into::into))
             }
 
-            async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+            async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
                 let sql = if changed {
                     "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2, credential_epoch = credential_epoch + 1 WHERE id = $3"
                 } else {
@@ -284,7 +284,7 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
-            async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
                 let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4")
                     .bind(new)
                     .bind(now)
@@ -302,10 +302,10 @@ macro_rules! impl_account_store {
                 new_hash: &str,
                 keep: $crate::store::accounts::Keep<'_>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::accounts::PasswordChanged, $crate::store::StoreError> {
+            ) -> Result<$crate::store::accounts::PasswordChanged, $crate::store::error::StoreError> {
                 use $crate::store::accounts::{Keep, PasswordChanged};
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
+                $crate::store::pool::transaction!(self, tx => {
                     let epoch: Option<i64> = sqlx::query_scalar(
                         "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2, credential_epoch = credential_epoch + 1
                           WHERE id = $3 AND password_hash = $4 RETURNING credential_epoch",
@@ -357,7 +357,7 @@ macro_rules! impl_account_store {
                 })
             }
 
-            async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::StoreError> {
+            async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::error::StoreError> {
                 let rows: Vec<$crate::store::accounts::UserRow> =
                     sqlx::query_as(&$crate::store::accounts::user_query("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
                         .bind(starting_after)
@@ -373,11 +373,11 @@ macro_rules! impl_account_store {
                 role: Option<$crate::domain::account::Role>,
                 disabled: Option<bool>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::accounts::FlagsChanged, $crate::store::StoreError> {
+            ) -> Result<$crate::store::accounts::FlagsChanged, $crate::store::error::StoreError> {
                 use $crate::domain::account::{Role, User};
                 use $crate::store::accounts::{user_query, user_returning, FlagsChanged, UserRow};
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
+                $crate::store::pool::transaction!(self, tx => {
                     // Every enabled admin is locked first (row locks on PostgreSQL, the write lock on
                     // SQLite), so two admins demoting each other take turns and the second sees the first.
                     let admins: Vec<String> = sqlx::query_scalar("UPDATE users SET role = role WHERE role = 'admin' AND disabled = $1 RETURNING id")
@@ -424,7 +424,7 @@ macro_rules! impl_account_store {
                 })
             }
 
-            async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<bool, $crate::store::StoreError> {
+            async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<bool, $crate::store::error::StoreError> {
                 let done = sqlx::query(
                     "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent, credential_epoch)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
@@ -445,23 +445,23 @@ macro_rules! impl_account_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
+            async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<$crate::store::accounts::SessionRow>, $crate::store::error::StoreError> {
                 Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1"))
                     .bind(token_hash)
                     .fetch_optional(&mut *self.conn().await?)
                     .await?)
             }
 
-            async fn touch_session(&self, id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+            async fn touch_session(&self, id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(())
             }
 
-            async fn delete_session(&self, id: &str) -> Result<bool, $crate::store::StoreError> {
+            async fn delete_session(&self, id: &str) -> Result<bool, $crate::store::error::StoreError> {
                 Ok(sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *self.conn().await?).await?.rows_affected() > 0)
             }
 
-            async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, $crate::store::StoreError> {
+            async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let done =
                     sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *self.conn().await?).await?;
                 Ok(done.rows_affected() > 0)
@@ -475,7 +475,7 @@ macro_rules! impl_account_store {
                 idle_cutoff: chrono::DateTime<chrono::Utc>,
                 limit: i64,
                 starting_after: Option<&str>,
-            ) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::error::StoreError> {
                 Ok(sqlx::query_as(&$crate::store::accounts::session_query(
                     "WHERE user_id = $1 AND credential_epoch = $2 AND expires_at > $3 AND last_seen_at > $4
                        AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
@@ -490,7 +490,7 @@ macro_rules! impl_account_store {
                 .await?)
             }
 
-            async fn insert_family(&self, id: &str, user_id: &str, epoch: i64, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn insert_family(&self, id: &str, user_id: &str, epoch: i64, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
                 let done = sqlx::query(
                     "INSERT INTO token_families (id, user_id, created_at, credential_epoch)
                      SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND credential_epoch = $4 AND disabled = $5)",
@@ -512,7 +512,7 @@ macro_rules! impl_account_store {
                 user_id: &str,
                 now: chrono::DateTime<chrono::Utc>,
                 expires_at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(token_hash)
                     .bind(family_id)
@@ -524,7 +524,7 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
-            async fn spend_refresh(&self, token_hash: &str, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::accounts::SpendOutcome, $crate::store::StoreError> {
+            async fn spend_refresh(&self, token_hash: &str, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::accounts::SpendOutcome, $crate::store::error::StoreError> {
                 use sqlx::Row;
                 let spent = sqlx::query(
                     "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL RETURNING family_id, user_id, expires_at",
@@ -559,7 +559,7 @@ macro_rules! impl_account_store {
                 })
             }
 
-            async fn set_successor(&self, spent_hash: &str, successor_hash: &str, sealed: &str) -> Result<(), $crate::store::StoreError> {
+            async fn set_successor(&self, spent_hash: &str, successor_hash: &str, sealed: &str) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("UPDATE refresh_tokens SET successor_hash = $2, successor_sealed = $3 WHERE token_hash = $1")
                     .bind(spent_hash)
                     .bind(successor_hash)
@@ -569,7 +569,7 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
-            async fn refresh_unspent(&self, token_hash: &str) -> Result<bool, $crate::store::StoreError> {
+            async fn refresh_unspent(&self, token_hash: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NULL")
                     .bind(token_hash)
                     .fetch_one(&mut *self.conn().await?)
@@ -577,7 +577,7 @@ macro_rules! impl_account_store {
                 Ok(n > 0)
             }
 
-            async fn revoke_family(&self, id: &str, reason: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn revoke_family(&self, id: &str, reason: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
                 let done = sqlx::query("UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(reason)
@@ -587,14 +587,14 @@ macro_rules! impl_account_store {
                 Ok(done.rows_affected() > 0)
             }
 
-            async fn family(&self, id: &str) -> Result<Option<$crate::store::accounts::FamilyRow>, $crate::store::StoreError> {
+            async fn family(&self, id: &str) -> Result<Option<$crate::store::accounts::FamilyRow>, $crate::store::error::StoreError> {
                 Ok(sqlx::query_as("SELECT user_id, credential_epoch, revoked_at IS NOT NULL AS revoked FROM token_families WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&mut *self.conn().await?)
                     .await?)
             }
 
-            async fn known_client(&self, user_id: &str, client_key: &str, since: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::StoreError> {
+            async fn known_client(&self, user_id: &str, client_key: &str, since: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
                 let n: i64 = sqlx::query_scalar("SELECT count(*) FROM login_clients WHERE user_id = $1 AND client_key = $2 AND last_success_at >= $3")
                     .bind(user_id)
                     .bind(client_key)
@@ -604,7 +604,7 @@ macro_rules! impl_account_store {
                 Ok(n > 0)
             }
 
-            async fn remember_client(&self, user_id: &str, client_key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::StoreError> {
+            async fn remember_client(&self, user_id: &str, client_key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO login_clients (user_id, client_key, last_success_at) VALUES ($1, $2, $3)
                      ON CONFLICT (user_id, client_key) DO UPDATE SET last_success_at = excluded.last_success_at",
@@ -623,7 +623,7 @@ macro_rules! impl_account_store {
                 idle_cutoff: chrono::DateTime<chrono::Utc>,
                 family_cutoff: chrono::DateTime<chrono::Utc>,
                 clients_cutoff: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::accounts::Purged, $crate::store::StoreError> {
+            ) -> Result<$crate::store::accounts::Purged, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 let sessions = sqlx::query(
                     "DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2

@@ -5,9 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::payments::OrderRef;
-use super::StoreError;
-use crate::domain::orders::PaymentFact;
+use super::error::StoreError;
+use crate::domain::ledger::{EventPlan, EventStatus, Recorded};
 
 /// A verified event to store, with the exact bytes Stripe sent.
 #[derive(Debug, Clone)]
@@ -30,7 +29,7 @@ pub struct EventRow {
     pub created: i64,
     pub received_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    pub status: String,
+    pub status: EventStatus,
     pub payload: Vec<u8>,
 }
 
@@ -40,27 +39,6 @@ pub struct HistoryRow {
     /// The status this step left the event in.
     pub status: String,
     pub detail: String,
-}
-
-/// What to do with a verified event (decided by `stripe::events::plan`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventPlan {
-    /// Store it as `ignored`, for this reason.
-    Ignore(String),
-    /// A handled type that names no order it could apply to: `unmatched`.
-    Unmatched(String),
-    /// Apply `fact` to the order `order` names (`unmatched` when there is none).
-    Apply(OrderRef, PaymentFact),
-    /// Record Stripe's word on one of our refunds (found by `metadata.refund_id`).
-    SettleRefund { refund_id: String, stripe_refund_id: String, status: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recorded {
-    /// Stored (or, after an earlier failure, processed again) and left with this status.
-    Stored { status: String, detail: String, retried: bool },
-    /// Already in the ledger and done with (a redelivery): nothing written.
-    Duplicate { status: String },
 }
 
 #[async_trait]
@@ -79,12 +57,12 @@ pub trait LedgerStore: Send + Sync {
         plan: &EventPlan,
         why: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(String, String)>, StoreError>;
+    ) -> Result<Option<(EventStatus, String)>, StoreError>;
     /// Newest first, optionally filtered; `starting_after` is the last event id of the previous page.
     async fn list_events(
         &self,
         kind: Option<&str>,
-        status: Option<&str>,
+        status: Option<EventStatus>,
         limit: i64,
         starting_after: Option<&str>,
     ) -> Result<Vec<EventRow>, StoreError>;
@@ -100,23 +78,24 @@ macro_rules! impl_ledger_store {
             async fn record_event(
                 &self,
                 e: &$crate::store::ledger::NewEvent,
-                plan: &$crate::store::ledger::EventPlan,
+                plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::ledger::Recorded, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                use $crate::domain::ledger::{EventStatus, Recorded};
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
+                $crate::store::pool::transaction!(self, tx => {
                     // The insert comes first: on SQLite it takes the write lock before anything is read.
-                    let inserted = Self::insert_event(&mut tx, e, "received", now).await?;
+                    let inserted = Self::insert_event(&mut tx, e, EventStatus::Received, now).await?;
                     let mut retried = false;
                     if inserted == 0 {
                         // Locks the event row, so two redeliveries of a failed event take turns.
-                        let existing: String = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                        let existing: EventStatus = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
                             .bind(&e.event_id)
                             .fetch_one(&mut *tx)
                             .await?;
-                        if existing != "failed" && existing != "received" {
+                        if !existing.needs_processing() {
                             tx.rollback().await?;
-                            return Ok($crate::store::ledger::Recorded::Duplicate { status: existing });
+                            return Ok(Recorded::Duplicate { status: existing });
                         }
                         retried = true;
                     }
@@ -124,7 +103,7 @@ macro_rules! impl_ledger_store {
                     let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
                     Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
                     tx.commit().await?;
-                    Ok($crate::store::ledger::Recorded::Stored { status: status.to_owned(), detail, retried })
+                    Ok(Recorded::Stored { status, detail, retried })
                 })
             }
 
@@ -133,22 +112,26 @@ macro_rules! impl_ledger_store {
                 e: &$crate::store::ledger::NewEvent,
                 detail: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
-                    Self::insert_event(&mut tx, e, "failed", now).await?;
+                $crate::store::pool::transaction!(self, tx => {
+                    use $crate::domain::ledger::EventStatus;
+                    Self::insert_event(&mut tx, e, EventStatus::Failed, now).await?;
                     // Only an event nobody finished is marked; a concurrent success stands.
-                    let open: Option<String> = sqlx::query_scalar(
-                        "UPDATE stripe_events SET status = 'failed', updated_at = $2 WHERE event_id = $1 AND status IN ('received', 'failed') RETURNING status",
+                    let open: Option<EventStatus> = sqlx::query_scalar(
+                        "UPDATE stripe_events SET status = $3, updated_at = $2 WHERE event_id = $1 AND status IN ($4, $3) RETURNING status",
                     )
                     .bind(&e.event_id)
                     .bind(now)
+                    .bind(EventStatus::Failed)
+                    .bind(EventStatus::Received)
                     .fetch_optional(&mut *tx)
                     .await?;
                     if open.is_some() {
-                        sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, 'failed', $3)")
+                        sqlx::query("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES ($1, $2, $3, $4)")
                             .bind(&e.event_id)
                             .bind(now)
+                            .bind(EventStatus::Failed)
                             .bind(detail)
                             .execute(&mut *tx)
                             .await?;
@@ -161,13 +144,13 @@ macro_rules! impl_ledger_store {
             async fn replay_event(
                 &self,
                 event_id: &str,
-                plan: &$crate::store::ledger::EventPlan,
+                plan: &$crate::domain::ledger::EventPlan,
                 why: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<(String, String)>, $crate::store::StoreError> {
+            ) -> Result<Option<($crate::domain::ledger::EventStatus, String)>, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
-                    let found: Option<String> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                $crate::store::pool::transaction!(self, tx => {
+                    let found: Option<$crate::domain::ledger::EventStatus> = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
                         .bind(event_id)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -179,17 +162,17 @@ macro_rules! impl_ledger_store {
                     let detail = format!("{why}: {detail}");
                     Self::set_event_status(&mut tx, event_id, status, &detail, now).await?;
                     tx.commit().await?;
-                    Ok(Some((status.to_owned(), detail)))
+                    Ok(Some((status, detail)))
                 })
             }
 
             async fn list_events(
                 &self,
                 kind: Option<&str>,
-                status: Option<&str>,
+                status: Option<$crate::domain::ledger::EventStatus>,
                 limit: i64,
                 starting_after: Option<&str>,
-            ) -> Result<Vec<$crate::store::ledger::EventRow>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::ledger::EventRow>, $crate::store::error::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM stripe_events
                      WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR status = $2)
@@ -203,7 +186,7 @@ macro_rules! impl_ledger_store {
             async fn event(
                 &self,
                 event_id: &str,
-            ) -> Result<Option<($crate::store::ledger::EventRow, Vec<$crate::store::ledger::HistoryRow>)>, $crate::store::StoreError> {
+            ) -> Result<Option<($crate::store::ledger::EventRow, Vec<$crate::store::ledger::HistoryRow>)>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM stripe_events WHERE event_id = $1", $crate::store::ledger::EVENT_COLUMNS);
                 let Some(row): Option<$crate::store::ledger::EventRow> = sqlx::query_as(&sql).bind(event_id).fetch_optional(&mut *self.conn().await?).await? else {
                     return Ok(None);
@@ -222,9 +205,9 @@ macro_rules! impl_ledger_store {
             async fn insert_event(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 e: &$crate::store::ledger::NewEvent,
-                status: &str,
+                status: $crate::domain::ledger::EventStatus,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<u64, $crate::store::StoreError> {
+            ) -> Result<u64, $crate::store::error::StoreError> {
                 Ok(sqlx::query(
                     "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
                      VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
@@ -242,51 +225,40 @@ macro_rules! impl_ledger_store {
                 .rows_affected())
             }
 
-            /// Carries out `plan` inside the ledger's transaction: the event's new status and why.
+            /// Carries out `plan` inside the ledger's transaction: the event's new status and why
+            /// (decided by `domain::ledger`; only the reads and writes are here).
             async fn carry_out(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                plan: &$crate::store::ledger::EventPlan,
+                plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(&'static str, String), $crate::store::StoreError> {
-                use $crate::store::ledger::EventPlan;
-                use $crate::store::payments::Applied;
+            ) -> Result<($crate::domain::ledger::EventStatus, String), $crate::store::error::StoreError> {
+                use $crate::domain::ledger::{applied_outcome, ignored_outcome, refund_outcome, unmatched_outcome, EventPlan};
                 Ok(match plan {
-                    EventPlan::Ignore(why) => ("ignored", why.clone()),
-                    EventPlan::Unmatched(why) => ("unmatched", why.clone()),
+                    EventPlan::Ignore(why) => ignored_outcome(why),
+                    EventPlan::Unmatched(why) => unmatched_outcome(why),
                     EventPlan::SettleRefund { refund_id, stripe_refund_id, status } => {
                         let settled = sqlx::query(
                             "UPDATE refunds SET stripe_refund_id = COALESCE(stripe_refund_id, $2), status = $3 WHERE id = $1",
                         )
                         .bind(refund_id)
                         .bind(stripe_refund_id)
-                        .bind(status)
+                        .bind(*status)
                         .execute(&mut **tx)
                         .await?
                         .rows_affected();
-                        if settled == 0 {
-                            ("unmatched", format!("no refund {refund_id}"))
-                        } else {
-                            ("processed", format!("refund {refund_id} is {status}"))
-                        }
+                        refund_outcome(refund_id, *status, settled > 0)
                     }
-                    EventPlan::Apply(order, fact) => match Self::apply_locked(tx, order, fact, now).await? {
-                        Applied::NoOrder => ("unmatched", "no order matches this event".to_owned()),
-                        Applied::Disagrees { order_id } => (
-                            "unmatched",
-                            format!("names order {order_id}, but its session, payment intent or charge is not that order's: not applied"),
-                        ),
-                        Applied::Order { order_id, status, note } => ("processed", format!("order {order_id} {}: {note}", status.as_str())),
-                    },
+                    EventPlan::Apply(order, fact) => applied_outcome(&Self::apply_locked(tx, order, fact, now).await?),
                 })
             }
 
             async fn set_event_status(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 event_id: &str,
-                status: &str,
+                status: $crate::domain::ledger::EventStatus,
                 detail: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("UPDATE stripe_events SET status = $2, updated_at = $3 WHERE event_id = $1")
                     .bind(event_id)
                     .bind(status)

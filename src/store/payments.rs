@@ -6,8 +6,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreError;
-use crate::domain::orders::{DisputeState, OrderFacts, OrderStatus, PaymentFact};
+use super::error::StoreError;
+use crate::domain::orders::{
+    Applied, DisputeState, GrantKind, GrantState, OrderFacts, OrderFlow, OrderRef, OrderStatus, PaymentFact, RefundRefused,
+    RefundStatus,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ProductRow {
@@ -34,8 +37,8 @@ pub struct OrderRow {
     pub amount: i64,
     pub currency: String,
     pub grant_spec: String,
-    pub flow: String,
-    pub status: String,
+    pub flow: OrderFlow,
+    pub status: OrderStatus,
     pub checkout_session_id: Option<String>,
     pub payment_intent_id: Option<String>,
     pub charge_id: Option<String>,
@@ -47,7 +50,7 @@ pub struct OrderRow {
     pub expired: bool,
     pub canceled: bool,
     pub amount_refunded: i64,
-    pub dispute: Option<String>,
+    pub dispute: Option<DisputeState>,
     pub flag: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -64,11 +67,11 @@ impl OrderRow {
             expired: self.expired,
             canceled: self.canceled,
             amount_refunded: self.amount_refunded,
-            dispute: self.dispute.as_deref().and_then(DisputeState::parse),
+            dispute: self.dispute,
             flag: self.flag.clone(),
             payment_intent_id: self.payment_intent_id.clone(),
             charge_id: self.charge_id.clone(),
-            checkout_flow: self.flow == "checkout",
+            checkout_flow: self.flow == OrderFlow::Checkout,
         }
     }
 
@@ -89,7 +92,7 @@ impl OrderRow {
     }
 
     pub fn status(&self) -> OrderStatus {
-        OrderStatus::parse(&self.status).unwrap_or(OrderStatus::Pending)
+        self.status
     }
 }
 
@@ -98,10 +101,10 @@ pub struct GrantRow {
     pub id: String,
     pub order_id: String,
     pub user_id: String,
-    pub kind: String,
+    pub kind: GrantKind,
     pub feature: Option<String>,
     pub credits: Option<i64>,
-    pub status: String,
+    pub status: GrantState,
     pub starts_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -116,47 +119,13 @@ pub struct RefundRow {
     pub amount: i64,
     pub currency: String,
     pub reason: Option<String>,
-    pub status: String,
+    pub status: RefundStatus,
     pub requested_by: String,
     pub created_at: DateTime<Utc>,
 }
 
-/// The ways an event can name its order; the first that matches wins, in this order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OrderRef {
-    pub order_id: Option<String>,
-    pub checkout_session_id: Option<String>,
-    pub payment_intent_id: Option<String>,
-    pub charge_id: Option<String>,
-}
-
-impl OrderRef {
-    pub fn is_empty(&self) -> bool {
-        self.order_id.is_none()
-            && self.checkout_session_id.is_none()
-            && self.payment_intent_id.is_none()
-            && self.charge_id.is_none()
-    }
-}
-
-/// What applying a fact did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    NoOrder,
-    /// An order was named, but the event's session/PaymentIntent/charge is not that order's.
-    Disagrees {
-        order_id: String,
-    },
-    Order {
-        order_id: String,
-        status: OrderStatus,
-        note: String,
-    },
-}
-
 /// What a refund request should become, given the locked order and its refunds so far.
-pub type RefundDecision =
-    dyn Fn(&OrderRow, &[RefundRow]) -> Result<RefundPick, crate::domain::payments::PaymentError> + Send + Sync;
+pub type RefundDecision = dyn Fn(&OrderRow, &[RefundRow]) -> Result<RefundPick, RefundRefused> + Send + Sync;
 
 pub enum RefundPick {
     /// This request is a retry of a refund already recorded.
@@ -168,7 +137,7 @@ pub enum Reserved {
     NoOrder,
     /// A refund with this id exists already (a retry with the same Idempotency-Key).
     Existing(RefundRow),
-    Refused(crate::domain::payments::PaymentError),
+    Refused(RefundRefused),
     New(RefundRow),
 }
 
@@ -225,7 +194,7 @@ pub trait PaymentStore: Send + Sync {
 
     async fn grants_for_user(&self, user_id: &str) -> Result<Vec<GrantRow>, StoreError>;
 
-    async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), StoreError>;
+    async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: RefundStatus) -> Result<(), StoreError>;
     /// Under the order's lock, what `decide` makes of the order and its refunds so far: an existing
     /// refund (a retry), or a new one, inserted. Concurrent refunds of one order take turns, so
     /// together they can never exceed what was paid.
@@ -269,11 +238,12 @@ macro_rules! impl_payment_store {
             /// status and the grant. Runs inside the caller's transaction.
             pub(crate) async fn apply_locked(
                 tx: &mut sqlx::Transaction<'_, $db>,
-                r: &$crate::store::payments::OrderRef,
+                r: &$crate::domain::orders::OrderRef,
                 fact: &$crate::domain::orders::PaymentFact,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
-                use $crate::store::payments::{Applied, OrderRow, ORDER_COLUMNS};
+            ) -> Result<$crate::domain::orders::Applied, $crate::store::error::StoreError> {
+                use $crate::domain::orders::Applied;
+                use $crate::store::payments::{OrderRow, ORDER_COLUMNS};
                 let sql = format!(
                     "UPDATE orders SET updated_at = updated_at WHERE id = (
                         SELECT id FROM orders
@@ -298,21 +268,21 @@ macro_rules! impl_payment_store {
                 let before = order.status();
                 let mut facts = order.facts();
                 let note = facts.apply(fact, now);
-                let after = before.transition(facts.status()).map_err(|e| $crate::store::StoreError::Rule(e.to_string()))?;
+                let after = before.transition(facts.status()).map_err(|e| $crate::store::error::StoreError::Rule(e.to_string()))?;
                 sqlx::query(
                     "UPDATE orders SET status = $2, paid_at = $3, processing = $4, failed = $5, expired = $6, canceled = $7,
                             amount_refunded = $8, dispute = $9, flag = $10, payment_intent_id = $11, charge_id = $12, updated_at = $13
                       WHERE id = $1",
                 )
                 .bind(&order.id)
-                .bind(after.as_str())
+                .bind(after)
                 .bind(facts.paid_at)
                 .bind(facts.processing)
                 .bind(facts.failed)
                 .bind(facts.expired)
                 .bind(facts.canceled)
                 .bind(facts.amount_refunded)
-                .bind(facts.dispute.map(|d| d.as_str()))
+                .bind(facts.dispute)
                 .bind(&facts.flag)
                 .bind(&facts.payment_intent_id)
                 .bind(&facts.charge_id)
@@ -328,75 +298,66 @@ macro_rules! impl_payment_store {
                 Ok(Applied::Order { order_id: order.id, status: after, note })
             }
 
-            /// Makes the order's grant what its facts say: created once (UNIQUE order_id), then
-            /// only its status changes.
+            /// Makes the order's grant what its facts say (`domain::orders::reconcile_grant`
+            /// decides): created once (UNIQUE order_id), then only its state changes.
             async fn reconcile_grant(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 order: &$crate::store::payments::OrderRow,
                 facts: &$crate::domain::orders::OrderFacts,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<Option<String>, $crate::store::StoreError> {
+            ) -> Result<Option<String>, $crate::store::error::StoreError> {
                 use $crate::domain::catalog::Grant;
-                use $crate::domain::orders::GrantState;
+                use $crate::domain::orders::{reconcile_grant, GrantAction};
                 use $crate::store::payments::{GrantRow, GRANT_COLUMNS};
-                let Some(want) = facts.grant_state() else {
+                if facts.grant_state().is_none() {
                     return Ok(None);
-                };
+                }
                 let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE order_id = $1");
                 let existing: Option<GrantRow> = sqlx::query_as(&sql).bind(&order.id).fetch_optional(&mut **tx).await?;
-                if let Some(g) = existing {
-                    if g.status == want.as_str() {
-                        return Ok(None);
+                let grant = Grant::from_json(&order.grant_spec);
+                let action = reconcile_grant(facts, existing.as_ref().map(|g| g.status), grant.as_ref(), now)
+                    .map_err(|e| $crate::store::error::StoreError::Rule(format!("order {}: {e}", order.id)))?;
+                match (action, existing) {
+                    (GrantAction::Keep, _) => Ok(None),
+                    (GrantAction::SetState(want), Some(g)) => {
+                        sqlx::query("UPDATE grants SET status = $2, updated_at = $3 WHERE id = $1")
+                            .bind(&g.id)
+                            .bind(want)
+                            .bind(now)
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok(Some(format!("grant {} {}", g.id, want.as_str())))
                     }
-                    sqlx::query("UPDATE grants SET status = $2, updated_at = $3 WHERE id = $1")
-                        .bind(&g.id)
-                        .bind(want.as_str())
+                    (GrantAction::SetState(_), None) => Ok(None),
+                    (GrantAction::Create(terms, state), _) => {
+                        let id = $crate::domain::account::new_id("ent");
+                        let inserted = sqlx::query(
+                            "INSERT INTO grants (id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING",
+                        )
+                        .bind(&id)
+                        .bind(&order.id)
+                        .bind(&order.user_id)
+                        .bind(terms.kind)
+                        .bind(&terms.feature)
+                        .bind(terms.credits)
+                        .bind(state)
+                        .bind(terms.starts_at)
+                        .bind(terms.expires_at)
                         .bind(now)
                         .execute(&mut **tx)
-                        .await?;
-                    return Ok(Some(format!("grant {} {}", g.id, want.as_str())));
-                }
-                if want == GrantState::Revoked || !facts.may_grant() {
-                    return Ok(None);
-                }
-                let Some(grant) = Grant::from_json(&order.grant_spec) else {
-                    return Err($crate::store::StoreError::Rule(format!("order {} has an unreadable grant", order.id)));
-                };
-                let starts_at = facts.paid_at.unwrap_or(now);
-                let (kind, feature, credits, expires_at) = match &grant {
-                    // The grant's own period; consecutive purchases are chained when read
-                    // (`domain::payments::effective_access`), so a refund re-chains the rest.
-                    Grant::Access { feature, duration_days } => {
-                        ("access", Some(feature.clone()), None, duration_days.map(|d| starts_at + chrono::Duration::days(d)))
+                        .await?
+                        .rows_affected();
+                        Ok((inserted == 1).then(|| format!("granted {id}")))
                     }
-                    Grant::Credits { amount } => ("credits", None, Some(*amount), None),
-                };
-                let id = $crate::domain::account::new_id("ent");
-                let inserted = sqlx::query(
-                    "INSERT INTO grants (id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(&id)
-                .bind(&order.id)
-                .bind(&order.user_id)
-                .bind(kind)
-                .bind(feature)
-                .bind(credits)
-                .bind(want.as_str())
-                .bind(starts_at)
-                .bind(expires_at)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                Ok((inserted == 1).then(|| format!("granted {id}")))
+                }
             }
         }
 
         #[async_trait::async_trait]
         impl $crate::store::payments::PaymentStore for $store {
-            async fn insert_product(&self, p: &$crate::store::payments::ProductRow) -> Result<(), $crate::store::StoreError> {
-                $crate::store::transaction!(self, tx => {
+            async fn insert_product(&self, p: &$crate::store::payments::ProductRow) -> Result<(), $crate::store::error::StoreError> {
+                $crate::store::pool::transaction!(self, tx => {
                     sqlx::query(
                         "INSERT INTO products (id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at)
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -426,8 +387,8 @@ macro_rules! impl_payment_store {
                 p: &$crate::store::payments::ProductRow,
                 expected: &$crate::store::payments::ProductRow,
                 new_version: bool,
-            ) -> Result<(), $crate::store::StoreError> {
-                $crate::store::transaction!(self, tx => {
+            ) -> Result<(), $crate::store::error::StoreError> {
+                $crate::store::pool::transaction!(self, tx => {
                     let updated = sqlx::query(
                         "UPDATE products SET name = $2, description = $3, active = $4, version = $5, amount = $6, currency = $7,
                                 stripe_price_id = $8, grant_spec = $9, updated_at = $10
@@ -449,7 +410,7 @@ macro_rules! impl_payment_store {
                     .await?
                     .rows_affected();
                     if updated == 0 {
-                        return Err($crate::store::StoreError::Conflict);
+                        return Err($crate::store::error::StoreError::Conflict);
                     }
                     if new_version {
                         Self::insert_version(&mut tx, p).await?;
@@ -459,7 +420,7 @@ macro_rules! impl_payment_store {
                 })
             }
 
-            async fn product(&self, id: &str) -> Result<Option<$crate::store::payments::ProductRow>, $crate::store::StoreError> {
+            async fn product(&self, id: &str) -> Result<Option<$crate::store::payments::ProductRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM products WHERE id = $1", $crate::store::payments::PRODUCT_COLUMNS);
                 Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
             }
@@ -469,7 +430,7 @@ macro_rules! impl_payment_store {
                 active_only: bool,
                 limit: i64,
                 starting_after: Option<&str>,
-            ) -> Result<Vec<$crate::store::payments::ProductRow>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::payments::ProductRow>, $crate::store::error::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM products WHERE ($1 = FALSE OR active = TRUE) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::PRODUCT_COLUMNS
@@ -477,7 +438,7 @@ macro_rules! impl_payment_store {
                 Ok(sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
             }
 
-            async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::StoreError> {
+            async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -508,7 +469,7 @@ macro_rules! impl_payment_store {
                 checkout_url: Option<&str>,
                 expires_at: Option<chrono::DateTime<chrono::Utc>>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "UPDATE orders SET checkout_session_id = COALESCE($2, checkout_session_id), payment_intent_id = COALESCE($3, payment_intent_id),
                             checkout_url = COALESCE($4, checkout_url), expires_at = COALESCE($5, expires_at), updated_at = $6
@@ -526,7 +487,7 @@ macro_rules! impl_payment_store {
                 Ok(())
             }
 
-            async fn order(&self, id: &str) -> Result<Option<$crate::store::payments::OrderRow>, $crate::store::StoreError> {
+            async fn order(&self, id: &str) -> Result<Option<$crate::store::payments::OrderRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM orders WHERE id = $1", $crate::store::payments::ORDER_COLUMNS);
                 Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
             }
@@ -536,7 +497,7 @@ macro_rules! impl_payment_store {
                 user_id: Option<&str>,
                 limit: i64,
                 starting_after: Option<&str>,
-            ) -> Result<Vec<$crate::store::payments::OrderRow>, $crate::store::StoreError> {
+            ) -> Result<Vec<$crate::store::payments::OrderRow>, $crate::store::error::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::ORDER_COLUMNS
@@ -546,19 +507,19 @@ macro_rules! impl_payment_store {
 
             async fn apply_fact(
                 &self,
-                r: &$crate::store::payments::OrderRef,
+                r: &$crate::domain::orders::OrderRef,
                 fact: &$crate::domain::orders::PaymentFact,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::payments::Applied, $crate::store::StoreError> {
+            ) -> Result<$crate::domain::orders::Applied, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
+                $crate::store::pool::transaction!(self, tx => {
                     let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
                     tx.commit().await?;
                     Ok(applied)
                 })
             }
 
-            async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::StoreError> {
+            async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM grants WHERE user_id = $1 ORDER BY id", $crate::store::payments::GRANT_COLUMNS);
                 Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&mut *self.conn().await?).await?)
             }
@@ -567,10 +528,10 @@ macro_rules! impl_payment_store {
                 &self,
                 order_id: &str,
                 decide: &$crate::store::payments::RefundDecision,
-            ) -> Result<$crate::store::payments::Reserved, $crate::store::StoreError> {
+            ) -> Result<$crate::store::payments::Reserved, $crate::store::error::StoreError> {
                 use $crate::store::payments::{OrderRow, RefundRow, Reserved, ORDER_COLUMNS, REFUND_COLUMNS};
                 let _turn = self.write_turn().await;
-                $crate::store::transaction!(self, tx => {
+                $crate::store::pool::transaction!(self, tx => {
                     let sql = format!("UPDATE orders SET updated_at = updated_at WHERE id = $1 RETURNING {ORDER_COLUMNS}");
                     let Some(order): Option<OrderRow> = sqlx::query_as(&sql).bind(order_id).fetch_optional(&mut *tx).await? else {
                         return Ok(Reserved::NoOrder);
@@ -603,7 +564,7 @@ macro_rules! impl_payment_store {
                 })
             }
 
-            async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: &str) -> Result<(), $crate::store::StoreError> {
+            async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: $crate::domain::orders::RefundStatus) -> Result<(), $crate::store::error::StoreError> {
                 // A failure never overwrites a refund Stripe has confirmed (a concurrent retry's).
                 sqlx::query(
                     "UPDATE refunds SET stripe_refund_id = COALESCE($2, stripe_refund_id), status = $3
@@ -618,7 +579,7 @@ macro_rules! impl_payment_store {
                 Ok(())
             }
 
-            async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<$crate::store::payments::RefundRow>, $crate::store::StoreError> {
+            async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<$crate::store::payments::RefundRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM refunds WHERE order_id = $1 ORDER BY id", $crate::store::payments::REFUND_COLUMNS);
                 Ok(sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *self.conn().await?).await?)
             }
@@ -629,7 +590,7 @@ macro_rules! impl_payment_store {
                 key: &str,
                 request_hash: &str,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<$crate::store::payments::IdempotencyStart, $crate::store::StoreError> {
+            ) -> Result<$crate::store::payments::IdempotencyStart, $crate::store::error::StoreError> {
                 use $crate::store::payments::IdempotencyStart;
                 for _ in 0..2 {
                     let inserted = sqlx::query(
@@ -678,7 +639,7 @@ macro_rules! impl_payment_store {
                 Ok(IdempotencyStart::InProgress)
             }
 
-            async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), $crate::store::StoreError> {
+            async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE principal = $1 AND key = $2")
                     .bind(principal)
                     .bind(key)
@@ -689,12 +650,12 @@ macro_rules! impl_payment_store {
                 Ok(())
             }
 
-            async fn sweep_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::StoreError> {
+            async fn sweep_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::error::StoreError> {
                 // Both engines store UTC; SQLite's RFC 3339 text in one offset sorts as time does.
                 Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&mut *self.conn().await?).await?.rows_affected())
             }
 
-            async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::StoreError> {
+            async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status_code IS NULL")
                     .bind(principal)
                     .bind(key)
@@ -708,7 +669,7 @@ macro_rules! impl_payment_store {
             async fn insert_version(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 p: &$crate::store::payments::ProductRow,
-            ) -> Result<(), $crate::store::StoreError> {
+            ) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO product_versions (product_id, version, amount, currency, stripe_price_id, grant_spec, created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",

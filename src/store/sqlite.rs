@@ -5,19 +5,26 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
 
+use super::error::StoreError;
 use super::health::Health;
-use super::{status_of, AuditEntry, Engine, MigrationStatus, NewAuditEntry, Store, StoreError};
+use super::seam::Engine;
 use crate::config::DatabaseConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+super::seam::impl_store!(
+    SqliteStore,
+    Engine::Sqlite,
+    MIGRATOR,
+    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    i64
+);
 super::accounts::impl_account_store!(SqliteStore);
+super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 
@@ -95,115 +102,15 @@ impl SqliteStore {
 
     /// A connection, unless the database is known to be unreachable (see `store::acquire`).
     pub(crate) async fn conn(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        super::acquire(&self.pool, &self.health, self.max_connections).await
+        super::pool::acquire(&self.pool, &self.health, self.max_connections).await
     }
 
     pub(crate) fn settle<T>(&self, conn: PoolConnection<Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        super::settle(&self.health, conn, result)
+        super::pool::settle(&self.health, conn, result)
     }
 
     /// The right to write, held for a whole write transaction.
     pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         Some(self.writer.lock().await)
-    }
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn engine(&self) -> Engine {
-        Engine::Sqlite
-    }
-
-    async fn migrate(&self) -> Result<Vec<i64>, StoreError> {
-        let before = self.migration_status().await?;
-        MIGRATOR.run(&self.pool).await?;
-        Ok(before.pending)
-    }
-
-    async fn migration_status(&self) -> Result<MigrationStatus, StoreError> {
-        let exists: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'")
-                .fetch_one(&mut *self.conn().await?)
-                .await?;
-        let applied = if exists == 0 {
-            Vec::new()
-        } else {
-            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                .fetch_all(&mut *self.conn().await?)
-                .await?
-        };
-        Ok(status_of(&MIGRATOR, applied))
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
-        Ok(())
-    }
-
-    async fn check_writable(&self) -> Result<(), String> {
-        let _turn = self.write_turn().await;
-        let probe = super::transaction!(self, tx => {
-            sqlx::query(
-                "INSERT INTO health_probe (id, checked_at, filler) VALUES (1, $1, $2)
-                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, filler = excluded.filler",
-            )
-            .bind(Utc::now())
-            .bind(super::probe_filler())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        });
-        super::writable_verdict(&self.health, probe)
-    }
-
-    async fn append_audit(&self, e: NewAuditEntry) -> Result<i64, StoreError> {
-        let id = sqlx::query_scalar(
-            "INSERT INTO audit_log (occurred_at, actor, action, resource, ip, user_agent, request_id, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(Utc::now())
-        .bind(e.actor)
-        .bind(e.action)
-        .bind(e.resource)
-        .bind(e.ip)
-        .bind(e.user_agent)
-        .bind(e.request_id)
-        .bind(e.detail.to_string())
-        .fetch_one(&mut *self.conn().await?)
-        .await?;
-        Ok(id)
-    }
-
-    async fn list_audit_page(&self, limit: i64, before_id: Option<i64>) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, occurred_at, actor, action, resource, ip, user_agent, request_id, detail
-             FROM audit_log WHERE id < COALESCE(?, 9223372036854775807) ORDER BY id DESC LIMIT ?",
-        )
-        .bind(before_id)
-        .bind(limit)
-        .fetch_all(&mut *self.conn().await?)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    occurred_at: r.try_get::<DateTime<Utc>, _>("occurred_at")?,
-                    actor: r.try_get("actor")?,
-                    action: r.try_get("action")?,
-                    resource: r.try_get("resource")?,
-                    ip: r.try_get("ip")?,
-                    user_agent: r.try_get("user_agent")?,
-                    request_id: r.try_get("request_id")?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
     }
 }

@@ -15,6 +15,7 @@ use super::{
     CheckoutCreated, CheckoutRequest, EventPage, PaymentIntentCreated, PaymentIntentRequest, Provider, ProviderError,
     RefundCreated, RefundRequest,
 };
+use crate::domain::orders::RefundStatus;
 
 /// The API version every request asks for; event and object shapes are read for this version.
 pub const STRIPE_VERSION: &str = "2024-06-20";
@@ -208,7 +209,10 @@ impl Provider for StripeClient {
         let refund = self.post("/v1/refunds", &form, &format!("tollgate-refund-{}", r.refund_id)).await?;
         Ok(RefundCreated {
             id: required_str(&refund, "id")?,
-            status: refund["status"].as_str().unwrap_or("pending").to_owned(),
+            status: match refund["status"].as_str() {
+                None => RefundStatus::Pending,
+                Some(s) => RefundStatus::parse(s).unwrap_or(RefundStatus::Unknown),
+            },
             amount: refund["amount"].as_i64().unwrap_or(0),
         })
     }

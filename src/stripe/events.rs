@@ -4,9 +4,8 @@
 use serde_json::Value;
 
 use super::webhook::Event;
-use crate::domain::ledger::HANDLED_TYPES;
-use crate::domain::orders::PaymentFact;
-use crate::store::{EventPlan, OrderRef};
+use crate::domain::ledger::{EventPlan, HANDLED_TYPES};
+use crate::domain::orders::{OrderRef, PaymentFact, RefundStatus};
 
 fn str_field(object: &Value, key: &str) -> Option<String> {
     object.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
@@ -140,9 +139,13 @@ pub fn plan(event: &Event, key_live: bool) -> EventPlan {
     if event.kind.starts_with("refund.") {
         let object = &event.data.object;
         let refund_id = object.get("metadata").and_then(|m| m.get("refund_id")).and_then(Value::as_str);
-        return match (refund_id, str_field(object, "id"), str_field(object, "status")) {
-            (Some(refund_id), Some(stripe_refund_id), Some(status)) => {
+        let status = str_field(object, "status");
+        return match (refund_id, str_field(object, "id"), status.as_deref().map(RefundStatus::parse)) {
+            (Some(refund_id), Some(stripe_refund_id), Some(Some(status))) => {
                 EventPlan::SettleRefund { refund_id: refund_id.to_owned(), stripe_refund_id, status }
+            }
+            (Some(_), Some(_), Some(None)) => {
+                EventPlan::Unmatched(format!("a refund status tollgate does not know ({})", status.unwrap_or_default()))
             }
             _ => EventPlan::Unmatched("a refund tollgate did not ask for (no metadata.refund_id)".to_owned()),
         };

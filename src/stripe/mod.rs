@@ -64,7 +64,8 @@ pub struct RefundRequest {
 #[derive(Debug, Clone)]
 pub struct RefundCreated {
     pub id: String,
-    pub status: String,
+    /// Stripe's word; a status tollgate does not know counts as `unknown` (still counted).
+    pub status: crate::domain::orders::RefundStatus,
     pub amount: i64,
 }
 

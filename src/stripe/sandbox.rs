@@ -304,7 +304,7 @@ impl Provider for Sandbox {
             (charge, amount)
         };
         self.deliver(&event("charge.refunded", charge)).await?;
-        Ok(RefundCreated { id: sandbox_id("re"), status: "succeeded".to_owned(), amount })
+        Ok(RefundCreated { id: sandbox_id("re"), status: crate::domain::orders::RefundStatus::Succeeded, amount })
     }
 
     async fn list_events(&self, _created_gte: i64, _starting_after: Option<&str>) -> Result<EventPage, ProviderError> {

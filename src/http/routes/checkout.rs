@@ -172,7 +172,7 @@ impl From<RefundRow> for RefundOut {
             amount: r.amount,
             currency: r.currency,
             reason: r.reason,
-            status: r.status,
+            status: r.status.as_str().to_owned(),
             created_at: r.created_at,
         }
     }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
+use crate::domain::ledger::EventStatus;
 use crate::domain::FieldError;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
@@ -21,8 +22,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/admin/events/{id}", get(get_event))
         .route("/api/v1/admin/events/{id}/replay", post(replay_event))
 }
-
-const STATUSES: &[&str] = &["received", "processed", "ignored", "unmatched", "failed"];
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -67,7 +66,7 @@ impl From<&EventRow> for EventOut {
             created: DateTime::from_timestamp(r.created, 0),
             received_at: r.received_at,
             updated_at: r.updated_at,
-            status: r.status.clone(),
+            status: r.status.as_str().to_owned(),
         }
     }
 }
@@ -107,23 +106,20 @@ pub async fn list_events(
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
             "type" if !v.is_empty() => kind = Some(v.into_owned()),
-            "status" => {
-                if !STATUSES.contains(&v.as_ref()) {
+            "status" => match EventStatus::parse(&v) {
+                Some(s) => status = Some(s),
+                None => {
                     return Err(ApiError::Validation(vec![FieldError::new(
                         "status",
                         "must be received, processed, ignored, unmatched or failed",
-                    )]));
+                    )]))
                 }
-                status = Some(v.into_owned());
-            }
+            },
             _ => {}
         }
     }
-    let rows = state
-        .store
-        .list_events(kind.as_deref(), status.as_deref(), limit + 1, after.as_deref())
-        .await
-        .map_err(anyhow::Error::from)?;
+    let rows =
+        state.store.list_events(kind.as_deref(), status, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
     let (rows, has_more) = page(rows, limit);
     Ok(axum::Json(EventList { data: rows.iter().map(EventOut::from).collect(), has_more }))
 }
@@ -167,6 +163,6 @@ pub async fn replay_event(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<EventDetailOut>> {
     let (status, _) = state.payments.replay(&id, &admin.user.id).await?;
-    audit(&state, &meta, &admin.user.id, "event.replay", &id, serde_json::json!({"status": status})).await;
+    audit(&state, &meta, &admin.user.id, "event.replay", &id, serde_json::json!({"status": status.as_str()})).await;
     get_event(State(state), AdminUser(admin), Path(id)).await
 }

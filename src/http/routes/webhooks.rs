@@ -12,9 +12,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::domain::ledger::Recorded;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
-use crate::store::Recorded;
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> Router<AppState> {

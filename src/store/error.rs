@@ -1,0 +1,28 @@
+//! The one error type of the storage seam.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL (expected sqlite: or postgres://)")]
+    UnsupportedUrl,
+    /// A uniqueness constraint refused the write.
+    #[error("conflict with an existing record")]
+    Conflict,
+    /// The stored data broke a domain rule (an illegal order transition, an unreadable grant).
+    #[error("{0}")]
+    Rule(String),
+    /// The database cannot be reached now (it failed a moment ago and is not tried again yet, or
+    /// no connection could be opened): nothing was done.
+    #[error("the database is unavailable")]
+    Unavailable,
+}
+
+impl StoreError {
+    /// Whether nothing could be done because the database was unreachable (retrying later may work).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable)
+    }
+}

@@ -1,0 +1,104 @@
+//! What both engines do the same way with their pool: hand out a connection unless the database
+//! is known to be down, discard one that saw a storage fault, run a transaction on it, and what
+//! readiness writes.
+
+use super::error::StoreError;
+use super::health::{classify, Admission, Fault, Health};
+
+/// A connection for one operation, unless the database is known to be down: then the answer is
+/// `Unavailable` at once (one caller at a time is let through to find out whether it is back),
+/// instead of every request waiting out the acquire timeout.
+pub(crate) async fn acquire<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    health: &Health,
+    max_connections: u32,
+) -> Result<sqlx::pool::PoolConnection<DB>, StoreError> {
+    let _probe = match health.admit() {
+        Admission::Go => None,
+        Admission::Probe(guard) => Some(guard),
+        Admission::Refused => return Err(StoreError::Unavailable),
+    };
+    match pool.acquire().await {
+        Ok(conn) => {
+            health.reached();
+            Ok(conn)
+        }
+        Err(e) => {
+            let down = match &e {
+                // With every connection busy this is load; with fewer open than allowed, new ones
+                // could not be opened: the database is not answering.
+                sqlx::Error::PoolTimedOut => pool.size() < max_connections,
+                other => classify(other) == Some(Fault::Unreachable),
+            };
+            if down {
+                health.unreachable();
+                tracing::error!(error = %e, "database unreachable; refusing requests until it answers again");
+                return Err(StoreError::Unavailable);
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The end of an operation on `conn`: an error that says the database could not write (full disk,
+/// I/O error) or was lost is noted, and the connection that saw it is closed instead of going back
+/// to the pool.
+pub(crate) fn settle<DB: sqlx::Database, T>(
+    health: &Health,
+    mut conn: sqlx::pool::PoolConnection<DB>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if let Err(StoreError::Database(e)) = &result {
+        if let Some(fault) = health.observe(e) {
+            tracing::error!(error = %e, fault = ?fault, "database fault; discarding the connection that saw it");
+            conn.close_on_drop();
+        }
+    }
+    result
+}
+
+/// Runs `$body` inside a transaction `$tx` on a connection of its own (see [`acquire`]); the body
+/// commits. Whatever the body returns passes through [`settle`].
+macro_rules! transaction {
+    ($self:ident, $tx:ident => $body:block) => {{
+        match $self.conn().await {
+            Err(e) => Err(e),
+            Ok(mut conn) => {
+                let result: Result<_, $crate::store::error::StoreError> = async {
+                    #[allow(unused_mut)]
+                    let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                    $body
+                }
+                .await;
+                $self.settle(conn, result)
+            }
+        }
+    }};
+}
+pub(crate) use transaction;
+
+/// The bytes readiness writes: about the size of a large Stripe event, random so nothing shrinks them.
+pub(crate) fn probe_filler() -> Vec<u8> {
+    use rand::RngCore;
+    let mut filler = vec![0u8; 16 * 1024];
+    rand::rngs::OsRng.fill_bytes(&mut filler);
+    filler
+}
+
+/// The verdict of a write probe.
+pub(crate) fn writable_verdict(health: &Health, probe: Result<(), StoreError>) -> Result<(), String> {
+    match probe {
+        Err(StoreError::Unavailable) => Err("unavailable".to_owned()),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the database refused a write");
+            Err("cannot write".to_owned())
+        }
+        Ok(()) => match health.recent_storage_fault() {
+            Some(fault) => {
+                tracing::warn!(error = %fault, "readiness: the database failed a write in the last seconds");
+                Err("cannot write (a write failed in the last 10 s)".to_owned())
+            }
+            None => Ok(()),
+        },
+    }
+}
