@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::account::{email_key, known_words, new_id, Email, NewPassword, PasswordCandidate, Role, User, UserName};
-use super::crypto::{csrf_token_for, device_cookie, device_cookie_owner, random_token, seal_token, token_hash, unseal_token};
+use super::crypto::{
+    csrf_token_for, device_cookie, device_cookie_owner, random_token, seal_token, token_hash, unseal_token, DeviceCookie,
+};
 use super::jwt::{Claims, JwtKeys};
 use super::password::{PasswordHasherPool, PasswordWorkError};
 use super::FieldError;
@@ -80,6 +82,8 @@ pub enum AuthError {
     Validation(Vec<FieldError>),
     #[error("not found")]
     NotFound,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -140,6 +144,38 @@ impl std::fmt::Debug for Credential {
 pub struct SessionPage {
     pub sessions: Vec<SessionRow>,
     pub has_more: bool,
+}
+
+/// A password that checked out, and the client that sent it.
+struct Authenticated {
+    user: User,
+    /// The nonce of a device cookie valid for this account at its current password.
+    device: Option<String>,
+    ip_key: String,
+}
+
+/// The limiter windows a login attempt was counted in, to give back when the attempt turns out
+/// not to be a wrong password.
+struct Counted<'a> {
+    limiter: &'a dyn RateLimiter,
+    client: String,
+    ceiling: Option<String>,
+}
+
+impl Counted<'_> {
+    /// Gives the counts back.
+    async fn release(&mut self) {
+        self.limiter.refund_window(&self.client).await;
+        if let Some(ceiling) = self.ceiling.take() {
+            self.limiter.refund_window(&ceiling).await;
+        }
+    }
+
+    /// Gives the counts back and returns `error`, for `return Err(counted.give_back(e).await)`.
+    async fn give_back(&mut self, error: AuthError) -> AuthError {
+        self.release().await;
+        error
+    }
 }
 
 pub struct AuthService {
@@ -280,8 +316,8 @@ impl AuthService {
         Ok(user)
     }
 
-    /// The user a device cookie names, if it is genuine.
-    fn device_owner<'a>(&self, cookie: &'a str) -> Option<(&'a str, &'a str)> {
+    /// What a device cookie says, if it is genuine.
+    fn device_of<'a>(&self, cookie: &'a str) -> Option<DeviceCookie<'a>> {
         device_cookie_owner(&self.device_key, cookie)
     }
 
@@ -304,54 +340,83 @@ impl AuthService {
     }
 
     /// Checks a password login. Unknown email, wrong password and disabled account give the same
-    /// error after the same work (a dummy hash for unknown emails). Guessing is bounded without
-    /// handing anyone a lockout (README "Login limits"):
+    /// error after the same work (a dummy hash, and the same queries, for unknown emails). Guessing
+    /// is bounded without handing anyone a lockout (README "Login limits"):
     /// - per client IP, across accounts (`login_ip_limit`);
     /// - per account and client (its device cookie, else its address): `login_max_failures`
     ///   failures in any `login_failure_window`, then 429 for that client only;
     /// - per account, for clients that never logged in to it: `login_account_ceiling` failures in
     ///   the window, then each such attempt waits its turn, one per window / ceiling.
-    ///   A device or address that logged in to the account before is never slowed.
-    async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<(User, bool), AuthError> {
+    ///   A device or address that logged in to the account before, with the password it has now,
+    ///   is never slowed.
+    ///
+    /// Only a password actually checked and wrong uses up an attempt: one refused before that
+    /// (the password queue full, the database down) gives its counts back.
+    async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<Authenticated, AuthError> {
         if let Decision::Limited { limit, retry_after } =
             self.limiter.hit(&format!("login:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
         {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
-        let now = Utc::now();
         let user = self.store.user_by_email(email.as_str()).await?;
+        // A device cookie counts for the account it was made for, at the password it has now.
         let device = meta
             .device
             .as_deref()
-            .and_then(|c| self.device_owner(c))
-            .filter(|(owner, _)| user.as_ref().is_some_and(|u| u.id == *owner))
-            .map(|(_, nonce)| nonce);
+            .and_then(|c| self.device_of(c))
+            .filter(|d| user.as_ref().is_some_and(|u| u.id == d.user_id && u.credential_epoch == d.epoch))
+            .map(|d| d.nonce.to_owned());
         let ip_key = client_key(&meta.ip);
-        let client = match device {
+        let client = match &device {
             Some(nonce) => format!("device:{nonce}"),
             None => format!("ip:{ip_key}"),
         };
         // Attempts are counted before the password is checked, so guesses sent in parallel all
-        // count; a successful login gives its count back.
+        // count; a successful login, or one refused before the check, gives its counts back.
         let client_limit = account_key(email.as_str(), &client);
         if let Decision::Limited { limit, retry_after } = self.limiter.hit_window(&client_limit, self.client_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let known = device.is_some()
-            || match &user {
-                Some(u) => self.store.known_client(&u.id, &ip_key, now - KNOWN_CLIENT_FOR).await?,
-                None => false,
-            };
-        let ceiling = account_key(email.as_str(), "strangers");
-        let mut counted_in_ceiling = false;
+        let counted = Counted { limiter: self.limiter.as_ref(), client: client_limit, ceiling: None };
+        self.check_password(user, password, meta, device, &ip_key, email.as_str(), counted).await
+    }
+
+    /// The rest of [`AuthService::authenticate`], with the attempt counted in `counted`.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_password(
+        &self,
+        user: Option<User>,
+        password: &SecretString,
+        meta: &RequestMeta,
+        device: Option<String>,
+        ip_key: &str,
+        email: &str,
+        mut counted: Counted<'_>,
+    ) -> Result<Authenticated, AuthError> {
+        let now = Utc::now();
+        // The same query whether the account exists or not, so its time tells nothing.
+        let lookup_id = user.as_ref().map_or("usr_none", |u| u.id.as_str());
+        let known_ip = match self.store.known_client(lookup_id, ip_key, now - KNOWN_CLIENT_FOR).await {
+            Ok(known) => known && user.is_some(),
+            Err(e) => return Err(counted.give_back(e.into()).await),
+        };
+        let known = device.is_some() || known_ip;
         if !known {
+            let ceiling = account_key(email, "strangers");
             match self.limiter.hit_window(&ceiling, self.ceiling_quota()).await {
-                Decision::Allowed { .. } => counted_in_ceiling = true,
-                Decision::Limited { .. } => self.slow_down(email.as_str()).await?,
+                Decision::Allowed { .. } => counted.ceiling = Some(ceiling),
+                Decision::Limited { .. } => {
+                    if let Err(e) = self.slow_down(email).await {
+                        return Err(counted.give_back(e).await);
+                    }
+                }
             }
         }
-        let verified = self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await?;
+        let verified = match self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await {
+            Ok(v) => v,
+            Err(e) => return Err(counted.give_back(e.into()).await),
+        };
         let failure = match &user {
             None => Some("unknown_email"),
             Some(_) if !verified.ok => Some("bad_password"),
@@ -364,57 +429,64 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
         let user = user.ok_or(AuthError::InvalidCredentials)?;
-        self.limiter.refund_window(&client_limit).await;
-        if counted_in_ceiling {
-            self.limiter.refund_window(&ceiling).await;
-        }
-        if !meta.ip.is_empty() {
-            self.store.remember_client(&user.id, &ip_key, now).await?;
-        }
+        counted.release().await;
         if verified.needs_rehash {
             let upgraded = self.hasher.hash(password).await?;
             // Only if the hash is still the one we verified: a password change in between wins.
             self.store.upgrade_password_hash(&user.id, &user.password_hash, &upgraded, Utc::now()).await?;
         }
-        self.audit(meta, Some(&user.id), "login.success", Some(&user.id), serde_json::json!({})).await;
-        Ok((user, device.is_some()))
+        Ok(Authenticated { user, device, ip_key: ip_key.to_owned() })
+    }
+
+    /// After a credential was stored for a successful login: its address becomes known to the
+    /// account, and the success is audited.
+    async fn logged_in(&self, who: &Authenticated, meta: &RequestMeta) -> Result<(), AuthError> {
+        if !meta.ip.is_empty() {
+            self.store.remember_client(&who.user.id, &who.ip_key, Utc::now()).await?;
+        }
+        self.audit(meta, Some(&who.user.id), "login.success", Some(&who.user.id), serde_json::json!({})).await;
+        Ok(())
     }
 
     /// Password login for browsers: always a new session token (no fixation), and a device cookie
-    /// when the browser has none for this account (it marks the browser as known to the account).
+    /// when the browser has none for this account at its current password (it marks the browser
+    /// as known to the account).
     pub async fn login(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<NewSession, AuthError> {
-        let (user, has_device) = self.authenticate(email, password, meta).await?;
+        let who = self.authenticate(email, password, meta).await?;
         let now = Utc::now();
         let token = random_token();
         let expires_at = now + chrono_of(self.cfg.session_lifetime);
         let row = SessionRow {
             id: new_id("ses"),
             token_hash: token_hash(&token),
-            user_id: user.id.clone(),
+            user_id: who.user.id.clone(),
             created_at: now,
             last_seen_at: now,
             expires_at,
             ip: Some(meta.ip.clone()),
             user_agent: meta.user_agent.clone(),
-            credential_epoch: user.credential_epoch,
+            credential_epoch: who.user.credential_epoch,
         };
         // Refused when the password changed or the account was disabled since it was verified.
         if !self.store.insert_session(&row).await? {
             return Err(AuthError::InvalidCredentials);
         }
+        self.logged_in(&who, meta).await?;
         let csrf_token = csrf_token_for(&token);
-        let device_cookie = (!has_device).then(|| device_cookie(&self.device_key, &user.id));
-        Ok(NewSession { user, token, csrf_token, expires_at, device_cookie })
+        let device_cookie =
+            who.device.is_none().then(|| device_cookie(&self.device_key, &who.user.id, who.user.credential_epoch));
+        Ok(NewSession { user: who.user, token, csrf_token, expires_at, device_cookie })
     }
 
     /// Password login for API clients: a new token family and its first pair.
     pub async fn token(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<TokenPair, AuthError> {
-        let (user, _) = self.authenticate(email, password, meta).await?;
+        let who = self.authenticate(email, password, meta).await?;
         let family = new_id("fam");
-        if !self.store.insert_family(&family, &user.id, user.credential_epoch, Utc::now()).await? {
+        if !self.store.insert_family(&family, &who.user.id, who.user.credential_epoch, Utc::now()).await? {
             return Err(AuthError::InvalidCredentials);
         }
-        self.issue_pair(&user.id, &family).await
+        self.logged_in(&who, meta).await?;
+        self.issue_pair(&who.user.id, &family).await
     }
 
     async fn issue_pair(&self, user_id: &str, family_id: &str) -> Result<TokenPair, AuthError> {
@@ -577,8 +649,9 @@ impl AuthService {
     }
 
     /// Changes the password and ends every other session and token family of the user. The
-    /// current password is checked first (under its own limiter, never the login one): the new
-    /// password's strength is only judged for someone who knows the current one.
+    /// current password is checked first (under its own limiter, per credential, never the login
+    /// one): the new password's strength is only judged for someone who knows the current one.
+    /// For a browser session, returns the device cookie of the new password.
     pub async fn change_password(
         &self,
         user: &User,
@@ -586,12 +659,23 @@ impl AuthService {
         current: &SecretString,
         new: &SecretString,
         meta: &RequestMeta,
-    ) -> Result<(), AuthError> {
-        let limit_key = format!("password_change:{}", user.id);
+    ) -> Result<Option<String>, AuthError> {
+        // Per credential: someone holding one stolen session cannot use up the owner's attempts.
+        let credential_id = match credential {
+            Credential::Session { session_id, .. } => session_id.as_str(),
+            Credential::Bearer { family_id, .. } => family_id.as_str(),
+        };
+        let limit_key = format!("password_change:{}:{credential_id}", user.id);
         if let Decision::Limited { limit, retry_after } = self.limiter.hit_window(&limit_key, self.client_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let verified = self.hasher.verify(current, Some(&user.password_hash)).await?;
+        let verified = match self.hasher.verify(current, Some(&user.password_hash)).await {
+            Ok(v) => v,
+            Err(e) => {
+                self.limiter.refund_window(&limit_key).await;
+                return Err(e.into());
+            }
+        };
         let mut errors = Vec::new();
         if verified.ok {
             self.limiter.refund_window(&limit_key).await;
@@ -625,7 +709,11 @@ impl AuthService {
                     serde_json::json!({ "sessions_ended": sessions_ended, "families_revoked": families_revoked }),
                 )
                 .await;
-                Ok(())
+                // Device cookies of the old password no longer count; the browser that made the
+                // change gets one for the new password.
+                let device = matches!(credential, Credential::Session { .. })
+                    .then(|| device_cookie(&self.device_key, &user.id, user.credential_epoch + 1));
+                Ok(device)
             }
         }
     }
@@ -645,8 +733,9 @@ impl AuthService {
         if id == admin.id && (role.is_some_and(|r| r != Role::Admin) || disabled == Some(true)) {
             return Err(AuthError::Conflict("admins cannot demote or disable themselves".to_owned()));
         }
-        let (before, after) = match self.store.update_user_flags(id, role, disabled, Utc::now()).await? {
+        let (before, after) = match self.store.update_user_flags(Some(&admin.id), id, role, disabled, Utc::now()).await? {
             FlagsChanged::NotFound => return Err(AuthError::NotFound),
+            FlagsChanged::NotAdmin => return Err(AuthError::Forbidden("you are no longer an admin".to_owned())),
             FlagsChanged::LastAdmin => {
                 return Err(AuthError::Conflict("this would leave no enabled admin".to_owned()));
             }

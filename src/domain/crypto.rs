@@ -54,23 +54,33 @@ pub fn unseal_token(sealed: &str, holder: &str) -> Option<String> {
     seal_token(sealed, holder)
 }
 
-/// A device cookie for `user_id`: `v1.<user id>.<nonce>.<mac>`, unforgeable without `key`.
-pub fn device_cookie(key: &[u8; 32], user_id: &str) -> String {
-    let body = format!("v1.{user_id}.{}", random_token());
+/// A device cookie for `user_id` at credential epoch `epoch`: `v2.<user id>.<epoch>.<nonce>.<mac>`,
+/// unforgeable without `key`. It stops counting as known once the user's epoch moves on (a
+/// password change, a disable).
+pub fn device_cookie(key: &[u8; 32], user_id: &str, epoch: i64) -> String {
+    let body = format!("v2.{user_id}.{epoch}.{}", random_token());
     let mac = derive_key(key, &body);
     format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac))
 }
 
-/// The user id and nonce of a device cookie made with `key`, if it is genuine.
-pub fn device_cookie_owner<'a>(key: &[u8; 32], cookie: &'a str) -> Option<(&'a str, &'a str)> {
+/// What a genuine device cookie made with `key` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCookie<'a> {
+    pub user_id: &'a str,
+    pub epoch: i64,
+    pub nonce: &'a str,
+}
+
+/// The contents of a device cookie made with `key`, if it is genuine.
+pub fn device_cookie_owner<'a>(key: &[u8; 32], cookie: &'a str) -> Option<DeviceCookie<'a>> {
     let (body, mac) = cookie.rsplit_once('.')?;
     let expected = URL_SAFE_NO_PAD.encode(derive_key(key, body));
     if !constant_time_eq(mac.as_bytes(), expected.as_bytes()) {
         return None;
     }
-    let mut parts = body.splitn(3, '.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(user), Some(nonce)) => Some((user, nonce)),
+    let mut parts = body.splitn(4, '.');
+    match (parts.next(), parts.next(), parts.next().and_then(|e| e.parse().ok()), parts.next()) {
+        (Some("v2"), Some(user_id), Some(epoch), Some(nonce)) => Some(DeviceCookie { user_id, epoch, nonce }),
         _ => None,
     }
 }
@@ -140,13 +150,16 @@ mod tests {
     #[test]
     fn device_cookies_cannot_be_forged_or_moved_to_another_user() {
         let key = derive_key(b"server secret", "device");
-        let cookie = device_cookie(&key, "usr_1");
-        assert_eq!(device_cookie_owner(&key, &cookie).map(|(u, _)| u), Some("usr_1"));
+        let cookie = device_cookie(&key, "usr_1", 3);
+        let read = device_cookie_owner(&key, &cookie).unwrap();
+        assert_eq!((read.user_id, read.epoch), ("usr_1", 3));
         let other_key = derive_key(b"another secret", "device");
         assert!(device_cookie_owner(&other_key, &cookie).is_none());
         let moved = cookie.replacen("usr_1", "usr_2", 1);
         assert!(device_cookie_owner(&key, &moved).is_none());
-        assert!(device_cookie_owner(&key, "v1.usr_1.x").is_none());
+        let older = cookie.replacen(".3.", ".2.", 1);
+        assert!(device_cookie_owner(&key, &older).is_none(), "the epoch is signed too");
+        assert!(device_cookie_owner(&key, "v2.usr_1.x").is_none());
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub enum ApiError {
     /// The payment provider failed or refused; logged, never shown (no key, no Stripe internals).
     #[error("payment provider error: {0}")]
     Provider(String),
-    /// The database cannot be reached right now; nothing was done and a retry may work.
+    /// The database cannot be reached right now; a retry may work.
     #[error("database unavailable")]
     Unavailable,
     /// Too much password work is waiting; nothing was done and a retry may work.
@@ -188,7 +188,9 @@ impl ApiError {
             ApiError::Provider(_) => p.detail(
                 "the payment provider could not complete the request; retry later (the same Idempotency-Key is safe to reuse)",
             ),
-            ApiError::Unavailable => p.detail("the database is unavailable; nothing was done, retry shortly"),
+            ApiError::Unavailable => {
+                p.detail("the database is unavailable; retry shortly (an Idempotency-Key makes the retry safe)")
+            }
             ApiError::Busy => p.detail("too many password checks are waiting; nothing was done, retry shortly"),
             ApiError::Internal(_) => p.detail("an internal error occurred; quote the request id when reporting it"),
         }
@@ -255,6 +257,7 @@ impl From<crate::domain::auth::AuthError> for ApiError {
             AuthError::Conflict(d) => ApiError::Conflict(d),
             AuthError::Validation(errors) => ApiError::Validation(errors),
             AuthError::NotFound => ApiError::NotFound,
+            AuthError::Forbidden(d) => ApiError::Forbidden(d),
             AuthError::Internal(e) => ApiError::from(e),
         }
     }

@@ -95,7 +95,8 @@ pub enum PasswordChanged {
         sessions_ended: u64,
         families_revoked: u64,
     },
-    /// The stored hash is no longer the one verified (a concurrent change won): nothing done.
+    /// The stored hash is no longer the one verified (a concurrent change won), or the user was
+    /// disabled meanwhile: nothing done.
     Stale,
 }
 
@@ -103,6 +104,8 @@ pub enum PasswordChanged {
 #[derive(Debug, Clone)]
 pub enum FlagsChanged {
     NotFound,
+    /// The admin asking is not (or no longer) an enabled admin: nothing done.
+    NotAdmin,
     /// It would leave no enabled admin: nothing done.
     LastAdmin,
     Updated {
@@ -133,9 +136,10 @@ pub trait AccountStore: Send + Sync {
     async fn set_password_hash(&self, id: &str, hash: &str, changed: bool, now: DateTime<Utc>) -> Result<(), StoreError>;
     /// Replaces `old` by `new` (same password, today's parameters) only if `old` is still stored.
     async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
-    /// In one transaction, only if `verified_hash` is still stored: the new hash, the credential
-    /// epoch moved on, every other session deleted and every other token family revoked, and the
-    /// credential that asked (`keep`) moved to the new epoch.
+    /// In one transaction, only if `verified_hash` is still stored and the user enabled: the new
+    /// hash, the credential epoch moved on, every other session deleted, every other token family
+    /// revoked, the remembered login addresses forgotten, and the credential that asked (`keep`)
+    /// moved to the new epoch.
     async fn change_password(
         &self,
         user_id: &str,
@@ -146,11 +150,14 @@ pub trait AccountStore: Send + Sync {
     ) -> Result<PasswordChanged, StoreError>;
     /// Newest first; `starting_after` is the last id of the previous page.
     async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<User>, StoreError>;
-    /// An admin's change, in one transaction that first locks every enabled admin: refused when it
-    /// would leave none. Disabling moves the credential epoch on, deletes the user's sessions and
-    /// revokes their token families.
+    /// A change made by the admin `actor` (`None`: the operator, from the command line or a test),
+    /// in one transaction that first locks every enabled admin: refused when the actor is not one
+    /// of them any more, or when it would leave none. Disabling
+    /// moves the credential epoch on, deletes the user's sessions, revokes their token families and
+    /// forgets the addresses they logged in from.
     async fn update_user_flags(
         &self,
+        actor: Option<&str>,
         id: &str,
         role: Option<Role>,
         disabled: Option<bool>,
@@ -201,8 +208,10 @@ pub trait AccountStore: Send + Sync {
     async fn remember_client(&self, user_id: &str, client_key: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Deletes sessions past their lifetime or idle since before `idle_cutoff`, or of an old
-    /// credential epoch; refresh tokens past their expiry; families revoked, or without a live
-    /// refresh token, created before `family_cutoff`; login clients not seen since `clients_cutoff`.
+    /// credential epoch; refresh tokens past their expiry; families created before
+    /// `family_cutoff` that are revoked, or hold no live refresh token and none spent since then
+    /// (so a refresh between spending one token and storing the next is never cut short); login
+    /// clients not seen since `clients_cutoff`.
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,
@@ -239,7 +248,7 @@ macro_rules! impl_account_store {
         #[async_trait::async_trait]
         impl $crate::store::accounts::AccountStore for $store {
             async fn insert_user(&self, u: &$crate::domain::account::User) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query(
+                $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "INSERT INTO users (id, email, email_key, name, password_hash, role, disabled, created_at, updated_at, password_changed_at, credential_epoch)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
@@ -254,23 +263,23 @@ macro_rules! impl_account_store {
                 .bind(u.created_at)
                 .bind(u.password_changed_at)
                 .bind(u.credential_epoch)
-                .execute(&mut *self.conn().await?)
-                .await
+                .execute(&mut *c)
+                .await)
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
             }
 
             async fn user_by_email(&self, email: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::error::StoreError> {
-                let row: Option<$crate::store::accounts::UserRow> = sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1"))
+                let row: Option<$crate::store::accounts::UserRow> = $crate::store::pool::on_conn!(self, c => sqlx::query_as(&$crate::store::accounts::user_query("WHERE email_key = $1"))
                     .bind($crate::domain::account::email_key(email))
-                    .fetch_optional(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_optional(&mut *c)
+                    .await)?;
                 Ok(row.map(Into::into))
             }
 
             async fn user_by_id(&self, id: &str) -> Result<Option<$crate::domain::account::User>, $crate::store::error::StoreError> {
                 let row: Option<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *self.conn().await?).await?;
+                    $crate::store::pool::on_conn!(self, c => sqlx::query_as(&$crate::store::accounts::user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *c).await)?;
                 Ok(row.map(Into::into))
             }
 
@@ -280,18 +289,18 @@ macro_rules! impl_account_store {
                 } else {
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
                 };
-                sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&mut *self.conn().await?).await?;
+                $crate::store::pool::on_conn!(self, c => sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&mut *c).await)?;
                 Ok(())
             }
 
             async fn upgrade_password_hash(&self, id: &str, old: &str, new: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
-                let done = sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4")
+                let done = $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3 AND password_hash = $4")
                     .bind(new)
                     .bind(now)
                     .bind(id)
                     .bind(old)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -308,12 +317,13 @@ macro_rules! impl_account_store {
                 $crate::store::pool::transaction!(self, tx => {
                     let epoch: Option<i64> = sqlx::query_scalar(
                         "UPDATE users SET password_hash = $1, updated_at = $2, password_changed_at = $2, credential_epoch = credential_epoch + 1
-                          WHERE id = $3 AND password_hash = $4 RETURNING credential_epoch",
+                          WHERE id = $3 AND password_hash = $4 AND disabled = $5 RETURNING credential_epoch",
                     )
                     .bind(new_hash)
                     .bind(now)
                     .bind(user_id)
                     .bind(verified_hash)
+                    .bind(false)
                     .fetch_optional(&mut *tx)
                     .await?;
                     let Some(epoch) = epoch else {
@@ -340,6 +350,8 @@ macro_rules! impl_account_store {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                    // Addresses that knew the old password are strangers to the new one.
+                    sqlx::query("DELETE FROM login_clients WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
                     sqlx::query("UPDATE sessions SET credential_epoch = $1 WHERE id = $2 AND user_id = $3")
                         .bind(epoch)
                         .bind(keep_session)
@@ -359,16 +371,17 @@ macro_rules! impl_account_store {
 
             async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::error::StoreError> {
                 let rows: Vec<$crate::store::accounts::UserRow> =
-                    sqlx::query_as(&$crate::store::accounts::user_query("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
+                    $crate::store::pool::on_conn!(self, c => sqlx::query_as(&$crate::store::accounts::user_query("WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"))
                         .bind(starting_after)
                         .bind(limit)
-                        .fetch_all(&mut *self.conn().await?)
-                        .await?;
+                        .fetch_all(&mut *c)
+                        .await)?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }
 
             async fn update_user_flags(
                 &self,
+                actor: Option<&str>,
                 id: &str,
                 role: Option<$crate::domain::account::Role>,
                 disabled: Option<bool>,
@@ -384,6 +397,10 @@ macro_rules! impl_account_store {
                         .bind(false)
                         .fetch_all(&mut *tx)
                         .await?;
+                    if actor.is_some_and(|actor| !admins.iter().any(|a| a == actor)) {
+                        tx.rollback().await?;
+                        return Ok(FlagsChanged::NotAdmin);
+                    }
                     let row: Option<UserRow> = sqlx::query_as(&user_query("WHERE id = $1")).bind(id).fetch_optional(&mut *tx).await?;
                     let Some(before) = row.map(User::from) else {
                         tx.rollback().await?;
@@ -418,6 +435,7 @@ macro_rules! impl_account_store {
                         .execute(&mut *tx)
                         .await?
                         .rows_affected();
+                        sqlx::query("DELETE FROM login_clients WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
                     }
                     tx.commit().await?;
                     Ok(FlagsChanged::Updated { before: Box::new(before), after: Box::new(after.into()), sessions_ended, families_revoked })
@@ -425,7 +443,7 @@ macro_rules! impl_account_store {
             }
 
             async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<bool, $crate::store::error::StoreError> {
-                let done = sqlx::query(
+                let done = $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "INSERT INTO sessions (id, token_hash, user_id, created_at, last_seen_at, expires_at, ip, user_agent, credential_epoch)
                      SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
                       WHERE EXISTS (SELECT 1 FROM users WHERE id = $3 AND credential_epoch = $9 AND disabled = $10)",
@@ -440,30 +458,30 @@ macro_rules! impl_account_store {
                 .bind(&s.user_agent)
                 .bind(s.credential_epoch)
                 .bind(false)
-                .execute(&mut *self.conn().await?)
-                .await?;
+                .execute(&mut *c)
+                .await)?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn session_by_token_hash(&self, token_hash: &str) -> Result<Option<$crate::store::accounts::SessionRow>, $crate::store::error::StoreError> {
-                Ok(sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1"))
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&$crate::store::accounts::session_query("WHERE token_hash = $1"))
                     .bind(token_hash)
-                    .fetch_optional(&mut *self.conn().await?)
-                    .await?)
+                    .fetch_optional(&mut *c)
+                    .await)?)
             }
 
             async fn touch_session(&self, id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *self.conn().await?).await?;
+                $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE id = $2").bind(now).bind(id).execute(&mut *c).await)?;
                 Ok(())
             }
 
             async fn delete_session(&self, id: &str) -> Result<bool, $crate::store::error::StoreError> {
-                Ok(sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *self.conn().await?).await?.rows_affected() > 0)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *c).await)?.rows_affected() > 0)
             }
 
             async fn delete_user_session(&self, user_id: &str, id: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let done =
-                    sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *self.conn().await?).await?;
+                    $crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id = $2").bind(user_id).bind(id).execute(&mut *c).await)?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -476,7 +494,7 @@ macro_rules! impl_account_store {
                 limit: i64,
                 starting_after: Option<&str>,
             ) -> Result<Vec<$crate::store::accounts::SessionRow>, $crate::store::error::StoreError> {
-                Ok(sqlx::query_as(&$crate::store::accounts::session_query(
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&$crate::store::accounts::session_query(
                     "WHERE user_id = $1 AND credential_epoch = $2 AND expires_at > $3 AND last_seen_at > $4
                        AND ($5 IS NULL OR id < $5) ORDER BY id DESC LIMIT $6",
                 ))
@@ -486,12 +504,12 @@ macro_rules! impl_account_store {
                 .bind(idle_cutoff)
                 .bind(starting_after)
                 .bind(limit)
-                .fetch_all(&mut *self.conn().await?)
-                .await?)
+                .fetch_all(&mut *c)
+                .await)?)
             }
 
             async fn insert_family(&self, id: &str, user_id: &str, epoch: i64, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
-                let done = sqlx::query(
+                let done = $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "INSERT INTO token_families (id, user_id, created_at, credential_epoch)
                      SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND credential_epoch = $4 AND disabled = $5)",
                 )
@@ -500,8 +518,8 @@ macro_rules! impl_account_store {
                 .bind(now)
                 .bind(epoch)
                 .bind(false)
-                .execute(&mut *self.conn().await?)
-                .await?;
+                .execute(&mut *c)
+                .await)?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -513,26 +531,26 @@ macro_rules! impl_account_store {
                 now: chrono::DateTime<chrono::Utc>,
                 expires_at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+                $crate::store::pool::on_conn!(self, c => sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(token_hash)
                     .bind(family_id)
                     .bind(user_id)
                     .bind(now)
                     .bind(expires_at)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(())
             }
 
             async fn spend_refresh(&self, token_hash: &str, now: chrono::DateTime<chrono::Utc>) -> Result<$crate::store::accounts::SpendOutcome, $crate::store::error::StoreError> {
                 use sqlx::Row;
-                let spent = sqlx::query(
+                let spent = $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL RETURNING family_id, user_id, expires_at",
                 )
                 .bind(now)
                 .bind(token_hash)
-                .fetch_optional(&mut *self.conn().await?)
-                .await?;
+                .fetch_optional(&mut *c)
+                .await)?;
                 if let Some(r) = spent {
                     return Ok($crate::store::accounts::SpendOutcome::Fresh {
                         family_id: r.try_get("family_id")?,
@@ -540,10 +558,10 @@ macro_rules! impl_account_store {
                         expires_at: r.try_get("expires_at")?,
                     });
                 }
-                let known = sqlx::query("SELECT family_id, user_id, used_at, successor_hash, successor_sealed FROM refresh_tokens WHERE token_hash = $1")
+                let known = $crate::store::pool::on_conn!(self, c => sqlx::query("SELECT family_id, user_id, used_at, successor_hash, successor_sealed FROM refresh_tokens WHERE token_hash = $1")
                     .bind(token_hash)
-                    .fetch_optional(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_optional(&mut *c)
+                    .await)?;
                 Ok(match known {
                     Some(r) => {
                         let successor_hash: Option<String> = r.try_get("successor_hash")?;
@@ -560,60 +578,60 @@ macro_rules! impl_account_store {
             }
 
             async fn set_successor(&self, spent_hash: &str, successor_hash: &str, sealed: &str) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("UPDATE refresh_tokens SET successor_hash = $2, successor_sealed = $3 WHERE token_hash = $1")
+                $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE refresh_tokens SET successor_hash = $2, successor_sealed = $3 WHERE token_hash = $1")
                     .bind(spent_hash)
                     .bind(successor_hash)
                     .bind(sealed)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(())
             }
 
             async fn refresh_unspent(&self, token_hash: &str) -> Result<bool, $crate::store::error::StoreError> {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NULL")
+                let n: i64 = $crate::store::pool::on_conn!(self, c => sqlx::query_scalar("SELECT count(*) FROM refresh_tokens WHERE token_hash = $1 AND used_at IS NULL")
                     .bind(token_hash)
-                    .fetch_one(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_one(&mut *c)
+                    .await)?;
                 Ok(n > 0)
             }
 
             async fn revoke_family(&self, id: &str, reason: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
-                let done = sqlx::query("UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
+                let done = $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
                     .bind(now)
                     .bind(reason)
                     .bind(id)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(done.rows_affected() > 0)
             }
 
             async fn family(&self, id: &str) -> Result<Option<$crate::store::accounts::FamilyRow>, $crate::store::error::StoreError> {
-                Ok(sqlx::query_as("SELECT user_id, credential_epoch, revoked_at IS NOT NULL AS revoked FROM token_families WHERE id = $1")
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as("SELECT user_id, credential_epoch, revoked_at IS NOT NULL AS revoked FROM token_families WHERE id = $1")
                     .bind(id)
-                    .fetch_optional(&mut *self.conn().await?)
-                    .await?)
+                    .fetch_optional(&mut *c)
+                    .await)?)
             }
 
             async fn known_client(&self, user_id: &str, client_key: &str, since: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM login_clients WHERE user_id = $1 AND client_key = $2 AND last_success_at >= $3")
+                let n: i64 = $crate::store::pool::on_conn!(self, c => sqlx::query_scalar("SELECT count(*) FROM login_clients WHERE user_id = $1 AND client_key = $2 AND last_success_at >= $3")
                     .bind(user_id)
                     .bind(client_key)
                     .bind(since)
-                    .fetch_one(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_one(&mut *c)
+                    .await)?;
                 Ok(n > 0)
             }
 
             async fn remember_client(&self, user_id: &str, client_key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query(
+                $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "INSERT INTO login_clients (user_id, client_key, last_success_at) VALUES ($1, $2, $3)
                      ON CONFLICT (user_id, client_key) DO UPDATE SET last_success_at = excluded.last_success_at",
                 )
                 .bind(user_id)
                 .bind(client_key)
                 .bind(now)
-                .execute(&mut *self.conn().await?)
-                .await?;
+                .execute(&mut *c)
+                .await)?;
                 Ok(())
             }
 
@@ -625,29 +643,30 @@ macro_rules! impl_account_store {
                 clients_cutoff: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::store::accounts::Purged, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
-                let sessions = sqlx::query(
+                let sessions = $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2
                         OR credential_epoch <> (SELECT u.credential_epoch FROM users u WHERE u.id = sessions.user_id)",
                 )
                 .bind(now)
                 .bind(idle_cutoff)
-                .execute(&mut *self.conn().await?)
-                .await?
+                .execute(&mut *c)
+                .await)?
                 .rows_affected();
                 let refresh_tokens =
-                    sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1").bind(now).execute(&mut *self.conn().await?).await?.rows_affected();
-                let families = sqlx::query(
+                    $crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM refresh_tokens WHERE expires_at <= $1").bind(now).execute(&mut *c).await)?.rows_affected();
+                let families = $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "DELETE FROM token_families WHERE created_at < $1
-                        AND (revoked_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM refresh_tokens r WHERE r.family_id = token_families.id AND r.used_at IS NULL))",
+                        AND (revoked_at IS NOT NULL OR NOT EXISTS (SELECT 1 FROM refresh_tokens r
+                              WHERE r.family_id = token_families.id AND (r.used_at IS NULL OR r.used_at >= $1)))",
                 )
                 .bind(family_cutoff)
-                .execute(&mut *self.conn().await?)
-                .await?
+                .execute(&mut *c)
+                .await)?
                 .rows_affected();
-                let login_clients = sqlx::query("DELETE FROM login_clients WHERE last_success_at < $1")
+                let login_clients = $crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM login_clients WHERE last_success_at < $1")
                     .bind(clients_cutoff)
-                    .execute(&mut *self.conn().await?)
-                    .await?
+                    .execute(&mut *c)
+                    .await)?
                     .rows_affected();
                 Ok($crate::store::accounts::Purged { sessions, refresh_tokens, families, login_clients })
             }

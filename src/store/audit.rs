@@ -63,7 +63,7 @@ macro_rules! impl_audit_store {
                     $detail_in,
                     ") RETURNING id"
                 );
-                let id = sqlx::query_scalar(sql)
+                let id = $crate::store::pool::on_conn!(self, c => sqlx::query_scalar(sql)
                     .bind(chrono::Utc::now())
                     .bind(e.actor)
                     .bind(e.action)
@@ -72,8 +72,8 @@ macro_rules! impl_audit_store {
                     .bind(e.user_agent)
                     .bind(e.request_id)
                     .bind(e.detail.to_string())
-                    .fetch_one(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_one(&mut *c)
+                    .await)?;
                 Ok(id)
             }
 
@@ -88,7 +88,7 @@ macro_rules! impl_audit_store {
                     $detail_out,
                     " AS detail FROM audit_log WHERE ($1 IS NULL OR id < $1) ORDER BY id DESC LIMIT $2"
                 );
-                let rows = sqlx::query(sql).bind(before_id).bind(limit).fetch_all(&mut *self.conn().await?).await?;
+                let rows = $crate::store::pool::on_conn!(self, c => sqlx::query(sql).bind(before_id).bind(limit).fetch_all(&mut *c).await)?;
                 rows.into_iter()
                     .map(|r| {
                         let detail: String = r.try_get("detail")?;

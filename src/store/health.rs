@@ -13,6 +13,10 @@ pub const RETRY_DOWN_AFTER: Duration = Duration::from_secs(1);
 /// How long readiness reports a storage fault after the last one.
 pub const FAULT_REPORTED_FOR: Duration = Duration::from_secs(10);
 
+/// How long one readiness write answers for: probes in between share it, so hammering `/readyz`
+/// costs at most one write a second.
+pub const PROBE_ANSWERS_FOR: Duration = Duration::from_secs(1);
+
 /// What kind of trouble an error from the database driver means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -23,15 +27,16 @@ pub enum Fault {
     Unreachable,
 }
 
-/// Classifies a driver error. SQLite reports result codes (primary code in the low byte),
-/// PostgreSQL SQLSTATEs.
+/// Classifies a driver error: SQLite result codes (primary code in the low byte), PostgreSQL
+/// SQLSTATEs, each asked of its own engine's error type.
 pub fn classify(e: &sqlx::Error) -> Option<Fault> {
     match e {
         sqlx::Error::Database(db) => {
             let code = db.code()?;
-            if let Ok(n) = code.parse::<i32>() {
-                // SQLITE_IOERR 10, SQLITE_CORRUPT 11, SQLITE_CANTOPEN 14, SQLITE_FULL 13, SQLITE_NOTADB 26.
-                return matches!(n & 0xff, 10 | 11 | 13 | 14 | 26).then_some(Fault::Storage);
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLITE_IOERR 10, SQLITE_CORRUPT 11, SQLITE_FULL 13, SQLITE_CANTOPEN 14, SQLITE_NOTADB 26.
+                let primary = code.parse::<i32>().ok()? & 0xff;
+                return matches!(primary, 10 | 11 | 13 | 14 | 26).then_some(Fault::Storage);
             }
             match code.as_ref() {
                 // disk_full, out_of_memory, io_error, data_corrupted, index_corrupted
@@ -60,6 +65,8 @@ pub struct Health {
     /// Milliseconds since `origin` of the last storage fault, plus one; 0 when there was none.
     last_fault: AtomicU64,
     last_fault_text: Mutex<String>,
+    /// The last readiness write and when it was made; held while one is being made.
+    probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
 /// May a caller use the database now?
@@ -93,6 +100,7 @@ impl Health {
             probing: AtomicBool::new(false),
             last_fault: AtomicU64::new(0),
             last_fault_text: Mutex::new(String::new()),
+            probe: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -126,15 +134,14 @@ impl Health {
         self.down_until.load(Ordering::SeqCst) != 0
     }
 
-    /// Notes `e` if it is a fault; returns its kind.
+    /// Notes `e` if it says the database could not write; returns its kind. Only a failure to
+    /// connect counts the database as down ([`Health::unreachable`], from the pool): one broken
+    /// connection (a terminated backend, a reset socket) is that connection's problem.
     pub fn observe(&self, e: &sqlx::Error) -> Option<Fault> {
         let fault = classify(e)?;
-        match fault {
-            Fault::Storage => {
-                *self.last_fault_text.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
-                self.last_fault.store(self.now_ms(), Ordering::SeqCst);
-            }
-            Fault::Unreachable => self.unreachable(),
+        if fault == Fault::Storage {
+            *self.last_fault_text.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
+            self.last_fault.store(self.now_ms(), Ordering::SeqCst);
         }
         Some(fault)
     }
@@ -146,6 +153,23 @@ impl Health {
             return None;
         }
         Some(self.last_fault_text.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// The answer of a readiness write made at most [`PROBE_ANSWERS_FOR`] ago, or of `probe` run
+    /// now; concurrent callers wait for the one probe in flight.
+    pub async fn probe_once<F>(&self, probe: F) -> Result<(), String>
+    where
+        F: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut last = self.probe.lock().await;
+        if let Some((at, answer)) = last.as_ref() {
+            if at.elapsed() < PROBE_ANSWERS_FOR {
+                return answer.clone();
+            }
+        }
+        let answer = probe.await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
     }
 
     /// Whether a connection opened `age` ago predates the last storage fault (and so may have
@@ -180,12 +204,13 @@ mod tests {
     #[test]
     fn connections_older_than_a_storage_fault_are_not_reused() {
         let h = Health::new();
-        assert!(!h.predates_last_fault(Duration::from_secs(3600)));
-        std::thread::sleep(Duration::from_millis(5));
+        assert!(!h.predates_last_fault(Duration::from_secs(3600)), "no fault yet");
+        std::thread::sleep(Duration::from_millis(20));
         h.last_fault.store(h.now_ms(), Ordering::SeqCst);
-        assert!(h.predates_last_fault(Duration::from_millis(5)));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(!h.predates_last_fault(Duration::from_millis(1)), "opened after the fault");
+        assert!(h.predates_last_fault(Duration::from_millis(15)), "opened before the fault");
+        assert!(h.predates_last_fault(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!h.predates_last_fault(Duration::ZERO), "opened after the fault");
         assert!(h.recent_storage_fault().is_some());
     }
 

@@ -180,7 +180,7 @@ macro_rules! impl_ledger_store {
                      ORDER BY seq DESC LIMIT $4",
                     $crate::store::ledger::EVENT_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
             }
 
             async fn event(
@@ -188,13 +188,13 @@ macro_rules! impl_ledger_store {
                 event_id: &str,
             ) -> Result<Option<($crate::store::ledger::EventRow, Vec<$crate::store::ledger::HistoryRow>)>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM stripe_events WHERE event_id = $1", $crate::store::ledger::EVENT_COLUMNS);
-                let Some(row): Option<$crate::store::ledger::EventRow> = sqlx::query_as(&sql).bind(event_id).fetch_optional(&mut *self.conn().await?).await? else {
+                let Some(row): Option<$crate::store::ledger::EventRow> = $crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(event_id).fetch_optional(&mut *c).await)? else {
                     return Ok(None);
                 };
-                let history = sqlx::query_as("SELECT at, status, detail FROM stripe_event_history WHERE event_id = $1 ORDER BY id")
+                let history = $crate::store::pool::on_conn!(self, c => sqlx::query_as("SELECT at, status, detail FROM stripe_event_history WHERE event_id = $1 ORDER BY id")
                     .bind(event_id)
-                    .fetch_all(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_all(&mut *c)
+                    .await)?;
                 Ok(Some((row, history)))
             }
         }

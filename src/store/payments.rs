@@ -422,7 +422,7 @@ macro_rules! impl_payment_store {
 
             async fn product(&self, id: &str) -> Result<Option<$crate::store::payments::ProductRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM products WHERE id = $1", $crate::store::payments::PRODUCT_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)?)
             }
 
             async fn list_products(
@@ -435,11 +435,11 @@ macro_rules! impl_payment_store {
                     "SELECT {} FROM products WHERE ($1 = FALSE OR active = TRUE) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::PRODUCT_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(active_only).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
             }
 
             async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query(
+                $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 )
@@ -455,8 +455,8 @@ macro_rules! impl_payment_store {
                 .bind(&o.status)
                 .bind(o.created_at)
                 .bind(o.updated_at)
-                .execute(&mut *self.conn().await?)
-                .await
+                .execute(&mut *c)
+                .await)
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
             }
@@ -470,7 +470,7 @@ macro_rules! impl_payment_store {
                 expires_at: Option<chrono::DateTime<chrono::Utc>>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query(
+                $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "UPDATE orders SET checkout_session_id = COALESCE($2, checkout_session_id), payment_intent_id = COALESCE($3, payment_intent_id),
                             checkout_url = COALESCE($4, checkout_url), expires_at = COALESCE($5, expires_at), updated_at = $6
                       WHERE id = $1",
@@ -481,15 +481,15 @@ macro_rules! impl_payment_store {
                 .bind(checkout_url)
                 .bind(expires_at)
                 .bind(now)
-                .execute(&mut *self.conn().await?)
-                .await
+                .execute(&mut *c)
+                .await)
                 .map_err($crate::store::accounts::conflict)?;
                 Ok(())
             }
 
             async fn order(&self, id: &str) -> Result<Option<$crate::store::payments::OrderRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM orders WHERE id = $1", $crate::store::payments::ORDER_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(id).fetch_optional(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)?)
             }
 
             async fn list_orders(
@@ -502,7 +502,7 @@ macro_rules! impl_payment_store {
                     "SELECT {} FROM orders WHERE ($1 IS NULL OR user_id = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
                     $crate::store::payments::ORDER_COLUMNS
                 );
-                Ok(sqlx::query_as(&sql).bind(user_id).bind(starting_after).bind(limit).fetch_all(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(user_id).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
             }
 
             async fn apply_fact(
@@ -521,7 +521,7 @@ macro_rules! impl_payment_store {
 
             async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM grants WHERE user_id = $1 ORDER BY id", $crate::store::payments::GRANT_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(user_id).fetch_all(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(user_id).fetch_all(&mut *c).await)?)
             }
 
             async fn reserve_refund(
@@ -566,22 +566,22 @@ macro_rules! impl_payment_store {
 
             async fn set_refund_result(&self, id: &str, stripe_refund_id: Option<&str>, status: $crate::domain::orders::RefundStatus) -> Result<(), $crate::store::error::StoreError> {
                 // A failure never overwrites a refund Stripe has confirmed (a concurrent retry's).
-                sqlx::query(
+                $crate::store::pool::on_conn!(self, c => sqlx::query(
                     "UPDATE refunds SET stripe_refund_id = COALESCE($2, stripe_refund_id), status = $3
                       WHERE id = $1 AND ($2 IS NOT NULL OR stripe_refund_id IS NULL)",
                 )
                     .bind(id)
                     .bind(stripe_refund_id)
                     .bind(status)
-                    .execute(&mut *self.conn().await?)
-                    .await
+                    .execute(&mut *c)
+                    .await)
                     .map_err($crate::store::accounts::conflict)?;
                 Ok(())
             }
 
             async fn refunds_for_order(&self, order_id: &str) -> Result<Vec<$crate::store::payments::RefundRow>, $crate::store::error::StoreError> {
                 let sql = format!("SELECT {} FROM refunds WHERE order_id = $1 ORDER BY id", $crate::store::payments::REFUND_COLUMNS);
-                Ok(sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *self.conn().await?).await?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(order_id).fetch_all(&mut *c).await)?)
             }
 
             async fn idempotency_start(
@@ -593,7 +593,7 @@ macro_rules! impl_payment_store {
             ) -> Result<$crate::store::payments::IdempotencyStart, $crate::store::error::StoreError> {
                 use $crate::store::payments::IdempotencyStart;
                 for _ in 0..2 {
-                    let inserted = sqlx::query(
+                    let inserted = $crate::store::pool::on_conn!(self, c => sqlx::query(
                         "INSERT INTO idempotency_keys (principal, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
                          ON CONFLICT (principal, key) DO NOTHING",
                     )
@@ -601,31 +601,31 @@ macro_rules! impl_payment_store {
                     .bind(key)
                     .bind(request_hash)
                     .bind(now)
-                    .execute(&mut *self.conn().await?)
-                    .await?
+                    .execute(&mut *c)
+                    .await)?
                     .rows_affected();
                     if inserted == 1 {
                         return Ok(IdempotencyStart::New);
                     }
-                    let row: Option<(String, Option<i64>, Option<Vec<u8>>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+                    let row: Option<(String, Option<i64>, Option<Vec<u8>>, chrono::DateTime<chrono::Utc>)> = $crate::store::pool::on_conn!(self, c => sqlx::query_as(
                         "SELECT request_hash, status_code, response, created_at FROM idempotency_keys WHERE principal = $1 AND key = $2",
                     )
                     .bind(principal)
                     .bind(key)
-                    .fetch_optional(&mut *self.conn().await?)
-                    .await?;
+                    .fetch_optional(&mut *c)
+                    .await)?;
                     let Some((hash, status, body, created_at)) = row else { continue };
                     let age = now - created_at;
                     let abandoned = status.is_none() && age > chrono::Duration::seconds($crate::store::payments::IDEMPOTENCY_ABANDONED_SECS);
                     if age > chrono::Duration::hours($crate::store::payments::IDEMPOTENCY_TTL_HOURS) || abandoned {
                         // Expired, or its request died before answering (a crash): forget that
                         // exact row and start again.
-                        sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND created_at = $3")
+                        $crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND created_at = $3")
                             .bind(principal)
                             .bind(key)
                             .bind(created_at)
-                            .execute(&mut *self.conn().await?)
-                            .await?;
+                            .execute(&mut *c)
+                            .await)?;
                         continue;
                     }
                     if hash != request_hash {
@@ -640,27 +640,27 @@ macro_rules! impl_payment_store {
             }
 
             async fn idempotency_finish(&self, principal: &str, key: &str, status: u16, body: &[u8]) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE principal = $1 AND key = $2")
+                $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE principal = $1 AND key = $2")
                     .bind(principal)
                     .bind(key)
                     .bind(i64::from(status))
                     .bind(body)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(())
             }
 
             async fn sweep_idempotency(&self, before: chrono::DateTime<chrono::Utc>) -> Result<u64, $crate::store::error::StoreError> {
                 // Both engines store UTC; SQLite's RFC 3339 text in one offset sorts as time does.
-                Ok(sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&mut *self.conn().await?).await?.rows_affected())
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1").bind(before).execute(&mut *c).await)?.rows_affected())
             }
 
             async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status_code IS NULL")
+                $crate::store::pool::on_conn!(self, c => sqlx::query("DELETE FROM idempotency_keys WHERE principal = $1 AND key = $2 AND status_code IS NULL")
                     .bind(principal)
                     .bind(key)
-                    .execute(&mut *self.conn().await?)
-                    .await?;
+                    .execute(&mut *c)
+                    .await)?;
                 Ok(())
             }
         }

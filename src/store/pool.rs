@@ -24,18 +24,20 @@ pub(crate) async fn acquire<DB: sqlx::Database>(
             Ok(conn)
         }
         Err(e) => {
+            // With every connection busy this is load; with fewer open than allowed, or a refused
+            // or broken connect, the database is not answering: refuse others at once until it does.
             let down = match &e {
-                // With every connection busy this is load; with fewer open than allowed, new ones
-                // could not be opened: the database is not answering.
                 sqlx::Error::PoolTimedOut => pool.size() < max_connections,
                 other => classify(other) == Some(Fault::Unreachable),
             };
             if down {
                 health.unreachable();
                 tracing::error!(error = %e, "database unreachable; refusing requests until it answers again");
-                return Err(StoreError::Unavailable);
+            } else {
+                tracing::warn!(error = %e, "no database connection became free in time");
             }
-            Err(e.into())
+            // Either way nothing was done, and a retry may work.
+            Err(StoreError::Unavailable)
         }
     }
 }
@@ -56,6 +58,33 @@ pub(crate) fn settle<DB: sqlx::Database, T>(
     }
     result
 }
+
+/// Notes a storage fault in `result` (see [`Health::observe`]) and, for any fault, closes `conn`
+/// when it is dropped instead of returning it to the pool.
+pub(crate) fn observe<DB: sqlx::Database, T>(
+    health: &Health,
+    conn: &mut sqlx::pool::PoolConnection<DB>,
+    result: &Result<T, sqlx::Error>,
+) {
+    if let Err(e) = result {
+        if let Some(fault) = health.observe(e) {
+            tracing::error!(error = %e, fault = ?fault, "database fault; discarding the connection that saw it");
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// Runs one statement `$body` on a connection `$c` of its own (see [`acquire`]), passing its
+/// answer through [`observe`]; evaluates to the statement's own `Result`.
+macro_rules! on_conn {
+    ($self:ident, $c:ident => $body:expr) => {{
+        let mut $c = $self.conn().await?;
+        let result = $body;
+        $self.observe(&mut $c, &result);
+        result
+    }};
+}
+pub(crate) use on_conn;
 
 /// Runs `$body` inside a transaction `$tx` on a connection of its own (see [`acquire`]); the body
 /// commits. Whatever the body returns passes through [`settle`].

@@ -53,6 +53,10 @@ impl PgStore {
         super::pool::acquire(&self.pool, &self.health, self.max_connections).await
     }
 
+    pub(crate) fn observe<T>(&self, conn: &mut PoolConnection<Postgres>, result: &Result<T, sqlx::Error>) {
+        super::pool::observe(&self.health, conn, result)
+    }
+
     pub(crate) fn settle<T>(&self, conn: PoolConnection<Postgres>, result: Result<T, StoreError>) -> Result<T, StoreError> {
         super::pool::settle(&self.health, conn, result)
     }

@@ -83,37 +83,40 @@ macro_rules! impl_store {
             }
 
             async fn migration_status(&self) -> Result<$crate::store::seam::MigrationStatus, $crate::store::error::StoreError> {
-                let exists: $exists_ty = sqlx::query_scalar($exists).fetch_one(&mut *self.conn().await?).await?;
+                let exists: $exists_ty = $crate::store::pool::on_conn!(self, c => sqlx::query_scalar($exists).fetch_one(&mut *c).await)?;
                 let applied = if exists == <$exists_ty>::default() {
                     Vec::new()
                 } else {
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-                        .fetch_all(&mut *self.conn().await?)
-                        .await?
+                    $crate::store::pool::on_conn!(self, c => sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                        .fetch_all(&mut *c)
+                        .await)?
                 };
                 Ok($crate::store::seam::status_of(&$migrator, applied))
             }
 
             async fn ping(&self) -> Result<(), $crate::store::error::StoreError> {
-                sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
+                $crate::store::pool::on_conn!(self, c => sqlx::query("SELECT 1").execute(&mut *c).await)?;
                 Ok(())
             }
 
             async fn check_writable(&self) -> Result<(), String> {
-                let _turn = self.write_turn().await;
-                let probe = $crate::store::pool::transaction!(self, tx => {
-                    sqlx::query(
-                        "INSERT INTO health_probe (id, checked_at, filler) VALUES (1, $1, $2)
-                         ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, filler = excluded.filler",
-                    )
-                    .bind(chrono::Utc::now())
-                    .bind($crate::store::pool::probe_filler())
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    Ok(())
-                });
-                $crate::store::pool::writable_verdict(&self.health, probe)
+                let probe = async {
+                    let _turn = self.write_turn().await;
+                    let written = $crate::store::pool::transaction!(self, tx => {
+                        sqlx::query(
+                            "INSERT INTO health_probe (id, checked_at, filler) VALUES (1, $1, $2)
+                             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at, filler = excluded.filler",
+                        )
+                        .bind(chrono::Utc::now())
+                        .bind($crate::store::pool::probe_filler())
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(())
+                    });
+                    $crate::store::pool::writable_verdict(&self.health, written)
+                };
+                self.health.probe_once(probe).await
             }
 
             async fn close(&self) {

@@ -44,25 +44,26 @@ pub struct SqliteStore {
 /// (while holding the write lock). Such a connection is closed, never reused, as is any
 /// connection opened before the last storage fault.
 async fn reusable(conn: &mut SqliteConnection, age: Duration, health: &Health) -> bool {
-    if conn.is_in_transaction() {
-        tracing::warn!("closing a SQLite connection released inside a transaction");
-        return false;
-    }
     if health.predates_last_fault(age) {
         return false;
     }
-    match conn.lock_handle().await {
-        Ok(mut handle) => {
-            // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit only
-            // reads the connection's state.
-            let autocommit = unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } != 0;
-            if !autocommit {
-                tracing::warn!("closing a SQLite connection that SQLite says is inside a transaction");
-            }
-            autocommit
-        }
-        Err(_) => false,
+    // The handle is handed over only after the connection's worker has carried out what was
+    // queued before (a dropped transaction's ROLLBACK), so both counts below are settled.
+    let autocommit = match conn.lock_handle().await {
+        // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit only
+        // reads the connection's state.
+        Ok(mut handle) => (unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }) != 0,
+        Err(_) => return false,
+    };
+    if !autocommit || conn.is_in_transaction() {
+        tracing::warn!(
+            sqlite = !autocommit,
+            sqlx = conn.is_in_transaction(),
+            "closing a SQLite connection left inside a transaction"
+        );
+        return false;
     }
+    true
 }
 
 impl SqliteStore {
@@ -103,6 +104,10 @@ impl SqliteStore {
     /// A connection, unless the database is known to be unreachable (see `store::acquire`).
     pub(crate) async fn conn(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
         super::pool::acquire(&self.pool, &self.health, self.max_connections).await
+    }
+
+    pub(crate) fn observe<T>(&self, conn: &mut PoolConnection<Sqlite>, result: &Result<T, sqlx::Error>) {
+        super::pool::observe(&self.health, conn, result)
     }
 
     pub(crate) fn settle<T>(&self, conn: PoolConnection<Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {

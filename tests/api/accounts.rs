@@ -77,7 +77,7 @@ pub async fn password_still(app: &TestApp, email: &str, password: &str) -> bool 
 
 pub async fn make_admin(app: &TestApp, email: &str) -> Browser {
     let user = register(app, email).await;
-    app.store.update_user_flags(user["id"].as_str().unwrap(), Some(Role::Admin), None, chrono::Utc::now()).await.unwrap();
+    app.store.update_user_flags(None, user["id"].as_str().unwrap(), Some(Role::Admin), None, chrono::Utc::now()).await.unwrap();
     login(app, email, PASSWORD).await
 }
 
@@ -419,7 +419,7 @@ async fn login_failures_do_not_reveal_whether_the_account_exists() {
     let app = spawn_app().await;
     register(&app, "ada@example.com").await;
     let disabled = register(&app, "gone@example.com").await;
-    app.store.update_user_flags(disabled["id"].as_str().unwrap(), None, Some(true), chrono::Utc::now()).await.unwrap();
+    app.store.update_user_flags(None, disabled["id"].as_str().unwrap(), None, Some(true), chrono::Utc::now()).await.unwrap();
 
     let mut answers = Vec::new();
     for (email, password) in

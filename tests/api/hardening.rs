@@ -598,3 +598,191 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
         assert!(statuses.contains(&200) && (statuses.contains(&409) || statuses.contains(&403)), "{statuses:?}");
     }
 }
+
+#[tokio::test]
+async fn device_cookies_and_known_addresses_of_an_old_password_stop_counting() {
+    let app = spawn_app_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"), ("TOLLGATE_LOGIN_ACCOUNT_CEILING", "3")]).await;
+    register(&app, "ada@example.com").await;
+    // The password leaked: a thief logs in from their machine and keeps its device cookie.
+    let thiefs = device_cookie(&login_from(&app, "198.51.100.66", "ada@example.com", PASSWORD, None).await).unwrap();
+    // Ada changes it from her browser, which gets a device cookie for the new password.
+    let ada = login(&app, "ada@example.com", PASSWORD).await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/me/password"))
+        .header("cookie", &ada.cookie)
+        .header("x-csrf-token", &ada.csrf)
+        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let adas = device_cookie(&r).expect("a device cookie for the new password");
+    // Guesses from strangers reach the ceiling.
+    for i in 0..3 {
+        assert_eq!(login_from(&app, &format!("203.0.113.{i}"), "ada@example.com", "wrong guess here", None).await.status(), 401);
+    }
+    assert_eq!(
+        login_from(&app, "203.0.113.50", "ada@example.com", "wrong guess here", None).await.status(),
+        401,
+        "the next turn"
+    );
+    // The thief's device and address knew the old password: strangers now, slowed like any other.
+    assert_eq!(login_from(&app, "203.0.113.51", "ada@example.com", "guess", Some(&thiefs)).await.status(), 429);
+    assert_eq!(login_from(&app, "198.51.100.66", "ada@example.com", "guess", None).await.status(), 429);
+    // Ada's browser is known to the new password.
+    assert_eq!(login_from(&app, "203.0.113.52", "ada@example.com", NEW_PASSWORD, Some(&adas)).await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_attempt_refused_before_the_password_is_checked_uses_up_nothing() {
+    let app = spawn_app_with(&[
+        ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("TOLLGATE_PASSWORD_QUEUE", "1"),
+        ("TOLLGATE_LOGIN_MAX_FAILURES", "3"),
+        ("TOLLGATE_LOGIN_IP_LIMIT", "1000"),
+    ])
+    .await;
+    register(&app, "ada@example.com").await;
+    // Twenty at once from Ada's own address: most find the password queue full (503).
+    let burst: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("x-forwarded-for", "192.0.2.10")
+                    .json(&json!({"email": "ada@example.com", "password": "wrong password entirely"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for b in burst {
+        statuses.push(b.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(checked <= 3, "{statuses:?}");
+    // Only checked passwords counted: exactly 3 - checked more wrong guesses are checked, one at a
+    // time, before this client is limited.
+    for _ in checked..3 {
+        assert_eq!(login_from(&app, "192.0.2.10", "ada@example.com", "wrong password entirely", None).await.status(), 401);
+    }
+    assert_eq!(login_from(&app, "192.0.2.10", "ada@example.com", PASSWORD, None).await.status(), 429);
+}
+
+#[tokio::test]
+async fn a_stolen_session_cannot_use_up_the_owners_password_changes() {
+    let app = spawn_app().await;
+    register(&app, "ada@example.com").await;
+    let stolen = login(&app, "ada@example.com", PASSWORD).await;
+    let ada = login(&app, "ada@example.com", PASSWORD).await;
+    let change = |b: &Browser, current: &'static str| {
+        app.client
+            .post(app.url("/api/v1/me/password"))
+            .header("cookie", b.cookie.clone())
+            .header("x-csrf-token", b.csrf.clone())
+            .json(&json!({"current_password": current, "new_password": NEW_PASSWORD}))
+            .send()
+    };
+    for _ in 0..10 {
+        assert_eq!(change(&stolen, "not the password").await.unwrap().status(), 422);
+    }
+    assert_eq!(change(&stolen, "not the password").await.unwrap().status(), 429);
+    // Ada's own session still may, and doing so ends the stolen one.
+    assert_eq!(change(&ada, PASSWORD).await.unwrap().status(), 204);
+    assert_eq!(me_with_cookie(&app, &stolen.cookie).await, 401);
+}
+
+#[tokio::test]
+async fn the_store_refuses_credentials_of_an_old_epoch_and_changes_on_a_disabled_account() {
+    let app = spawn_app().await;
+    let ada = register(&app, "ada@example.com").await;
+    let id = ada["id"].as_str().unwrap().to_owned();
+    let user = app.store.user_by_id(&id).await.unwrap().unwrap();
+    let now = chrono::Utc::now();
+    let session = |epoch: i64| tollgate::store::SessionRow {
+        id: tollgate::domain::account::new_id("ses"),
+        token_hash: tollgate::domain::crypto::token_hash(&tollgate::domain::crypto::random_token()),
+        user_id: id.clone(),
+        created_at: now,
+        last_seen_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        ip: None,
+        user_agent: None,
+        credential_epoch: epoch,
+    };
+    // A login that verified the password at epoch 0 stores its session only while 0 is current.
+    assert!(app.store.insert_session(&session(user.credential_epoch)).await.unwrap());
+    let changed = app
+        .store
+        .change_password(&id, &user.password_hash, "$argon2id$new", tollgate::store::Keep::Family("fam_none"), now)
+        .await
+        .unwrap();
+    assert!(matches!(changed, tollgate::store::PasswordChanged::Changed { sessions_ended: 1, .. }), "{changed:?}");
+    assert!(!app.store.insert_session(&session(user.credential_epoch)).await.unwrap(), "the old epoch is refused");
+    assert!(!app.store.insert_family("fam_late", &id, user.credential_epoch, now).await.unwrap());
+    let after = app.store.user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(after.credential_epoch, user.credential_epoch + 1);
+    assert!(app.store.insert_session(&session(after.credential_epoch)).await.unwrap());
+    // A change racing a disable loses: nothing is written for a disabled account.
+    app.store.update_user_flags(None, &id, None, Some(true), now).await.unwrap();
+    let stale = app
+        .store
+        .change_password(&id, &after.password_hash, "$argon2id$other", tollgate::store::Keep::Family("fam_none"), now)
+        .await
+        .unwrap();
+    assert_eq!(stale, tollgate::store::PasswordChanged::Stale);
+    assert_eq!(app.store.user_by_id(&id).await.unwrap().unwrap().password_hash, after.password_hash);
+}
+
+#[tokio::test]
+async fn an_admin_demoted_meanwhile_changes_nothing() {
+    let app = spawn_app().await;
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for email in ["a@example.com", "m@example.com", "x@example.com"] {
+            make_admin(&app, email).await;
+            ids.push(app.store.user_by_email(email).await.unwrap().unwrap().id);
+        }
+        ids
+    };
+    let (a, m) = (&ids[0], &ids[1]);
+    let now = chrono::Utc::now();
+    // A demotes M; M's request, which passed its admin check before that, then tries to disable A.
+    let demoted = app.store.update_user_flags(Some(a), m, Some(tollgate::domain::account::Role::User), None, now).await.unwrap();
+    assert!(matches!(demoted, tollgate::store::FlagsChanged::Updated { .. }));
+    let late = app.store.update_user_flags(Some(m), a, None, Some(true), now).await.unwrap();
+    assert!(matches!(late, tollgate::store::FlagsChanged::NotAdmin), "{late:?}");
+    assert!(!app.store.user_by_id(a).await.unwrap().unwrap().disabled);
+}
+
+#[tokio::test]
+async fn the_purge_never_cuts_a_refresh_short_between_spending_and_storing() {
+    let app = spawn_app().await;
+    register(&app, "ada@example.com").await;
+    let (_, refresh) = tokens(&app, "ada@example.com", PASSWORD).await;
+    // The family was created before the purge's cutoff; a refresh has spent its token after the
+    // cutoff and not stored the next one yet when the purge runs.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cutoff = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let hash = tollgate::domain::crypto::token_hash(&refresh);
+    let spent = app.store.spend_refresh(&hash, chrono::Utc::now()).await.unwrap();
+    let tollgate::store::SpendOutcome::Fresh { family_id, user_id, .. } = spent else { panic!("{spent:?}") };
+    let now = chrono::Utc::now();
+    let purged = app
+        .store
+        .purge_expired(now, now - chrono::Duration::minutes(30), cutoff, now - chrono::Duration::days(90))
+        .await
+        .unwrap();
+    assert_eq!(purged.families, 0, "{purged:?}");
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    app.store.insert_refresh("next", &family_id, &user_id, chrono::Utc::now(), later).await.unwrap();
+    assert!(app.store.family(&family_id).await.unwrap().is_some());
+}

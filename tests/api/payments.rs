@@ -29,7 +29,7 @@ async fn bearer_for(app: &TestApp, email: &str, role: Role) -> (String, String) 
     let user = register(app, email).await;
     let id = user["id"].as_str().unwrap().to_owned();
     if role == Role::Admin {
-        app.store.update_user_flags(&id, Some(role), None, chrono::Utc::now()).await.unwrap();
+        app.store.update_user_flags(None, &id, Some(role), None, chrono::Utc::now()).await.unwrap();
     }
     (tokens(app, email, PASSWORD).await.0, id)
 }

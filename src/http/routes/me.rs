@@ -1,7 +1,8 @@
 //! `/api/v1/me*`: the caller's own account and sessions.
 
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::domain::auth::Credential;
-use crate::http::auth::{CurrentUser, Meta};
+use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
 use crate::http::routes::admin::{list_params, ListParams};
@@ -81,9 +82,16 @@ pub async fn change_password(
     Meta(meta): Meta,
     current: CurrentUser,
     Json(input): Json<PasswordChangeIn>,
-) -> ApiResult<StatusCode> {
-    state.auth.change_password(&current.user, &current.credential, &input.current_password, &input.new_password, &meta).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> ApiResult<Response> {
+    let device = state
+        .auth
+        .change_password(&current.user, &current.credential, &input.current_password, &input.new_password, &meta)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Some(device) = device {
+        response.headers_mut().insert(header::SET_COOKIE, device_cookie(&state, &device));
+    }
+    Ok(response)
 }
 
 /// The caller's live browser sessions (neither expired nor idle), newest first.

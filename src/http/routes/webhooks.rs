@@ -35,7 +35,8 @@ pub struct ReceivedOut {
         (status = 200, description = "Stored (or already stored)", body = ReceivedOut),
         (status = 400, description = "Missing, forged or stale signature, or a body that is not a Stripe event; nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 500, description = "Not stored; Stripe will retry", body = Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Not stored (the database refused the write, or applying it failed and it is kept as `failed`); Stripe will retry", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database cannot be reached; not stored, Stripe will retry (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn receive(
     State(state): State<AppState>,
