@@ -153,10 +153,6 @@ impl PaymentsService {
         PaymentsService { store, provider, limiter, config, key_live }
     }
 
-    pub fn provider_name(&self) -> &'static str {
-        self.provider.name()
-    }
-
     pub async fn create_product(&self, p: NewProduct) -> Result<ProductRow, PaymentError> {
         let mut errors = Vec::new();
         validate_product_fields(&p, &mut errors);
