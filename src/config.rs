@@ -68,6 +68,13 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     pub cors_origins: CorsOrigins,
     pub trusted_proxies: Vec<IpNet>,
+    /// Client connections open at once; more wait in the listen backlog.
+    pub max_connections: u32,
+    /// A new connection's first request head (TLS handshake included), and on HTTP/1 every later
+    /// head from its first byte, must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +243,27 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("20s"),
         secret: false,
         meaning: "how long in-flight requests may finish after SIGTERM",
+    },
+    Setting {
+        key: "max_connections",
+        env: &["TOLLGATE_MAX_CONNECTIONS"],
+        default: Some("1024"),
+        secret: false,
+        meaning: "client connections open at once; more wait until one closes (lowered to fit the open-file limit)",
+    },
+    Setting {
+        key: "header_read_timeout",
+        env: &["TOLLGATE_HEADER_READ_TIMEOUT"],
+        default: Some("10s"),
+        secret: false,
+        meaning: "a new connection must complete TLS and send a request head within this; so must each later request from its first byte",
+    },
+    Setting {
+        key: "idle_timeout",
+        env: &["TOLLGATE_IDLE_TIMEOUT"],
+        default: Some("75s"),
+        secret: false,
+        meaning: "a kept-alive connection with no request in flight this long is closed",
     },
     Setting {
         key: "tls_cert",
@@ -831,6 +859,9 @@ impl Config {
         if !(Duration::from_secs(30 * 60)..=Duration::from_secs(24 * 3600)).contains(&checkout_ttl) {
             errors.push(bad("checkout_expires_after", "must be between 30m and 24h (Stripe's limits)"));
         }
+        let connection_limit = count("max_connections", &mut errors);
+        let header_read_timeout = duration("header_read_timeout", &mut errors);
+        let idle_timeout = duration("idle_timeout", &mut errors);
         let payments =
             PaymentsConfig { success_url, cancel_url, checkout_ttl, checkout_limit: count("checkout_limit", &mut errors) };
         let config = Config {
@@ -852,6 +883,9 @@ impl Config {
                 shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(20)),
                 cors_origins,
                 trusted_proxies,
+                max_connections: connection_limit,
+                header_read_timeout,
+                idle_timeout,
             },
             tls,
             log_filter,

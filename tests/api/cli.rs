@@ -153,6 +153,8 @@ pub struct Server {
     pub child: Child,
     pub lines: std::sync::mpsc::Receiver<String>,
     pub addr: String,
+    /// The log lines up to and including `listening`.
+    pub startup: Vec<String>,
 }
 
 impl Drop for Server {
@@ -169,7 +171,13 @@ pub fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
 
 fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Server {
     let mut cmd = tollgate(dir, env);
-    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").args(args);
+    start(cmd)
+}
+
+/// Spawns `cmd` (a `serve`), reading its log lines; returns once it logs the address it listens on.
+pub fn start(mut cmd: Command) -> Server {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
@@ -181,7 +189,7 @@ fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ser
         }
     });
     // From here on Drop kills and reaps the child, whatever happens.
-    let mut server = Server { child, lines, addr: String::new() };
+    let mut server = Server { child, lines, addr: String::new(), startup: Vec::new() };
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.addr.is_empty() {
         let line =
@@ -190,11 +198,12 @@ fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ser
         if v["message"] == "listening" {
             server.addr = v["addr"].as_str().unwrap().to_owned();
         }
+        server.startup.push(line);
     }
     server
 }
 
-fn drain(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
+pub fn drain(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(l) = lines.recv_timeout(wait) {
         out.push(l);

@@ -1,6 +1,7 @@
 //! `spawn_app()`: the real application on port 0 with its own database (a fresh SQLite file, or a
 //! fresh PostgreSQL database when `TEST_DATABASE_URL` is set), plus a few probe routes mounted
-//! behind the same middleware stack to exercise it (panics, slow handlers, JSON bodies that store).
+//! behind the same middleware stack to exercise it (panics, slow handlers, large bodies, JSON bodies
+//! that store).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -151,6 +152,19 @@ struct SlowQuery {
     ms: u64,
 }
 
+#[derive(Debug, Deserialize)]
+struct BigQuery {
+    bytes: usize,
+}
+
+/// A response body of `bytes` bytes, streamed in 64 KiB chunks.
+fn big_body(bytes: usize) -> axum::body::Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (0..bytes.div_ceil(CHUNK))
+        .map(move |i| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; CHUNK.min(bytes - i * CHUNK)])));
+    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+}
+
 /// Probe routes: they exist only in tests and go through exactly the production stack.
 fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
     Router::new()
@@ -190,6 +204,7 @@ fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
             }),
         )
         .route("/__test/client", get(|client: ClientInfo| async move { axum::Json(client) }))
+        .route("/__test/big", get(|Query(q): Query<BigQuery>| async move { big_body(q.bytes) }))
 }
 
 /// Asserts a problem+json response and returns its body.
