@@ -76,9 +76,20 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Creating a database on the shared PostgreSQL server, versus filling a tablespace's disk. While a
+/// test keeps that disk full, the server cannot write out the full database's dirty pages, and
+/// `CREATE DATABASE` (which needs many buffers) fails with "No space left on device" in whichever
+/// test happens to create one. The filling test holds this exclusively; creating a database holds it
+/// shared.
+pub fn postgres_disk_lock() -> &'static tokio::sync::RwLock<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
+}
+
 /// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
 pub async fn fresh_postgres_database() -> Option<String> {
     let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+    let _no_full_disk = postgres_disk_lock().read().await;
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await
