@@ -68,7 +68,7 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     pub cors_origins: CorsOrigins,
     pub trusted_proxies: Vec<IpNet>,
-    /// Client connections open at once; more wait in the listen backlog.
+    /// Client connections served at once; more wait until one closes.
     pub max_connections: u32,
     /// A new connection's first request head (TLS handshake included), and on HTTP/1 every later
     /// head from its first byte, must arrive within this.
@@ -252,7 +252,7 @@ pub const SETTINGS: &[Setting] = &[
         env: &["TOLLGATE_MAX_CONNECTIONS"],
         default: Some("1024"),
         secret: false,
-        meaning: "client connections open at once; more wait until one closes (lowered to fit the open-file limit)",
+        meaning: "client connections served at once; more wait until one closes (lowered to fit the open-file limit)",
     },
     Setting {
         key: "header_read_timeout",

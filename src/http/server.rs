@@ -1,9 +1,13 @@
 //! The accept loop: our own, over hyper-util, so that slow or silent clients cannot make the service
 //! unreachable.
 //!
-//! - At most `max_connections` sockets are open: a slot is taken *before* `accept()`, so file
-//!   descriptors stay bounded; when none is free the loop logs a warning (at most every 10 s) and
-//!   waits, and new clients queue in the kernel's listen backlog.
+//! - At most `max_connections` connections are served, and one more socket is open: when no slot
+//!   is free, the loop still accepts the next client (so it knows one is waiting), logs a warning
+//!   (at most every 10 s) and holds it until a slot frees; later clients queue in the kernel's
+//!   listen backlog. File descriptors stay bounded. While a client waits, every kept-alive
+//!   connection with no request in flight is closed, and HTTP/1 responses say `Connection: close`,
+//!   so waiting clients are not held back by idle ones (a connection that has not sent a request
+//!   yet keeps its slot until its header-read timeout).
 //! - A watchdog per connection closes it when it stops making progress: no complete request head
 //!   (TLS handshake included) within `header_read_timeout` of accepting it; on HTTP/1, no complete
 //!   head within `header_read_timeout` of a later request's first byte; no request at all for
@@ -24,7 +28,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
-use axum::http::{Request, Version};
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Request, Version};
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -42,6 +47,10 @@ pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Concurrent requests on one HTTP/2 connection.
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How long a connection the watchdog closes may take to end gracefully before it is cut off.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// No client arriving for this long while connections are full means nobody is waiting any more.
+const PRESSURE_OVER: Duration = Duration::from_millis(100);
 /// The connection-limit warning is logged at most this often.
 const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -74,6 +83,7 @@ pub async fn serve(
     let builder = Arc::new(builder());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (drain, draining) = watch::channel(false);
+    let (at_limit, at_limit_seen) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut last_limit_warning: Option<Instant> = None;
     let mut last_accept_warning: Option<Instant> = None;
@@ -81,9 +91,32 @@ pub async fn serve(
 
     loop {
         while connections.try_join_next().is_some() {}
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
+        let free_slot = slots.clone().try_acquire_owned().ok();
+        if free_slot.is_some() {
+            at_limit.send_if_modified(|at| std::mem::replace(at, false));
+        }
+        // Without a free slot, the next client is still taken (one socket beyond the bound), so
+        // that the connections know someone is waiting; it is served once a slot frees.
+        let accepted = loop {
+            tokio::select! {
+                accepted = listener.accept() => break Some(accepted),
+                () = &mut stop_requested => break None,
+                () = tokio::time::sleep(PRESSURE_OVER), if *at_limit.borrow() => {
+                    at_limit.send_replace(false);
+                }
+            }
+        };
+        let (tcp, peer) = match accepted {
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => {
+                accept_failed(&e, &limits, &slots, &mut last_accept_warning).await;
+                continue;
+            }
+            None => break,
+        };
+        let slot = match free_slot {
+            Some(slot) => slot,
+            None => {
                 if last_limit_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_EVERY) {
                     last_limit_warning = Some(Instant::now());
                     tracing::warn!(
@@ -92,43 +125,20 @@ pub async fn serve(
                         "connection limit reached; new connections wait for a free slot (TOLLGATE_MAX_CONNECTIONS)"
                     );
                 }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
+                // Until a slot is seen free, or no client turns up for a while, clients are waiting.
+                at_limit.send_if_modified(|at| !std::mem::replace(at, true));
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot,
                     () = &mut stop_requested => break,
+                };
+                match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
                 }
             }
         };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // A client that gave up while queued is its own business; anything else (out of
-                    // file descriptors, …) is ours: say so, and do not spin.
-                    if !matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) {
-                        if last_accept_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_EVERY) {
-                            last_accept_warning = Some(Instant::now());
-                            tracing::warn!(error = %e, open_connections = limits.max_connections - slots.available_permits() - 1, "cannot accept connections");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
-                }
-            },
-            () = &mut stop_requested => break,
-        };
-        connections.spawn(connection(
-            tcp,
-            peer,
-            tls.clone(),
-            make_service.clone(),
-            builder.clone(),
-            limits,
-            draining.clone(),
-            slot,
-        ));
+        let signals = Signals { draining: draining.clone(), at_limit: at_limit_seen.clone() };
+        connections.spawn(connection(tcp, peer, tls.clone(), make_service.clone(), builder.clone(), limits, signals, slot));
     }
 
     // New clients are refused from here on; connections finish what they are doing.
@@ -141,6 +151,23 @@ pub async fn serve(
         connections.shutdown().await;
     }
     Ok(())
+}
+
+/// After `accept()` failed: a client that gave up while queued is its own business; anything else
+/// (out of file descriptors, …) is ours: say so (at most every 10 s), and do not spin.
+async fn accept_failed(e: &io::Error, limits: &Limits, slots: &Semaphore, last_warning: &mut Option<Instant>) {
+    if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted) {
+        return;
+    }
+    if last_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_EVERY) {
+        *last_warning = Some(Instant::now());
+        tracing::warn!(
+            error = %e,
+            open_connections = limits.max_connections - slots.available_permits(),
+            "cannot accept connections"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Completes once `stop` is true; never when every sender is gone (nobody can ask any more).
@@ -163,6 +190,14 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What the accept loop tells every connection.
+struct Signals {
+    /// Shutting down: finish in-flight requests, take no more.
+    draining: watch::Receiver<bool>,
+    /// No slot is free and a client may be waiting for one.
+    at_limit: watch::Receiver<bool>,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     tcp: TcpStream,
@@ -171,28 +206,36 @@ async fn connection(
     make_service: MakeService,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: Limits,
-    draining: watch::Receiver<bool>,
+    signals: Signals,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Signals { draining, at_limit } = signals;
     let _ = tcp.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let service = match make_service.oneshot(peer).await {
         Ok(service) => service,
         Err(never) => match never {},
     };
-    let serve = async {
+    let close = Notify::new();
+    let signals = Signals { draining, at_limit: at_limit.clone() };
+    let mut serve = pin!(async {
         match tls {
-            None => serve_io(tcp, &activity, service, &builder, draining).await,
+            None => serve_io(tcp, &activity, service, &builder, signals, &close).await,
             Some(acceptor) => match acceptor.accept(tcp).await {
-                Ok(stream) => serve_io(stream, &activity, service, &builder, draining).await,
+                Ok(stream) => serve_io(stream, &activity, service, &builder, signals, &close).await,
                 Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             },
         }
+    });
+    let reason = tokio::select! {
+        () = serve.as_mut() => return,
+        reason = watchdog(&activity, &limits, at_limit) => reason,
     };
-    tokio::select! {
-        () = serve => {}
-        reason = watchdog(&activity, &limits) => tracing::debug!(%peer, reason, "connection closed by the server"),
-    }
+    tracing::debug!(%peer, reason, "closing the connection");
+    // Gracefully first, so that a response hyper has taken but not yet written still goes out; a
+    // peer that does not let the connection end within the grace period is cut off.
+    close.notify_one();
+    let _ = tokio::time::timeout(CLOSE_GRACE, serve).await;
 }
 
 async fn serve_io<IO>(
@@ -200,20 +243,29 @@ async fn serve_io<IO>(
     activity: &Arc<Activity>,
     service: axum::middleware::AddExtension<Router, axum::extract::ConnectInfo<SocketAddr>>,
     builder: &auto::Builder<TokioExecutor>,
-    mut draining: watch::Receiver<bool>,
+    signals: Signals,
+    close: &Notify,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Signals { mut draining, at_limit } = signals;
     let io = TokioIo::new(Tracked { inner: io, activity: activity.clone() });
     let activity = activity.clone();
     let hyper_service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let in_flight = InFlight::start(activity.clone(), request.version());
+        let version = request.version();
+        let in_flight = InFlight::start(activity.clone(), version);
         let service = service.clone();
+        let at_limit = at_limit.clone();
         async move {
-            let response = match service.oneshot(request).await {
+            let mut response = match service.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            // While clients wait for a slot, an HTTP/1 client is told this connection ends here,
+            // so it opens a new one (and queues) instead of sending into one about to close.
+            if version < Version::HTTP_2 && *at_limit.borrow() {
+                response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
             // The request stays in flight until hyper has taken the whole body.
             Ok::<_, Infallible>(response.map(move |body| {
                 body.map_frame(move |frame| {
@@ -232,6 +284,7 @@ async fn serve_io<IO>(
             return;
         }
         _ = draining.wait_for(|d| *d) => {}
+        () = close.notified() => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
@@ -257,6 +310,11 @@ struct State {
 }
 
 impl State {
+    /// Kept alive between requests: one was answered, none is in flight or (HTTP/1) arriving.
+    fn idle_between_requests(&self) -> bool {
+        self.in_flight == 0 && self.requests > 0 && (self.h2 || self.head_started.is_none())
+    }
+
     fn deadline(&self, limits: &Limits) -> (Instant, &'static str) {
         if self.in_flight > 0 {
             (self.progress + limits.stall_timeout, "response stalled: the client stopped reading")
@@ -301,16 +359,25 @@ impl Activity {
     }
 }
 
-/// Closes the connection (by returning) once it has made no progress in time.
-async fn watchdog(activity: &Activity, limits: &Limits) -> &'static str {
+/// Closes the connection (by returning) once it has made no progress in time, or when it is idle
+/// between requests while the connection limit is reached.
+async fn watchdog(activity: &Activity, limits: &Limits, mut at_limit: watch::Receiver<bool>) -> &'static str {
     loop {
-        let (deadline, reason) = activity.state().deadline(limits);
+        let (deadline, reason, idle) = {
+            let state = activity.state();
+            let (deadline, reason) = state.deadline(limits);
+            (deadline, reason, state.idle_between_requests())
+        };
         if Instant::now() >= deadline {
             return reason;
+        }
+        if idle && *at_limit.borrow_and_update() {
+            return "idle while the connection limit is reached";
         }
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => {}
             () = activity.changed.notified() => {}
+            Ok(()) = at_limit.changed() => {}
         }
     }
 }

@@ -254,6 +254,56 @@ async fn at_most_max_connections_are_open_and_reaching_the_limit_is_logged() {
     assert_eq!(warning["max_connections"], 8);
 }
 
+#[tokio::test]
+async fn at_the_limit_idle_kept_alive_connections_make_room_for_waiting_clients() {
+    let app = spawn_app_with(&[
+        ("TOLLGATE_MAX_CONNECTIONS", "2"),
+        ("TOLLGATE_IDLE_TIMEOUT", "60s"),
+        ("TOLLGATE_HEADER_READ_TIMEOUT", "60s"),
+    ])
+    .await;
+    // Both slots held by connections kept alive after one request each.
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(HEALTHZ).await.unwrap();
+        assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+        kept.push(stream);
+    }
+    // A third client does not wait 60 s for them: idle connections are closed to make room.
+    let third = tokio::time::timeout(CLOSED_WITHIN, crate::helpers::client().get(app.url("/healthz")).send()).await;
+    assert_eq!(third.expect("served while the others are idle").unwrap().status(), 200);
+    for mut stream in kept {
+        assert!(read_until_closed(&mut stream).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn at_the_limit_a_busy_connection_is_told_to_close_after_its_response() {
+    let app = spawn_app_with(&[
+        ("TOLLGATE_MAX_CONNECTIONS", "1"),
+        ("TOLLGATE_IDLE_TIMEOUT", "60s"),
+        ("TOLLGATE_HEADER_READ_TIMEOUT", "60s"),
+    ])
+    .await;
+    let mut busy = TcpStream::connect(app.addr).await.unwrap();
+    busy.write_all(HEALTHZ).await.unwrap();
+    let first = read_response(&mut busy).await.to_ascii_lowercase();
+    assert!(!first.contains("connection: close"), "nobody waits yet: {first}");
+    busy.write_all(b"GET /__test/slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    // Another client arrives while the only slot is busy.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = {
+        let url = app.url("/healthz");
+        tokio::spawn(async move { crate::helpers::client().get(url).send().await })
+    };
+    let second = read_response(&mut busy).await.to_ascii_lowercase();
+    assert!(second.starts_with("http/1.1 200") && second.contains("connection: close"), "{second}");
+    assert!(read_until_closed(&mut busy).await.is_empty());
+    let served = tokio::time::timeout(CLOSED_WITHIN, waiting).await.expect("served once the slot is free").unwrap();
+    assert_eq!(served.unwrap().status(), 200);
+}
+
 /// `tollgate serve` with the open-file limit set to `soft`/`hard`.
 #[cfg(target_os = "linux")]
 fn serve_with_open_file_limit(dir: &std::path::Path, env: &[(&str, &str)], soft: u64, hard: u64) -> crate::cli::Server {
