@@ -12,7 +12,8 @@
 //!   (TLS handshake included) within `header_read_timeout` of accepting it; on HTTP/1, no complete
 //!   head within `header_read_timeout` of a later request's first byte; no request at all for
 //!   `idle_timeout` once the previous one is answered; an outstanding response that makes no progress
-//!   for `stall_timeout` (the client stopped reading).
+//!   for `stall_timeout` (the client stopped reading). It closes gracefully (a response hyper has
+//!   already taken is still written) and cuts the connection off after 1 s.
 //!
 //! hyper's own HTTP/1 `header_read_timeout` is switched off: hyper-util's `auto` builder detects the
 //! protocol before hyper starts that timer, without a timer of its own, so a client that sends
@@ -66,8 +67,6 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
 }
 
-type MakeService = IntoMakeServiceWithConnectInfo<Router, SocketAddr>;
-
 /// Serves `router` on `listener` (over TLS when `tls` is set) until `stop` turns true; then stops
 /// accepting, lets in-flight requests finish within the shutdown timeout and closes the rest.
 pub async fn serve(
@@ -78,9 +77,12 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-    let make_service = router.into_make_service_with_connect_info::<SocketAddr>();
-    let builder = Arc::new(builder());
+    let shared = Arc::new(Shared {
+        tls: tls.map(tokio_rustls::TlsAcceptor::from),
+        make_service: router.into_make_service_with_connect_info::<SocketAddr>(),
+        builder: builder(),
+        limits,
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let (drain, draining) = watch::channel(false);
     let (at_limit, at_limit_seen) = watch::channel(false);
@@ -109,6 +111,7 @@ pub async fn serve(
         let (tcp, peer) = match accepted {
             Some(Ok(accepted)) => accepted,
             Some(Err(e)) => {
+                drop(free_slot);
                 accept_failed(&e, &limits, &slots, &mut last_accept_warning).await;
                 continue;
             }
@@ -138,7 +141,7 @@ pub async fn serve(
             }
         };
         let signals = Signals { draining: draining.clone(), at_limit: at_limit_seen.clone() };
-        connections.spawn(connection(tcp, peer, tls.clone(), make_service.clone(), builder.clone(), limits, signals, slot));
+        connections.spawn(connection(tcp, peer, shared.clone(), signals, slot));
     }
 
     // New clients are refused from here on; connections finish what they are doing.
@@ -190,46 +193,44 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What every connection is served with.
+struct Shared {
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    make_service: IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+}
+
 /// What the accept loop tells every connection.
 struct Signals {
     /// Shutting down: finish in-flight requests, take no more.
     draining: watch::Receiver<bool>,
-    /// No slot is free and a client may be waiting for one.
+    /// No slot is free and a client is waiting for one.
     at_limit: watch::Receiver<bool>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    make_service: MakeService,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limits: Limits,
-    signals: Signals,
-    _slot: OwnedSemaphorePermit,
-) {
+async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, signals: Signals, _slot: OwnedSemaphorePermit) {
     let Signals { draining, at_limit } = signals;
     let _ = tcp.set_nodelay(true);
     let activity = Arc::new(Activity::new());
-    let service = match make_service.oneshot(peer).await {
+    let service = match shared.make_service.clone().oneshot(peer).await {
         Ok(service) => service,
         Err(never) => match never {},
     };
     let close = Notify::new();
     let signals = Signals { draining, at_limit: at_limit.clone() };
     let mut serve = pin!(async {
-        match tls {
-            None => serve_io(tcp, &activity, service, &builder, signals, &close).await,
+        match &shared.tls {
+            None => serve_io(tcp, &activity, service, &shared.builder, signals, &close).await,
             Some(acceptor) => match acceptor.accept(tcp).await {
-                Ok(stream) => serve_io(stream, &activity, service, &builder, signals, &close).await,
+                Ok(stream) => serve_io(stream, &activity, service, &shared.builder, signals, &close).await,
                 Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             },
         }
     });
     let reason = tokio::select! {
         () = serve.as_mut() => return,
-        reason = watchdog(&activity, &limits, at_limit) => reason,
+        reason = watchdog(&activity, &shared.limits, at_limit) => reason,
     };
     tracing::debug!(%peer, reason, "closing the connection");
     // Gracefully first, so that a response hyper has taken but not yet written still goes out; a
