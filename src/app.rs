@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
@@ -19,6 +18,7 @@ use crate::domain::jwt::JwtKeys;
 use crate::domain::ledger::key_is_live;
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
+use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
 use crate::ratelimit::MemoryRateLimiter;
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
@@ -119,21 +119,21 @@ pub struct App {
     listener: std::net::TcpListener,
     local_addr: SocketAddr,
     router: Router,
-    tls: Option<RustlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
-    handle: axum_server::Handle,
+    limits: Limits,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Starts a graceful shutdown: no new connections, in-flight requests get the configured time.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    handle: axum_server::Handle,
-    grace: Duration,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ShutdownHandle {
     pub fn shutdown(&self) {
-        self.handle.graceful_shutdown(Some(self.grace));
+        self.stop.send_replace(true);
     }
 }
 
@@ -177,7 +177,20 @@ impl App {
             openapi: Arc::new(crate::http::openapi::document_json()),
         };
         let router = crate::http::router(state.clone(), extra, tls.is_some());
-        Ok(App { listener, local_addr, router, tls, state, handle: axum_server::Handle::new() })
+        let http = &state.config.http;
+        let limits = Limits {
+            max_connections: fit_open_file_limit(
+                usize::try_from(http.max_connections).unwrap_or(usize::MAX),
+                reserved_descriptors(state.config.database.max_connections),
+            ),
+            header_read_timeout: http.header_read_timeout,
+            idle_timeout: http.idle_timeout,
+            // A handler has the request timeout to answer; after that, a response must keep moving.
+            stall_timeout: http.request_timeout + http.idle_timeout,
+            shutdown_timeout: http.shutdown_timeout,
+        };
+        let (stop, _) = tokio::sync::watch::channel(false);
+        Ok(App { listener, local_addr, router, tls, state, limits, stop: Arc::new(stop) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -193,7 +206,7 @@ impl App {
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { handle: self.handle.clone(), grace: self.state.config.http.shutdown_timeout }
+        ShutdownHandle { stop: self.stop.clone() }
     }
 
     /// Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
@@ -217,6 +230,9 @@ impl App {
             env = config.env.as_str(),
             engine = self.state.store.engine().as_str(),
             tls = self.tls.is_some(),
+            max_connections = self.limits.max_connections,
+            header_read_timeout_ms = self.limits.header_read_timeout.as_millis(),
+            idle_timeout_ms = self.limits.idle_timeout.as_millis(),
             "listening"
         );
         // Hourly (and once at start): idempotency keys older than 24 h are forgotten, and expired
@@ -244,11 +260,7 @@ impl App {
                 }
             }
         });
-        let service = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = match self.tls {
-            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).handle(self.handle).serve(service).await,
-            None => axum_server::from_tcp(self.listener).handle(self.handle).serve(service).await,
-        };
+        let served = crate::http::server::serve(self.listener, self.tls, self.router, self.limits, self.stop.subscribe()).await;
         sweeper.abort();
         self.state.store.close().await;
         served.context("server error")
@@ -278,7 +290,7 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
 }
 
 /// A rustls server config on the ring provider (no second crypto stack), HTTP/2 and HTTP/1.1.
-pub fn load_tls(t: &TlsConfig) -> anyhow::Result<RustlsConfig> {
+pub fn load_tls(t: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let certs = CertificateDer::pem_file_iter(&t.cert_path)
         .with_context(|| format!("TOLLGATE_TLS_CERT: cannot read {}", t.cert_path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -292,5 +304,5 @@ pub fn load_tls(t: &TlsConfig) -> anyhow::Result<RustlsConfig> {
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match")?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(RustlsConfig::from_config(Arc::new(server)))
+    Ok(Arc::new(server))
 }

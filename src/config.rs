@@ -68,6 +68,13 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     pub cors_origins: CorsOrigins,
     pub trusted_proxies: Vec<IpNet>,
+    /// Client connections served at once; more wait until one closes.
+    pub max_connections: u32,
+    /// A new connection's first request head (TLS handshake included), and on HTTP/1 every later
+    /// head from its first byte, must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +106,9 @@ pub struct PaymentsConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub env: Environment,
+    /// `TOLLGATE_ENV` was set (in the environment or the file, not `.env`); development is the
+    /// default only on a loopback address.
+    pub env_explicit: bool,
     pub bind: SocketAddr,
     pub public_url: Url,
     pub database: DatabaseConfig,
@@ -156,9 +166,9 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "env",
         env: &["TOLLGATE_ENV"],
-        default: Some("development"),
+        default: None,
         secret: false,
-        meaning: "development or production; production refuses unsafe settings",
+        meaning: "development or production; production refuses unsafe settings; unset means development, refused on a non-loopback bind",
     },
     Setting {
         key: "bind",
@@ -243,6 +253,27 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("20s"),
         secret: false,
         meaning: "how long in-flight requests may finish after SIGTERM",
+    },
+    Setting {
+        key: "max_connections",
+        env: &["TOLLGATE_MAX_CONNECTIONS"],
+        default: Some("1024"),
+        secret: false,
+        meaning: "client connections served at once; more wait until one closes (lowered to fit the open-file limit)",
+    },
+    Setting {
+        key: "header_read_timeout",
+        env: &["TOLLGATE_HEADER_READ_TIMEOUT"],
+        default: Some("10s"),
+        secret: false,
+        meaning: "a new connection must complete TLS and send a request head within this; so must each later request from its first byte",
+    },
+    Setting {
+        key: "idle_timeout",
+        env: &["TOLLGATE_IDLE_TIMEOUT"],
+        default: Some("75s"),
+        secret: false,
+        meaning: "a kept-alive connection with no request in flight this long is closed",
     },
     Setting {
         key: "tls_cert",
@@ -481,6 +512,11 @@ impl Sources {
                     .push(format!("{k} is set in .env, which is read in development only; set it in the real environment"));
                 continue;
             }
+            // Choosing development is what allows serving beyond loopback; a copied `.env` must
+            // not make that choice (and development is what `.env` already implies).
+            if k == "TOLLGATE_ENV" {
+                continue;
+            }
             self.env.entry(k).or_insert(v);
         }
     }
@@ -686,6 +722,7 @@ impl Config {
             }
         };
 
+        let env_explicit = raw.get("env").is_some();
         let env = match raw.get("env").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             None | Some("development") | Some("dev") => Environment::Development,
             Some("production") | Some("prod") => Environment::Production,
@@ -868,10 +905,14 @@ impl Config {
         if !(Duration::from_secs(30 * 60)..=Duration::from_secs(24 * 3600)).contains(&checkout_ttl) {
             errors.push(bad("checkout_expires_after", "must be between 30m and 24h (Stripe's limits)"));
         }
+        let connection_limit = count("max_connections", &mut errors);
+        let header_read_timeout = duration("header_read_timeout", &mut errors);
+        let idle_timeout = duration("idle_timeout", &mut errors);
         let payments =
             PaymentsConfig { success_url, cancel_url, checkout_ttl, checkout_limit: count("checkout_limit", &mut errors) };
         let config = Config {
             env,
+            env_explicit,
             auth,
             payments,
             bind: bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -889,6 +930,9 @@ impl Config {
                 shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(20)),
                 cors_origins,
                 trusted_proxies,
+                max_connections: connection_limit,
+                header_read_timeout,
+                idle_timeout,
             },
             tls,
             log_filter,
@@ -907,10 +951,36 @@ impl Config {
     /// What makes this configuration unsafe to serve in production (empty in development, where
     /// the same findings are only [`Config::warnings`]).
     pub fn problems(&self) -> Vec<String> {
-        if self.env == Environment::Production {
-            self.findings()
-        } else {
-            Vec::new()
+        let mut out = if self.env == Environment::Production { self.findings() } else { Vec::new() };
+        if !self.env_explicit && !self.binds_loopback_only() {
+            out.push(format!(
+                "TOLLGATE_ENV is not set and TOLLGATE_BIND ({}) is not a loopback address; set TOLLGATE_ENV=production, \
+                 or TOLLGATE_ENV=development (in the environment or the config file, not .env) to serve development beyond \
+                 this machine",
+                self.bind
+            ));
+        }
+        out
+    }
+
+    /// Development on an address other machines can reach: allowed when chosen explicitly, and
+    /// worth a loud warning.
+    pub fn development_exposed(&self) -> Option<String> {
+        (self.env == Environment::Development && !self.binds_loopback_only()).then(|| {
+            format!(
+                "DEVELOPMENT MODE on {}, reachable beyond this machine: the sandbox lets any user mark their own orders \
+                 paid, access tokens may be signed with a random per-process secret, and .env is read; use \
+                 TOLLGATE_ENV=production for anything real",
+                self.bind
+            )
+        })
+    }
+
+    /// Only this machine can connect (127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104).
+    pub fn binds_loopback_only(&self) -> bool {
+        match self.bind.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            v4 => v4.is_loopback(),
         }
     }
 
@@ -959,8 +1029,18 @@ impl Config {
         if self.public_url.scheme() != "https" {
             out.push("TOLLGATE_PUBLIC_URL is http; users must reach tollgate over https".to_owned());
         }
-        if self.http.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
-            out.push("TOLLGATE_TRUSTED_PROXIES trusts every address (/0); anyone could forge X-Forwarded-For".to_owned());
+        if self.stripe.api_base.scheme() != "https" {
+            out.push("STRIPE_API_BASE is not https; the Stripe secret key would travel in clear".to_owned());
+        }
+        for net in &self.http.trusted_proxies {
+            if net.prefix_len() == 0 {
+                out.push(format!("TOLLGATE_TRUSTED_PROXIES trusts every address ({net}); anyone could forge X-Forwarded-For"));
+            } else if let Some(why) = too_broad_to_trust(net) {
+                out.push(format!(
+                    "TOLLGATE_TRUSTED_PROXIES: {net} is too broad ({why}); anyone in it could forge X-Forwarded-For; \
+                     list your proxies' own addresses or subnets"
+                ));
+            }
         }
         if self.tls.is_none() && self.http.trusted_proxies.is_empty() {
             out.push("neither TLS (TOLLGATE_TLS_CERT/TOLLGATE_TLS_KEY) nor a TLS-terminating proxy (TOLLGATE_TRUSTED_PROXIES) is configured".to_owned());
@@ -970,6 +1050,34 @@ impl Config {
 
     pub fn is_production(&self) -> bool {
         self.env == Environment::Production
+    }
+}
+
+/// Shortest trusted prefixes: an IPv4 net shorter than /8 or an IPv6 net shorter than /16 spans
+/// public address space no deployment's proxies need (CDNs publish ranges of /13 and narrower).
+pub const MIN_TRUSTED_PREFIX_V4: u8 = 8;
+pub const MIN_TRUSTED_PREFIX_V6: u8 = 16;
+
+/// Why trusting `net` as a proxy would trust far too many clients, if it would. An IPv4-mapped IPv6
+/// net (inside `::ffff:0:0/96`) counts as the IPv4 net it maps; an IPv6 net that holds all of
+/// `::ffff:0:0/96` maps every IPv4 address.
+fn too_broad_to_trust(net: &IpNet) -> Option<String> {
+    match net {
+        IpNet::V4(v4) => {
+            (v4.prefix_len() < MIN_TRUSTED_PREFIX_V4).then(|| format!("an IPv4 prefix shorter than /{MIN_TRUSTED_PREFIX_V4}"))
+        }
+        IpNet::V6(v6) => {
+            let mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("constant net");
+            if mapped.contains(v6) {
+                let v4_prefix = v6.prefix_len() - 96;
+                (v4_prefix < MIN_TRUSTED_PREFIX_V4)
+                    .then(|| format!("IPv4-mapped, as IPv4 a /{v4_prefix}, shorter than /{MIN_TRUSTED_PREFIX_V4}"))
+            } else if v6.contains(&mapped) {
+                Some("it holds ::ffff:0:0/96, every IPv4 address mapped to IPv6".to_owned())
+            } else {
+                (v6.prefix_len() < MIN_TRUSTED_PREFIX_V6).then(|| format!("an IPv6 prefix shorter than /{MIN_TRUSTED_PREFIX_V6}"))
+            }
+        }
     }
 }
 
@@ -1040,6 +1148,10 @@ mod tests {
         assert_eq!(c.database.url.expose_secret(), "sqlite://tollgate.db");
         assert_eq!(c.stripe.provider, PaymentProvider::Sandbox);
         assert_eq!(c.http.body_limit, 1024 * 1024);
+        assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(75));
+        assert!(!c.env_explicit && c.binds_loopback_only() && c.development_exposed().is_none());
         assert!(!c.warnings().is_empty());
     }
 
@@ -1207,6 +1319,90 @@ mod tests {
             let text = Config::load(&sources(&env)).unwrap_err().to_string();
             assert!(text.contains("trusts every address"), "{all}: {text}");
         }
+    }
+
+    fn production_with(key: &'static str, value: &'static str) -> Sources {
+        let mut env = production_ok();
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+        sources(&env)
+    }
+
+    #[test]
+    fn production_refuses_a_stripe_api_base_that_is_not_https() {
+        let text = Config::load(&production_with("STRIPE_API_BASE", "http://api.stripe.com")).unwrap_err().to_string();
+        assert!(text.contains("STRIPE_API_BASE is not https"), "{text}");
+        assert!(!text.contains("http://api.stripe.com"), "the variable is named, not its value: {text}");
+        assert!(Config::load(&production_with("STRIPE_API_BASE", "https://stripe-proxy.internal.example")).is_ok());
+        let dev = Config::load(&sources(&[("STRIPE_API_BASE", "http://127.0.0.1:9")])).unwrap();
+        assert!(dev.warnings().iter().any(|w| w.contains("STRIPE_API_BASE")), "development only warns (tests use a mock)");
+    }
+
+    #[test]
+    fn production_refuses_trusted_proxy_ranges_that_span_public_space() {
+        for (proxies, offending) in [
+            ("0.0.0.0/1,128.0.0.0/1", "0.0.0.0/1"),
+            ("0.0.0.0/1,128.0.0.0/1", "128.0.0.0/1"),
+            ("10.0.0.1, 64.0.0.0/2", "64.0.0.0/2"),
+            ("10.0.0.0/7", "10.0.0.0/7"),
+            ("2000::/3", "2000::/3"),
+            ("2001:db8::/32, 2001::/15", "2000::/15"),
+            // IPv4-mapped IPv6 counts as the IPv4 range it maps.
+            ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+            ("::ffff:128.0.0.0/97", "::ffff:128.0.0.0/97"),
+            ("::ffff:10.0.0.0/103", "::ffff:10.0.0.0/103"),
+            ("::/80", "::/80"),
+        ] {
+            let text = Config::load(&production_with("TOLLGATE_TRUSTED_PROXIES", proxies)).unwrap_err().to_string();
+            assert!(
+                text.lines().any(|l| l.contains("TOLLGATE_TRUSTED_PROXIES") && l.contains(offending) && l.contains("too broad")),
+                "{proxies}: {offending} not named in {text}"
+            );
+        }
+        for fine in ["10.0.0.0/8", "203.0.113.7", "172.64.0.0/13, 2400:cb00::/32", "::ffff:10.0.0.0/104", "fd00::/16", "::1"] {
+            let loaded = Config::load(&production_with("TOLLGATE_TRUSTED_PROXIES", fine));
+            assert!(loaded.is_ok(), "{fine}: {}", loaded.unwrap_err());
+        }
+    }
+
+    #[test]
+    fn without_tollgate_env_only_loopback_is_served() {
+        for bind in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080"] {
+            let text = Config::load(&sources(&[("TOLLGATE_BIND", bind)])).unwrap_err().to_string();
+            assert!(text.contains("TOLLGATE_ENV is not set") && text.contains("TOLLGATE_ENV=production"), "{bind}: {text}");
+            let (config, _) = Config::parse_all(&sources(&[("TOLLGATE_BIND", bind)]));
+            assert!(config.problems().iter().any(|p| p.contains("TOLLGATE_ENV")), "check-config's verdict too");
+        }
+        for bind in ["127.0.0.1:8080", "127.0.0.2:0", "[::1]:8080", "[::ffff:127.0.0.1]:8080"] {
+            let c = Config::load(&sources(&[("TOLLGATE_BIND", bind)])).unwrap();
+            assert!(c.development_exposed().is_none(), "{bind}");
+        }
+    }
+
+    #[test]
+    fn development_beyond_loopback_must_be_chosen_outside_dotenv_and_is_warned_about() {
+        let c = Config::load(&sources(&[("TOLLGATE_BIND", "0.0.0.0:8080"), ("TOLLGATE_ENV", "development")])).unwrap();
+        assert!(c.env_explicit);
+        let warning = c.development_exposed().expect("a warning");
+        assert!(warning.contains("any user mark their own orders"), "{warning}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tollgate.toml");
+        std::fs::write(&path, "env = \"development\"\nbind = \"0.0.0.0:8080\"\n").unwrap();
+        let mut s = sources(&[]);
+        s.file = Some(path);
+        assert!(Config::load(&s).is_ok(), "the config file may choose development");
+
+        let mut s = sources(&[("TOLLGATE_BIND", "0.0.0.0:8080")]);
+        s.add_dotenv([("TOLLGATE_ENV".to_owned(), "development".to_owned())]);
+        let text = Config::load(&s).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_ENV is not set"), "a .env cannot choose it: {text}");
+    }
+
+    #[test]
+    fn production_may_bind_every_interface() {
+        let c = Config::load(&production_with("TOLLGATE_BIND", "0.0.0.0:8443")).unwrap();
+        assert!(c.is_production() && c.development_exposed().is_none());
     }
 
     #[test]

@@ -274,6 +274,9 @@ fn main() -> ExitCode {
             for warning in config.warnings() {
                 tracing::warn!(env = config.env.as_str(), "{warning} (refused in production)");
             }
+            if let Some(warning) = config.development_exposed() {
+                tracing::warn!(env = config.env.as_str(), bind = %config.bind, "{warning}");
+            }
             run(async move {
                 let app = App::build(config).await?;
                 app.run_until_stopped().await?;
@@ -303,6 +306,9 @@ fn check_config(sources: &Sources) -> ExitCode {
     println!("payments:    {:?}", config.stripe.provider);
     for w in config.warnings() {
         println!("warning: {w} (refused in production)");
+    }
+    if let Some(w) = config.development_exposed().filter(|_| config.env_explicit) {
+        println!("warning: {w}");
     }
     if problems.is_empty() {
         println!("verdict: ok, would start");

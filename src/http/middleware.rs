@@ -41,7 +41,18 @@ pub fn sane_request_id(value: &HeaderValue) -> Option<&str> {
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     let ip = canonical(ip);
-    proxies.iter().any(|net| net.contains(&ip))
+    proxies.iter().any(|net| canonical_net(net).contains(&ip))
+}
+
+/// An IPv4-mapped IPv6 net (`::ffff:10.0.0.0/104`) is the IPv4 net it maps, as addresses are.
+fn canonical_net(net: &IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map(IpNet::V4).unwrap_or(*net),
+            None => *net,
+        },
+        _ => *net,
+    }
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) are their IPv4 address for trust decisions.
@@ -258,6 +269,17 @@ mod tests {
         assert_eq!(c.ip.to_string(), "198.51.100.9", "repeated headers are one list; trusted hops are walked past");
         let c = resolve_client("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trust, false);
         assert_eq!(c.ip.to_string(), "10.0.0.1", "no header: the proxy itself");
+    }
+
+    #[test]
+    fn ipv4_mapped_proxy_nets_trust_the_ipv4_addresses_they_map() {
+        let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
+        for peer in ["10.1.2.3", "::ffff:10.1.2.3"] {
+            let c = resolve_client(peer.parse().unwrap(), &h, &nets(&["::ffff:10.0.0.0/104"]), false);
+            assert_eq!(c.ip.to_string(), "198.51.100.7", "{peer}");
+        }
+        let c = resolve_client("11.0.0.1".parse().unwrap(), &h, &nets(&["::ffff:10.0.0.0/104"]), false);
+        assert_eq!(c.ip.to_string(), "11.0.0.1", "outside the mapped net");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -94,6 +94,71 @@ fn check_config_prints_the_same_verdict_without_starting() {
 }
 
 #[test]
+fn without_tollgate_env_a_non_loopback_bind_is_refused_by_serve_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TOLLGATE_BIND", "0.0.0.0:0")];
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("TOLLGATE_ENV is not set") && text.contains("TOLLGATE_ENV=production"), "{text}");
+    assert!(text.contains("verdict: refuse to start"), "{text}");
+
+    let started = Instant::now();
+    let out = tollgate(dir.path(), &env).arg("serve").output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10), "it exits instead of serving");
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("refuses to start") && text.contains("TOLLGATE_ENV is not set"), "{text}");
+    assert!(!dir.path().join("tollgate.db").exists(), "nothing was created before refusing");
+}
+
+#[test]
+fn explicit_development_beyond_loopback_starts_with_a_loud_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TOLLGATE_ENV", "development"), ("TOLLGATE_BIND", "0.0.0.0:0")];
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("warning: DEVELOPMENT MODE"), "{text}");
+
+    let mut cmd = tollgate(dir.path(), &env);
+    cmd.arg("serve");
+    let server = start(cmd);
+    let warning = server
+        .startup
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with("DEVELOPMENT MODE")))
+        .unwrap_or_else(|| panic!("a warning before listening: {:?}", server.startup));
+    assert_eq!(warning["level"], "WARN");
+    assert!(warning["message"].as_str().unwrap().contains("any user mark their own orders paid"), "{warning}");
+}
+
+#[test]
+fn production_names_an_http_stripe_api_base_and_too_broad_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = production_env(STRONG_WHSEC);
+    env.push(("STRIPE_API_BASE", "http://api.stripe.com"));
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("STRIPE_API_BASE is not https"), "{text}");
+
+    let mut env = production_env(STRONG_WHSEC);
+    env.retain(|(k, _)| *k != "TOLLGATE_TRUSTED_PROXIES");
+    env.push(("TOLLGATE_TRUSTED_PROXIES", "0.0.0.0/1,128.0.0.0/1"));
+    let out = tollgate(dir.path(), &env).arg("serve").output().unwrap();
+    let text = output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    for net in ["0.0.0.0/1", "128.0.0.0/1"] {
+        assert!(
+            text.lines().any(|l| l.contains("TOLLGATE_TRUSTED_PROXIES") && l.contains(net)),
+            "{net} named with the variable: {text}"
+        );
+    }
+}
+
+#[test]
 fn secrets_can_come_from_files_and_malformed_values_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("whsec");
@@ -153,6 +218,8 @@ pub struct Server {
     pub child: Child,
     pub lines: std::sync::mpsc::Receiver<String>,
     pub addr: String,
+    /// The log lines up to and including `listening`.
+    pub startup: Vec<String>,
 }
 
 impl Drop for Server {
@@ -169,7 +236,13 @@ pub fn serve(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
 
 fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Server {
     let mut cmd = tollgate(dir, env);
-    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve").args(args);
+    start(cmd)
+}
+
+/// Spawns `cmd` (a `serve`), reading its log lines; returns once it logs the address it listens on.
+pub fn start(mut cmd: Command) -> Server {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
@@ -181,7 +254,7 @@ fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ser
         }
     });
     // From here on Drop kills and reaps the child, whatever happens.
-    let mut server = Server { child, lines, addr: String::new() };
+    let mut server = Server { child, lines, addr: String::new(), startup: Vec::new() };
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.addr.is_empty() {
         let line =
@@ -190,11 +263,12 @@ fn serve_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Ser
         if v["message"] == "listening" {
             server.addr = v["addr"].as_str().unwrap().to_owned();
         }
+        server.startup.push(line);
     }
     server
 }
 
-fn drain(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
+pub fn drain(lines: &std::sync::mpsc::Receiver<String>, wait: Duration) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(l) = lines.recv_timeout(wait) {
         out.push(l);

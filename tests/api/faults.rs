@@ -117,6 +117,8 @@ struct Tally {
 async fn a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_itself() {
     const TEST: &str = "faults::a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_itself";
     let postgres = std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty());
+    // Other tests must not create databases on the server while this one keeps a disk full.
+    let _full_disk = if postgres { Some(crate::helpers::postgres_disk_lock().write().await) } else { None };
     // A fresh PostgreSQL database copies its template (about 8 MB) into the tablespace.
     let size = if postgres { "48m" } else { "8m" };
     let mnt = match Tmpfs::mount(size) {

@@ -1,6 +1,7 @@
 //! `spawn_app()`: the real application on port 0 with its own database (a fresh SQLite file, or a
 //! fresh PostgreSQL database when `TEST_DATABASE_URL` is set), plus a few probe routes mounted
-//! behind the same middleware stack to exercise it (panics, slow handlers, JSON bodies that store).
+//! behind the same middleware stack to exercise it (panics, slow handlers, large bodies, JSON bodies
+//! that store).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -77,9 +78,20 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// Creating a database on the shared PostgreSQL server, versus filling a tablespace's disk. While a
+/// test keeps that disk full, the server cannot write out the full database's dirty pages, and
+/// `CREATE DATABASE` (which needs many buffers) fails with "No space left on device" in whichever
+/// test happens to create one. The filling test holds this exclusively; creating a database holds it
+/// shared.
+pub fn postgres_disk_lock() -> &'static tokio::sync::RwLock<()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
+}
+
 /// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
 pub async fn fresh_postgres_database() -> Option<String> {
     let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+    let _no_full_disk = postgres_disk_lock().read().await;
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -155,6 +167,19 @@ struct SlowQuery {
     ms: u64,
 }
 
+#[derive(Debug, Deserialize)]
+struct BigQuery {
+    bytes: usize,
+}
+
+/// A response body of `bytes` bytes, streamed in 64 KiB chunks.
+fn big_body(bytes: usize) -> axum::body::Body {
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (0..bytes.div_ceil(CHUNK))
+        .map(move |i| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; CHUNK.min(bytes - i * CHUNK)])));
+    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+}
+
 /// Probe routes: they exist only in tests and go through exactly the production stack.
 fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
     Router::new()
@@ -194,6 +219,7 @@ fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
             }),
         )
         .route("/__test/client", get(|client: ClientInfo| async move { axum::Json(client) }))
+        .route("/__test/big", get(|Query(q): Query<BigQuery>| async move { big_body(q.bytes) }))
 }
 
 /// Asserts a problem+json response and returns its body.

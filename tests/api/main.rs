@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cli;
+mod connections;
 mod contract;
 mod cors;
 mod durability;
