@@ -13,8 +13,9 @@ use crate::webhooks::{event, WHSEC};
 #[tokio::test]
 async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let database_url = match crate::helpers::fresh_postgres_database().await {
-        Some(url) => url,
+    let pg = crate::helpers::fresh_postgres_database().await;
+    let database_url = match &pg {
+        Some(db) => db.url.clone(),
         None => format!("sqlite://{}", dir.path().join("tollgate.db").display()),
     };
     let env = [("DATABASE_URL", database_url.as_str()), ("STRIPE_WEBHOOK_SECRET", WHSEC)];

@@ -306,10 +306,10 @@ impl Cable {
 #[tokio::test]
 async fn during_a_database_outage_webhooks_fail_fast_and_service_resumes_when_it_returns() {
     const TEST: &str = "faults::during_a_database_outage_webhooks_fail_fast_and_service_resumes_when_it_returns";
-    let Some(db_url) = crate::helpers::fresh_postgres_database().await else {
+    let Some(db) = crate::helpers::fresh_postgres_database().await else {
         return skip(TEST, "needs PostgreSQL (TEST_DATABASE_URL); an SQLite file cannot become unreachable");
     };
-    let db_url = url::Url::parse(&db_url).unwrap();
+    let db_url = url::Url::parse(&db.url).unwrap();
     let upstream = format!("{}:{}", db_url.host_str().unwrap(), db_url.port().unwrap_or(5432));
     let cable = Cable::to(upstream).await;
     let mut through_cable = db_url.clone();

@@ -35,6 +35,7 @@ pub struct TestApp {
     pub echo_calls: Arc<AtomicUsize>,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
+    _pg: Option<PgTestDb>,
 }
 
 impl TestApp {
@@ -78,20 +79,26 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
-/// Creating a database on the shared PostgreSQL server, versus filling a tablespace's disk. While a
-/// test keeps that disk full, the server cannot write out the full database's dirty pages, and
-/// `CREATE DATABASE` (which needs many buffers) fails with "No space left on device" in whichever
-/// test happens to create one. The filling test holds this exclusively; creating a database holds it
-/// shared.
-pub fn postgres_disk_lock() -> &'static tokio::sync::RwLock<()> {
-    static LOCK: std::sync::OnceLock<tokio::sync::RwLock<()>> = std::sync::OnceLock::new();
-    LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
+/// Using the shared PostgreSQL server, versus filling a tablespace's disk. While a test keeps that
+/// disk full, the server cannot write out the full database's dirty pages, and any backend that
+/// needs buffers (`CREATE DATABASE` needs many) may have to, failing with "No space left on device"
+/// in whichever test it serves. The filling test holds this exclusively; every test database holds
+/// it shared for as long as it is used.
+pub fn postgres_disk_lock() -> &'static std::sync::Arc<tokio::sync::RwLock<()>> {
+    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::RwLock<()>>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default)
+}
+
+/// A test's own PostgreSQL database, with its share of [`postgres_disk_lock`].
+pub struct PgTestDb {
+    pub url: String,
+    _no_full_disk: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
-pub async fn fresh_postgres_database() -> Option<String> {
+pub async fn fresh_postgres_database() -> Option<PgTestDb> {
     let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
-    let _no_full_disk = postgres_disk_lock().read().await;
+    let no_full_disk = postgres_disk_lock().clone().read_owned().await;
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(&admin_url)
         .await
@@ -101,13 +108,14 @@ pub async fn fresh_postgres_database() -> Option<String> {
     conn.close().await.ok();
     let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
     url.set_path(&name);
-    Some(url.to_string())
+    Some(PgTestDb { url: url.to_string(), _no_full_disk: no_full_disk })
 }
 
 /// The environment every test app starts from; `overrides` win.
-pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<String, String> {
-    let database_url = match fresh_postgres_database().await {
-        Some(url) => url,
+pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> (HashMap<String, String>, Option<PgTestDb>) {
+    let pg = fresh_postgres_database().await;
+    let database_url = match &pg {
+        Some(db) => db.url.clone(),
         None => format!("sqlite://{}", dir.join("tollgate.db").display()),
     };
     let mut env: HashMap<String, String> = [
@@ -121,7 +129,7 @@ pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> Hash
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    env
+    (env, pg)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -130,7 +138,7 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = test_env(dir.path(), overrides).await;
+    let (env, pg) = test_env(dir.path(), overrides).await;
     let database_url = env["DATABASE_URL"].clone();
     let config = Config::load(&Sources { env, ..Default::default() }).expect("test configuration is valid");
     let echo_calls = Arc::new(AtomicUsize::new(0));
@@ -152,6 +160,7 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         echo_calls,
         server,
         _dir: dir,
+        _pg: pg,
     }
 }
 
