@@ -22,6 +22,9 @@ use tollgate::http::extract::{ClientInfo, Json, RequestId};
 use tollgate::store::{NewAuditEntry, Store};
 use tollgate::{App, AppState};
 
+use super::database::{fresh_postgres_database, PgTestDb};
+use super::http::client;
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
@@ -54,61 +57,6 @@ impl TestApp {
     pub fn echo_calls(&self) -> usize {
         self.echo_calls.load(Ordering::SeqCst)
     }
-}
-
-pub fn client() -> reqwest::Client {
-    // reqwest is built without a bundled crypto provider: ring, as in the server.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-/// True when running under CI, where a missing service is a failure, not a skip.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-}
-
-/// Says that a test was skipped and why, on the real stderr (libtest captures `eprintln!` of
-/// passing tests, and a skip that nobody sees is a silent pass).
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
-/// Using the shared PostgreSQL server, versus filling a tablespace's disk. While a test keeps that
-/// disk full, the server cannot write out the full database's dirty pages, and any backend that
-/// needs buffers (`CREATE DATABASE` needs many) may have to, failing with "No space left on device"
-/// in whichever test it serves. The filling test holds this exclusively; every test database holds
-/// it shared for as long as it is used.
-pub fn postgres_disk_lock() -> &'static std::sync::Arc<tokio::sync::RwLock<()>> {
-    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::RwLock<()>>> = std::sync::OnceLock::new();
-    LOCK.get_or_init(Default::default)
-}
-
-/// A test's own PostgreSQL database, with its share of [`postgres_disk_lock`].
-pub struct PgTestDb {
-    pub url: String,
-    _no_full_disk: tokio::sync::OwnedRwLockReadGuard<()>,
-}
-
-/// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
-pub async fn fresh_postgres_database() -> Option<PgTestDb> {
-    let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
-    let no_full_disk = postgres_disk_lock().clone().read_owned().await;
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
-    let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
-    conn.close().await.ok();
-    let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
-    url.set_path(&name);
-    Some(PgTestDb { url: url.to_string(), _no_full_disk: no_full_disk })
 }
 
 /// The environment every test app starts from; `overrides` win.
@@ -229,18 +177,4 @@ fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
         )
         .route("/__test/client", get(|client: ClientInfo| async move { axum::Json(client) }))
         .route("/__test/big", get(|Query(q): Query<BigQuery>| async move { big_body(q.bytes) }))
-}
-
-/// Asserts a problem+json response and returns its body.
-pub async fn assert_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
-    assert_eq!(response.status().as_u16(), status, "status");
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
-    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
-    let header_id = response.headers().get("x-request-id").expect("x-request-id").to_str().unwrap().to_owned();
-    let body: serde_json::Value = response.json().await.expect("problem body is JSON");
-    assert_eq!(body["status"], status);
-    assert_eq!(body["request_id"], header_id.as_str(), "body and header carry the same request id");
-    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:tollgate:problem:")));
-    assert!(body["title"].is_string());
-    body
 }

@@ -1,0 +1,34 @@
+//! The shared PostgreSQL server: a fresh database per test, and the lock that keeps test databases
+//! and a full disk apart.
+
+/// Using the shared PostgreSQL server, versus filling a tablespace's disk. While a test keeps that
+/// disk full, the server cannot write out the full database's dirty pages, and any backend that
+/// needs buffers (`CREATE DATABASE` needs many) may have to, failing with "No space left on device"
+/// in whichever test it serves. The filling test holds this exclusively; every test database holds
+/// it shared for as long as it is used.
+pub fn postgres_disk_lock() -> &'static std::sync::Arc<tokio::sync::RwLock<()>> {
+    static LOCK: std::sync::OnceLock<std::sync::Arc<tokio::sync::RwLock<()>>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default)
+}
+
+/// A test's own PostgreSQL database, with its share of [`postgres_disk_lock`].
+pub struct PgTestDb {
+    pub url: String,
+    _no_full_disk: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
+/// A fresh PostgreSQL database on the `TEST_DATABASE_URL` server, or None when that is unset.
+pub async fn fresh_postgres_database() -> Option<PgTestDb> {
+    let admin_url = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+    let no_full_disk = postgres_disk_lock().clone().read_owned().await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("TEST_DATABASE_URL is set but PostgreSQL is unreachable: {e}"));
+    let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create database");
+    conn.close().await.ok();
+    let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+    url.set_path(&name);
+    Some(PgTestDb { url: url.to_string(), _no_full_disk: no_full_disk })
+}

@@ -1,0 +1,18 @@
+//! What several test files share, and nothing else: a test file imports from here, never from
+//! another test file.
+//!
+//! - [`app`]: `spawn_app()`, the real application on port 0 with its own database, and its probe routes.
+//! - [`http`]: the HTTP client and the problem+json check.
+//! - [`database`]: a fresh PostgreSQL database per test and the disk lock that goes with it.
+//! - [`skip`]: `skip()` and `in_ci()`, for tests that need what this machine may lack.
+
+pub mod app;
+pub mod database;
+pub mod http;
+pub mod skip;
+
+// What `crate::helpers::…` named before the helpers became a directory, still reachable there.
+pub use app::{spawn_app, spawn_app_with, TestApp};
+pub use database::{fresh_postgres_database, postgres_disk_lock};
+pub use http::{assert_problem, client};
+pub use skip::{in_ci, skip};
