@@ -9,77 +9,12 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tollgate::domain::account::Role;
 
+use crate::helpers::accounts::{
+    login, make_admin, me_with_bearer, me_with_cookie, password_still, register, tokens, NEW_PASSWORD, PASSWORD,
+};
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
-pub const PASSWORD: &str = "correct horse battery staple 42";
-pub const NEW_PASSWORD: &str = "a different long passphrase 77";
-pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
-
-/// A logged-in browser: the session cookie and its CSRF token.
-pub struct Browser {
-    pub cookie: String,
-    pub csrf: String,
-}
-
-pub async fn register(app: &TestApp, email: &str) -> Value {
-    let r = app
-        .client
-        .post(app.url("/api/v1/auth/register"))
-        .json(&json!({"email": email, "password": PASSWORD, "name": "Test User"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "register {email}");
-    r.json().await.unwrap()
-}
-
-fn session_cookie_from(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.contains("tollgate_session="))
-        .map(|c| c.split(';').next().unwrap().to_owned())
-}
-
-pub async fn login(app: &TestApp, email: &str, password: &str) -> Browser {
-    let r =
-        app.client.post(app.url("/api/v1/auth/login")).json(&json!({"email": email, "password": password})).send().await.unwrap();
-    assert_eq!(r.status(), 200, "login {email}");
-    let cookie = session_cookie_from(r.headers()).expect("session cookie");
-    let body: Value = r.json().await.unwrap();
-    Browser { cookie, csrf: body["csrf_token"].as_str().unwrap().to_owned() }
-}
-
-pub async fn tokens(app: &TestApp, email: &str, password: &str) -> (String, String) {
-    let r =
-        app.client.post(app.url("/api/v1/auth/token")).json(&json!({"email": email, "password": password})).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["token_type"], "Bearer");
-    assert_eq!(body["expires_in"], 900);
-    (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
-}
-
-pub async fn me_with_cookie(app: &TestApp, cookie: &str) -> reqwest::StatusCode {
-    app.client.get(app.url("/api/v1/me")).header("cookie", cookie).send().await.unwrap().status()
-}
-
-pub async fn me_with_bearer(app: &TestApp, token: &str) -> reqwest::StatusCode {
-    app.client.get(app.url("/api/v1/me")).bearer_auth(token).send().await.unwrap().status()
-}
-
-pub async fn password_still(app: &TestApp, email: &str, password: &str) -> bool {
-    let r =
-        app.client.post(app.url("/api/v1/auth/token")).json(&json!({"email": email, "password": password})).send().await.unwrap();
-    r.status() == 200
-}
-
-pub async fn make_admin(app: &TestApp, email: &str) -> Browser {
-    let user = register(app, email).await;
-    app.store.update_user_flags(None, user["id"].as_str().unwrap(), Some(Role::Admin), None, chrono::Utc::now()).await.unwrap();
-    login(app, email, PASSWORD).await
-}
+const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
 
 async fn app_with_secret() -> TestApp {
     spawn_app_with(&[("TOLLGATE_JWT_SECRET", JWT_SECRET)]).await

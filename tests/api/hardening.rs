@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::accounts::{login, make_admin, me_with_bearer, me_with_cookie, register, tokens, Browser, NEW_PASSWORD, PASSWORD};
+use crate::helpers::accounts::{
+    login, make_admin, me_with_bearer, me_with_cookie, register, tokens, Browser, NEW_PASSWORD, PASSWORD,
+};
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
 /// A login from `ip` (the app trusts 127.0.0.1 as a proxy, so X-Forwarded-For names the client).

@@ -12,7 +12,7 @@ use tollgate::stripe::webhook::sign;
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::accounts::{register, tokens, PASSWORD};
+use crate::helpers::accounts::{register, tokens, PASSWORD};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
 use crate::webhooks::{fixtures, WHSEC};
 

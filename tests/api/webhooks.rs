@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use tollgate::stripe::webhook::sign;
 
-use crate::accounts::make_admin;
+use crate::helpers::accounts::{login, make_admin, register, PASSWORD};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
 
 pub const WHSEC: &str = "whsec_test_0123456789abcdef0123456789abcdef";
@@ -191,8 +191,8 @@ async fn admins_read_the_ledger_and_nobody_else_does() {
     assert_eq!(one["history"][0]["status"], "unmatched");
     assert_problem(get("/api/v1/admin/events/evt_nope".into()).await.unwrap(), 404).await;
 
-    crate::accounts::register(&app, "ada@example.com").await;
-    let ada = crate::accounts::login(&app, "ada@example.com", crate::accounts::PASSWORD).await;
+    register(&app, "ada@example.com").await;
+    let ada = login(&app, "ada@example.com", PASSWORD).await;
     let r = app.client.get(app.url("/api/v1/admin/events")).header("cookie", &ada.cookie).send().await.unwrap();
     assert_problem(r, 403).await;
     assert_problem(app.get(&format!("/api/v1/admin/events/{cs_id}")).await, 401).await;

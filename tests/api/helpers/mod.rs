@@ -5,7 +5,9 @@
 //! - [`http`]: the HTTP client and the problem+json check.
 //! - [`database`]: a fresh PostgreSQL database per test and the disk lock that goes with it.
 //! - [`skip`]: `skip()` and `in_ci()`, for tests that need what this machine may lack.
+//! - [`accounts`]: registering, logging in (cookie or bearer), admins, the test password.
 
+pub mod accounts;
 pub mod app;
 pub mod database;
 pub mod http;

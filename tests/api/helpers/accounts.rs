@@ -1,0 +1,91 @@
+//! Accounts as tests need them: register, log in with a browser (cookie and CSRF token) or as an
+//! API client (bearer tokens), make an admin; the password every test account uses.
+
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use tollgate::domain::account::Role;
+
+use super::app::TestApp;
+
+/// Every test account's password (strong enough for the policy).
+pub const PASSWORD: &str = "correct horse battery staple 42";
+/// What a password change changes it to.
+pub const NEW_PASSWORD: &str = "a different long passphrase 77";
+
+/// A logged-in browser: the session cookie and its CSRF token.
+pub struct Browser {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+/// Registers `email` with [`PASSWORD`]; returns the new user.
+pub async fn register(app: &TestApp, email: &str) -> Value {
+    let r = app
+        .client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD, "name": "Test User"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "register {email}");
+    r.json().await.unwrap()
+}
+
+fn session_cookie_from(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.contains("tollgate_session="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+}
+
+/// Logs in with a browser: the session cookie and the CSRF token.
+pub async fn login(app: &TestApp, email: &str, password: &str) -> Browser {
+    let r =
+        app.client.post(app.url("/api/v1/auth/login")).json(&json!({"email": email, "password": password})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "login {email}");
+    let cookie = session_cookie_from(r.headers()).expect("session cookie");
+    let body: Value = r.json().await.unwrap();
+    Browser { cookie, csrf: body["csrf_token"].as_str().unwrap().to_owned() }
+}
+
+/// Logs in as an API client: the access and refresh tokens.
+pub async fn tokens(app: &TestApp, email: &str, password: &str) -> (String, String) {
+    let r =
+        app.client.post(app.url("/api/v1/auth/token")).json(&json!({"email": email, "password": password})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    (body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned())
+}
+
+/// The status `GET /api/v1/me` answers with this session cookie.
+pub async fn me_with_cookie(app: &TestApp, cookie: &str) -> reqwest::StatusCode {
+    app.client.get(app.url("/api/v1/me")).header("cookie", cookie).send().await.unwrap().status()
+}
+
+/// The status `GET /api/v1/me` answers with this access token.
+pub async fn me_with_bearer(app: &TestApp, token: &str) -> reqwest::StatusCode {
+    app.client.get(app.url("/api/v1/me")).bearer_auth(token).send().await.unwrap().status()
+}
+
+/// Whether `password` still logs `email` in.
+pub async fn password_still(app: &TestApp, email: &str, password: &str) -> bool {
+    let r =
+        app.client.post(app.url("/api/v1/auth/token")).json(&json!({"email": email, "password": password})).send().await.unwrap();
+    r.status() == 200
+}
+
+/// Makes the user `id` an admin, straight in the store.
+async fn promote(app: &TestApp, id: &str) {
+    app.store.update_user_flags(None, id, Some(Role::Admin), None, chrono::Utc::now()).await.unwrap();
+}
+
+/// A new admin, logged in with a browser.
+pub async fn make_admin(app: &TestApp, email: &str) -> Browser {
+    let user = register(app, email).await;
+    promote(app, user["id"].as_str().unwrap()).await;
+    login(app, email, PASSWORD).await
+}
