@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::{drain, serve, start, tollgate};
+use crate::helpers::binary::{drain, serve, start, tollgate};
 use crate::helpers::spawn_app_with;
 
 const CLOSED_WITHIN: Duration = Duration::from_secs(10);
@@ -306,7 +306,12 @@ async fn at_the_limit_a_busy_connection_is_told_to_close_after_its_response() {
 
 /// `tollgate serve` with the open-file limit set to `soft`/`hard`.
 #[cfg(target_os = "linux")]
-fn serve_with_open_file_limit(dir: &std::path::Path, env: &[(&str, &str)], soft: u64, hard: u64) -> crate::cli::Server {
+fn serve_with_open_file_limit(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    soft: u64,
+    hard: u64,
+) -> crate::helpers::binary::Server {
     use std::os::unix::process::CommandExt;
     let mut cmd = tollgate(dir, env);
     cmd.env("TOLLGATE_BIND", "127.0.0.1:0").arg("serve");

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tollgate::stripe::webhook::sign;
 
-use crate::cli::serve;
+use crate::helpers::binary::serve;
 use crate::webhooks::{event, WHSEC};
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tollgate::stripe::webhook::sign;
 
-use crate::cli::serve;
+use crate::helpers::binary::serve;
 use crate::helpers::{in_ci, skip};
 use crate::webhooks::{event, WHSEC};
 

@@ -13,6 +13,7 @@ use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::accounts::{register, tokens, PASSWORD};
+use crate::helpers::binary::{output_text, tollgate};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
 use crate::webhooks::{fixtures, WHSEC};
 
@@ -965,8 +966,8 @@ async fn stripe_sync_fills_a_gap_in_the_ledger_without_doubling_anything() {
     let uri = mock.uri();
     let env = [("DATABASE_URL", s.app.database_url.as_str()), ("STRIPE_SECRET_KEY", SK), ("STRIPE_API_BASE", uri.as_str())];
     for run in 0..2 {
-        let out = crate::cli::tollgate(dir.path(), &env).args(["stripe", "sync", "--since", "7d"]).output().unwrap();
-        let text = crate::cli::output_text(&out);
+        let out = tollgate(dir.path(), &env).args(["stripe", "sync", "--since", "7d"]).output().unwrap();
+        let text = output_text(&out);
         assert!(out.status.success(), "{text}");
         let expected = if run == 0 {
             "3 events seen, 2 stored, 1 already in the ledger"
@@ -986,12 +987,12 @@ async fn stripe_sync_fills_a_gap_in_the_ledger_without_doubling_anything() {
     assert_eq!(s.order(&order_id).await["status"], "paid");
 
     // And `events replay` from the command line: idempotent too.
-    let out = crate::cli::tollgate(dir.path(), &env).args(["events", "replay", &lost_id]).output().unwrap();
-    assert!(out.status.success(), "{}", crate::cli::output_text(&out));
-    assert!(crate::cli::output_text(&out).contains("processed"));
+    let out = tollgate(dir.path(), &env).args(["events", "replay", &lost_id]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("processed"));
     assert_eq!(s.grants(&order_id).await.len(), 1);
-    let out = crate::cli::tollgate(dir.path(), &env).args(["events", "replay", "evt_nope"]).output().unwrap();
-    assert!(!out.status.success() && crate::cli::output_text(&out).contains("no event evt_nope"));
+    let out = tollgate(dir.path(), &env).args(["events", "replay", "evt_nope"]).output().unwrap();
+    assert!(!out.status.success() && output_text(&out).contains("no event evt_nope"));
 }
 
 #[tokio::test]

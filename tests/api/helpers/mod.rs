@@ -6,9 +6,11 @@
 //! - [`database`]: a fresh PostgreSQL database per test and the disk lock that goes with it.
 //! - [`skip`]: `skip()` and `in_ci()`, for tests that need what this machine may lack.
 //! - [`accounts`]: registering, logging in (cookie or bearer), admins, the test password.
+//! - [`binary`]: the real `tollgate` binary as a child process.
 
 pub mod accounts;
 pub mod app;
+pub mod binary;
 pub mod database;
 pub mod http;
 pub mod skip;
