@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tollgate::stripe::webhook::sign;
 
 use crate::helpers::binary::serve;
-use crate::webhooks::{event, WHSEC};
+use crate::helpers::stripe::{event, WHSEC};
 
 #[tokio::test]
 async fn sigkill_mid_stream_loses_no_acknowledged_event() {
@@ -20,7 +20,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     };
     let env = [("DATABASE_URL", database_url.as_str()), ("STRIPE_WEBHOOK_SECRET", WHSEC)];
     let events: Vec<(String, Vec<u8>)> =
-        (0..200).map(|_| event("checkout.session.completed", "checkout.session", false)).collect();
+        (0..200).map(|_| event("checkout.session.completed", "checkout.session").build()).collect();
 
     let mut first = serve(dir.path(), &env);
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));

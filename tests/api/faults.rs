@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tollgate::stripe::webhook::sign;
 
 use crate::helpers::binary::serve;
+use crate::helpers::stripe::{event, WHSEC};
 use crate::helpers::{in_ci, skip};
-use crate::webhooks::{event, WHSEC};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop. Needs root (CI runs as root).
 struct Tmpfs {
@@ -150,7 +150,7 @@ async fn a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_i
             let (client, base, tally, phase, stop) = (client.clone(), base.clone(), tally.clone(), phase.clone(), stop.clone());
             tokio::spawn(async move {
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let (id, body) = event("checkout.session.completed", "checkout.session", false);
+                    let (id, body) = event("checkout.session.completed", "checkout.session").build();
                     let sent_in = *phase.lock().unwrap();
                     let header = sign(&body, WHSEC, chrono::Utc::now().timestamp());
                     let status = match client
@@ -322,7 +322,7 @@ async fn during_a_database_outage_webhooks_fail_fast_and_service_resumes_when_it
     ])
     .await;
     let deliver = || async {
-        let (_, body) = event("checkout.session.completed", "checkout.session", false);
+        let (_, body) = event("checkout.session.completed", "checkout.session").build();
         let header = sign(&body, WHSEC, chrono::Utc::now().timestamp());
         let started = Instant::now();
         let r = app

@@ -14,8 +14,8 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::helpers::accounts::{register, tokens, PASSWORD};
 use crate::helpers::binary::{output_text, tollgate};
+use crate::helpers::stripe::{deliver, event, fixture, fixture_with, WHSEC};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
-use crate::webhooks::{fixtures, WHSEC};
 
 const SK: &str = "sk_test_tollgate0123456789abcdefghijklmnop";
 
@@ -101,7 +101,7 @@ impl Shop {
     }
 
     async fn deliver(&self, body: &[u8]) -> u16 {
-        crate::webhooks::deliver(&self.app, body, &sign(body, WHSEC, chrono::Utc::now().timestamp())).await.status().as_u16()
+        deliver(&self.app, body, &sign(body, WHSEC, chrono::Utc::now().timestamp())).await.status().as_u16()
     }
 
     /// Grants the database holds for `order_id` (the UNIQUE constraint says at most one).
@@ -121,29 +121,6 @@ impl Shop {
     }
 }
 
-/// A Stripe event (the fixture envelope) around the fixture object `fixture` with `fields` set.
-fn stripe_event(kind: &str, fixture: &str, fields: Value) -> (String, Vec<u8>) {
-    let f = fixtures();
-    let mut e = f["resources"]["event"].clone();
-    let id = format!("evt_test{}", uuid::Uuid::new_v4().simple());
-    e["id"] = json!(id);
-    e["type"] = json!(kind);
-    e["livemode"] = json!(false);
-    e["api_version"] = json!("2024-06-20");
-    e["data"]["object"] = fixture_with(fixture, fields);
-    (id, serde_json::to_vec_pretty(&e).unwrap())
-}
-
-/// Stripe's example object `name` with `fields` set.
-fn fixture_with(name: &str, fields: Value) -> Value {
-    let mut object = fixtures()["resources"][name].clone();
-    assert!(object.is_object(), "fixture {name}");
-    for (k, v) in fields.as_object().unwrap() {
-        object[k] = v.clone();
-    }
-    object
-}
-
 fn pi_of(order_id: &str) -> String {
     format!("pi_for_{order_id}")
 }
@@ -158,31 +135,27 @@ fn session_fields(checkout: &Value, status: &str, payment_status: &str, amount: 
 }
 
 fn completed(checkout: &Value, amount: i64) -> (String, Vec<u8>) {
-    stripe_event("checkout.session.completed", "checkout.session", session_fields(checkout, "complete", "paid", amount, "usd"))
+    event("checkout.session.completed", "checkout.session")
+        .with(session_fields(checkout, "complete", "paid", amount, "usd"))
+        .build()
 }
 
 fn expired(checkout: &Value) -> (String, Vec<u8>) {
-    stripe_event("checkout.session.expired", "checkout.session", session_fields(checkout, "expired", "unpaid", 0, "usd"))
+    event("checkout.session.expired", "checkout.session").with(session_fields(checkout, "expired", "unpaid", 0, "usd")).build()
 }
 
 fn refunded(checkout: &Value, amount: i64, amount_refunded: i64) -> (String, Vec<u8>) {
     let order_id = checkout["order_id"].as_str().unwrap();
-    stripe_event(
-        "charge.refunded",
-        "charge",
-        json!({"id": format!("ch_for_{order_id}"), "amount": amount, "amount_captured": amount, "amount_refunded": amount_refunded,
+    event("charge.refunded", "charge").with(json!({"id": format!("ch_for_{order_id}"), "amount": amount, "amount_captured": amount, "amount_refunded": amount_refunded,
                "currency": "usd", "payment_intent": pi_of(order_id), "metadata": {"order_id": order_id},
-               "refunded": amount_refunded >= amount, "captured": true}),
-    )
+               "refunded": amount_refunded >= amount, "captured": true})).build()
 }
 
 fn dispute(checkout: &Value, kind: &str, status: &str) -> (String, Vec<u8>) {
     let order_id = checkout["order_id"].as_str().unwrap();
-    stripe_event(
-        kind,
-        "dispute",
-        json!({"charge": format!("ch_for_{order_id}"), "payment_intent": pi_of(order_id), "status": status}),
-    )
+    event(kind, "dispute")
+        .with(json!({"charge": format!("ch_for_{order_id}"), "payment_intent": pi_of(order_id), "status": status}))
+        .build()
 }
 
 /// Answers `POST /v1/checkout/sessions` like Stripe: a new session per call, for the order the
@@ -203,7 +176,7 @@ fn form_value(request: &Request, key: &str) -> Option<String> {
 impl Respond for StripeCheckout {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut session = fixtures()["resources"]["checkout.session"].clone();
+        let mut session = fixture("checkout.session");
         let id = format!("cs_test_{}", uuid::Uuid::new_v4().simple());
         session["id"] = json!(id);
         session["url"] = json!(format!("https://checkout.stripe.com/c/pay/{id}"));
@@ -541,8 +514,10 @@ async fn a_payment_that_does_not_match_the_order_flags_it_and_grants_nothing() {
     let cheap = s.checkout(&product).await;
     assert_eq!(s.deliver(&completed(&cheap, 1).1).await, 200);
     let euro = s.checkout(&product).await;
-    let body =
-        stripe_event("checkout.session.completed", "checkout.session", session_fields(&euro, "complete", "paid", 1000, "eur")).1;
+    let body = event("checkout.session.completed", "checkout.session")
+        .with(session_fields(&euro, "complete", "paid", 1000, "eur"))
+        .build()
+        .1;
     assert_eq!(s.deliver(&body).await, 200);
     for checkout in [&cheap, &euro] {
         let order_id = checkout["order_id"].as_str().unwrap();
@@ -637,7 +612,7 @@ async fn admin_refunds_go_to_stripe_once_and_the_refund_event_revokes_or_keeps_t
     Mock::given(method("POST"))
         .and(path("/v1/refunds"))
         .respond_with(|request: &Request| {
-            let mut refund = fixtures()["resources"]["refund"].clone();
+            let mut refund = fixture("refund");
             refund["id"] = json!(format!("re_{}", uuid::Uuid::new_v4().simple()));
             refund["amount"] = json!(form_value(request, "amount").unwrap().parse::<i64>().unwrap());
             refund["payment_intent"] = json!(form_value(request, "payment_intent"));
@@ -717,11 +692,11 @@ async fn a_delayed_payment_is_processing_until_it_succeeds_or_fails() {
         let checkout = s.checkout(&product).await;
         let order_id = checkout["order_id"].as_str().unwrap();
         let unpaid = session_fields(&checkout, "complete", "unpaid", 1000, "usd");
-        assert_eq!(s.deliver(&stripe_event("checkout.session.completed", "checkout.session", unpaid).1).await, 200);
+        assert_eq!(s.deliver(&event("checkout.session.completed", "checkout.session").with(unpaid).build().1).await, 200);
         assert_eq!(s.order(order_id).await["status"], "processing");
         assert!(s.grants(order_id).await.is_empty());
         let settled = session_fields(&checkout, "complete", "paid", 1000, "usd");
-        assert_eq!(s.deliver(&stripe_event(last, "checkout.session", settled).1).await, 200);
+        assert_eq!(s.deliver(&event(last, "checkout.session").with(settled).build().1).await, 200);
         assert_eq!(s.order(order_id).await["status"], status);
         assert_eq!(s.grants(order_id).await.len(), granted);
     }
@@ -768,7 +743,7 @@ async fn replaying_an_event_is_idempotent_and_admin_only() {
     assert_problem(s.send(reqwest::Method::POST, &s.admin, "/api/v1/admin/events/evt_nope/replay", None).await, 404).await;
     // An event for no known order is kept as unmatched, ready for a replay.
     let (lonely_id, lonely) =
-        stripe_event("checkout.session.completed", "checkout.session", json!({"metadata": {"order_id": "ord_unknown"}}));
+        event("checkout.session.completed", "checkout.session").with(json!({"metadata": {"order_id": "ord_unknown"}})).build();
     assert_eq!(s.deliver(&lonely).await, 200);
     assert_eq!(s.event_status(&lonely_id).await, "unmatched");
 }
@@ -900,7 +875,7 @@ async fn the_payment_intent_flow_creates_an_order_and_its_events_fulfil_it() {
     Mock::given(method("POST"))
         .and(path("/v1/payment_intents"))
         .respond_with(|request: &Request| {
-            let mut intent = fixtures()["resources"]["payment_intent"].clone();
+            let mut intent = fixture("payment_intent");
             let id = format!("pi_{}", uuid::Uuid::new_v4().simple());
             intent["client_secret"] = json!(format!("{id}_secret_abc"));
             intent["id"] = json!(id);
@@ -920,11 +895,11 @@ async fn the_payment_intent_flow_creates_an_order_and_its_events_fulfil_it() {
     assert_eq!(form_value(&sent, "amount").unwrap(), "1200");
     assert_eq!(sent.headers.get("idempotency-key").unwrap(), &format!("tollgate-payment-intent-{order_id}"));
     let pi = out["payment_intent_id"].as_str().unwrap();
-    let (_, body) = stripe_event(
-        "payment_intent.succeeded",
-        "payment_intent",
-        json!({"id": pi, "amount": 1200, "amount_received": 1200, "currency": "usd", "status": "succeeded", "metadata": {}}),
-    );
+    let (_, body) = event("payment_intent.succeeded", "payment_intent")
+        .with(
+            json!({"id": pi, "amount": 1200, "amount_received": 1200, "currency": "usd", "status": "succeeded", "metadata": {}}),
+        )
+        .build();
     assert_eq!(s.deliver(&body).await, 200, "matched by the payment intent id alone");
     assert_eq!(s.order(order_id).await["status"], "paid");
     assert_eq!(s.entitlements().await["credit_balance"], 30);
@@ -939,10 +914,10 @@ async fn stripe_sync_fills_a_gap_in_the_ledger_without_doubling_anything() {
     let checkout = s.checkout(&product).await;
     let order_id = checkout["order_id"].as_str().unwrap().to_owned();
     // One event arrived by webhook; the completion was lost while we were down.
-    let (seen_id, seen) = stripe_event("customer.created", "customer", json!({}));
+    let (seen_id, seen) = event("customer.created", "customer").build();
     assert_eq!(s.deliver(&seen).await, 200);
     let (lost_id, lost) = completed(&checkout, 1000);
-    let (other_id, other) = stripe_event("plan.created", "plan", json!({}));
+    let (other_id, other) = event("plan.created", "plan").build();
     let as_value = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
     // Newest first, two pages, as Stripe's Events API answers.
     Mock::given(method("GET"))
@@ -1025,7 +1000,7 @@ async fn a_payment_elsewhere_that_names_an_order_cannot_touch_it() {
     let mut fields = session_fields(&checkout, "complete", "paid", 1000, "usd");
     fields["id"] = json!("cs_test_somewhere_else");
     fields["payment_intent"] = json!("pi_somewhere_else");
-    let (id, body) = stripe_event("checkout.session.completed", "checkout.session", fields);
+    let (id, body) = event("checkout.session.completed", "checkout.session").with(fields).build();
     assert_eq!(s.deliver(&body).await, 200);
     let (row, history) = s.app.store.event(&id).await.unwrap().unwrap();
     assert_eq!(row.status.as_str(), "unmatched");
@@ -1076,7 +1051,7 @@ async fn a_refund_retried_with_its_idempotency_key_after_stripe_failed_is_made_o
     Mock::given(method("POST"))
         .and(path("/v1/refunds"))
         .respond_with(|request: &Request| {
-            let mut refund = fixtures()["resources"]["refund"].clone();
+            let mut refund = fixture("refund");
             refund["id"] = json!("re_made_once");
             refund["amount"] = json!(form_value(request, "amount").unwrap().parse::<i64>().unwrap());
             ResponseTemplate::new(200).set_body_json(refund)
@@ -1131,7 +1106,7 @@ async fn a_refund_retried_with_its_idempotency_key_after_stripe_failed_is_made_o
     Mock::given(method("POST"))
         .and(path("/v1/refunds"))
         .respond_with(|request: &Request| {
-            let mut refund = fixtures()["resources"]["refund"].clone();
+            let mut refund = fixture("refund");
             refund["id"] = json!(format!("re_for_{}", form_value(request, "metadata[refund_id]").unwrap()));
             refund["amount"] = json!(form_value(request, "amount").unwrap().parse::<i64>().unwrap());
             ResponseTemplate::new(200).set_body_json(refund)
@@ -1233,7 +1208,7 @@ async fn stripes_refund_events_settle_a_refund_whose_answer_was_lost() {
     // Stripe says that refund failed: it stops counting.
     let fields = json!({"id": "re_lost", "amount": 1000, "status": "failed", "payment_intent": pi_of(&order_id),
                         "metadata": {"order_id": order_id, "refund_id": row.id}});
-    let (event_id, body) = stripe_event("refund.failed", "refund", fields);
+    let (event_id, body) = event("refund.failed", "refund").with(fields).build();
     assert_eq!(s.deliver(&body).await, 200);
     assert_eq!(s.event_status(&event_id).await, "processed");
     let row = s.app.store.refunds_for_order(&order_id).await.unwrap().remove(0);
@@ -1249,7 +1224,7 @@ async fn stripes_refund_events_settle_a_refund_whose_answer_was_lost() {
         .await;
     assert_eq!(s.post(&s.admin, &refunds, json!({"amount": 500})).await.status(), 201);
     // A refund made elsewhere (the dashboard) names none of ours.
-    let (other_id, other) = stripe_event("refund.created", "refund", json!({"metadata": {}}));
+    let (other_id, other) = event("refund.created", "refund").with(json!({"metadata": {}})).build();
     assert_eq!(s.deliver(&other).await, 200);
     assert_eq!(s.event_status(&other_id).await, "unmatched");
 }

@@ -1,51 +1,18 @@
 //! The Stripe webhook endpoint and the ledger: events built from Stripe's own example objects
-//! (`tests/fixtures/stripe/fixtures3.json`, vendored), signed like Stripe signs them, and attacked.
+//! (`tests/fixtures/stripe/fixtures3.json`, vendored, see `helpers/stripe.rs`), signed like Stripe
+//! signs them, and attacked.
 
 use serde_json::{json, Value};
 use tollgate::stripe::webhook::sign;
 
 use crate::helpers::accounts::{login, make_admin, register, PASSWORD};
+use crate::helpers::stripe::{deliver, event, fixture, WHSEC};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
 
-pub const WHSEC: &str = "whsec_test_0123456789abcdef0123456789abcdef";
 const ROTATED: &str = "whsec_rotated_fedcba9876543210fedcba98765432";
-
-/// Stripe's example objects, read and parsed once per test binary.
-pub fn fixtures() -> &'static Value {
-    static FIXTURES: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    FIXTURES.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stripe/fixtures3.json");
-        let text = std::fs::read_to_string(path).expect("tests/fixtures/stripe/fixtures3.json");
-        serde_json::from_str(&text).unwrap()
-    })
-}
-
-/// A Stripe event envelope (the fixture `event`) around the fixture object `object`, as bytes.
-pub fn event(kind: &str, object: &str, livemode: bool) -> (String, Vec<u8>) {
-    let f = fixtures();
-    let mut e = f["resources"]["event"].clone();
-    let id = format!("evt_test{}", uuid::Uuid::new_v4().simple());
-    e["id"] = json!(id);
-    e["type"] = json!(kind);
-    e["livemode"] = json!(livemode);
-    e["data"]["object"] = f["resources"][object].clone();
-    assert!(e["data"]["object"].is_object(), "fixture {object}");
-    (id, serde_json::to_vec_pretty(&e).unwrap())
-}
 
 async fn app() -> TestApp {
     spawn_app_with(&[("STRIPE_WEBHOOK_SECRET", WHSEC)]).await
-}
-
-pub async fn deliver(app: &TestApp, body: &[u8], signature: &str) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/v1/webhooks/stripe"))
-        .header("content-type", "application/json")
-        .header("stripe-signature", signature)
-        .body(body.to_vec())
-        .send()
-        .await
-        .unwrap()
 }
 
 fn now() -> i64 {
@@ -59,7 +26,7 @@ async fn ledger_count(app: &TestApp) -> usize {
 #[tokio::test]
 async fn a_genuine_event_is_stored_byte_for_byte_then_acknowledged() {
     let app = app().await;
-    let (id, body) = event("checkout.session.completed", "checkout.session", false);
+    let (id, body) = event("checkout.session.completed", "checkout.session").build();
     let r = deliver(&app, &body, &sign(&body, WHSEC, now())).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"received": true}));
@@ -73,7 +40,7 @@ async fn a_genuine_event_is_stored_byte_for_byte_then_acknowledged() {
 #[tokio::test]
 async fn an_unhandled_type_is_stored_as_ignored_and_answered_200() {
     let app = app().await;
-    let (id, body) = event("plan.created", "plan", false);
+    let (id, body) = event("plan.created", "plan").build();
     assert_eq!(deliver(&app, &body, &sign(&body, WHSEC, now())).await.status(), 200);
     let (row, history) = app.store.event(&id).await.unwrap().unwrap();
     assert_eq!(row.status.as_str(), "ignored");
@@ -83,7 +50,7 @@ async fn an_unhandled_type_is_stored_as_ignored_and_answered_200() {
 #[tokio::test]
 async fn forged_stale_future_and_missing_signatures_are_400_and_store_nothing() {
     let app = app().await;
-    let (_, body) = event("checkout.session.completed", "checkout.session", false);
+    let (_, body) = event("checkout.session.completed", "checkout.session").build();
     let cases = [
         ("forged", sign(&body, "whsec_attacker_0123456789abcdef012345", now())),
         ("stale", sign(&body, WHSEC, now() - 301)),
@@ -106,7 +73,7 @@ async fn forged_stale_future_and_missing_signatures_are_400_and_store_nothing() 
 #[tokio::test]
 async fn a_signed_body_that_is_not_an_event_is_400() {
     let app = app().await;
-    let body = serde_json::to_vec(&fixtures()["resources"]["charge"]).unwrap();
+    let body = serde_json::to_vec(&fixture("charge")).unwrap();
     assert_problem(deliver(&app, &body, &sign(&body, WHSEC, now())).await, 400).await;
     assert_eq!(ledger_count(&app).await, 0);
 }
@@ -115,12 +82,12 @@ async fn a_signed_body_that_is_not_an_event_is_400() {
 async fn several_secrets_verify_during_a_rotation() {
     let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRET", &format!("{ROTATED},{WHSEC}"))]).await;
     for secret in [WHSEC, ROTATED] {
-        let (id, body) = event("charge.refunded", "charge", false);
+        let (id, body) = event("charge.refunded", "charge").build();
         assert_eq!(deliver(&app, &body, &sign(&body, secret, now())).await.status(), 200);
         assert!(app.store.event(&id).await.unwrap().is_some());
     }
     // Stripe sends one v1 per active secret; any matching one is enough.
-    let (_, body) = event("charge.refunded", "charge", false);
+    let (_, body) = event("charge.refunded", "charge").build();
     let good = sign(&body, ROTATED, now());
     let good_v1 = good.split_once(",v1=").unwrap().1;
     let header = format!("t={},v1={},v1={good_v1}", now(), "ab".repeat(32));
@@ -130,7 +97,7 @@ async fn several_secrets_verify_during_a_rotation() {
 #[tokio::test]
 async fn fifty_concurrent_deliveries_of_one_event_store_it_once() {
     let app = app().await;
-    let (id, body) = event("checkout.session.completed", "checkout.session", false);
+    let (id, body) = event("checkout.session.completed", "checkout.session").build();
     let header = sign(&body, WHSEC, now());
     let deliveries: Vec<_> = (0..50)
         .map(|_| {
@@ -155,7 +122,7 @@ async fn fifty_concurrent_deliveries_of_one_event_store_it_once() {
 #[tokio::test]
 async fn an_event_of_the_other_mode_is_stored_but_not_applied() {
     let app = app().await;
-    let (id, body) = event("checkout.session.completed", "checkout.session", true);
+    let (id, body) = event("checkout.session.completed", "checkout.session").live().build();
     assert_eq!(deliver(&app, &body, &sign(&body, WHSEC, now())).await.status(), 200);
     let (row, history) = app.store.event(&id).await.unwrap().unwrap();
     assert!(row.livemode);
@@ -166,9 +133,9 @@ async fn an_event_of_the_other_mode_is_stored_but_not_applied() {
 #[tokio::test]
 async fn admins_read_the_ledger_and_nobody_else_does() {
     let app = app().await;
-    let (plan_id, body) = event("plan.created", "plan", false);
+    let (plan_id, body) = event("plan.created", "plan").build();
     deliver(&app, &body, &sign(&body, WHSEC, now())).await;
-    let (cs_id, body) = event("checkout.session.completed", "checkout.session", false);
+    let (cs_id, body) = event("checkout.session.completed", "checkout.session").build();
     deliver(&app, &body, &sign(&body, WHSEC, now())).await;
 
     let admin = make_admin(&app, "root@example.com").await;

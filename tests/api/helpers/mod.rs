@@ -6,6 +6,7 @@
 //! - [`database`]: a fresh PostgreSQL database per test and the disk lock that goes with it.
 //! - [`skip`]: `skip()` and `in_ci()`, for tests that need what this machine may lack.
 //! - [`accounts`]: registering, logging in (cookie or bearer), admins, the test password.
+//! - [`stripe`]: Stripe events built from the vendored fixtures, signed and delivered to the webhook.
 //! - [`binary`]: the real `tollgate` binary as a child process.
 
 pub mod accounts;
@@ -14,6 +15,7 @@ pub mod binary;
 pub mod database;
 pub mod http;
 pub mod skip;
+pub mod stripe;
 
 // What `crate::helpers::…` named before the helpers became a directory, still reachable there.
 pub use app::{spawn_app, spawn_app_with, TestApp};
