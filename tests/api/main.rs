@@ -2,6 +2,7 @@
 //! `TEST_DATABASE_URL` set: every test runs on PostgreSQL; unset: on SQLite.
 
 mod accounts;
+mod checkout;
 mod cli;
 mod connections;
 mod contract;
@@ -9,11 +10,12 @@ mod cors;
 mod durability;
 mod errors;
 mod faults;
+mod fulfilment;
 mod hardening;
 mod health;
 mod helpers;
 mod network;
-mod payments;
+mod refunds_disputes;
 mod security_headers;
 mod storage;
 mod tls;

@@ -89,3 +89,13 @@ pub async fn make_admin(app: &TestApp, email: &str) -> Browser {
     promote(app, user["id"].as_str().unwrap()).await;
     login(app, email, PASSWORD).await
 }
+
+/// A new user with `role`, as an API client: its access token and its id.
+pub async fn bearer_for(app: &TestApp, email: &str, role: Role) -> (String, String) {
+    let user = register(app, email).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    if role == Role::Admin {
+        promote(app, &id).await;
+    }
+    (tokens(app, email, PASSWORD).await.0, id)
+}

@@ -7,6 +7,8 @@
 //! - [`skip`]: `skip()` and `in_ci()`, for tests that need what this machine may lack.
 //! - [`accounts`]: registering, logging in (cookie or bearer), admins, the test password.
 //! - [`stripe`]: Stripe events built from the vendored fixtures, signed and delivered to the webhook.
+//! - [`stripe_api`]: Stripe's API as wiremock plays it (checkout sessions, request forms).
+//! - [`shop`]: an app with a catalog, a buyer and an admin, and the order events payments tests send.
 //! - [`binary`]: the real `tollgate` binary as a child process.
 
 pub mod accounts;
@@ -14,8 +16,10 @@ pub mod app;
 pub mod binary;
 pub mod database;
 pub mod http;
+pub mod shop;
 pub mod skip;
 pub mod stripe;
+pub mod stripe_api;
 
 // What `crate::helpers::…` named before the helpers became a directory, still reachable there.
 pub use app::{spawn_app, spawn_app_with, TestApp};
