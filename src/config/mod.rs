@@ -1092,7 +1092,7 @@ fn parse_bool(v: Option<&str>) -> Option<bool> {
 /// The values in `.env.example`: a secret that equals one of them was copied, not generated.
 fn example_values() -> impl Iterator<Item = &'static str> {
     // Commented-out assignments count too: they are the ones people copy.
-    include_str!("../.env.example")
+    include_str!("../../.env.example")
         .lines()
         .map(|l| l.trim_start_matches(['#', ' ']))
         .filter_map(|l| l.split_once('='))
@@ -1257,8 +1257,8 @@ mod tests {
 
     #[test]
     fn every_setting_is_documented_in_the_readme_and_env_example() {
-        let readme = include_str!("../README.md");
-        let example = include_str!("../.env.example");
+        let readme = include_str!("../../README.md");
+        let example = include_str!("../../.env.example");
         for s in SETTINGS {
             assert!(readme.contains(&format!("`{}`", s.env_name())), "README lacks {}", s.env_name());
             assert!(readme.contains(&format!("`{}`", s.key)), "README lacks key {}", s.key);
