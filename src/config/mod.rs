@@ -5,7 +5,6 @@
 //! TOML file. Secrets may also come from `<NAME>_FILE`. Loading collects *every* problem instead
 //! of stopping at the first, and no message ever contains a secret's value.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,12 +15,16 @@ use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 mod environment;
+mod layer;
 mod settings;
+mod sources;
 mod values;
 
 pub use self::environment::Environment;
+use self::layer::layer;
 use self::settings::setting;
 pub use self::settings::{Setting, SETTINGS};
+pub use self::sources::Sources;
 pub use self::values::parse_duration;
 use self::values::{parse_bool, split_list};
 
@@ -147,76 +150,6 @@ const PLACEHOLDER_EXACT: &[&str] = &["secret", "password", "test", "default", "t
 /// Secrets shorter than this are refused in production.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// Where configuration comes from: an environment (the process's, or a map in tests) and an
-/// optional TOML file.
-#[derive(Default, Clone)]
-pub struct Sources {
-    pub env: HashMap<String, String>,
-    pub file: Option<PathBuf>,
-    /// Problems found while gathering the sources (a `.env` that tries to choose the environment).
-    pub errors: Vec<String>,
-}
-
-/// Names only: the environment holds secrets.
-impl fmt::Debug for Sources {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut keys: Vec<&String> = self.env.keys().collect();
-        keys.sort();
-        f.debug_struct("Sources").field("env_keys", &keys).field("file", &self.file).field("errors", &self.errors).finish()
-    }
-}
-
-impl Sources {
-    /// The process environment, the TOML file named by `--config`/`TOLLGATE_CONFIG` (or
-    /// `./tollgate.toml` when present) and, in development only, `./.env`.
-    pub fn from_process(config_file: Option<PathBuf>) -> Sources {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        let file = config_file.or_else(|| env.get("TOLLGATE_CONFIG").map(PathBuf::from)).or_else(|| {
-            let default = PathBuf::from("tollgate.toml");
-            default.exists().then_some(default)
-        });
-        let mut sources = Sources { env, file, errors: Vec::new() };
-        if let Ok(iter) = dotenvy::from_path_iter(".env") {
-            sources.add_dotenv(iter.flatten());
-        }
-        sources
-    }
-
-    /// Adds `.env` entries under the real environment, in development only. The environment is
-    /// decided without `.env`, so a production host never reads one; a `.env` that asks for
-    /// production (or names another config file) is refused rather than silently ignored.
-    pub fn add_dotenv(&mut self, entries: impl IntoIterator<Item = (String, String)>) {
-        if self.environment_hint() == Some(Environment::Production) {
-            return;
-        }
-        for (k, v) in entries {
-            let chooses_env =
-                k == "TOLLGATE_ENV" && !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "development" | "dev");
-            if chooses_env || k == "TOLLGATE_CONFIG" {
-                self.errors
-                    .push(format!("{k} is set in .env, which is read in development only; set it in the real environment"));
-                continue;
-            }
-            // Choosing development is what allows serving beyond loopback; a copied `.env` must
-            // not make that choice (and development is what `.env` already implies).
-            if k == "TOLLGATE_ENV" {
-                continue;
-            }
-            self.env.entry(k).or_insert(v);
-        }
-    }
-
-    /// The environment as set by the process or the file, before anything is validated.
-    fn environment_hint(&self) -> Option<Environment> {
-        let raw = self.env.get("TOLLGATE_ENV").cloned().or_else(|| {
-            let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
-            let table: toml::Table = text.parse().ok()?;
-            table.get("env")?.as_str().map(str::to_owned)
-        })?;
-        Environment::from_name(&raw)
-    }
-}
-
 /// Everything wrong with a configuration, each line naming the variable and never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -232,96 +165,6 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
-
-/// Raw values after layering, keyed by the setting's TOML key.
-struct Raw {
-    values: BTreeMap<&'static str, String>,
-    errors: Vec<String>,
-}
-
-impl Raw {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
-    }
-}
-
-fn layer(sources: &Sources) -> Raw {
-    let mut values = BTreeMap::new();
-    let mut errors = sources.errors.clone();
-    for s in SETTINGS {
-        if let Some(d) = s.default {
-            values.insert(s.key, d.to_owned());
-        }
-    }
-    if let Some(path) = &sources.file {
-        match std::fs::read_to_string(path) {
-            Err(e) => errors.push(format!("config file {}: cannot be read ({})", path.display(), e.kind())),
-            Ok(text) => match text.parse::<toml::Table>() {
-                // The TOML parser's message quotes the offending line, which may hold a secret.
-                Err(e) => errors.push(format!(
-                    "config file {}: not valid TOML{}",
-                    path.display(),
-                    e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()
-                )),
-                Ok(table) => {
-                    for (k, v) in table {
-                        let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
-                            errors.push(format!("config file {}: unknown key `{k}`", path.display()));
-                            continue;
-                        };
-                        let text = match v {
-                            toml::Value::Array(items) => {
-                                items.iter().map(toml_scalar).collect::<Option<Vec<_>>>().map(|v| v.join(","))
-                            }
-                            scalar => toml_scalar(&scalar),
-                        };
-                        let Some(text) = text else {
-                            errors.push(format!(
-                                "config file {}: `{k}` must be a string, number, boolean or list of them",
-                                path.display()
-                            ));
-                            continue;
-                        };
-                        values.insert(s.key, text);
-                    }
-                }
-            },
-        }
-    }
-    for s in SETTINGS {
-        // The canonical name wins over its aliases; later entries are aliases.
-        for name in s.env.iter().rev() {
-            // An empty value counts as unset, as in most tools that read the environment.
-            if let Some(v) = sources.env.get(*name).filter(|v| !v.trim().is_empty()) {
-                values.insert(s.key, v.clone());
-            }
-        }
-        if s.secret {
-            let file_var = format!("{}_FILE", s.env_name());
-            if let Some(path) = sources.env.get(&file_var).filter(|p| !p.is_empty()) {
-                if sources.env.get(s.env_name()).is_some_and(|v| !v.trim().is_empty()) {
-                    errors.push(format!("{} and {file_var} are both set; set only one", s.env_name()));
-                }
-                match std::fs::read_to_string(path) {
-                    Ok(v) => {
-                        values.insert(s.key, v.trim_end_matches(['\r', '\n']).to_owned());
-                    }
-                    Err(e) => errors.push(format!("{file_var}: file {path} cannot be read ({})", e.kind())),
-                }
-            }
-        }
-    }
-    Raw { values, errors }
-}
-
-fn toml_scalar(v: &toml::Value) -> Option<String> {
-    match v {
-        toml::Value::String(x) => Some(x.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Boolean(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
 
 /// An exact CORS origin: `scheme://host[:port]` with nothing after it.
 fn parse_origin(text: &str) -> Option<String> {
@@ -768,24 +611,7 @@ pub fn weak_secret(name: &str, value: &SecretString) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sources(pairs: &[(&str, &str)]) -> Sources {
-        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() }
-    }
-
-    const STRONG_KEY: &str = "sk_live_51H8abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
-    const STRONG_WHSEC: &str = "whsec_9f8e7d6c5b4a39281706f5e4d3c2b1a0ffeeddcc";
-
-    fn production_ok() -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("TOLLGATE_ENV", "production"),
-            ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
-            ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
-            ("TOLLGATE_JWT_SECRET", "jwt-5e1f0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
-            ("STRIPE_SECRET_KEY", STRONG_KEY),
-            ("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC),
-        ]
-    }
+    use crate::config::sources::fixtures::*;
 
     #[test]
     fn defaults_are_a_development_sqlite_sandbox() {
@@ -843,40 +669,6 @@ mod tests {
     }
 
     #[test]
-    fn secrets_can_come_from_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("whsec");
-        std::fs::write(&path, format!("{STRONG_WHSEC}\n")).unwrap();
-        let mut env = production_ok();
-        env.retain(|(k, _)| *k != "STRIPE_WEBHOOK_SECRET");
-        let p = path.to_string_lossy().to_string();
-        env.push(("STRIPE_WEBHOOK_SECRET_FILE", &p));
-        let c = Config::load(&sources(&env)).unwrap();
-        assert_eq!(c.stripe.webhook_secrets[0].expose_secret(), STRONG_WHSEC);
-
-        env.push(("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC));
-        let text = Config::load(&sources(&env)).unwrap_err().to_string();
-        assert!(text.contains("both set"), "{text}");
-    }
-
-    #[test]
-    fn file_then_environment_layering() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tollgate.toml");
-        std::fs::write(
-            &path,
-            "bind = \"127.0.0.1:9999\"\nbody_limit = 2048\ncors_origins = [\"https://a.example\", \"https://b.example\"]\n",
-        )
-        .unwrap();
-        let mut s = sources(&[("TOLLGATE_BODY_LIMIT", "4096")]);
-        s.file = Some(path);
-        let c = Config::load(&s).unwrap();
-        assert_eq!(c.bind.port(), 9999);
-        assert_eq!(c.http.body_limit, 4096, "environment overrides the file");
-        assert_eq!(c.http.cors_origins, CorsOrigins::List(vec!["https://a.example".into(), "https://b.example".into()]));
-    }
-
-    #[test]
     fn malformed_values_name_the_variable() {
         let text = Config::load(&sources(&[
             ("TOLLGATE_BODY_LIMIT", "lots"),
@@ -902,41 +694,6 @@ mod tests {
     }
 
     #[test]
-    fn a_dotenv_cannot_choose_production_or_another_config_file() {
-        let mut s = sources(&[]);
-        s.add_dotenv([
-            ("TOLLGATE_ENV".to_owned(), "production".to_owned()),
-            ("TOLLGATE_BODY_LIMIT".to_owned(), "2048".to_owned()),
-        ]);
-        let text = Config::load(&s).unwrap_err().to_string();
-        assert!(text.contains("TOLLGATE_ENV is set in .env"), "{text}");
-
-        let mut s = sources(&[("TOLLGATE_BODY_LIMIT", "4096")]);
-        s.add_dotenv([
-            ("TOLLGATE_ENV".to_owned(), "development".to_owned()),
-            ("TOLLGATE_BODY_LIMIT".to_owned(), "2048".to_owned()),
-        ]);
-        assert_eq!(Config::load(&s).unwrap().http.body_limit, 4096, "the real environment wins over .env");
-
-        let mut s = sources(&production_ok());
-        s.add_dotenv([("STRIPE_WEBHOOK_SECRET".to_owned(), "x".to_owned())]);
-        assert!(Config::load(&s).is_ok(), "production never reads .env");
-        assert!(!s.env.contains_key("x"));
-    }
-
-    #[test]
-    fn empty_values_count_as_unset() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tollgate.toml");
-        std::fs::write(&path, "cors_origins = [\"https://a.example\"]\n").unwrap();
-        let mut s = sources(&[("TOLLGATE_CORS_ORIGINS", ""), ("TOLLGATE_BODY_LIMIT", " ")]);
-        s.file = Some(path);
-        let c = Config::load(&s).unwrap();
-        assert_eq!(c.http.cors_origins, CorsOrigins::List(vec!["https://a.example".into()]));
-        assert_eq!(c.http.body_limit, 1024 * 1024);
-    }
-
-    #[test]
     fn malformed_settings_and_production_problems_are_listed_together() {
         let mut env = production_ok();
         env.retain(|(k, _)| *k != "STRIPE_SECRET_KEY");
@@ -954,13 +711,6 @@ mod tests {
             let text = Config::load(&sources(&env)).unwrap_err().to_string();
             assert!(text.contains("trusts every address"), "{all}: {text}");
         }
-    }
-
-    fn production_with(key: &'static str, value: &'static str) -> Sources {
-        let mut env = production_ok();
-        env.retain(|(k, _)| *k != key);
-        env.push((key, value));
-        sources(&env)
     }
 
     #[test]
@@ -1038,13 +788,5 @@ mod tests {
     fn production_may_bind_every_interface() {
         let c = Config::load(&production_with("TOLLGATE_BIND", "0.0.0.0:8443")).unwrap();
         assert!(c.is_production() && c.development_exposed().is_none());
-    }
-
-    #[test]
-    fn sources_debug_shows_names_not_values() {
-        let s = sources(&production_ok());
-        let debug = format!("{s:?}");
-        assert!(debug.contains("STRIPE_SECRET_KEY"));
-        assert!(!debug.contains(STRONG_KEY) && !debug.contains(STRONG_WHSEC), "{debug}");
     }
 }
