@@ -1,9 +1,11 @@
 //! Layering: defaults → TOML file → environment → `<NAME>_FILE`, into one raw value per setting.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::settings::SETTINGS;
+use super::settings::{setting, SETTINGS};
 use super::sources::Sources;
+use super::values::parse_duration;
 
 /// Raw values after layering, keyed by the setting's TOML key.
 pub(super) struct Raw {
@@ -12,8 +14,38 @@ pub(super) struct Raw {
 }
 
 impl Raw {
+    /// The value of the setting with TOML key `key`; blank counts as unset.
     pub(super) fn get(&self, key: &str) -> Option<&str> {
         self.values.get(key).map(String::as_str).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The problem `what` with `key`'s value, naming its variable; the value is quoted unless it
+    /// is a secret.
+    pub(super) fn bad(&self, key: &str, what: &str) -> String {
+        let s = setting(key);
+        if s.secret {
+            format!("{}: {what}", s.env_name())
+        } else {
+            format!("{}: {what} (got {:?})", s.env_name(), self.get(key).unwrap_or(""))
+        }
+    }
+
+    /// A non-zero duration; when malformed, an error and the setting's default instead.
+    pub(super) fn duration(&self, key: &str, errors: &mut Vec<String>) -> Duration {
+        let d = self.get(key).and_then(parse_duration).filter(|d| !d.is_zero());
+        if d.is_none() {
+            errors.push(self.bad(key, "must be a duration such as 90s, 30m, 12h or 30d"));
+        }
+        d.unwrap_or_else(|| setting(key).default.and_then(parse_duration).unwrap_or(Duration::from_secs(60)))
+    }
+
+    /// A positive integer; when malformed, an error and the setting's default instead.
+    pub(super) fn count(&self, key: &str, errors: &mut Vec<String>) -> u32 {
+        let n = self.get(key).and_then(|v| v.trim().parse::<u32>().ok()).filter(|n| *n > 0);
+        if n.is_none() {
+            errors.push(self.bad(key, "must be a positive integer"));
+        }
+        n.unwrap_or_else(|| setting(key).default.and_then(|d| d.parse().ok()).unwrap_or(1))
     }
 }
 
