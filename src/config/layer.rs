@@ -131,7 +131,7 @@ fn toml_scalar(v: &toml::Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use crate::config::sources::fixtures::*;
-    use crate::config::{Config, CorsOrigins};
+    use crate::config::types::{Config, CorsOrigins};
     use secrecy::ExposeSecret;
 
     #[test]

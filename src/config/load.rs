@@ -160,4 +160,12 @@ mod tests {
         let text = Config::load(&sources(&env)).unwrap_err().to_string();
         assert!(text.contains("TOLLGATE_BODY_LIMIT") && text.contains("STRIPE_SECRET_KEY is missing"), "{text}");
     }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = Config::load(&sources(&production_ok())).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains(STRONG_KEY));
+        assert!(!debug.contains(STRONG_WHSEC));
+    }
 }

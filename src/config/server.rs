@@ -7,7 +7,7 @@ use url::Url;
 use super::environment::Environment;
 use super::layer::Raw;
 
-/// The top-level settings of [`Config`](super::types::Config) that belong to no section.
+/// The settings at the top of `Config`, outside any section.
 pub(super) struct Server {
     pub(super) env: Environment,
     pub(super) env_explicit: bool,

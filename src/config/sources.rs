@@ -110,7 +110,7 @@ pub(super) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::fixtures::*;
-    use crate::config::Config;
+    use crate::config::types::Config;
 
     #[test]
     fn a_dotenv_cannot_choose_production_or_another_config_file() {

@@ -129,17 +129,3 @@ impl Config {
         self.env == Environment::Production
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use crate::config::sources::fixtures::*;
-    use crate::config::types::Config;
-
-    #[test]
-    fn secrets_never_show_in_debug() {
-        let c = Config::load(&sources(&production_ok())).unwrap();
-        let debug = format!("{c:?}");
-        assert!(!debug.contains(STRONG_KEY));
-        assert!(!debug.contains(STRONG_WHSEC));
-    }
-}
