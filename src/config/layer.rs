@@ -1,6 +1,7 @@
 //! Layering: defaults → TOML file → environment → `<NAME>_FILE`, into one raw value per setting.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 use super::settings::{setting, SETTINGS};
@@ -59,39 +60,7 @@ pub(super) fn layer(sources: &Sources) -> Raw {
         }
     }
     if let Some(path) = &sources.file {
-        match std::fs::read_to_string(path) {
-            Err(e) => errors.push(format!("config file {}: cannot be read ({})", path.display(), e.kind())),
-            Ok(text) => match text.parse::<toml::Table>() {
-                // The TOML parser's message quotes the offending line, which may hold a secret.
-                Err(e) => errors.push(format!(
-                    "config file {}: not valid TOML{}",
-                    path.display(),
-                    e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()
-                )),
-                Ok(table) => {
-                    for (k, v) in table {
-                        let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
-                            errors.push(format!("config file {}: unknown key `{k}`", path.display()));
-                            continue;
-                        };
-                        let text = match v {
-                            toml::Value::Array(items) => {
-                                items.iter().map(toml_scalar).collect::<Option<Vec<_>>>().map(|v| v.join(","))
-                            }
-                            scalar => toml_scalar(&scalar),
-                        };
-                        let Some(text) = text else {
-                            errors.push(format!(
-                                "config file {}: `{k}` must be a string, number, boolean or list of them",
-                                path.display()
-                            ));
-                            continue;
-                        };
-                        values.insert(s.key, text);
-                    }
-                }
-            },
-        }
+        file_values(path, &mut values, &mut errors);
     }
     for s in SETTINGS {
         // The canonical name wins over its aliases; later entries are aliases.
@@ -117,6 +86,43 @@ pub(super) fn layer(sources: &Sources) -> Raw {
         }
     }
     Raw { values, errors }
+}
+
+/// The TOML file's values, over the defaults in `values`.
+fn file_values(path: &Path, values: &mut BTreeMap<&'static str, String>, errors: &mut Vec<String>) {
+    match std::fs::read_to_string(path) {
+        Err(e) => errors.push(format!("config file {}: cannot be read ({})", path.display(), e.kind())),
+        Ok(text) => match text.parse::<toml::Table>() {
+            // The TOML parser's message quotes the offending line, which may hold a secret.
+            Err(e) => errors.push(format!(
+                "config file {}: not valid TOML{}",
+                path.display(),
+                e.span().map(|s| format!(" (at byte {})", s.start)).unwrap_or_default()
+            )),
+            Ok(table) => {
+                for (k, v) in table {
+                    let Some(s) = SETTINGS.iter().find(|s| s.key == k) else {
+                        errors.push(format!("config file {}: unknown key `{k}`", path.display()));
+                        continue;
+                    };
+                    let text = match v {
+                        toml::Value::Array(items) => {
+                            items.iter().map(toml_scalar).collect::<Option<Vec<_>>>().map(|v| v.join(","))
+                        }
+                        scalar => toml_scalar(&scalar),
+                    };
+                    let Some(text) = text else {
+                        errors.push(format!(
+                            "config file {}: `{k}` must be a string, number, boolean or list of them",
+                            path.display()
+                        ));
+                        continue;
+                    };
+                    values.insert(s.key, text);
+                }
+            }
+        },
+    }
 }
 
 fn toml_scalar(v: &toml::Value) -> Option<String> {
