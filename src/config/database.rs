@@ -1,0 +1,45 @@
+//! The stores tollgate connects to: the database and, optionally, Redis.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use super::layer::Raw;
+use super::types::DatabaseConfig;
+use super::values::{parse_bool, parse_duration};
+
+pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> DatabaseConfig {
+    let url = raw.get("database_url").map(str::trim).unwrap_or_default().to_owned();
+    if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        errors.push(raw.bad("database_url", "must start with sqlite:, postgres:// or postgresql://"));
+    }
+    let max_connections = raw.get("database_max_connections").and_then(|v| v.trim().parse::<u32>().ok()).filter(|n| *n > 0);
+    if max_connections.is_none() {
+        errors.push(raw.bad("database_max_connections", "must be a positive integer"));
+    }
+    let acquire_timeout = raw.get("database_acquire_timeout").and_then(parse_duration).filter(|d| !d.is_zero());
+    if acquire_timeout.is_none() {
+        errors.push(raw.bad("database_acquire_timeout", "must be a duration such as 5s or 500ms"));
+    }
+    let migrate_on_start = parse_bool(raw.get("migrate_on_start"));
+    if migrate_on_start.is_none() {
+        errors.push(raw.bad("migrate_on_start", "must be true or false"));
+    }
+    DatabaseConfig {
+        url: SecretString::from(url),
+        max_connections: max_connections.unwrap_or(10),
+        acquire_timeout: acquire_timeout.unwrap_or(Duration::from_secs(5)),
+        migrate_on_start: migrate_on_start.unwrap_or(true),
+    }
+}
+
+pub(super) fn redis_url(raw: &Raw, errors: &mut Vec<String>) -> Option<SecretString> {
+    let redis_url = raw.get("redis_url").map(|v| v.trim().to_owned());
+    if let Some(r) = &redis_url {
+        if !r.starts_with("redis://") || Url::parse(r).is_err() {
+            errors.push(raw.bad("redis_url", "must be a redis:// URL (rediss:// is not supported yet)"));
+        }
+    }
+    redis_url.map(SecretString::from)
+}

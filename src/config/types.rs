@@ -1,0 +1,131 @@
+//! What a configuration is: `Config` and its sections, as the rest of tollgate reads them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use url::Url;
+
+use super::environment::Environment;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Which payment provider serves checkout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentProvider {
+    Stripe,
+    /// The built-in stand-in for Stripe Checkout; development only.
+    Sandbox,
+}
+
+/// CORS origins: an exact allow-list, or (development only) any origin without credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    List(Vec<String>),
+    Any,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// May embed a password, hence secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub cors_origins: CorsOrigins,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Client connections served at once; more wait until one closes.
+    pub max_connections: u32,
+    /// A new connection's first request head (TLS handshake included), and on HTTP/1 every later
+    /// head from its first byte, must arrive within this.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub secret_key: Option<SecretString>,
+    /// Several secrets may verify at once, so a rotated secret keeps working during the switch.
+    pub webhook_secrets: Vec<SecretString>,
+    pub api_base: Url,
+    pub provider: PaymentProvider,
+    /// How far a webhook's signed timestamp may be from now, either way.
+    pub webhook_tolerance: Duration,
+}
+
+/// Checkout: where buyers return, how long sessions stay open, how often a user may start one.
+#[derive(Debug, Clone)]
+pub struct PaymentsConfig {
+    pub success_url: String,
+    pub cancel_url: String,
+    pub checkout_ttl: Duration,
+    pub checkout_limit: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub env: Environment,
+    /// `TOLLGATE_ENV` was set (in the environment or the file, not `.env`); development is the
+    /// default only on a loopback address.
+    pub env_explicit: bool,
+    pub bind: SocketAddr,
+    pub public_url: Url,
+    pub database: DatabaseConfig,
+    pub redis_url: Option<SecretString>,
+    pub http: HttpConfig,
+    pub tls: Option<TlsConfig>,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+    pub stripe: StripeConfig,
+    pub auth: AuthConfig,
+    pub payments: PaymentsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Signs access tokens (HS256). Development without one uses a random per-process secret.
+    pub jwt_secret: Option<SecretString>,
+    /// Still verifies tokens signed before a rotation (told apart by `kid`).
+    pub jwt_previous_secret: Option<SecretString>,
+    pub session_idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub login_max_failures: u32,
+    pub login_failure_window: Duration,
+    pub login_ip_limit: u32,
+    pub login_ip_window: Duration,
+    /// Failed logins per account per window from clients it does not know, all of them together;
+    /// beyond it such attempts are slowed (see `domain::auth`).
+    pub login_account_ceiling: u32,
+    /// Password jobs (hashing, verifying, strength) allowed to wait; beyond it 503 at once.
+    pub password_queue: u32,
+    /// A just-spent refresh token presented again this soon gets the same successor back.
+    pub refresh_grace: Duration,
+}
+
+impl Config {
+    pub fn is_production(&self) -> bool {
+        self.env == Environment::Production
+    }
+}
