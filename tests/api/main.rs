@@ -13,6 +13,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod network;
+mod openapi;
 mod payments;
 mod security_headers;
 mod storage;
