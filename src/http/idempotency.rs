@@ -14,10 +14,10 @@ use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
 use crate::domain::crypto::{open_bytes, seal_bytes, token_hash};
 use crate::domain::FieldError;
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::state::AppState;
 use crate::store::IdempotencyStart;
 
 /// The key, when the request carries a valid one: 1–255 printable ASCII characters.

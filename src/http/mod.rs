@@ -1,5 +1,6 @@
 //! The HTTP layer: thin routes over the domain, one error type, one edge middleware.
 
+pub mod audit;
 pub mod auth;
 pub mod cors;
 pub mod error;
@@ -7,8 +8,10 @@ pub mod extract;
 pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
+pub mod pagination;
 pub mod routes;
 pub mod server;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -19,10 +22,10 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::app::AppState;
 use crate::http::cors::{cors, CorsPolicy};
 use crate::http::error::ApiError;
 use crate::http::middleware::{edge, EdgeConfig};
+use crate::http::state::AppState;
 
 /// The whole application: every route of `routes`, then `extra` (embedders and tests), all behind
 /// the same stack. Layers are listed innermost first; `edge` is outermost, so even a response made

@@ -10,12 +10,12 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::domain::account::{Role, User};
 use crate::domain::auth::Credential;
 use crate::http::auth::{cookie_value, device_cookie, session_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
+use crate::http::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

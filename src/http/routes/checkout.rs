@@ -10,16 +10,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
 use crate::domain::account::Role;
 use crate::domain::catalog::Grant;
 use crate::domain::orders::OrderStatus;
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
 use crate::http::idempotency::idempotent;
-use crate::http::routes::admin::{list_params, page};
-use crate::http::routes::audit;
+use crate::http::pagination::{list_params, page};
+use crate::http::state::AppState;
 use crate::store::payments::{OrderRow, RefundRow};
 
 pub fn router() -> Router<AppState> {

@@ -7,13 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::AppState;
 use crate::domain::ledger::EventStatus;
 use crate::domain::FieldError;
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::routes::admin::{list_params, page};
-use crate::http::routes::audit;
+use crate::http::pagination::{list_params, page};
+use crate::http::state::AppState;
 use crate::store::ledger::{EventRow, HistoryRow};
 
 pub fn router() -> Router<AppState> {

@@ -10,8 +10,8 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::state::AppState;
 
 /// How long one dependency may take to answer a readiness probe.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

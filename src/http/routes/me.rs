@@ -10,13 +10,13 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::domain::auth::Credential;
 use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
-use crate::http::routes::admin::{list_params, ListParams};
+use crate::http::pagination::{list_params, ListParams};
 use crate::http::routes::auth::UserOut;
+use crate::http::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()

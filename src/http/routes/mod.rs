@@ -13,7 +13,7 @@ pub mod webhooks;
 
 use axum::Router;
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -27,16 +27,4 @@ pub fn router() -> Router<AppState> {
         .merge(products::router())
         .merge(checkout::router())
         .merge(sandbox::router())
-}
-
-/// Appends to the audit log what an admin did (see [`record_audit`](crate::domain::auth::record_audit)).
-pub(crate) async fn audit(
-    state: &AppState,
-    meta: &crate::domain::auth::RequestMeta,
-    actor: &str,
-    action: &str,
-    resource: &str,
-    detail: serde_json::Value,
-) {
-    crate::domain::auth::record_audit(state.store.as_ref(), meta, Some(actor), action, Some(resource), detail).await;
 }

@@ -9,15 +9,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::domain::catalog::Grant;
 use crate::domain::payments::{NewProduct, ProductPatch};
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
 use crate::http::idempotency::idempotent;
-use crate::http::routes::admin::{list_params, page, ListParams};
-use crate::http::routes::audit;
+use crate::http::pagination::{list_params, page, ListParams};
+use crate::http::state::AppState;
 use crate::store::payments::ProductRow;
 
 pub fn router() -> Router<AppState> {

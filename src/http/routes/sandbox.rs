@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::stripe::sandbox::{Choice, PageInfo};
 use crate::stripe::ProviderError;
 

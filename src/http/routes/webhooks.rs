@@ -11,10 +11,10 @@ use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::AppState;
 use crate::domain::ledger::Recorded;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
+use crate::http::state::AppState;
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> Router<AppState> {
