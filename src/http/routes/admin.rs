@@ -78,7 +78,7 @@ pub async fn list_users(
     RawQuery(q): RawQuery,
 ) -> ApiResult<axum::Json<UserList>> {
     let (limit, after) = list_params(q)?;
-    let users = state.store.list_users(limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
+    let users = state.store.list_users(limit + 1, after.as_deref()).await?;
     let (users, has_more) = page(users, limit);
     Ok(axum::Json(UserList { data: users.iter().map(AdminUserOut::from).collect(), has_more }))
 }
@@ -126,7 +126,7 @@ pub async fn list_audit(
         Some(Err(_)) => return Err(ApiError::Validation(vec![FieldError::new("starting_after", "must be an audit entry id")])),
         None => None,
     };
-    let rows = state.store.list_audit_page(limit + 1, after).await.map_err(anyhow::Error::from)?;
+    let rows = state.store.list_audit_page(limit + 1, after).await?;
     let (rows, has_more) = page(rows, limit);
     Ok(axum::Json(AuditList { data: rows, has_more }))
 }

@@ -118,8 +118,7 @@ pub async fn list_events(
             _ => {}
         }
     }
-    let rows =
-        state.store.list_events(kind.as_deref(), status, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
+    let rows = state.store.list_events(kind.as_deref(), status, limit + 1, after.as_deref()).await?;
     let (rows, has_more) = page(rows, limit);
     Ok(axum::Json(EventList { data: rows.iter().map(EventOut::from).collect(), has_more }))
 }
@@ -138,7 +137,7 @@ pub async fn get_event(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<EventDetailOut>> {
-    let (row, history) = state.store.event(&id).await.map_err(anyhow::Error::from)?.ok_or(ApiError::NotFound)?;
+    let (row, history) = state.store.event(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(axum::Json(EventDetailOut {
         event: EventOut::from(&row),
         raw_payload: String::from_utf8_lossy(&row.payload).into_owned(),

@@ -138,7 +138,7 @@ pub async fn sessions(
         (status = 404, description = "No such session of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end_session(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    if state.store.delete_user_session(&current.user.id, &id).await.map_err(anyhow::Error::from)? {
+    if state.store.delete_user_session(&current.user.id, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -132,7 +132,7 @@ pub struct ProductPatchIn {
     ))]
 pub async fn list_products(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<axum::Json<ProductList>> {
     let (limit, after) = list_params(q)?;
-    let rows = state.store.list_products(true, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
+    let rows = state.store.list_products(true, limit + 1, after.as_deref()).await?;
     let (rows, has_more) = page(rows, limit);
     let data = rows.into_iter().map(ProductOut::from_row).collect::<ApiResult<Vec<_>>>()?;
     Ok(axum::Json(ProductList { data, has_more }))
