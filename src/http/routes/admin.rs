@@ -1,6 +1,6 @@
 //! `/api/v1/admin/*`: user management and the audit log. Every handler takes `AdminUser`.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::routing::{get, patch};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -8,11 +8,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::account::{Role, User};
-use crate::domain::FieldError;
 use crate::http::auth::{AdminUser, Meta};
-use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
-use crate::http::pagination::{list_params, page, AuditListParams, ListParams};
+use crate::http::error::{ApiResult, Problem};
+use crate::http::extract::{Json, Query};
+use crate::http::pagination::{page, AuditListParams, ListParams};
 use crate::http::state::AppState;
 use crate::store::AuditEntry;
 
@@ -75,11 +74,10 @@ pub struct AuditList {
 pub async fn list_users(
     State(state): State<AppState>,
     _admin: AdminUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<ListParams>,
 ) -> ApiResult<axum::Json<UserList>> {
-    let (limit, after) = list_params(q)?;
-    let users = state.store.list_users(limit + 1, after.as_deref()).await?;
-    let (users, has_more) = page(users, limit);
+    let users = state.store.list_users(list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (users, has_more) = page(users, list.limit);
     Ok(axum::Json(UserList { data: users.iter().map(AdminUserOut::from).collect(), has_more }))
 }
 
@@ -118,15 +116,9 @@ pub async fn update_user(
 pub async fn list_audit(
     State(state): State<AppState>,
     _admin: AdminUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<AuditListParams>,
 ) -> ApiResult<axum::Json<AuditList>> {
-    let (limit, after) = list_params(q)?;
-    let after = match after.map(|a| a.parse::<i64>()) {
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return Err(ApiError::Validation(vec![FieldError::new("starting_after", "must be an audit entry id")])),
-        None => None,
-    };
-    let rows = state.store.list_audit_page(limit + 1, after).await?;
-    let (rows, has_more) = page(rows, limit);
+    let rows = state.store.list_audit_page(list.limit.fetch(), list.starting_after).await?;
+    let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(AuditList { data: rows, has_more }))
 }

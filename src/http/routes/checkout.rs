@@ -1,7 +1,7 @@
 //! Checkout and orders: starting a payment (hosted Checkout or a PaymentIntent for Elements), the
 //! caller's orders (the success page reads one), and admin refunds.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -16,9 +16,9 @@ use crate::domain::orders::OrderStatus;
 use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Query};
 use crate::http::idempotency::idempotent;
-use crate::http::pagination::{list_params, page};
+use crate::http::pagination::{non_empty, page, Limit};
 use crate::http::state::AppState;
 use crate::store::payments::{OrderRow, RefundRow};
 
@@ -129,11 +129,14 @@ pub struct OrderList {
 #[into_params(parameter_in = Query)]
 pub struct OrderListParams {
     /// Admins only: another user's orders.
+    #[serde(default, deserialize_with = "non_empty")]
     pub user_id: Option<String>,
     /// 1–100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
+    #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub limit: Limit,
     /// The last order id of the previous page.
+    #[serde(default, deserialize_with = "non_empty")]
     pub starting_after: Option<String>,
 }
 
@@ -253,21 +256,17 @@ pub async fn create_payment_intent(
 pub async fn list_orders(
     State(state): State<AppState>,
     current: CurrentUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<OrderListParams>,
 ) -> ApiResult<axum::Json<OrderList>> {
-    let (limit, after) = list_params(q.clone())?;
-    let asked: Option<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .find(|(k, v)| k == "user_id" && !v.is_empty())
-        .map(|(_, v)| v.into_owned());
-    let user_id = match asked {
+    let user_id = match list.user_id {
         Some(other) if other != current.user.id && current.user.role != Role::Admin => {
             return Err(ApiError::Forbidden("only admins may list another user's orders".to_owned()))
         }
         Some(other) => other,
         None => current.user.id.clone(),
     };
-    let rows = state.payments.list_orders(Some(&user_id), limit + 1, after.as_deref()).await?;
-    let (rows, has_more) = page(rows, limit);
+    let rows = state.payments.list_orders(Some(&user_id), list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(OrderList { data: rows.into_iter().map(OrderOut::from).collect(), has_more }))
 }
 

@@ -1,6 +1,6 @@
 //! `/api/v1/me*`: the caller's own account and sessions.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use crate::domain::auth::Credential;
 use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
-use crate::http::pagination::{list_params, ListParams};
+use crate::http::extract::{Json, Query};
+use crate::http::pagination::ListParams;
 use crate::http::routes::auth::UserOut;
 use crate::http::state::AppState;
 
@@ -104,14 +104,13 @@ pub async fn change_password(
 pub async fn sessions(
     State(state): State<AppState>,
     current: CurrentUser,
-    RawQuery(query): RawQuery,
+    Query(list): Query<ListParams>,
 ) -> ApiResult<axum::Json<SessionList>> {
-    let (limit, after) = list_params(query)?;
     let this = match &current.credential {
         Credential::Session { session_id, .. } => Some(session_id.as_str()),
         Credential::Bearer { .. } => None,
     };
-    let page = state.auth.sessions(&current.user, limit, after.as_deref()).await?;
+    let page = state.auth.sessions(&current.user, list.limit.get(), list.starting_after.as_deref()).await?;
     let data = page
         .sessions
         .into_iter()

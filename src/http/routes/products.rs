@@ -1,6 +1,6 @@
 //! The catalog: `GET /api/v1/products` for anyone, `POST`/`PATCH /api/v1/admin/products` for admins.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, patch, post};
@@ -14,9 +14,9 @@ use crate::domain::payments::{NewProduct, ProductPatch};
 use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
+use crate::http::extract::{Json, Query};
 use crate::http::idempotency::idempotent;
-use crate::http::pagination::{list_params, page, ListParams};
+use crate::http::pagination::{page, ListParams};
 use crate::http::state::AppState;
 use crate::store::payments::ProductRow;
 
@@ -130,10 +130,9 @@ pub struct ProductPatchIn {
         (status = 200, description = "A page of active products", body = ProductList),
         (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn list_products(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<axum::Json<ProductList>> {
-    let (limit, after) = list_params(q)?;
-    let rows = state.store.list_products(true, limit + 1, after.as_deref()).await?;
-    let (rows, has_more) = page(rows, limit);
+pub async fn list_products(State(state): State<AppState>, Query(list): Query<ListParams>) -> ApiResult<axum::Json<ProductList>> {
+    let rows = state.store.list_products(true, list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (rows, has_more) = page(rows, list.limit);
     let data = rows.into_iter().map(ProductOut::from_row).collect::<ApiResult<Vec<_>>>()?;
     Ok(axum::Json(ProductList { data, has_more }))
 }
