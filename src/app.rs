@@ -133,6 +133,7 @@ impl App {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
+        let (routes, openapi) = crate::http::api();
         let state = AppState {
             auth: Arc::new(auth_service(&config, store.clone())),
             payments: Arc::new(payments),
@@ -140,9 +141,9 @@ impl App {
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),
             store,
-            openapi: Arc::new(crate::http::openapi::document_json()),
+            openapi: Arc::new(openapi),
         };
-        let router = crate::http::router(state.clone(), extra, tls.is_some());
+        let router = crate::http::router(state.clone(), routes.merge(extra), tls.is_some());
         let http = &state.config.http;
         let limits = Limits {
             max_connections: fit_open_file_limit(

@@ -1,11 +1,11 @@
 //! `/api/v1/admin/*`: user management and the audit log. Every handler takes `AdminUser`.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, patch};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::account::{Role, User};
 use crate::http::auth::{AdminUser, Meta};
@@ -15,11 +15,8 @@ use crate::http::pagination::{page, AuditListParams, ListParams};
 use crate::http::state::AppState;
 use crate::store::AuditEntry;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/users", get(list_users))
-        .route("/api/v1/admin/users/{id}", patch(update_user))
-        .route("/api/v1/admin/audit", get(list_audit))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_users)).routes(routes!(update_user)).routes(routes!(list_audit))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

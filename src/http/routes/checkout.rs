@@ -4,11 +4,11 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::account::Role;
 use crate::domain::catalog::Grant;
@@ -22,13 +22,13 @@ use crate::http::pagination::{non_empty, page, Limit};
 use crate::http::state::AppState;
 use crate::store::payments::{OrderRow, RefundRow};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/checkout/sessions", post(create_checkout_session))
-        .route("/api/v1/payment-intents", post(create_payment_intent))
-        .route("/api/v1/orders", get(list_orders))
-        .route("/api/v1/orders/{id}", get(get_order))
-        .route("/api/v1/admin/orders/{id}/refunds", post(create_refund))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_checkout_session))
+        .routes(routes!(create_payment_intent))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(create_refund))
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]

@@ -5,7 +5,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::http::state::AppState;
 
@@ -16,10 +17,11 @@ const DOCS_HTML: &str = include_str!("../../../assets/docs/index.html");
 const DOCS_JS: &str = include_str!("../../../assets/docs/docs.js");
 const DOCS_CSS: &str = include_str!("../../../assets/docs/docs.css");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs_page))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs_page))
+        // The page's assets are not part of the API.
         .route("/docs/docs.js", get(|| async { asset(DOCS_JS, "text/javascript; charset=utf-8") }))
         .route("/docs/docs.css", get(|| async { asset(DOCS_CSS, "text/css; charset=utf-8") }))
 }

@@ -1,11 +1,11 @@
 //! `/api/v1/admin/events*`: the ledger, for operators.
 
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::ledger::EventStatus;
 use crate::http::audit::audit;
@@ -16,11 +16,8 @@ use crate::http::pagination::{non_empty, page, Limit};
 use crate::http::state::AppState;
 use crate::store::ledger::{EventRow, HistoryRow};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/events", get(list_events))
-        .route("/api/v1/admin/events/{id}", get(get_event))
-        .route("/api/v1/admin/events/{id}/replay", post(replay_event))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(get_event)).routes(routes!(replay_event))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

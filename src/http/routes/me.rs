@@ -3,12 +3,12 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::auth::Credential;
 use crate::http::auth::{device_cookie, CurrentUser, Meta};
@@ -18,13 +18,13 @@ use crate::http::pagination::ListParams;
 use crate::http::routes::auth::UserOut;
 use crate::http::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/me", get(me))
-        .route("/api/v1/me/password", post(change_password))
-        .route("/api/v1/me/sessions", get(sessions))
-        .route("/api/v1/me/sessions/{id}", delete(end_session))
-        .route("/api/v1/me/entitlements", get(entitlements))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(entitlements))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -1,4 +1,5 @@
-//! One module per resource, each exposing `router()`.
+//! One module per resource, each exposing `router()`: its routes with their OpenAPI operations,
+//! both from each handler's `#[utoipa::path]` (path and method are declared there, once).
 
 pub mod admin;
 pub mod auth;
@@ -11,12 +12,12 @@ pub mod products;
 pub mod sandbox;
 pub mod webhooks;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
         .merge(docs::router())
         .merge(auth::router())

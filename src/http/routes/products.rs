@@ -3,11 +3,11 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, patch, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::catalog::Grant;
 use crate::domain::payments::{NewProduct, ProductPatch};
@@ -20,11 +20,8 @@ use crate::http::pagination::{page, ListParams};
 use crate::http::state::AppState;
 use crate::store::payments::ProductRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/products", get(list_products))
-        .route("/api/v1/admin/products", post(create_product))
-        .route("/api/v1/admin/products/{id}", patch(update_product))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_products)).routes(routes!(create_product)).routes(routes!(update_product))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

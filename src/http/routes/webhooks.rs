@@ -5,11 +5,11 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::Router;
 use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::domain::ledger::Recorded;
 use crate::http::error::{ApiError, ApiResult, Problem};
@@ -17,8 +17,8 @@ use crate::http::extract::ClientInfo;
 use crate::http::state::AppState;
 use crate::stripe::webhook::{verify_signature, Event};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/webhooks/stripe", post(receive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
