@@ -9,6 +9,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
 pub mod pagination;
+pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -12,6 +12,7 @@ use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiResult, Problem};
 use crate::http::extract::{Json, Query};
 use crate::http::pagination::{page, AuditListParams, ListParams};
+use crate::http::responses::{AdminOnly, BadListParameters, JsonBody, Unauthenticated};
 use crate::http::state::AppState;
 use crate::store::AuditEntry;
 
@@ -64,9 +65,7 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly, BadListParameters,
     ))]
 pub async fn list_users(
     State(state): State<AppState>,
@@ -83,12 +82,10 @@ pub async fn list_users(
     params(("id" = String, Path, description = "A user id (`usr_…`)")),
     responses(
         (status = 200, description = "The updated user", body = AdminUserOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, JsonBody,
         (status = 403, description = "Not an admin, or missing X-CSRF-Token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An admin cannot demote or disable themselves", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
@@ -106,9 +103,7 @@ pub async fn update_user(
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of audit entries", body = AuditList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly, BadListParameters,
     ))]
 pub async fn list_audit(
     State(state): State<AppState>,

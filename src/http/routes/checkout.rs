@@ -17,8 +17,11 @@ use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
-use crate::http::idempotency::idempotent;
+use crate::http::idempotency::{idempotent, IdempotencyKeyHeader};
 use crate::http::pagination::{non_empty, page, Limit};
+use crate::http::responses::{
+    AdminOnlyWithCsrf, BadListParameters, IdempotentCreate, PaymentsJsonBody, StartingPayment, Unauthenticated,
+};
 use crate::http::state::AppState;
 use crate::store::payments::{OrderRow, RefundRow};
 
@@ -184,17 +187,10 @@ impl From<RefundRow> for RefundOut {
 /// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
 /// catalog; the client names only the product and a quantity.
 #[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The order and where to send the buyer", body = CheckoutOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, PaymentsJsonBody, StartingPayment, IdempotentCreate,
     ))]
 pub async fn create_checkout_session(
     State(state): State<AppState>,
@@ -218,17 +214,10 @@ pub async fn create_checkout_session(
 
 /// Creates a pending order and a Stripe PaymentIntent for a custom page with Stripe Elements.
 #[utoipa::path(post, path = "/api/v1/payment-intents", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The order and the client secret", body = PaymentIntentOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, PaymentsJsonBody, StartingPayment, IdempotentCreate,
     ))]
 pub async fn create_payment_intent(
     State(state): State<AppState>,
@@ -249,9 +238,8 @@ pub async fn create_payment_intent(
 #[utoipa::path(get, path = "/api/v1/orders", tag = "checkout", params(OrderListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of orders", body = OrderList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, BadListParameters,
         (status = 403, description = "user_id given by a non-admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_orders(
     State(state): State<AppState>,
@@ -276,7 +264,7 @@ pub async fn list_orders(
     params(("id" = String, Path, description = "An order id (`ord_…`)")),
     responses(
         (status = 200, description = "The order", body = OrderOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 404, description = "No such order (or another user's)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_order(
@@ -292,15 +280,12 @@ pub async fn get_order(
 /// `partially_refunded` or `refunded` when Stripe's `charge.refunded` event arrives.
 #[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refunds", tag = "admin", request_body = RefundIn, security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "An order id (`ord_…`)"),
-           ("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+           IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The refund Stripe accepted", body = RefundOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody,
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is not paid", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid amount or reason", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Stripe failed", body = Problem, content_type = "application/problem+json"),
     ))]

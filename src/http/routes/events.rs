@@ -13,6 +13,7 @@ use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Query;
 use crate::http::pagination::{non_empty, page, Limit};
+use crate::http::responses::{AdminOnly, AdminOnlyWithCsrf, Unauthenticated};
 use crate::http::state::AppState;
 use crate::store::ledger::{EventRow, HistoryRow};
 
@@ -98,8 +99,7 @@ pub struct EventDetailOut {
 #[utoipa::path(get, path = "/api/v1/admin/events", tag = "admin", params(EventListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of the ledger", body = EventList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly,
         (status = 422, description = "Bad filter or list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_events(
@@ -118,8 +118,7 @@ pub async fn list_events(
     params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
     responses(
         (status = 200, description = "The event", body = EventDetailOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly,
         (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_event(
@@ -141,8 +140,7 @@ pub async fn get_event(
     params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
     responses(
         (status = 200, description = "Processed again", body = EventDetailOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf,
         (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replay_event(

@@ -15,6 +15,7 @@ use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
 use crate::http::pagination::ListParams;
+use crate::http::responses::{CsrfChecked, JsonBody, PasswordQueueFull, Unauthenticated};
 use crate::http::routes::auth::UserOut;
 use crate::http::state::AppState;
 
@@ -58,7 +59,7 @@ pub struct SessionList {
 #[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The caller", body = UserOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     ))]
 pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
     axum::Json(UserOut::from(&current.user))
@@ -68,14 +69,10 @@ pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
 #[utoipa::path(post, path = "/api/v1/me/password", tag = "me", request_body = PasswordChangeIn, security(("bearer" = []), ("session" = [])),
     responses(
         (status = 204, description = "Changed"),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, CsrfChecked, JsonBody, PasswordQueueFull,
         (status = 422, description = "Wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The password was changed by another request meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
@@ -98,7 +95,7 @@ pub async fn change_password(
 #[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Live sessions, newest first", body = SessionList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 422, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sessions(
@@ -132,8 +129,7 @@ pub async fn sessions(
     params(("id" = String, Path, description = "A session id (`ses_…`)")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, CsrfChecked,
         (status = 404, description = "No such session of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end_session(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -172,7 +168,7 @@ pub struct EntitlementsOut {
 #[utoipa::path(get, path = "/api/v1/me/entitlements", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Active grants and credits", body = EntitlementsOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     ))]
 pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<EntitlementsOut>> {
     let e = state.payments.entitlements(&current.user.id).await?;

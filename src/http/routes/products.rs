@@ -15,8 +15,9 @@ use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
-use crate::http::idempotency::idempotent;
+use crate::http::idempotency::{idempotent, IdempotencyKeyHeader};
 use crate::http::pagination::{page, ListParams};
+use crate::http::responses::{AdminOnlyWithCsrf, BadListParameters, IdempotentCreate, PaymentsJsonBody, Unauthenticated};
 use crate::http::state::AppState;
 use crate::store::payments::ProductRow;
 
@@ -125,7 +126,7 @@ pub struct ProductPatchIn {
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
     responses(
         (status = 200, description = "A page of active products", body = ProductList),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        BadListParameters,
     ))]
 pub async fn list_products(State(state): State<AppState>, Query(list): Query<ListParams>) -> ApiResult<axum::Json<ProductList>> {
     let rows = state.store.list_products(true, list.limit.fetch(), list.starting_after.as_deref()).await?;
@@ -136,15 +137,10 @@ pub async fn list_products(State(state): State<AppState>, Query(list): Query<Lis
 
 /// Adds a product to the catalog.
 #[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = ProductIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "Created", body = ProductOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody, IdempotentCreate,
     ))]
 pub async fn create_product(
     State(state): State<AppState>,
@@ -177,12 +173,9 @@ pub async fn create_product(
     params(("id" = String, Path, description = "A product id (`pr_…`)")),
     responses(
         (status = 200, description = "Changed", body = ProductOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody,
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_product(
