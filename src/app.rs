@@ -19,46 +19,12 @@ use crate::domain::ledger::key_is_live;
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
+use crate::http::state::{AppState, CookieSettings};
 use crate::ratelimit::MemoryRateLimiter;
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
 use crate::stripe::sandbox::Sandbox;
 use crate::stripe::Provider;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub auth: Arc<AuthService>,
-    pub payments: Arc<PaymentsService>,
-    /// The sandbox provider's pages, when it is the provider.
-    pub sandbox: Option<Arc<Sandbox>>,
-    pub cookie: CookieSettings,
-    /// The OpenAPI document, generated once at start.
-    pub openapi: Arc<String>,
-}
-
-/// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;
-/// the plain name without `Secure` only in development over http.
-#[derive(Clone, Debug)]
-pub struct CookieSettings {
-    pub name: &'static str,
-    /// The device cookie: marks a browser that logged in to an account before (login limits).
-    pub device_name: &'static str,
-    pub secure: bool,
-}
-
-impl CookieSettings {
-    pub fn for_config(config: &Config) -> CookieSettings {
-        let https = config.public_url.scheme() == "https" || config.tls.is_some() || config.is_production();
-        if https {
-            CookieSettings { name: "__Host-tollgate_session", device_name: "__Host-tollgate_device", secure: true }
-        } else {
-            CookieSettings { name: "tollgate_session", device_name: "tollgate_device", secure: false }
-        }
-    }
-}
 
 /// The accounts service for `config` (the server and the `admin` CLI share it).
 pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
@@ -167,6 +133,7 @@ impl App {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
+        let (routes, openapi) = crate::http::api();
         let state = AppState {
             auth: Arc::new(auth_service(&config, store.clone())),
             payments: Arc::new(payments),
@@ -174,9 +141,9 @@ impl App {
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),
             store,
-            openapi: Arc::new(crate::http::openapi::document_json()),
+            openapi: Arc::new(openapi),
         };
-        let router = crate::http::router(state.clone(), extra, tls.is_some());
+        let router = crate::http::router(state.clone(), routes.merge(extra), tls.is_some());
         let http = &state.config.http;
         let limits = Limits {
             max_connections: fit_open_file_limit(

@@ -12,5 +12,6 @@ pub mod store;
 pub mod stripe;
 pub mod telemetry;
 
-pub use app::{App, AppState};
+pub use app::App;
 pub use config::Config;
+pub use http::state::AppState;

@@ -5,13 +5,13 @@
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method};
 
-use crate::app::AppState;
 use crate::config::CorsOrigins;
 use crate::domain::account::{Role, User};
 use crate::domain::auth::{Credential, RequestMeta};
 use crate::domain::crypto::constant_time_eq;
 use crate::http::error::ApiError;
 use crate::http::extract::{ClientInfo, RequestId};
+use crate::http::state::AppState;
 
 pub const CSRF_HEADER: &str = "x-csrf-token";
 

@@ -1,5 +1,5 @@
-//! Extractors whose rejections are precise problems: [`Json`] (415 / 413 / 400 / 422) and the
-//! request context set by the edge middleware ([`RequestId`], [`ClientInfo`]).
+//! Extractors whose rejections are precise problems: [`Json`] (415 / 413 / 400 / 422), [`Query`]
+//! (422) and the request context set by the edge middleware ([`RequestId`], [`ClientInfo`]).
 
 use std::net::IpAddr;
 
@@ -118,6 +118,46 @@ fn data_error(path: &str, e: &serde_json::Error) -> FieldError {
     FieldError::new(field, message)
 }
 
+/// Query parameters. Unlike axum's, a parameter that does not parse is a 422 naming it, with
+/// the message of its type (`limit`: "must be an integer from 1 to 100"). Parameters the type does
+/// not name are ignored; one given twice is ambiguous and refused.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(Query)
+    }
+}
+
+/// Deserialises a query string (without the `?`), naming the parameter that failed.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let pairs = serde_urlencoded::Deserializer::new(url::form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(pairs).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Validation(vec![parameter_error(&path, e.into_inner().to_string())])
+    })
+}
+
+fn parameter_error(path: &str, message: String) -> FieldError {
+    if path != "." {
+        return FieldError::new(path, message);
+    }
+    // Errors about the parameters as a whole name the parameter only in their message.
+    for (prefix, rule) in [("missing field `", "is required"), ("duplicate field `", "must be given at most once")] {
+        if let Some(name) = message.strip_prefix(prefix).and_then(|r| r.strip_suffix('`')) {
+            return FieldError::new(name, rule);
+        }
+    }
+    FieldError::new("query", message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +202,30 @@ mod tests {
         for body in [&b"{\"email\":"[..], b"not json", b"{\"email\":\"a\"} trailing", b""] {
             assert!(matches!(parse_json::<In>(body), Err(ApiError::BadRequest(_))), "{:?}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Params {
+        name: String,
+        #[serde(default, deserialize_with = "even")]
+        even: Option<i64>,
+    }
+
+    fn even<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        let n: i64 = <String as serde::Deserialize>::deserialize(d)?.parse().map_err(serde::de::Error::custom)?;
+        (n % 2 == 0).then_some(Some(n)).ok_or_else(|| serde::de::Error::custom("must be even"))
+    }
+
+    #[test]
+    fn query_parameters_name_the_one_that_failed() {
+        let p: Params = parse_query("name=a%20b&even=4&other=x").unwrap();
+        assert_eq!((p.name.as_str(), p.even), ("a b", Some(4)), "unknown parameters are ignored");
+        assert_eq!(fields(parse_query::<Params>("name=a&even=3").unwrap_err()), vec![FieldError::new("even", "must be even")]);
+        assert_eq!(fields(parse_query::<Params>("even=2").unwrap_err()), vec![FieldError::new("name", "is required")]);
+        assert_eq!(
+            fields(parse_query::<Params>("name=a&name=b").unwrap_err()),
+            vec![FieldError::new("name", "must be given at most once")]
+        );
     }
 
     #[test]

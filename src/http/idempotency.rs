@@ -13,12 +13,22 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::IntoParams;
 
-use crate::app::AppState;
 use crate::domain::crypto::{open_bytes, seal_bytes, token_hash};
 use crate::domain::FieldError;
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::state::AppState;
 use crate::store::IdempotencyStart;
+
+/// The `Idempotency-Key` header, as operations that honour it document it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// 1-255 printable ASCII characters; a retry with the same key and body gets the first answer
+    #[param(rename = "Idempotency-Key", pattern = "^[ -~]{1,255}$", nullable)]
+    pub idempotency_key: Option<String>,
+}
 
 /// The key, when the request carries a valid one: 1–255 printable ASCII characters.
 pub fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {

@@ -1,5 +1,6 @@
 //! The HTTP layer: thin routes over the domain, one error type, one edge middleware.
 
+pub mod audit;
 pub mod auth;
 pub mod cors;
 pub mod error;
@@ -7,8 +8,11 @@ pub mod extract;
 pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
+pub mod pagination;
+pub mod responses;
 pub mod routes;
 pub mod server;
+pub mod state;
 
 use std::sync::Arc;
 
@@ -19,19 +23,24 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 
-use crate::app::AppState;
 use crate::http::cors::{cors, CorsPolicy};
 use crate::http::error::ApiError;
 use crate::http::middleware::{edge, EdgeConfig};
+use crate::http::state::AppState;
 
-/// The whole application: every route of `routes`, then `extra` (embedders and tests), all behind
+/// The API's routes and the OpenAPI document (JSON) describing them, from the same declarations.
+pub fn api() -> (Router<AppState>, String) {
+    let (routes, operations) = routes::router().split_for_parts();
+    (routes, openapi::document_json(operations))
+}
+
+/// The whole application: `routes` (the [`api`] and whatever embedders and tests add), all behind
 /// the same stack. Layers are listed innermost first; `edge` is outermost, so even a response made
 /// by another layer (CORS preflight, 408, 413) gets the request id, problem shape and headers.
-pub fn router(state: AppState, extra: Router<AppState>, tls: bool) -> Router {
+pub fn router(state: AppState, routes: Router<AppState>, tls: bool) -> Router {
     let http = &state.config.http;
     let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls };
-    routes::router()
-        .merge(extra)
+    routes
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(http.body_limit))
         .layer(RequestBodyLimitLayer::new(http.body_limit))

@@ -1,4 +1,6 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The OpenAPI 3.1 document: what the whole API says about itself (info, tags, shared schemas),
+//! the operations the routers collected from the handlers' `#[utoipa::path]`, and the modifiers
+//! that then apply to every operation.
 
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::{ObjectBuilder, RefOr, Type};
@@ -6,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::domain::FieldError;
 use crate::http::error::Problem;
-use crate::http::routes::{admin, auth, checkout, docs, events, health, me, products, webhooks};
+use crate::http::routes::health;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -14,16 +16,6 @@ use crate::http::routes::{admin, auth, checkout, docs, events, health, me, produ
         title = "tollgate",
         description = "A self-hosted payments backend: accounts, Stripe Checkout, a ledger of every verified Stripe event and exactly-once fulfilment. Errors are RFC 9457 problem details (`application/problem+json`); every response carries `X-Request-Id`.",
         license(name = "MIT"),
-    ),
-    paths(
-        health::healthz, health::readyz, docs::openapi_json, docs::docs_page,
-        auth::register, auth::login, auth::logout, auth::csrf, auth::token, auth::refresh,
-        me::me, me::change_password, me::sessions, me::end_session, me::entitlements,
-        admin::list_users, admin::update_user, admin::list_audit,
-        webhooks::receive, events::list_events, events::get_event, events::replay_event,
-        products::list_products, products::create_product, products::update_product,
-        checkout::create_checkout_session, checkout::create_payment_intent, checkout::list_orders, checkout::get_order,
-        checkout::create_refund,
     ),
     components(schemas(Problem, FieldError, health::HealthOut, health::ReadyOut)),
     tags(
@@ -36,9 +28,20 @@ use crate::http::routes::{admin, auth, checkout, docs, events, health, me, produ
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
     ),
-    modifiers(&RequestIdHeader, &SecuritySchemes, &ClosedGrant),
 )]
 pub struct ApiDoc;
+
+/// The document for `operations` (what [`routes::router`](crate::http::routes::router) collected).
+pub fn document(operations: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    document.merge(operations);
+    // After the merge: they look at every operation and at schemas only operations name.
+    let modifiers: [&dyn Modify; 3] = [&RequestIdHeader, &SecuritySchemes, &ClosedGrant];
+    for modifier in modifiers {
+        modifier.modify(&mut document);
+    }
+    document
+}
 
 /// `Grant`'s variants refuse unknown fields (`deny_unknown_fields`), which utoipa states for
 /// structs but not for the variants of a tagged enum; say it here so the schema is the truth.
@@ -107,7 +110,7 @@ impl Modify for SecuritySchemes {
     }
 }
 
-/// The document as served, generated once.
-pub fn document_json() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
+/// The document as served.
+pub fn document_json(operations: utoipa::openapi::OpenApi) -> String {
+    document(operations).to_pretty_json().unwrap_or_else(|_| "{}".to_owned())
 }

@@ -15,6 +15,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod network;
+mod openapi;
 mod refunds_disputes;
 mod security_headers;
 mod storage;

@@ -1,77 +1,23 @@
 //! `/api/v1/admin/*`: user management and the audit log. Every handler takes `AdminUser`.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::routing::{get, patch};
-use axum::Router;
+use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::account::{Role, User};
-use crate::domain::FieldError;
 use crate::http::auth::{AdminUser, Meta};
-use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
+use crate::http::error::{ApiResult, Problem};
+use crate::http::extract::{Json, Query};
+use crate::http::pagination::{page, AuditListParams, ListParams};
+use crate::http::responses::{AdminOnly, BadListParameters, JsonBody, Unauthenticated};
+use crate::http::state::AppState;
 use crate::store::AuditEntry;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/users", get(list_users))
-        .route("/api/v1/admin/users/{id}", patch(update_user))
-        .route("/api/v1/admin/audit", get(list_audit))
-}
-
-/// `?limit=` (1–100, default 20) and `?starting_after=`.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListParams {
-    /// 1–100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
-    /// The last id of the previous page.
-    pub starting_after: Option<String>,
-}
-
-/// `?limit=` and `?starting_after=` for the audit log, whose ids are integers.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditListParams {
-    /// 1–100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
-    /// The last id of the previous page.
-    pub starting_after: Option<i64>,
-}
-
-/// Parses list parameters, reporting each bad one as a 422 field error.
-pub(crate) fn list_params(raw: Option<String>) -> Result<(i64, Option<String>), ApiError> {
-    let mut limit = 20;
-    let mut after = None;
-    let mut errors = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "limit" => match v.parse::<i64>() {
-                Ok(n) if (1..=100).contains(&n) => limit = n,
-                _ => errors.push(FieldError::new("limit", "must be an integer from 1 to 100")),
-            },
-            "starting_after" if !v.is_empty() => after = Some(v.into_owned()),
-            _ => {}
-        }
-    }
-    if errors.is_empty() {
-        Ok((limit, after))
-    } else {
-        Err(ApiError::Validation(errors))
-    }
-}
-
-/// A page of at most `limit` from `limit + 1` fetched rows, and whether there are more.
-pub(crate) fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    let has_more = rows.len() > limit;
-    rows.truncate(limit);
-    (rows, has_more)
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_users)).routes(routes!(update_user)).routes(routes!(list_audit))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -119,18 +65,15 @@ pub struct AuditList {
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of users", body = UserList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly, BadListParameters,
     ))]
 pub async fn list_users(
     State(state): State<AppState>,
     _admin: AdminUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<ListParams>,
 ) -> ApiResult<axum::Json<UserList>> {
-    let (limit, after) = list_params(q)?;
-    let users = state.store.list_users(limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
-    let (users, has_more) = page(users, limit);
+    let users = state.store.list_users(list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (users, has_more) = page(users, list.limit);
     Ok(axum::Json(UserList { data: users.iter().map(AdminUserOut::from).collect(), has_more }))
 }
 
@@ -139,12 +82,10 @@ pub async fn list_users(
     params(("id" = String, Path, description = "A user id (`usr_…`)")),
     responses(
         (status = 200, description = "The updated user", body = AdminUserOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, JsonBody,
         (status = 403, description = "Not an admin, or missing X-CSRF-Token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An admin cannot demote or disable themselves", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_user(
@@ -162,22 +103,14 @@ pub async fn update_user(
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of audit entries", body = AuditList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly, BadListParameters,
     ))]
 pub async fn list_audit(
     State(state): State<AppState>,
     _admin: AdminUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<AuditListParams>,
 ) -> ApiResult<axum::Json<AuditList>> {
-    let (limit, after) = list_params(q)?;
-    let after = match after.map(|a| a.parse::<i64>()) {
-        Some(Ok(n)) => Some(n),
-        Some(Err(_)) => return Err(ApiError::Validation(vec![FieldError::new("starting_after", "must be an audit entry id")])),
-        None => None,
-    };
-    let rows = state.store.list_audit_page(limit + 1, after).await.map_err(anyhow::Error::from)?;
-    let (rows, has_more) = page(rows, limit);
+    let rows = state.store.list_audit_page(list.limit.fetch(), list.starting_after).await?;
+    let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(AuditList { data: rows, has_more }))
 }

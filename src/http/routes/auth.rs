@@ -3,28 +3,29 @@
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::account::{Role, User};
 use crate::domain::auth::Credential;
 use crate::http::auth::{cookie_value, device_cookie, session_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::Json;
+use crate::http::responses::{BodyTooLarge, CredentialsChecked, CsrfChecked, JsonBody, PasswordQueueFull, Unauthenticated};
+use crate::http::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/auth/csrf", get(csrf))
-        .route("/api/v1/auth/token", post(token))
-        .route("/api/v1/auth/refresh", post(refresh))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(csrf))
+        .routes(routes!(token))
+        .routes(routes!(refresh))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -97,13 +98,10 @@ pub struct TokenOut {
 #[utoipa::path(post, path = "/api/v1/auth/register", tag = "auth", request_body = RegisterIn,
     responses(
         (status = 201, description = "The new user", body = UserOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        JsonBody, BodyTooLarge, PasswordQueueFull,
         (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields (email, weak password, name)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many registrations from this client; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn register(
     State(state): State<AppState>,
@@ -118,13 +116,8 @@ pub async fn register(
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = CredentialsIn,
     responses(
         (status = 200, description = "Logged in; `Set-Cookie` carries a new session (and, the first time on this browser, a device cookie that marks it as known to the account)", body = LoginOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        JsonBody, BodyTooLarge, CredentialsChecked, PasswordQueueFull,
         (status = 401, description = "Invalid email or password (the same answer for every reason)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Malformed email", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -149,8 +142,7 @@ pub async fn login(
     security(("bearer" = []), ("session" = [])),
     responses(
         (status = 204, description = "Logged out"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, CsrfChecked,
     ))]
 pub async fn logout(State(state): State<AppState>, Meta(meta): Meta, current: CurrentUser) -> ApiResult<Response> {
     state.auth.logout(&current.user, &current.credential, &meta).await?;
@@ -179,13 +171,8 @@ pub async fn csrf(current: CurrentUser) -> ApiResult<axum::Json<CsrfOut>> {
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "auth", request_body = CredentialsIn,
     responses(
         (status = 200, description = "A new token pair in a new family", body = TokenOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        JsonBody, BodyTooLarge, CredentialsChecked, PasswordQueueFull,
         (status = 401, description = "Invalid email or password", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Malformed email", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many attempts; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
     State(state): State<AppState>,
@@ -200,10 +187,8 @@ pub async fn token(
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshIn,
     responses(
         (status = 200, description = "A new pair; the presented refresh token is spent", body = TokenOut),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        JsonBody, BodyTooLarge,
         (status = 401, description = "Unknown, expired, revoked or already spent refresh token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Missing field", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refresh(

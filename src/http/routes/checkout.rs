@@ -1,34 +1,37 @@
 //! Checkout and orders: starting a payment (hosted Checkout or a PaymentIntent for Elements), the
 //! caller's orders (the success page reads one), and admin refunds.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::account::Role;
 use crate::domain::catalog::Grant;
 use crate::domain::orders::OrderStatus;
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
-use crate::http::idempotency::idempotent;
-use crate::http::routes::admin::{list_params, page};
-use crate::http::routes::audit;
+use crate::http::extract::{Json, Query};
+use crate::http::idempotency::{idempotent, IdempotencyKeyHeader};
+use crate::http::pagination::{non_empty, page, Limit};
+use crate::http::responses::{
+    AdminOnlyWithCsrf, BadListParameters, IdempotentCreate, PaymentsJsonBody, StartingPayment, Unauthenticated,
+};
+use crate::http::state::AppState;
 use crate::store::payments::{OrderRow, RefundRow};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/checkout/sessions", post(create_checkout_session))
-        .route("/api/v1/payment-intents", post(create_payment_intent))
-        .route("/api/v1/orders", get(list_orders))
-        .route("/api/v1/orders/{id}", get(get_order))
-        .route("/api/v1/admin/orders/{id}/refunds", post(create_refund))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_checkout_session))
+        .routes(routes!(create_payment_intent))
+        .routes(routes!(list_orders))
+        .routes(routes!(get_order))
+        .routes(routes!(create_refund))
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -129,11 +132,14 @@ pub struct OrderList {
 #[into_params(parameter_in = Query)]
 pub struct OrderListParams {
     /// Admins only: another user's orders.
+    #[serde(default, deserialize_with = "non_empty")]
     pub user_id: Option<String>,
     /// 1–100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
+    #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub limit: Limit,
     /// The last order id of the previous page.
+    #[serde(default, deserialize_with = "non_empty")]
     pub starting_after: Option<String>,
 }
 
@@ -181,17 +187,10 @@ impl From<RefundRow> for RefundOut {
 /// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
 /// catalog; the client names only the product and a quantity.
 #[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The order and where to send the buyer", body = CheckoutOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, PaymentsJsonBody, StartingPayment, IdempotentCreate,
     ))]
 pub async fn create_checkout_session(
     State(state): State<AppState>,
@@ -215,17 +214,10 @@ pub async fn create_checkout_session(
 
 /// Creates a pending order and a Stripe PaymentIntent for a custom page with Stripe Elements.
 #[utoipa::path(post, path = "/api/v1/payment-intents", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The order and the client secret", body = PaymentIntentOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many checkouts", body = Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Stripe failed; nothing to pay yet", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, PaymentsJsonBody, StartingPayment, IdempotentCreate,
     ))]
 pub async fn create_payment_intent(
     State(state): State<AppState>,
@@ -246,28 +238,23 @@ pub async fn create_payment_intent(
 #[utoipa::path(get, path = "/api/v1/orders", tag = "checkout", params(OrderListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of orders", body = OrderList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, BadListParameters,
         (status = 403, description = "user_id given by a non-admin", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_orders(
     State(state): State<AppState>,
     current: CurrentUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<OrderListParams>,
 ) -> ApiResult<axum::Json<OrderList>> {
-    let (limit, after) = list_params(q.clone())?;
-    let asked: Option<String> = url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .find(|(k, v)| k == "user_id" && !v.is_empty())
-        .map(|(_, v)| v.into_owned());
-    let user_id = match asked {
+    let user_id = match list.user_id {
         Some(other) if other != current.user.id && current.user.role != Role::Admin => {
             return Err(ApiError::Forbidden("only admins may list another user's orders".to_owned()))
         }
         Some(other) => other,
         None => current.user.id.clone(),
     };
-    let rows = state.payments.list_orders(Some(&user_id), limit + 1, after.as_deref()).await?;
-    let (rows, has_more) = page(rows, limit);
+    let rows = state.payments.list_orders(Some(&user_id), list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(OrderList { data: rows.into_iter().map(OrderOut::from).collect(), has_more }))
 }
 
@@ -277,7 +264,7 @@ pub async fn list_orders(
     params(("id" = String, Path, description = "An order id (`ord_…`)")),
     responses(
         (status = 200, description = "The order", body = OrderOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 404, description = "No such order (or another user's)", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_order(
@@ -293,15 +280,12 @@ pub async fn get_order(
 /// `partially_refunded` or `refunded` when Stripe's `charge.refunded` event arrives.
 #[utoipa::path(post, path = "/api/v1/admin/orders/{id}/refunds", tag = "admin", request_body = RefundIn, security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "An order id (`ord_…`)"),
-           ("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+           IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The refund Stripe accepted", body = RefundOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody,
         (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The order is not paid", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid amount or reason", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "Stripe failed", body = Problem, content_type = "application/problem+json"),
     ))]

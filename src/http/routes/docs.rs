@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
 /// The docs page loads its own script and stylesheet and fetches `/openapi.json`; nothing else.
 pub const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
@@ -16,10 +17,11 @@ const DOCS_HTML: &str = include_str!("../../../assets/docs/index.html");
 const DOCS_JS: &str = include_str!("../../../assets/docs/docs.js");
 const DOCS_CSS: &str = include_str!("../../../assets/docs/docs.css");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
-        .route("/docs", get(docs_page))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(docs_page))
+        // The page's assets are not part of the API.
         .route("/docs/docs.js", get(|| async { asset(DOCS_JS, "text/javascript; charset=utf-8") }))
         .route("/docs/docs.css", get(|| async { asset(DOCS_CSS, "text/css; charset=utf-8") }))
 }

@@ -1,43 +1,51 @@
 //! `/api/v1/admin/events*`: the ledger, for operators.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::ledger::EventStatus;
-use crate::domain::FieldError;
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::routes::admin::{list_params, page};
-use crate::http::routes::audit;
+use crate::http::extract::Query;
+use crate::http::pagination::{non_empty, page, Limit};
+use crate::http::responses::{AdminOnly, AdminOnlyWithCsrf, Unauthenticated};
+use crate::http::state::AppState;
 use crate::store::ledger::{EventRow, HistoryRow};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/admin/events", get(list_events))
-        .route("/api/v1/admin/events/{id}", get(get_event))
-        .route("/api/v1/admin/events/{id}/replay", post(replay_event))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_events)).routes(routes!(get_event)).routes(routes!(replay_event))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventListParams {
     /// Only events of this type (`checkout.session.completed`, …).
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "non_empty")]
     #[param(rename = "type")]
     pub kind: Option<String>,
     /// Only events in this state.
-    #[param(pattern = "^(received|processed|ignored|unmatched|failed)$")]
-    pub status: Option<String>,
+    #[serde(default, deserialize_with = "event_status")]
+    #[param(value_type = Option<String>, pattern = "^(received|processed|ignored|unmatched|failed)$")]
+    pub status: Option<EventStatus>,
     /// 1–100, default 20.
-    #[param(minimum = 1, maximum = 100)]
-    pub limit: Option<i64>,
+    #[serde(default)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    pub limit: Limit,
     /// The last event id of the previous page.
+    #[serde(default, deserialize_with = "non_empty")]
     pub starting_after: Option<String>,
+}
+
+fn event_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<EventStatus>, D::Error> {
+    let status = String::deserialize(deserializer)?;
+    EventStatus::parse(&status)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must be received, processed, ignored, unmatched or failed"))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -91,36 +99,17 @@ pub struct EventDetailOut {
 #[utoipa::path(get, path = "/api/v1/admin/events", tag = "admin", params(EventListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "A page of the ledger", body = EventList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly,
         (status = 422, description = "Bad filter or list parameters", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_events(
     State(state): State<AppState>,
     _admin: AdminUser,
-    RawQuery(q): RawQuery,
+    Query(list): Query<EventListParams>,
 ) -> ApiResult<axum::Json<EventList>> {
-    let (limit, after) = list_params(q.clone())?;
-    let mut kind = None;
-    let mut status = None;
-    for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
-        match k.as_ref() {
-            "type" if !v.is_empty() => kind = Some(v.into_owned()),
-            "status" => match EventStatus::parse(&v) {
-                Some(s) => status = Some(s),
-                None => {
-                    return Err(ApiError::Validation(vec![FieldError::new(
-                        "status",
-                        "must be received, processed, ignored, unmatched or failed",
-                    )]))
-                }
-            },
-            _ => {}
-        }
-    }
     let rows =
-        state.store.list_events(kind.as_deref(), status, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
-    let (rows, has_more) = page(rows, limit);
+        state.store.list_events(list.kind.as_deref(), list.status, list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(EventList { data: rows.iter().map(EventOut::from).collect(), has_more }))
 }
 
@@ -129,8 +118,7 @@ pub async fn list_events(
     params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
     responses(
         (status = 200, description = "The event", body = EventDetailOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnly,
         (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_event(
@@ -138,7 +126,7 @@ pub async fn get_event(
     _admin: AdminUser,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<EventDetailOut>> {
-    let (row, history) = state.store.event(&id).await.map_err(anyhow::Error::from)?.ok_or(ApiError::NotFound)?;
+    let (row, history) = state.store.event(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(axum::Json(EventDetailOut {
         event: EventOut::from(&row),
         raw_payload: String::from_utf8_lossy(&row.payload).into_owned(),
@@ -152,8 +140,7 @@ pub async fn get_event(
     params(("id" = String, Path, description = "A Stripe event id (`evt_…`)")),
     responses(
         (status = 200, description = "Processed again", body = EventDetailOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf,
         (status = 404, description = "No such event in the ledger", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replay_event(
@@ -165,4 +152,22 @@ pub async fn replay_event(
     let (status, _) = state.payments.replay(&id, &admin.user.id).await?;
     audit(&state, &meta, &admin.user.id, "event.replay", &id, serde_json::json!({"status": status.as_str()})).await;
     get_event(State(state), AdminUser(admin), Path(id)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::FieldError;
+    use crate::http::extract::parse_query;
+
+    #[test]
+    fn events_are_filtered_by_a_known_status() {
+        let p: EventListParams = parse_query("status=failed&type=charge.refunded").unwrap();
+        assert_eq!((p.status, p.kind.as_deref()), (Some(EventStatus::Failed), Some("charge.refunded")));
+        assert_eq!(parse_query::<EventListParams>("type=").unwrap().kind, None);
+        for bad in ["status=lost", "status=", "status=Failed"] {
+            let Err(ApiError::Validation(errors)) = parse_query::<EventListParams>(bad) else { panic!("{bad} accepted") };
+            assert_eq!(errors, [FieldError::new("status", "must be received, processed, ignored, unmatched or failed")], "{bad}");
+        }
+    }
 }

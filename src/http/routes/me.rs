@@ -1,30 +1,31 @@
 //! `/api/v1/me*`: the caller's own account and sessions.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::auth::Credential;
 use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
-use crate::http::routes::admin::{list_params, ListParams};
+use crate::http::extract::{Json, Query};
+use crate::http::pagination::ListParams;
+use crate::http::responses::{CsrfChecked, JsonBody, PasswordQueueFull, Unauthenticated};
 use crate::http::routes::auth::UserOut;
+use crate::http::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/me", get(me))
-        .route("/api/v1/me/password", post(change_password))
-        .route("/api/v1/me/sessions", get(sessions))
-        .route("/api/v1/me/sessions/{id}", delete(end_session))
-        .route("/api/v1/me/entitlements", get(entitlements))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(change_password))
+        .routes(routes!(sessions))
+        .routes(routes!(end_session))
+        .routes(routes!(entitlements))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -58,7 +59,7 @@ pub struct SessionList {
 #[utoipa::path(get, path = "/api/v1/me", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "The caller", body = UserOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     ))]
 pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
     axum::Json(UserOut::from(&current.user))
@@ -68,14 +69,10 @@ pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
 #[utoipa::path(post, path = "/api/v1/me/password", tag = "me", request_body = PasswordChangeIn, security(("bearer" = []), ("session" = [])),
     responses(
         (status = 204, description = "Changed"),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, CsrfChecked, JsonBody, PasswordQueueFull,
         (status = 422, description = "Wrong current password or a weak new one", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The password was changed by another request meanwhile", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many wrong current passwords; see Retry-After", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Too many password checks are waiting; nothing was done, see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn change_password(
     State(state): State<AppState>,
@@ -98,20 +95,19 @@ pub async fn change_password(
 #[utoipa::path(get, path = "/api/v1/me/sessions", tag = "me", params(ListParams), security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Live sessions, newest first", body = SessionList),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
         (status = 422, description = "Invalid limit", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn sessions(
     State(state): State<AppState>,
     current: CurrentUser,
-    RawQuery(query): RawQuery,
+    Query(list): Query<ListParams>,
 ) -> ApiResult<axum::Json<SessionList>> {
-    let (limit, after) = list_params(query)?;
     let this = match &current.credential {
         Credential::Session { session_id, .. } => Some(session_id.as_str()),
         Credential::Bearer { .. } => None,
     };
-    let page = state.auth.sessions(&current.user, limit, after.as_deref()).await?;
+    let page = state.auth.sessions(&current.user, list.limit.get(), list.starting_after.as_deref()).await?;
     let data = page
         .sessions
         .into_iter()
@@ -133,12 +129,11 @@ pub async fn sessions(
     params(("id" = String, Path, description = "A session id (`ses_…`)")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing or wrong X-CSRF-Token, or a cross-site request", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, CsrfChecked,
         (status = 404, description = "No such session of yours", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn end_session(State(state): State<AppState>, current: CurrentUser, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    if state.store.delete_user_session(&current.user.id, &id).await.map_err(anyhow::Error::from)? {
+    if state.store.delete_user_session(&current.user.id, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
@@ -173,7 +168,7 @@ pub struct EntitlementsOut {
 #[utoipa::path(get, path = "/api/v1/me/entitlements", tag = "me", security(("bearer" = []), ("session" = [])),
     responses(
         (status = 200, description = "Active grants and credits", body = EntitlementsOut),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated,
     ))]
 pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<EntitlementsOut>> {
     let e = state.payments.entitlements(&current.user.id).await?;

@@ -1,4 +1,5 @@
-//! One module per resource, each exposing `router()`.
+//! One module per resource, each exposing `router()`: its routes with their OpenAPI operations,
+//! both from each handler's `#[utoipa::path]` (path and method are declared there, once).
 
 pub mod admin;
 pub mod auth;
@@ -11,12 +12,12 @@ pub mod products;
 pub mod sandbox;
 pub mod webhooks;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::http::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
         .merge(docs::router())
         .merge(auth::router())
@@ -27,16 +28,4 @@ pub fn router() -> Router<AppState> {
         .merge(products::router())
         .merge(checkout::router())
         .merge(sandbox::router())
-}
-
-/// Appends to the audit log what an admin did (see [`record_audit`](crate::domain::auth::record_audit)).
-pub(crate) async fn audit(
-    state: &AppState,
-    meta: &crate::domain::auth::RequestMeta,
-    actor: &str,
-    action: &str,
-    resource: &str,
-    detail: serde_json::Value,
-) {
-    crate::domain::auth::record_audit(state.store.as_ref(), meta, Some(actor), action, Some(resource), detail).await;
 }

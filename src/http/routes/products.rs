@@ -1,30 +1,28 @@
 //! The catalog: `GET /api/v1/products` for anyone, `POST`/`PATCH /api/v1/admin/products` for admins.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, patch, post};
-use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::catalog::Grant;
 use crate::domain::payments::{NewProduct, ProductPatch};
+use crate::http::audit::audit;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::Json;
-use crate::http::idempotency::idempotent;
-use crate::http::routes::admin::{list_params, page, ListParams};
-use crate::http::routes::audit;
+use crate::http::extract::{Json, Query};
+use crate::http::idempotency::{idempotent, IdempotencyKeyHeader};
+use crate::http::pagination::{page, ListParams};
+use crate::http::responses::{AdminOnlyWithCsrf, BadListParameters, IdempotentCreate, PaymentsJsonBody, Unauthenticated};
+use crate::http::state::AppState;
 use crate::store::payments::ProductRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/products", get(list_products))
-        .route("/api/v1/admin/products", post(create_product))
-        .route("/api/v1/admin/products/{id}", patch(update_product))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_products)).routes(routes!(create_product)).routes(routes!(update_product))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -128,27 +126,21 @@ pub struct ProductPatchIn {
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
     responses(
         (status = 200, description = "A page of active products", body = ProductList),
-        (status = 422, description = "Bad list parameters", body = Problem, content_type = "application/problem+json"),
+        BadListParameters,
     ))]
-pub async fn list_products(State(state): State<AppState>, RawQuery(q): RawQuery) -> ApiResult<axum::Json<ProductList>> {
-    let (limit, after) = list_params(q)?;
-    let rows = state.store.list_products(true, limit + 1, after.as_deref()).await.map_err(anyhow::Error::from)?;
-    let (rows, has_more) = page(rows, limit);
+pub async fn list_products(State(state): State<AppState>, Query(list): Query<ListParams>) -> ApiResult<axum::Json<ProductList>> {
+    let rows = state.store.list_products(true, list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let (rows, has_more) = page(rows, list.limit);
     let data = rows.into_iter().map(ProductOut::from_row).collect::<ApiResult<Vec<_>>>()?;
     Ok(axum::Json(ProductList { data, has_more }))
 }
 
 /// Adds a product to the catalog.
 #[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", request_body = ProductIn, security(("bearer" = []), ("session" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[ -~]{1,255}$", description = "1-255 printable ASCII characters; a retry with the same key and body gets the first answer")),
+    params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "Created", body = ProductOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The same Idempotency-Key is still being processed", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid fields, or an Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody, IdempotentCreate,
     ))]
 pub async fn create_product(
     State(state): State<AppState>,
@@ -181,12 +173,9 @@ pub async fn create_product(
     params(("id" = String, Path, description = "A product id (`pr_…`)")),
     responses(
         (status = 200, description = "Changed", body = ProductOut),
-        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin, or CSRF failure", body = Problem, content_type = "application/problem+json"),
+        Unauthenticated, AdminOnlyWithCsrf, PaymentsJsonBody,
         (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Changed concurrently", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_product(

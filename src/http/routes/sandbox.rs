@@ -7,15 +7,15 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::stripe::sandbox::{Choice, PageInfo};
 use crate::stripe::ProviderError;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/sandbox/checkout/{id}", get(page).post(choose))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().route("/sandbox/checkout/{id}", get(page).post(choose))
 }
 
 const PAGE_CSP: &str = "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -5,20 +5,21 @@
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::post;
-use axum::Router;
 use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::domain::ledger::Recorded;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
+use crate::http::responses::BodyTooLarge;
+use crate::http::state::AppState;
 use crate::stripe::webhook::{verify_signature, Event};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/webhooks/stripe", post(receive))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(receive))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -33,8 +34,8 @@ pub struct ReceivedOut {
     request_body(content = Object, content_type = "application/json", description = "A Stripe event, byte for byte as Stripe signed it"),
     responses(
         (status = 200, description = "Stored (or already stored)", body = ReceivedOut),
+        BodyTooLarge,
         (status = 400, description = "Missing, forged or stale signature, or a body that is not a Stripe event; nothing stored", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Not stored (the database refused the write, or applying it failed and it is kept as `failed`); Stripe will retry", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database cannot be reached; not stored, Stripe will retry (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]

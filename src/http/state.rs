@@ -1,0 +1,45 @@
+//! What every handler can reach, and the cookie names it answers with. Built by `App::build`;
+//! the HTTP layer owns the type so that nothing in it depends on the application that runs it.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::domain::auth::AuthService;
+use crate::domain::payments::PaymentsService;
+use crate::store::Store;
+use crate::stripe::sandbox::Sandbox;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub auth: Arc<AuthService>,
+    pub payments: Arc<PaymentsService>,
+    /// The sandbox provider's pages, when it is the provider.
+    pub sandbox: Option<Arc<Sandbox>>,
+    pub cookie: CookieSettings,
+    /// The OpenAPI document, generated once at start.
+    pub openapi: Arc<String>,
+}
+
+/// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;
+/// the plain name without `Secure` only in development over http.
+#[derive(Clone, Debug)]
+pub struct CookieSettings {
+    pub name: &'static str,
+    /// The device cookie: marks a browser that logged in to an account before (login limits).
+    pub device_name: &'static str,
+    pub secure: bool,
+}
+
+impl CookieSettings {
+    pub fn for_config(config: &Config) -> CookieSettings {
+        let https = config.public_url.scheme() == "https" || config.tls.is_some() || config.is_production();
+        if https {
+            CookieSettings { name: "__Host-tollgate_session", device_name: "__Host-tollgate_device", secure: true }
+        } else {
+            CookieSettings { name: "tollgate_session", device_name: "tollgate_device", secure: false }
+        }
+    }
+}
