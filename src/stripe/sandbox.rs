@@ -27,12 +27,33 @@ struct Payment {
     /// `cs_…` for Checkout, absent for the PaymentIntent flow.
     session_id: Option<String>,
     payment_intent_id: String,
-    status: &'static str,
+    status: SessionState,
     payment_status: &'static str,
     amount_refunded: i64,
     success_url: String,
     cancel_url: String,
     expires_at: i64,
+}
+
+/// Where a sandbox checkout stands (Stripe's Checkout Session statuses, and `canceled` for a
+/// PaymentIntent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Open,
+    Complete,
+    Expired,
+    Canceled,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Open => "open",
+            SessionState::Complete => "complete",
+            SessionState::Expired => "expired",
+            SessionState::Canceled => "canceled",
+        }
+    }
 }
 
 /// What the buyer chose on the sandbox page.
@@ -60,7 +81,7 @@ pub struct PageInfo {
     pub order_id: String,
     pub amount: i64,
     pub currency: String,
-    pub status: &'static str,
+    pub status: SessionState,
     pub success_url: String,
     pub cancel_url: String,
 }
@@ -118,28 +139,28 @@ impl Sandbox {
         let events = {
             let mut payments = self.lock();
             let p = payments.get_mut(id).ok_or(ProviderError::NotFound)?;
-            if p.status != "open" {
+            if p.status != SessionState::Open {
                 return Err(ProviderError::Unsupported("this checkout is no longer open"));
             }
             match (choice, p.session_id.is_some()) {
                 (Choice::Pay, true) => {
-                    p.status = "complete";
+                    p.status = SessionState::Complete;
                     p.payment_status = "paid";
                     vec![event("checkout.session.completed", session_object(p))]
                 }
                 (Choice::Pay, false) => {
-                    p.status = "complete";
-                    vec![event("payment_intent.succeeded", intent_object(p, "succeeded"))]
+                    p.status = SessionState::Complete;
+                    vec![event("payment_intent.succeeded", intent_object(p, "succeeded", true))]
                 }
                 // A declined card: the page stays open for another try, as Stripe's does.
-                (Choice::Decline, _) => vec![event("payment_intent.payment_failed", intent_object(p, "requires_payment_method"))],
+                (Choice::Decline, _) => vec![event("payment_intent.payment_failed", intent_object(p, "requires_payment_method", false))],
                 (Choice::Cancel, true) => {
-                    p.status = "expired";
+                    p.status = SessionState::Expired;
                     vec![event("checkout.session.expired", session_object(p))]
                 }
                 (Choice::Cancel, false) => {
-                    p.status = "canceled";
-                    vec![event("payment_intent.canceled", intent_object(p, "canceled"))]
+                    p.status = SessionState::Canceled;
+                    vec![event("payment_intent.canceled", intent_object(p, "canceled", false))]
                 }
             }
         };
@@ -200,15 +221,15 @@ fn session_object(p: &Payment) -> Value {
         "metadata": {"order_id": p.order_id},
         "payment_intent": p.payment_intent_id,
         "payment_status": p.payment_status,
-        "status": p.status,
+        "status": p.status.as_str(),
         "expires_at": p.expires_at,
         "success_url": p.success_url,
         "cancel_url": p.cancel_url,
     })
 }
 
-fn intent_object(p: &Payment, status: &str) -> Value {
-    let received = if status == "succeeded" { p.amount } else { 0 };
+fn intent_object(p: &Payment, status: &str, paid: bool) -> Value {
+    let received = if paid { p.amount } else { 0 };
     json!({
         "id": p.payment_intent_id,
         "object": "payment_intent",
@@ -237,7 +258,7 @@ impl Provider for Sandbox {
             currency: r.currency.clone(),
             session_id: Some(id.clone()),
             payment_intent_id: sandbox_id("pi"),
-            status: "open",
+            status: SessionState::Open,
             payment_status: "unpaid",
             amount_refunded: 0,
             success_url: r.success_url.clone(),
@@ -261,7 +282,7 @@ impl Provider for Sandbox {
             currency: r.currency.clone(),
             session_id: None,
             payment_intent_id: id.clone(),
-            status: "open",
+            status: SessionState::Open,
             payment_status: "unpaid",
             amount_refunded: 0,
             success_url: String::new(),

@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::stripe::sandbox::{Choice, PageInfo};
+use crate::stripe::sandbox::{Choice, PageInfo, SessionState};
 use crate::stripe::ProviderError;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -40,7 +40,7 @@ async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
     let sandbox = state.sandbox.as_ref().ok_or(ApiError::NotFound)?;
     let info = sandbox.page(&id).ok_or(ApiError::NotFound)?;
     let id = escape(&id);
-    let buttons = if info.status == "open" {
+    let buttons = if info.status == SessionState::Open {
         format!(
             "<form method=\"post\" action=\"/sandbox/checkout/{id}\">\
              <button name=\"choice\" value=\"pay\">Pay</button> \
@@ -48,7 +48,7 @@ async fn page(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
              <button name=\"choice\" value=\"cancel\">Cancel</button></form>"
         )
     } else {
-        format!("<p>This checkout is {}.</p>", escape(info.status))
+        format!("<p>This checkout is {}.</p>", escape(info.status.as_str()))
     };
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>tollgate sandbox checkout</title></head><body>\
