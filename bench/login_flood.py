@@ -108,8 +108,10 @@ def main():
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--attack", choices=["login", "register"], default="login")
+    ap.add_argument("--queue", type=int, default=None, help="TOLLGATE_PASSWORD_QUEUE (default: the server's, 32)")
+    ap.add_argument("--bin", default=BIN, help="the tollgate binary (default: target/release/tollgate)")
     args = ap.parse_args()
-    if not os.path.exists(BIN):
+    if not os.path.exists(args.bin):
         sys.exit("build first: cargo build --release")
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
@@ -120,10 +122,13 @@ def main():
             "TOLLGATE_LOG": "warn",
             "TOLLGATE_LOGIN_IP_LIMIT": "100000000",
             "TOLLGATE_LOGIN_MAX_FAILURES": "100000000",
+            "TOLLGATE_LOGIN_ACCOUNT_CEILING": "100000000",
             "TOLLGATE_REQUEST_TIMEOUT": "120s",
             "TOLLGATE_TRUSTED_PROXIES": "127.0.0.1/32",
         }
-        proc = subprocess.Popen([BIN, "serve"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if args.queue is not None:
+            env["TOLLGATE_PASSWORD_QUEUE"] = str(args.queue)
+        proc = subprocess.Popen([args.bin, "serve"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(200):
                 try:
@@ -131,11 +136,13 @@ def main():
                         break
                 except OSError:
                     time.sleep(0.05)
+            time.sleep(0.5)
+            rss = {"at start": rss_mib(proc.pid)}
             assert request(port, "POST", "/api/v1/auth/register", {"email": "bench@example.com", "password": PASSWORD})[0] == 201
             status, body = request(port, "POST", "/api/v1/auth/token", {"email": "bench@example.com", "password": PASSWORD})
             token = json.loads(body)["access_token"]
             time.sleep(1.0)
-            rss = {"idle": rss_mib(proc.pid)}
+            rss["after registering and one login"] = rss_mib(proc.pid)
             for n in (5, 25):
                 for _ in range(n):
                     request(port, "POST", "/api/v1/auth/login", {"email": "bench@example.com", "password": "a wrong password"})
@@ -179,7 +186,8 @@ def main():
             proc.wait(timeout=30)
 
     what = "wrong-password logins" if args.attack == "login" else "registrations with 128 look-alike symbols"
-    print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent clients sending {what} for {args.seconds:.0f} s")
+    queue = args.queue if args.queue is not None else "default (32)"
+    print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent clients sending {what} for {args.seconds:.0f} s; password queue {queue}")
     print(f"attack requests answered: {handled} ({handled / elapsed:.1f}/s); by status over the whole flood: {by_status}")
     print("server RSS: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in rss.items()))
     print(f"{'route':<10}{'idle p50':>10}{'idle p99':>10}{'flood p50':>11}{'flood p99':>11}{'p99 ratio':>11}  samples idle/flood")

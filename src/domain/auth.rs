@@ -250,10 +250,21 @@ impl AuthService {
         Quota { limit: 1, period: self.cfg.login_failure_window / self.cfg.login_account_ceiling.max(1) }
     }
 
-    /// The strength verdict on a password that passed the cheap checks (zxcvbn, on the pool).
-    async fn judge(&self, field: &str, candidate: PasswordCandidate, known: &[&str]) -> Result<NewPassword, AuthError> {
+    /// The strength verdict on a password that passed the cheap checks (zxcvbn, on the pool);
+    /// `admitted`: a later step of a request whose first password job already ran.
+    async fn judge(
+        &self,
+        field: &str,
+        candidate: PasswordCandidate,
+        known: &[&str],
+        admitted: bool,
+    ) -> Result<NewPassword, AuthError> {
         let known = known.iter().map(|w| (*w).to_owned()).collect();
-        let score = self.hasher.strength(candidate.secret(), known).await?;
+        let score = if admitted {
+            self.hasher.then_strength(candidate.secret(), known).await?
+        } else {
+            self.hasher.strength(candidate.secret(), known).await?
+        };
         candidate.judge(field, score).map_err(|e| AuthError::Validation(vec![e]))
     }
 
@@ -274,12 +285,15 @@ impl AuthService {
                 return Err(AuthError::RateLimited { limit, retry_after });
             }
         }
+        if self.hasher.is_full() {
+            return Err(AuthError::Busy);
+        }
         let mut errors = Vec::new();
         let email = Email::parse("email", email).map_err(|e| errors.push(e)).ok();
         let name = name.map(|n| UserName::parse("name", n)).transpose().map_err(|e| errors.push(e)).ok().flatten();
         let known = known_words(email.as_ref().map(Email::as_str), name.as_ref().map(UserName::as_str));
         let password = match NewPassword::precheck("password", password) {
-            Ok(candidate) => match self.judge("password", candidate, &known).await {
+            Ok(candidate) => match self.judge("password", candidate, &known, false).await {
                 Ok(p) => Some(p),
                 Err(AuthError::Validation(e)) => {
                     errors.extend(e);
@@ -295,7 +309,7 @@ impl AuthService {
         let (Some(email), Some(password), true) = (email, password, errors.is_empty()) else {
             return Err(AuthError::Validation(errors));
         };
-        let hash = self.hasher.hash(password.secret()).await?;
+        let hash = self.hasher.then_hash(password.secret()).await?;
         let now = Utc::now();
         let user = User {
             id: new_id("usr"),
@@ -357,6 +371,10 @@ impl AuthService {
             self.limiter.hit(&format!("login:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
         {
             return Err(AuthError::RateLimited { limit, retry_after });
+        }
+        // Nothing (not even a database read) is spent on an attempt whose check would be refused.
+        if self.hasher.is_full() {
+            return Err(AuthError::Busy);
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
         let user = self.store.user_by_email(email.as_str()).await?;
@@ -431,7 +449,7 @@ impl AuthService {
         let user = user.ok_or(AuthError::InvalidCredentials)?;
         counted.release().await;
         if verified.needs_rehash {
-            let upgraded = self.hasher.hash(password).await?;
+            let upgraded = self.hasher.then_hash(password).await?;
             // Only if the hash is still the one we verified: a password change in between wins.
             self.store.upgrade_password_hash(&user.id, &user.password_hash, &upgraded, Utc::now()).await?;
         }
@@ -690,8 +708,8 @@ impl AuthService {
             return Err(AuthError::Validation(errors));
         };
         let known = known_words(Some(&user.email), user.name.as_deref());
-        let new_password = self.judge("new_password", candidate, &known).await?;
-        let hash = self.hasher.hash(new_password.secret()).await?;
+        let new_password = self.judge("new_password", candidate, &known, true).await?;
+        let hash = self.hasher.then_hash(new_password.secret()).await?;
         let keep = match credential {
             Credential::Session { session_id, .. } => Keep::Session(session_id),
             Credential::Bearer { family_id, .. } => Keep::Family(family_id),

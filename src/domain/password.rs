@@ -40,14 +40,19 @@ pub enum PasswordWorkError {
 /// Hashes, verifies and judges passwords on a few dedicated threads: one fewer than the machine
 /// has cores (at least one), running at a lower OS priority (nice 10), so a flood of logins or
 /// registrations queues here while every other route keeps getting the CPU it needs
-/// (`bench/login_flood.py`). At most `queue` jobs wait; more are refused with
-/// [`PasswordWorkError::Busy`].
+/// (`bench/login_flood.py`). At most `queue` jobs of new requests wait; more are refused with
+/// [`PasswordWorkError::Busy`]. A request's later steps (`then_*`: the hash after a registration's
+/// strength check, the strength check and hash after a password change's verification) are
+/// always queued, so a flood of new requests cannot starve the ones already admitted.
 #[derive(Clone)]
 pub struct PasswordHasherPool {
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: std::sync::mpsc::Sender<Job>,
     params: (u32, u32, u32),
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
+    /// Jobs handed over and not yet picked up by a worker, and how many may be.
+    waiting: Arc<AtomicUsize>,
+    queue: usize,
     /// A hash of a random password with this pool's parameters, made on first use.
     dummy: Arc<OnceLock<String>>,
 }
@@ -151,7 +156,7 @@ impl PasswordHasherPool {
     }
 
     pub fn build(workers: usize, params: (u32, u32, u32), queue: usize) -> PasswordHasherPool {
-        let (jobs, waiting) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let (jobs, waiting) = std::sync::mpsc::channel::<Job>();
         let waiting = Arc::new(std::sync::Mutex::new(waiting));
         for i in 0..workers.max(1) {
             let waiting = waiting.clone();
@@ -175,8 +180,16 @@ impl PasswordHasherPool {
             params,
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak: Arc::new(AtomicUsize::new(0)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            queue,
             dummy: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Whether the queue is full now: a request that needs password work can be answered 503
+    /// before it spends anything else (database reads included) on a job that would be refused.
+    pub fn is_full(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) >= self.queue
     }
 
     /// The most jobs that ever ran at once.
@@ -184,10 +197,22 @@ impl PasswordHasherPool {
         self.peak.load(Ordering::Relaxed)
     }
 
-    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, PasswordWorkError> {
+    /// Queues `f` for a worker: a new request's first job only while fewer than `queue` jobs
+    /// wait (`admitted`: a later step of a request already let in, always queued).
+    async fn run<T: Send + 'static>(
+        &self,
+        admitted: bool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, PasswordWorkError> {
+        let waiting_now = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if !admitted && waiting_now >= self.queue {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(PasswordWorkError::Busy);
+        }
         let (done, result) = tokio::sync::oneshot::channel();
-        let (in_flight, peak) = (self.in_flight.clone(), self.peak.clone());
+        let (in_flight, peak, waiting) = (self.in_flight.clone(), self.peak.clone(), self.waiting.clone());
         let job: Job = Box::new(move || {
+            waiting.fetch_sub(1, Ordering::SeqCst);
             // The request was dropped (timeout, disconnect) while queued: spend nothing on it.
             if done.is_closed() {
                 return;
@@ -198,20 +223,27 @@ impl PasswordHasherPool {
             in_flight.fetch_sub(1, Ordering::SeqCst);
             let _ = done.send(out);
         });
-        self.jobs.try_send(job).map_err(|e| match e {
-            std::sync::mpsc::TrySendError::Full(_) => PasswordWorkError::Busy,
-            std::sync::mpsc::TrySendError::Disconnected(_) => {
-                PasswordWorkError::Failed("password hashing workers are gone".to_owned())
-            }
-        })?;
+        if self.jobs.send(job).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(PasswordWorkError::Failed("password hashing workers are gone".to_owned()));
+        }
         result.await.map_err(|_| PasswordWorkError::Failed("password hashing worker failed".to_owned()))
     }
 
     /// A PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
     pub async fn hash(&self, password: &SecretString) -> Result<String, PasswordWorkError> {
+        self.hash_step(false, password).await
+    }
+
+    /// [`PasswordHasherPool::hash`] as a later step of a request already admitted.
+    pub async fn then_hash(&self, password: &SecretString) -> Result<String, PasswordWorkError> {
+        self.hash_step(true, password).await
+    }
+
+    async fn hash_step(&self, admitted: bool, password: &SecretString) -> Result<String, PasswordWorkError> {
         let password = password.clone();
         let params = self.params;
-        self.run(move || hash_phc(password.expose_secret().as_bytes(), params)).await?
+        self.run(admitted, move || hash_phc(password.expose_secret().as_bytes(), params)).await?
     }
 
     /// Verifies against `stored`; with `None` (unknown user) verifies against a dummy hash so the
@@ -222,7 +254,7 @@ impl PasswordHasherPool {
         let stored = stored.map(str::to_owned);
         let params = self.params;
         let dummy_cell = self.dummy.clone();
-        self.run(move || {
+        self.run(false, move || {
             let pw = password.expose_secret().as_bytes();
             let dummy = dummy_cell.get_or_init(|| dummy_hash(params)).as_str();
             let Some(stored) = stored else {
@@ -249,8 +281,17 @@ impl PasswordHasherPool {
     /// zxcvbn's score (0–4) for `password` with `known` words, on the pool (it can take a
     /// noticeable fraction of a second on long passwords full of look-alike symbols).
     pub async fn strength(&self, password: &SecretString, known: Vec<String>) -> Result<u8, PasswordWorkError> {
+        self.strength_step(false, password, known).await
+    }
+
+    /// [`PasswordHasherPool::strength`] as a later step of a request already admitted.
+    pub async fn then_strength(&self, password: &SecretString, known: Vec<String>) -> Result<u8, PasswordWorkError> {
+        self.strength_step(true, password, known).await
+    }
+
+    async fn strength_step(&self, admitted: bool, password: &SecretString, known: Vec<String>) -> Result<u8, PasswordWorkError> {
         let password = password.clone();
-        self.run(move || {
+        self.run(admitted, move || {
             let known: Vec<&str> = known.iter().map(String::as_str).collect();
             super::account::strength_score(password.expose_secret(), &known)
         })
@@ -349,7 +390,30 @@ mod tests {
         }
         assert!(busy >= 12 - 3, "{busy} refused, {done} done");
         assert!(done >= 1);
-        assert!(pool.hash(&pw).await.is_ok(), "room again once the queue drained");
+        assert!(!pool.is_full(), "nothing waits once they are answered");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_request_already_admitted_is_never_refused_its_next_step() {
+        let pool = PasswordHasherPool::build(1, (8192, 1, 1), 1);
+        let pw = SecretString::from("correct horse battery staple 42".to_owned());
+        // The one worker is busy and the one place in the queue is taken.
+        let busy = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(false, || std::thread::sleep(std::time::Duration::from_millis(300))).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let queued = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(false, || ()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(pool.is_full());
+        assert!(matches!(pool.hash(&pw).await, Err(PasswordWorkError::Busy)), "a new request is refused");
+        // A later step of a request already admitted still gets its turn.
+        assert!(pool.then_hash(&pw).await.is_ok());
+        busy.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
     }
 
     #[tokio::test]

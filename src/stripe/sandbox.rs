@@ -153,7 +153,9 @@ impl Sandbox {
                     vec![event("payment_intent.succeeded", intent_object(p, "succeeded", true))]
                 }
                 // A declined card: the page stays open for another try, as Stripe's does.
-                (Choice::Decline, _) => vec![event("payment_intent.payment_failed", intent_object(p, "requires_payment_method", false))],
+                (Choice::Decline, _) => {
+                    vec![event("payment_intent.payment_failed", intent_object(p, "requires_payment_method", false))]
+                }
                 (Choice::Cancel, true) => {
                     p.status = SessionState::Expired;
                     vec![event("checkout.session.expired", session_object(p))]
