@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::accounts::{
-    login, make_admin, me_with_bearer, me_with_cookie, register, tokens, Browser, NEW_PASSWORD, PASSWORD,
+    change_password, login, make_admin, me_with_bearer, me_with_cookie, register, tokens, Browser, NEW_PASSWORD, PASSWORD,
 };
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
@@ -22,6 +22,25 @@ async fn login_from(app: &TestApp, ip: &str, email: &str, password: &str, device
         r = r.header("cookie", d);
     }
     r.send().await.unwrap()
+}
+
+/// The statuses of `logins` (address, password) for `email`, all sent at once.
+async fn login_burst(app: &TestApp, email: &str, logins: Vec<(String, String)>) -> Vec<u16> {
+    let sent: Vec<_> = logins
+        .into_iter()
+        .map(|(ip, password)| {
+            let (client, url, email) = (app.client.clone(), app.url("/api/v1/auth/login"), email.to_owned());
+            tokio::spawn(async move {
+                let body = json!({"email": email, "password": password});
+                client.post(url).header("x-forwarded-for", ip).json(&body).send().await.unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in sent {
+        statuses.push(s.await.unwrap());
+    }
+    statuses
 }
 
 /// The device cookie a login set (`name=value`).
@@ -71,26 +90,8 @@ async fn one_client_gets_ten_guesses_and_the_owner_still_gets_in_from_elsewhere(
 async fn parallel_guesses_from_one_client_all_count() {
     let app = spawn_app_with(&[("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     register(&app, "ada@example.com").await;
-    let guesses: Vec<_> = (0..20)
-        .map(|i| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .header("x-forwarded-for", "198.51.100.7")
-                    .json(&json!({"email": "ada@example.com", "password": format!("wrong password number {i}")}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for g in guesses {
-        statuses.push(g.await.unwrap());
-    }
+    let guesses = (0..20).map(|i| ("198.51.100.7".to_owned(), format!("wrong password number {i}"))).collect();
+    let statuses = login_burst(&app, "ada@example.com", guesses).await;
     let checked = statuses.iter().filter(|s| **s == 401).count();
     assert!(checked <= 10, "at most 10 guesses were checked, not {checked}: {statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20 - checked);
@@ -171,20 +172,12 @@ async fn changing_the_password_has_its_own_limit_and_never_shares_the_login_one(
     for _ in 0..10 {
         login_from(&app, "127.0.0.1", "ada@example.com", "wrong password entirely", None).await;
     }
-    let change = |current: &'static str, new: String| {
-        app.client
-            .post(app.url("/api/v1/me/password"))
-            .header("cookie", &ada.cookie)
-            .header("x-csrf-token", &ada.csrf)
-            .json(&json!({"current_password": current, "new_password": new}))
-            .send()
-    };
     // Wrong current passwords are limited on their own key ...
     for _ in 0..10 {
-        let r = change("not my password", "a strong new passphrase 123".to_owned()).await.unwrap();
+        let r = change_password(&app, &ada, "not my password", "a strong new passphrase 123").await;
         assert_eq!(r.status(), 422);
     }
-    assert_problem(change("not my password", "a strong new passphrase 123".to_owned()).await.unwrap(), 429).await;
+    assert_problem(change_password(&app, &ada, "not my password", "a strong new passphrase 123").await, 429).await;
     // ... which does not lock Ada out of logging in from another address.
     assert_eq!(login_from(&app, "203.0.113.5", "ada@example.com", PASSWORD, None).await.status(), 200);
 
@@ -195,15 +188,7 @@ async fn changing_the_password_has_its_own_limit_and_never_shares_the_login_one(
         login_from(&app, "127.0.0.1", "ada@example.com", "wrong password entirely", None).await;
     }
     // Failed logins do not stop the owner changing her password.
-    let r = app
-        .client
-        .post(app.url("/api/v1/me/password"))
-        .header("cookie", &ada.cookie)
-        .header("x-csrf-token", &ada.csrf)
-        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await;
     assert_eq!(r.status(), 204);
 }
 
@@ -216,29 +201,13 @@ async fn a_wrong_current_password_is_refused_before_the_new_ones_strength_is_jud
     let lookalike: String = "4@8({[</369&#!1/|0$5+7%2/".chars().cycle().take(128).collect();
     let weak = "aaaaaaaaaaaaaaaaaaaa".to_owned();
     for new in [lookalike, weak] {
-        let r = app
-            .client
-            .post(app.url("/api/v1/me/password"))
-            .header("cookie", &ada.cookie)
-            .header("x-csrf-token", &ada.csrf)
-            .json(&json!({"current_password": "not my password", "new_password": new}))
-            .send()
-            .await
-            .unwrap();
+        let r = change_password(&app, &ada, "not my password", &new).await;
         let body = assert_problem(r, 422).await;
         let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
         assert_eq!(fields, ["current_password"], "no strength verdict without the current password");
     }
     // With the right current password the weak one is judged and refused.
-    let r = app
-        .client
-        .post(app.url("/api/v1/me/password"))
-        .header("cookie", &ada.cookie)
-        .header("x-csrf-token", &ada.csrf)
-        .json(&json!({"current_password": PASSWORD, "new_password": "aaaaaaaaaaaaaaaaaaaa"}))
-        .send()
-        .await
-        .unwrap();
+    let r = change_password(&app, &ada, PASSWORD, "aaaaaaaaaaaaaaaaaaaa").await;
     let body = assert_problem(r, 422).await;
     assert_eq!(body["errors"][0]["field"], "new_password");
     // A long look-alike password registers (judged on its first 64 characters, off the runtime).
@@ -366,15 +335,7 @@ async fn no_login_racing_a_password_change_outlives_it() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = app
-        .client
-        .post(app.url("/api/v1/me/password"))
-        .header("cookie", &ada.cookie)
-        .header("x-csrf-token", &ada.csrf)
-        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await;
     assert_eq!(r.status(), 204);
     // Logins already past the password check when the change committed finish after it.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -609,15 +570,7 @@ async fn device_cookies_and_known_addresses_of_an_old_password_stop_counting() {
     let thiefs = device_cookie(&login_from(&app, "198.51.100.66", "ada@example.com", PASSWORD, None).await).unwrap();
     // Ada changes it from her browser, which gets a device cookie for the new password.
     let ada = login(&app, "ada@example.com", PASSWORD).await;
-    let r = app
-        .client
-        .post(app.url("/api/v1/me/password"))
-        .header("cookie", &ada.cookie)
-        .header("x-csrf-token", &ada.csrf)
-        .json(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await;
     assert_eq!(r.status(), 204);
     let adas = device_cookie(&r).expect("a device cookie for the new password");
     // Guesses from strangers reach the ceiling.
@@ -647,26 +600,8 @@ async fn an_attempt_refused_before_the_password_is_checked_uses_up_nothing() {
     .await;
     register(&app, "ada@example.com").await;
     // Twenty at once from Ada's own address: most find the password queue full (503).
-    let burst: Vec<_> = (0..20)
-        .map(|_| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .header("x-forwarded-for", "192.0.2.10")
-                    .json(&json!({"email": "ada@example.com", "password": "wrong password entirely"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for b in burst {
-        statuses.push(b.await.unwrap());
-    }
+    let burst = (0..20).map(|_| ("192.0.2.10".to_owned(), "wrong password entirely".to_owned())).collect();
+    let statuses = login_burst(&app, "ada@example.com", burst).await;
     let checked = statuses.iter().filter(|s| **s == 401).count();
     assert!(statuses.contains(&503), "{statuses:?}");
     assert!(checked <= 3, "{statuses:?}");
@@ -684,20 +619,12 @@ async fn a_stolen_session_cannot_use_up_the_owners_password_changes() {
     register(&app, "ada@example.com").await;
     let stolen = login(&app, "ada@example.com", PASSWORD).await;
     let ada = login(&app, "ada@example.com", PASSWORD).await;
-    let change = |b: &Browser, current: &'static str| {
-        app.client
-            .post(app.url("/api/v1/me/password"))
-            .header("cookie", b.cookie.clone())
-            .header("x-csrf-token", b.csrf.clone())
-            .json(&json!({"current_password": current, "new_password": NEW_PASSWORD}))
-            .send()
-    };
     for _ in 0..10 {
-        assert_eq!(change(&stolen, "not the password").await.unwrap().status(), 422);
+        assert_eq!(change_password(&app, &stolen, "not the password", NEW_PASSWORD).await.status(), 422);
     }
-    assert_eq!(change(&stolen, "not the password").await.unwrap().status(), 429);
+    assert_eq!(change_password(&app, &stolen, "not the password", NEW_PASSWORD).await.status(), 429);
     // Ada's own session still may, and doing so ends the stolen one.
-    assert_eq!(change(&ada, PASSWORD).await.unwrap().status(), 204);
+    assert_eq!(change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await.status(), 204);
     assert_eq!(me_with_cookie(&app, &stolen.cookie).await, 401);
 }
 

@@ -71,6 +71,18 @@ pub async fn me_with_bearer(app: &TestApp, token: &str) -> reqwest::StatusCode {
     app.client.get(app.url("/api/v1/me")).bearer_auth(token).send().await.unwrap().status()
 }
 
+/// `POST /api/v1/me/password` from the browser `b`, with its CSRF token.
+pub async fn change_password(app: &TestApp, b: &Browser, current: &str, new: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/me/password"))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .json(&json!({"current_password": current, "new_password": new}))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Whether `password` still logs `email` in.
 pub async fn password_still(app: &TestApp, email: &str, password: &str) -> bool {
     let r =
