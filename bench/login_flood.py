@@ -2,7 +2,7 @@
 """Does a flood of password work starve the rest of the API, or its memory?
 
 Starts the release binary on a fresh SQLite database with the login limiters opened wide (so every
-guess really costs an argon2id hash), then measures GET /healthz and an authenticated GET /api/v1/me
+guess really costs an argon2id hash; `--default-limits` keeps them), then measures GET /healthz and an authenticated GET /api/v1/me
 (bearer token) while idle, and again while 200 concurrent clients (each its own address, through a
 trusted proxy header) attack:
 
@@ -11,10 +11,11 @@ trusted proxy header) attack:
   look-alike symbols, which makes zxcvbn slow (judged on its first 64 characters).
 
 Prints p50/p99 latencies for both phases, the attack requests answered per second by status, and the
-server's resident memory (VmRSS) idle, after 5 and after 25 more wrong-password logins, at the end of
-the flood and 2 s after it. Asserts nothing.
+server's resident memory (VmRSS) at start, after registering and one login, after 5 and after 25
+more wrong-password logins, at the end of the flood and 2 s after it. Asserts nothing.
 
     cargo build --release && python3 bench/login_flood.py [--seconds 15] [--clients 200] [--attack register]
+        [--queue N] [--default-limits] [--bin path/to/tollgate]
 """
 import argparse
 import http.client
@@ -110,6 +111,7 @@ def main():
     ap.add_argument("--attack", choices=["login", "register"], default="login")
     ap.add_argument("--queue", type=int, default=None, help="TOLLGATE_PASSWORD_QUEUE (default: the server's, 32)")
     ap.add_argument("--bin", default=BIN, help="the tollgate binary (default: target/release/tollgate)")
+    ap.add_argument("--default-limits", action="store_true", help="keep the login limits' defaults instead of opening them wide")
     args = ap.parse_args()
     if not os.path.exists(args.bin):
         sys.exit("build first: cargo build --release")
@@ -120,12 +122,15 @@ def main():
             "TOLLGATE_BIND": f"127.0.0.1:{port}",
             "DATABASE_URL": f"sqlite://{d}/tollgate.db",
             "TOLLGATE_LOG": "warn",
-            "TOLLGATE_LOGIN_IP_LIMIT": "100000000",
-            "TOLLGATE_LOGIN_MAX_FAILURES": "100000000",
-            "TOLLGATE_LOGIN_ACCOUNT_CEILING": "100000000",
             "TOLLGATE_REQUEST_TIMEOUT": "120s",
             "TOLLGATE_TRUSTED_PROXIES": "127.0.0.1/32",
         }
+        if not args.default_limits:
+            env.update({
+                "TOLLGATE_LOGIN_IP_LIMIT": "100000000",
+                "TOLLGATE_LOGIN_MAX_FAILURES": "100000000",
+                "TOLLGATE_LOGIN_ACCOUNT_CEILING": "100000000",
+            })
         if args.queue is not None:
             env["TOLLGATE_PASSWORD_QUEUE"] = str(args.queue)
         proc = subprocess.Popen([args.bin, "serve"], env=env, cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,6 +192,7 @@ def main():
 
     what = "wrong-password logins" if args.attack == "login" else "registrations with 128 look-alike symbols"
     queue = args.queue if args.queue is not None else "default (32)"
+    queue = f"{queue}; login limits {'default' if args.default_limits else 'opened wide'}"
     print(f"machine: {os.cpu_count()} cpus; {args.clients} concurrent clients sending {what} for {args.seconds:.0f} s; password queue {queue}")
     print(f"attack requests answered: {handled} ({handled / elapsed:.1f}/s); by status over the whole flood: {by_status}")
     print("server RSS: " + ", ".join(f"{k} {v:.1f} MiB" for k, v in rss.items()))

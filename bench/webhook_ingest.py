@@ -23,6 +23,7 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+TOLLGATE = os.environ.get("TOLLGATE_BIN", os.path.join(REL, "tollgate"))
 WHSEC = "whsec_bench_0123456789abcdef0123456789abcdef"
 
 
@@ -60,7 +61,7 @@ def run_tollgate(database_url, seconds, concurrency, workdir):
         "TOLLGATE_LOG": "warn",
         "TOLLGATE_DATABASE_MAX_CONNECTIONS": str(max(10, concurrency)),
     }
-    proc = subprocess.Popen([os.path.join(REL, "tollgate"), "serve"], env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([TOLLGATE, "serve"], env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(port, "/readyz")
         return loadgen("webhook", f"http://127.0.0.1:{port}/api/v1/webhooks/stripe", concurrency, seconds, WHSEC)
@@ -82,7 +83,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
     args = ap.parse_args()
-    for binary in [os.path.join(REL, "tollgate"), os.path.join(REL, "examples", "hello"), os.path.join(REL, "examples", "loadgen")]:
+    for binary in [TOLLGATE, os.path.join(REL, "examples", "hello"), os.path.join(REL, "examples", "loadgen")]:
         if not os.path.exists(binary):
             sys.exit("build first: cargo build --release --bin tollgate --examples")
 
