@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Fails when the files under src/ import each other in a cycle.
+"""Fails when the files under src/ import each other in a cycle, or a layer imports one it must
+not (ARCHITECTURE.md: the pure domain files import no store/, http/, stripe/; store/ imports no
+domain service, http/ or stripe/; stripe/ no store/ or http/; http/ never app.rs; config/ and
+ratelimit/ only themselves).
 
 A file depends on another when it names an item of that file's module: `use crate::a::b::…`,
 `crate::…`/`$crate::…` paths in code (macro bodies count for the file that defines the macro),
@@ -8,7 +11,7 @@ string literals are ignored; `mod x;` declarations are not dependencies. A path 
 deepest module file it names (`crate::store::ledger::EventRow` -> src/store/ledger.rs; a name
 re-exported by src/store/mod.rs is charged to mod.rs, whose `pub use` is in turn an import).
 
-    python3 .ci/acyclic.py            # prints the cycles, exits 1 if there is any
+    python3 .ci/acyclic.py            # prints the cycles and layer breaches, exits 1 if there is any
     python3 .ci/acyclic.py --graph    # also prints every file's dependencies
 """
 import os
@@ -211,6 +214,38 @@ def cycles(graph):
     return out
 
 
+PURE_DOMAIN = ["domain/mod.rs", "domain/account.rs", "domain/password.rs", "domain/jwt.rs", "domain/crypto.rs",
+               "domain/catalog.rs", "domain/orders.rs", "domain/ledger.rs"]
+SERVICES = ["domain/auth.rs", "domain/payments.rs"]
+
+# (files the rule is about, what they must not import), as paths under src/ (a trailing / is a folder).
+RULES = [
+    (PURE_DOMAIN, ["store/", "http/", "stripe/", "app.rs", "config/", "ratelimit/"] + SERVICES),
+    (["store/"], ["http/", "stripe/", "app.rs", "ratelimit/"] + SERVICES),
+    (["stripe/"], ["store/", "http/", "app.rs"] + SERVICES),
+    (["http/"], ["app.rs"]),
+    (["config/"], ["domain/", "store/", "http/", "stripe/", "app.rs", "ratelimit/"]),
+    (["ratelimit/"], ["domain/", "store/", "http/", "stripe/", "app.rs", "config/"]),
+]
+
+
+def under(rel, patterns):
+    return any(rel.startswith(p) if p.endswith("/") else rel == p for p in patterns)
+
+
+def breaches(graph):
+    out = []
+    rel = lambda f: os.path.relpath(f, ROOT)
+    for f, deps in graph.items():
+        for about, forbidden in RULES:
+            if not under(rel(f), about):
+                continue
+            for d in sorted(deps):
+                if under(rel(d), forbidden) and not under(rel(d), about):
+                    out.append(f"src/{rel(f)} must not import src/{rel(d)}")
+    return out
+
+
 def main():
     files = []
     for d, _, names in os.walk(ROOT):
@@ -227,9 +262,12 @@ def main():
         for f in comp:
             inside = sorted(rel(d) for d in graph[f] if d in members)
             print(f"  {rel(f)} -> {', '.join(inside)}")
-    if found:
+    wrong = breaches(graph)
+    for line in wrong:
+        print(line)
+    if found or wrong:
         sys.exit(1)
-    print(f"no import cycles among {len(files)} files")
+    print(f"no import cycles among {len(files)} files, and every layer imports only what it may")
 
 
 if __name__ == "__main__":

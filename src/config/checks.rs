@@ -118,30 +118,47 @@ impl Config {
     }
 }
 
-/// Shortest trusted prefixes: an IPv4 net shorter than /8 or an IPv6 net shorter than /16 spans
-/// public address space no deployment's proxies need (CDNs publish ranges of /13 and narrower).
+/// Shortest trusted prefixes: an IPv4 net shorter than /8 or an IPv6 net shorter than /24 spans
+/// public address space no deployment's proxies need (CDNs publish ranges of /13 and narrower for
+/// IPv4, /29 and narrower for IPv6; a regional registry's /16 or /12 is not a proxy).
 pub const MIN_TRUSTED_PREFIX_V4: u8 = 8;
-pub const MIN_TRUSTED_PREFIX_V6: u8 = 16;
+pub const MIN_TRUSTED_PREFIX_V6: u8 = 24;
 
-/// Why trusting `net` as a proxy would trust far too many clients, if it would. An IPv4-mapped IPv6
-/// net (inside `::ffff:0:0/96`) counts as the IPv4 net it maps; an IPv6 net that holds all of
-/// `::ffff:0:0/96` maps every IPv4 address.
+/// IPv6 prefixes that carry an IPv4 address at a fixed offset (IPv4-mapped, NAT64's well-known
+/// prefix, 6to4): a net inside one is judged as the IPv4 net it carries, and a net holding one
+/// trusts every IPv4 address through it.
+const IPV4_EMBEDDING: [(&str, u8); 3] = [("::ffff:0:0/96", 96), ("64:ff9b::/96", 96), ("2002::/16", 16)];
+
+/// Why trusting `net` as a proxy would trust far too many clients, if it would.
 fn too_broad_to_trust(net: &IpNet) -> Option<String> {
     match net {
         IpNet::V4(v4) => {
             (v4.prefix_len() < MIN_TRUSTED_PREFIX_V4).then(|| format!("an IPv4 prefix shorter than /{MIN_TRUSTED_PREFIX_V4}"))
         }
         IpNet::V6(v6) => {
-            let mapped: ipnet::Ipv6Net = "::ffff:0:0/96".parse().expect("constant net");
-            if mapped.contains(v6) {
-                let v4_prefix = v6.prefix_len() - 96;
-                (v4_prefix < MIN_TRUSTED_PREFIX_V4)
-                    .then(|| format!("IPv4-mapped, as IPv4 a /{v4_prefix}, shorter than /{MIN_TRUSTED_PREFIX_V4}"))
-            } else if v6.contains(&mapped) {
-                Some("it holds ::ffff:0:0/96, every IPv4 address mapped to IPv6".to_owned())
-            } else {
-                (v6.prefix_len() < MIN_TRUSTED_PREFIX_V6).then(|| format!("an IPv6 prefix shorter than /{MIN_TRUSTED_PREFIX_V6}"))
+            for (embedding, offset) in IPV4_EMBEDDING {
+                let embedding: ipnet::Ipv6Net = embedding.parse().expect("constant net");
+                if embedding.contains(v6) {
+                    // 6to4 carries the IPv4 address in the 32 bits after its /16.
+                    let v4_prefix = v6.prefix_len().saturating_sub(offset).min(32);
+                    return (v4_prefix < MIN_TRUSTED_PREFIX_V4).then(|| {
+                        format!("it carries IPv4 addresses ({embedding}), as IPv4 a /{v4_prefix}, shorter than /{MIN_TRUSTED_PREFIX_V4}")
+                    });
+                }
+                if v6.contains(&embedding) {
+                    return Some(format!("it holds {embedding}, which carries every IPv4 address"));
+                }
             }
+            // Unique-local and link-local addresses are private, as 10.0.0.0/8 is.
+            let private = ["fc00::/7", "fe80::/10"].map(|n| n.parse::<ipnet::Ipv6Net>().expect("constant net"));
+            if private.iter().any(|p| p.contains(v6)) {
+                return None;
+            }
+            let teredo: ipnet::Ipv6Net = "2001::/32".parse().expect("constant net");
+            if teredo.contains(v6) || v6.contains(&teredo) {
+                return Some("it overlaps Teredo (2001::/32), whose addresses are anyone's tunnels".to_owned());
+            }
+            (v6.prefix_len() < MIN_TRUSTED_PREFIX_V6).then(|| format!("an IPv6 prefix shorter than /{MIN_TRUSTED_PREFIX_V6}"))
         }
     }
 }
@@ -228,6 +245,11 @@ mod tests {
             ("::ffff:128.0.0.0/97", "::ffff:128.0.0.0/97"),
             ("::ffff:10.0.0.0/103", "::ffff:10.0.0.0/103"),
             ("::/80", "::/80"),
+            // A regional registry's block, NAT64's and 6to4's carriers of all IPv4, Teredo.
+            ("2a00::/16", "2a00::/16"),
+            ("64:ff9b::/96", "64:ff9b::/96"),
+            ("2002::/16", "2002::/16"),
+            ("2001::/32", "2001::/32"),
         ] {
             let text = Config::load(&production_with("TOLLGATE_TRUSTED_PROXIES", proxies)).unwrap_err().to_string();
             assert!(
@@ -235,7 +257,17 @@ mod tests {
                 "{proxies}: {offending} not named in {text}"
             );
         }
-        for fine in ["10.0.0.0/8", "203.0.113.7", "172.64.0.0/13, 2400:cb00::/32", "::ffff:10.0.0.0/104", "fd00::/16", "::1"] {
+        for fine in [
+            "10.0.0.0/8",
+            "203.0.113.7",
+            "172.64.0.0/13, 2400:cb00::/32, 2a06:98c0::/29",
+            "::ffff:10.0.0.0/104",
+            "64:ff9b::a00:0/104",
+            "2002:a00::/24",
+            "fd00::/16",
+            "fc00::/7",
+            "::1",
+        ] {
             let loaded = Config::load(&production_with("TOLLGATE_TRUSTED_PROXIES", fine));
             assert!(loaded.is_ok(), "{fine}: {}", loaded.unwrap_err());
         }

@@ -27,7 +27,7 @@ impl Raw {
         if s.secret {
             format!("{}: {what}", s.env_name())
         } else {
-            format!("{}: {what} (got {:?})", s.env_name(), self.get(key).unwrap_or(""))
+            format!("{}: {what} (got {:?})", s.env_name(), without_credentials(self.get(key).unwrap_or("")))
         }
     }
 
@@ -134,11 +134,33 @@ fn toml_scalar(v: &toml::Value) -> Option<String> {
     }
 }
 
+/// `value` with the user and password of a URL in it blanked (`https://…@host`): a malformed
+/// value is quoted back in errors, and a URL's userinfo is a credential.
+fn without_credentials(value: &str) -> std::borrow::Cow<'_, str> {
+    let Some(scheme_end) = value.find("://").map(|i| i + 3) else { return value.into() };
+    let rest = &value[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}…{}", &value[..scheme_end], &rest[at..]).into(),
+        None => value.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::sources::fixtures::*;
     use crate::config::types::{Config, CorsOrigins};
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn a_malformed_url_is_quoted_without_its_credentials() {
+        let text =
+            Config::load(&sources(&[("TOLLGATE_PUBLIC_URL", "ftp://admin:hunter2@example.com/x")])).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_PUBLIC_URL") && !text.contains("hunter2") && !text.contains("admin"), "{text}");
+        assert_eq!(super::without_credentials("https://u:p@h/p@q"), "https://…@h/p@q");
+        assert_eq!(super::without_credentials("https://h/p@q"), "https://h/p@q");
+        assert_eq!(super::without_credentials("30s"), "30s");
+    }
 
     #[test]
     fn secrets_can_come_from_files() {

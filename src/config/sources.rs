@@ -67,7 +67,8 @@ impl Sources {
 
     /// The environment as set by the process or the file, before anything is validated.
     fn environment_hint(&self) -> Option<Environment> {
-        let raw = self.env.get("TOLLGATE_ENV").cloned().or_else(|| {
+        // A blank value is unset, as everywhere else: the file's `env` then decides.
+        let raw = self.env.get("TOLLGATE_ENV").filter(|v| !v.trim().is_empty()).cloned().or_else(|| {
             let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
             let table: toml::Table = text.parse().ok()?;
             table.get("env")?.as_str().map(str::to_owned)
@@ -110,6 +111,7 @@ pub(super) mod fixtures {
 #[cfg(test)]
 mod tests {
     use super::fixtures::*;
+    use super::Sources;
     use crate::config::types::Config;
 
     #[test]
@@ -133,6 +135,18 @@ mod tests {
         s.add_dotenv([("STRIPE_WEBHOOK_SECRET".to_owned(), "x".to_owned())]);
         assert!(Config::load(&s).is_ok(), "production never reads .env");
         assert!(!s.env.contains_key("x"));
+    }
+
+    #[test]
+    fn a_blank_tollgate_env_leaves_the_files_production_in_charge_of_dotenv() {
+        let dir = std::env::temp_dir().join(format!("tollgate-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tollgate.toml");
+        std::fs::write(&file, "env = \"production\"\n").unwrap();
+        let mut s = Sources { env: [("TOLLGATE_ENV".to_owned(), " ".to_owned())].into(), file: Some(file), ..Default::default() };
+        s.add_dotenv([("TOLLGATE_JWT_SECRET".to_owned(), "a-development-secret-of-more-than-32-bytes".to_owned())]);
+        assert!(!s.env.contains_key("TOLLGATE_JWT_SECRET"), "production (from the file) never reads .env");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -158,12 +158,14 @@ struct Authenticated {
 /// not to be a wrong password.
 struct Counted<'a> {
     limiter: &'a dyn RateLimiter,
+    /// The per-address rate, given back only for an attempt refused before its check.
+    ip: Option<(String, Quota)>,
     client: String,
     ceiling: Option<String>,
 }
 
 impl Counted<'_> {
-    /// Gives the counts back.
+    /// Gives the failure counts back (a successful login).
     async fn release(&mut self) {
         self.limiter.refund_window(&self.client).await;
         if let Some(ceiling) = self.ceiling.take() {
@@ -171,9 +173,13 @@ impl Counted<'_> {
         }
     }
 
-    /// Gives the counts back and returns `error`, for `return Err(counted.give_back(e).await)`.
+    /// Gives every count back, the address's rate included, and returns `error`: the attempt was
+    /// refused before its password was checked (`return Err(counted.give_back(e).await)`).
     async fn give_back(&mut self, error: AuthError) -> AuthError {
         self.release().await;
+        if let Some((ip, quota)) = self.ip.take() {
+            self.limiter.refund(&ip, quota).await;
+        }
         error
     }
 }
@@ -367,13 +373,16 @@ impl AuthService {
     /// Only a password actually checked and wrong uses up an attempt: one refused before that
     /// (the password queue full, the database down) gives its counts back.
     async fn authenticate(&self, email: &str, password: &SecretString, meta: &RequestMeta) -> Result<Authenticated, AuthError> {
-        if let Decision::Limited { limit, retry_after } =
-            self.limiter.hit(&format!("login:ip:{}", client_key(&meta.ip)), self.ip_quota()).await
-        {
+        let ip_limit = format!("login:ip:{}", client_key(&meta.ip));
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&ip_limit, self.ip_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        // Nothing (not even a database read) is spent on an attempt whose check would be refused.
-        if self.hasher.is_full() {
+        // A browser with a genuine device cookie may be the owner: it is let in even when the
+        // password queue is full (whether the cookie is this account's is seen below). Anyone
+        // else gets 503 before anything (not even a database read) is spent on the attempt.
+        let has_device = meta.device.as_deref().and_then(|c| self.device_of(c)).is_some();
+        if !has_device && self.hasher.is_full() {
+            self.limiter.refund(&ip_limit, self.ip_quota()).await;
             return Err(AuthError::Busy);
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
@@ -396,7 +405,12 @@ impl AuthService {
         if let Decision::Limited { limit, retry_after } = self.limiter.hit_window(&client_limit, self.client_quota()).await {
             return Err(AuthError::RateLimited { limit, retry_after });
         }
-        let counted = Counted { limiter: self.limiter.as_ref(), client: client_limit, ceiling: None };
+        let counted = Counted {
+            limiter: self.limiter.as_ref(),
+            ip: Some((ip_limit, self.ip_quota())),
+            client: client_limit,
+            ceiling: None,
+        };
         self.check_password(user, password, meta, device, &ip_key, email.as_str(), counted).await
     }
 
@@ -431,7 +445,14 @@ impl AuthService {
                 }
             }
         }
-        let verified = match self.hasher.verify(password, user.as_ref().map(|u| u.password_hash.as_str())).await {
+        let stored = user.as_ref().map(|u| u.password_hash.as_str());
+        // The account's own devices are checked whatever the queue holds, in the lane served first.
+        let checked = if device.is_some() {
+            self.hasher.verify_admitted(password, stored).await
+        } else {
+            self.hasher.verify(password, stored).await
+        };
+        let verified = match checked {
             Ok(v) => v,
             Err(e) => return Err(counted.give_back(e.into()).await),
         };
@@ -460,7 +481,7 @@ impl AuthService {
     /// account, and the success is audited.
     async fn logged_in(&self, who: &Authenticated, meta: &RequestMeta) -> Result<(), AuthError> {
         if !meta.ip.is_empty() {
-            self.store.remember_client(&who.user.id, &who.ip_key, Utc::now()).await?;
+            self.store.remember_client(&who.user.id, &who.ip_key, who.user.credential_epoch, Utc::now()).await?;
         }
         self.audit(meta, Some(&who.user.id), "login.success", Some(&who.user.id), serde_json::json!({})).await;
         Ok(())

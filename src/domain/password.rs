@@ -23,9 +23,11 @@ pub const P_COST: u32 = 1;
 /// Jobs waiting for a worker, at most; beyond that a request is answered 503 at once.
 pub const DEFAULT_QUEUE: usize = 32;
 
-/// The most memory a stored hash may make a worker use when verifying it (a corrupt hash must
-/// not make it allocate gigabytes).
+/// The most a stored hash may make a worker spend when verifying it (a corrupt or planted hash must
+/// not make it allocate gigabytes, or run for hours).
 const MAX_VERIFY_M_KIB: u32 = 256 * 1024;
+const MAX_VERIFY_T: u32 = 16;
+const MAX_VERIFY_P: u32 = 16;
 
 /// Why password work was not done.
 #[derive(Debug, thiserror::Error)]
@@ -40,24 +42,82 @@ pub enum PasswordWorkError {
 /// Hashes, verifies and judges passwords on a few dedicated threads: one fewer than the machine
 /// has cores (at least one), running at a lower OS priority (nice 10), so a flood of logins or
 /// registrations queues here while every other route keeps getting the CPU it needs
-/// (`bench/login_flood.py`). At most `queue` jobs of new requests wait; more are refused with
+/// (`bench/login_flood.py`). At most `queue` jobs wait for a new request; more are refused with
 /// [`PasswordWorkError::Busy`]. A request's later steps (`then_*`: the hash after a registration's
-/// strength check, the strength check and hash after a password change's verification) are
-/// always queued, so a flood of new requests cannot starve the ones already admitted.
+/// strength check, the strength check and hash after a password change's verification) and the
+/// checks of clients the account knows (`admitted`) are always taken, in a lane the workers serve
+/// first, so a flood of new requests can neither refuse nor delay them.
 #[derive(Clone)]
 pub struct PasswordHasherPool {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: Arc<Lanes>,
     params: (u32, u32, u32),
     in_flight: Arc<AtomicUsize>,
     peak: Arc<AtomicUsize>,
-    /// Jobs handed over and not yet picked up by a worker, and how many may be.
+    /// Jobs handed over and not yet picked up by a worker, and how many new ones may be.
     waiting: Arc<AtomicUsize>,
+    _owner: Arc<Owner>,
     queue: usize,
     /// A hash of a random password with this pool's parameters, made on first use.
     dummy: Arc<OnceLock<String>>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// The jobs waiting for a worker, in two lanes: later steps of requests already admitted go
+/// first, so a flood of new requests cannot hold them back.
+struct Lanes {
+    state: std::sync::Mutex<LaneState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct LaneState {
+    admitted: std::collections::VecDeque<Job>,
+    new: std::collections::VecDeque<Job>,
+    /// The pool is gone: workers end once the lanes are empty.
+    closed: bool,
+}
+
+impl Lanes {
+    fn push(&self, admitted: bool, job: Job) {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if admitted {
+            state.admitted.push_back(job);
+        } else {
+            state.new.push_back(job);
+        }
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// The next job, admitted ones first; `None` once the pool is gone and nothing is left.
+    fn next(&self) -> Option<Job> {
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(job) = state.admitted.pop_front().or_else(|| state.new.pop_front()) {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Held by every clone of a pool; the last one dropped lets the workers end.
+struct Owner(Arc<Lanes>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 pub struct Verified {
     pub ok: bool,
@@ -125,7 +185,7 @@ fn verify_phc(phc: &str, password: &[u8], current: (u32, u32, u32)) -> Option<(b
     let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
     let version = parsed.version.map(Version::try_from).transpose().ok()?.unwrap_or_default();
     let params = Params::try_from(&parsed).ok()?;
-    if params.m_cost() > MAX_VERIFY_M_KIB {
+    if params.m_cost() > MAX_VERIFY_M_KIB || params.t_cost() > MAX_VERIFY_T || params.p_cost() > MAX_VERIFY_P {
         return None;
     }
     let is_current = algorithm == Algorithm::Argon2id
@@ -156,31 +216,24 @@ impl PasswordHasherPool {
     }
 
     pub fn build(workers: usize, params: (u32, u32, u32), queue: usize) -> PasswordHasherPool {
-        let (jobs, waiting) = std::sync::mpsc::channel::<Job>();
-        let waiting = Arc::new(std::sync::Mutex::new(waiting));
+        let lanes = Arc::new(Lanes { state: std::sync::Mutex::new(LaneState::default()), ready: std::sync::Condvar::new() });
         for i in 0..workers.max(1) {
-            let waiting = waiting.clone();
-            // A worker ends when the pool (every sender) is dropped.
+            let lanes = lanes.clone();
+            // A worker ends when the pool (every clone) is dropped and its lanes are empty.
             let _ = std::thread::Builder::new().name(format!("tollgate-hash-{i}")).spawn(move || {
                 lower_thread_priority();
-                loop {
-                    let job = match waiting.lock() {
-                        Ok(q) => q.recv(),
-                        Err(_) => return,
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => return,
-                    }
+                while let Some(job) = lanes.next() {
+                    job();
                 }
             });
         }
         PasswordHasherPool {
-            jobs,
+            jobs: lanes.clone(),
             params,
             in_flight: Arc::new(AtomicUsize::new(0)),
             peak: Arc::new(AtomicUsize::new(0)),
             waiting: Arc::new(AtomicUsize::new(0)),
+            _owner: Arc::new(Owner(lanes)),
             queue,
             dummy: Arc::new(OnceLock::new()),
         }
@@ -219,14 +272,14 @@ impl PasswordHasherPool {
             }
             let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
-            let out = f();
+            // A panic (a bug in a dependency, a strange input) fails this request, not the worker.
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             in_flight.fetch_sub(1, Ordering::SeqCst);
-            let _ = done.send(out);
+            if let Ok(out) = out {
+                let _ = done.send(out);
+            }
         });
-        if self.jobs.send(job).is_err() {
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            return Err(PasswordWorkError::Failed("password hashing workers are gone".to_owned()));
-        }
+        self.jobs.push(admitted, job);
         result.await.map_err(|_| PasswordWorkError::Failed("password hashing worker failed".to_owned()))
     }
 
@@ -250,11 +303,26 @@ impl PasswordHasherPool {
     /// answer takes as long as for a real account. A stored hash with cheaper, older parameters is
     /// padded with a dummy verification too, so it does not answer faster.
     pub async fn verify(&self, password: &SecretString, stored: Option<&str>) -> Result<Verified, PasswordWorkError> {
+        self.verify_step(false, password, stored).await
+    }
+
+    /// [`PasswordHasherPool::verify`] for a request admitted whatever the queue holds (a client
+    /// the account knows).
+    pub async fn verify_admitted(&self, password: &SecretString, stored: Option<&str>) -> Result<Verified, PasswordWorkError> {
+        self.verify_step(true, password, stored).await
+    }
+
+    async fn verify_step(
+        &self,
+        admitted: bool,
+        password: &SecretString,
+        stored: Option<&str>,
+    ) -> Result<Verified, PasswordWorkError> {
         let password = password.clone();
         let stored = stored.map(str::to_owned);
         let params = self.params;
         let dummy_cell = self.dummy.clone();
-        self.run(false, move || {
+        self.run(admitted, move || {
             let pw = password.expose_secret().as_bytes();
             let dummy = dummy_cell.get_or_init(|| dummy_hash(params)).as_str();
             let Some(stored) = stored else {
@@ -405,15 +473,27 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let queued = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(false, || ()).await })
+            tokio::spawn(async move {
+                pool.run(false, || ()).await.unwrap();
+                std::time::Instant::now()
+            })
         };
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(pool.is_full());
         assert!(matches!(pool.hash(&pw).await, Err(PasswordWorkError::Busy)), "a new request is refused");
-        // A later step of a request already admitted still gets its turn.
-        assert!(pool.then_hash(&pw).await.is_ok());
+        // A later step of a request already admitted still gets its turn, and before the queued
+        // new one.
+        let later = {
+            let (pool, pw) = (pool.clone(), pw.clone());
+            tokio::spawn(async move {
+                pool.then_hash(&pw).await.unwrap();
+                std::time::Instant::now()
+            })
+        };
         busy.await.unwrap().unwrap();
-        queued.await.unwrap().unwrap();
+        let later_done = later.await.unwrap();
+        let queued_done = queued.await.unwrap();
+        assert!(later_done <= queued_done, "the admitted lane is served first");
     }
 
     #[tokio::test]
@@ -426,8 +506,23 @@ mod tests {
     }
 
     #[test]
-    fn a_hash_asking_for_absurd_memory_is_refused_not_computed() {
-        let huge = "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
-        assert!(verify_phc(huge, b"x", (M_COST_KIB, T_COST, P_COST)).is_none());
+    fn a_hash_asking_for_absurd_work_is_refused_not_computed() {
+        for absurd in [
+            "$argon2id$v=19$m=4194304,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+            "$argon2id$v=19$m=8192,t=4294967295,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+            "$argon2id$v=19$m=8192,t=1,p=255$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+        ] {
+            assert!(verify_phc(absurd, b"x", (M_COST_KIB, T_COST, P_COST)).is_none(), "{absurd}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_its_request_and_the_worker_goes_on() {
+        let pool = PasswordHasherPool::build(1, (8192, 1, 1), 4);
+        let panicked = pool.run(false, || -> u8 { panic!("a bug in a dependency") }).await;
+        assert!(matches!(panicked, Err(PasswordWorkError::Failed(_))));
+        let pw = SecretString::from("correct horse battery staple 42".to_owned());
+        assert!(pool.hash(&pw).await.is_ok(), "the one worker is still there");
+        assert!(!pool.is_full());
     }
 }

@@ -205,7 +205,10 @@ pub trait AccountStore: Send + Sync {
 
     /// Whether `client_key` logged in to the user successfully at or after `since`.
     async fn known_client(&self, user_id: &str, client_key: &str, since: DateTime<Utc>) -> Result<bool, StoreError>;
-    async fn remember_client(&self, user_id: &str, client_key: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Remembers that `client_key` logged in to the user, only while `epoch` is still the user's
+    /// credential epoch and the user enabled (a login racing a password change or a disable must
+    /// not leave its address known to the new password).
+    async fn remember_client(&self, user_id: &str, client_key: &str, epoch: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Deletes sessions past their lifetime or idle since before `idle_cutoff`, or of an old
     /// credential epoch; refresh tokens past their expiry; families created before
@@ -622,14 +625,23 @@ macro_rules! impl_account_store {
                 Ok(n > 0)
             }
 
-            async fn remember_client(&self, user_id: &str, client_key: &str, now: chrono::DateTime<chrono::Utc>) -> Result<(), $crate::store::error::StoreError> {
+            async fn remember_client(
+                &self,
+                user_id: &str,
+                client_key: &str,
+                epoch: i64,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::error::StoreError> {
                 $crate::store::pool::on_conn!(self, c => sqlx::query(
-                    "INSERT INTO login_clients (user_id, client_key, last_success_at) VALUES ($1, $2, $3)
+                    "INSERT INTO login_clients (user_id, client_key, last_success_at)
+                     SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1 AND credential_epoch = $4 AND disabled = $5)
                      ON CONFLICT (user_id, client_key) DO UPDATE SET last_success_at = excluded.last_success_at",
                 )
                 .bind(user_id)
                 .bind(client_key)
                 .bind(now)
+                .bind(epoch)
+                .bind(false)
                 .execute(&mut *c)
                 .await)?;
                 Ok(())

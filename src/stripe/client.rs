@@ -36,8 +36,25 @@ impl std::fmt::Debug for StripeClient {
     }
 }
 
+/// Whether `url` names this machine (a mock or a tunnel on loopback).
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl StripeClient {
     pub fn new(base: Url, key: SecretString) -> Result<StripeClient, ProviderError> {
+        // The secret key rides on every request: never in clear beyond this machine, whatever the
+        // command (production's check-config says so too; `stripe sync` never ran those checks).
+        if base.scheme() != "https" && !is_loopback(&base) {
+            return Err(ProviderError::Unsupported(
+                "STRIPE_API_BASE must be https (plain http only to this machine): the secret key would travel in clear",
+            ));
+        }
         // reqwest is built without a bundled crypto provider: ring, as in the server.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
@@ -234,5 +251,21 @@ impl Provider for StripeClient {
             events.push((id, serde_json::to_vec(e).map_err(|e| ProviderError::Malformed(e.to_string()))?));
         }
         Ok(EventPage { events, has_more: page["has_more"].as_bool().unwrap_or(false) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_key_never_travels_in_clear_beyond_this_machine() {
+        let key = || SecretString::from("sk_live_0123456789abcdef0123456789".to_owned());
+        let refused = StripeClient::new(Url::parse("http://api.stripe.com").unwrap(), key()).err().unwrap();
+        assert!(refused.to_string().contains("STRIPE_API_BASE must be https"), "{refused}");
+        assert!(!refused.to_string().contains("sk_live"));
+        for fine in ["https://api.stripe.com", "http://127.0.0.1:12111", "http://localhost:12111", "http://[::1]:12111"] {
+            assert!(StripeClient::new(Url::parse(fine).unwrap(), key()).is_ok(), "{fine}");
+        }
     }
 }

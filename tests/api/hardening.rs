@@ -715,3 +715,51 @@ async fn the_purge_never_cuts_a_refresh_short_between_spending_and_storing() {
     app.store.insert_refresh("next", &family_id, &user_id, chrono::Utc::now(), later).await.unwrap();
     assert!(app.store.family(&family_id).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_full_password_queue_still_lets_the_owners_browser_in() {
+    let app = spawn_app_with(&[
+        ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("TOLLGATE_PASSWORD_QUEUE", "1"),
+        ("TOLLGATE_LOGIN_IP_LIMIT", "1000"),
+    ])
+    .await;
+    register(&app, "ada@example.com").await;
+    let laptop = device_cookie(&login_from(&app, "192.0.2.10", "ada@example.com", PASSWORD, None).await).unwrap();
+    // Strangers keep the queue full while Ada logs in from her laptop, five times.
+    let flood = {
+        let strangers = (0..60).map(|i| (format!("198.51.100.{i}"), "wrong password entirely".to_owned())).collect();
+        login_burst(&app, "nobody@example.com", strangers)
+    };
+    let ada = async {
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(login_from(&app, "203.0.113.9", "ada@example.com", PASSWORD, Some(&laptop)).await.status().as_u16());
+        }
+        statuses
+    };
+    let (strangers, ada) = tokio::join!(flood, ada);
+    assert!(strangers.contains(&503), "the queue was full: {strangers:?}");
+    assert_eq!(ada, [200; 5], "the account's own device is never refused by a full queue");
+}
+
+#[tokio::test]
+async fn a_login_racing_a_password_change_leaves_its_address_unknown() {
+    let app = spawn_app().await;
+    let ada = register(&app, "ada@example.com").await;
+    let id = ada["id"].as_str().unwrap().to_owned();
+    let before = app.store.user_by_id(&id).await.unwrap().unwrap();
+    let now = chrono::Utc::now();
+    // The password changed after this login verified the old one, before it remembered its address.
+    let changed = app
+        .store
+        .change_password(&id, &before.password_hash, "$argon2id$new", tollgate::store::Keep::Family("fam_none"), now)
+        .await
+        .unwrap();
+    assert!(matches!(changed, tollgate::store::PasswordChanged::Changed { .. }));
+    app.store.remember_client(&id, "198.51.100.66", before.credential_epoch, now).await.unwrap();
+    let long_ago = now - chrono::Duration::days(1);
+    assert!(!app.store.known_client(&id, "198.51.100.66", long_ago).await.unwrap(), "not known to the new password");
+    app.store.remember_client(&id, "203.0.113.1", before.credential_epoch + 1, now).await.unwrap();
+    assert!(app.store.known_client(&id, "203.0.113.1", long_ago).await.unwrap());
+}
