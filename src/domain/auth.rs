@@ -380,18 +380,15 @@ impl AuthService {
         // A browser with a genuine device cookie may be the owner: it is let in even when the
         // password queue is full (whether the cookie is this account's is seen below). Anyone
         // else gets 503 before anything (not even a database read) is spent on the attempt.
-        let has_device = meta.device.as_deref().and_then(|c| self.device_of(c)).is_some();
-        if !has_device && self.hasher.is_full() {
+        let cookie = meta.device.as_deref().and_then(|c| self.device_of(c));
+        if cookie.is_none() && self.hasher.is_full() {
             self.limiter.refund(&ip_limit, self.ip_quota()).await;
             return Err(AuthError::Busy);
         }
         let email = Email::parse("email", email).map_err(|e| AuthError::Validation(vec![e]))?;
         let user = self.store.user_by_email(email.as_str()).await?;
         // A device cookie counts for the account it was made for, at the password it has now.
-        let device = meta
-            .device
-            .as_deref()
-            .and_then(|c| self.device_of(c))
+        let device = cookie
             .filter(|d| user.as_ref().is_some_and(|u| u.id == d.user_id && u.credential_epoch == d.epoch))
             .map(|d| d.nonce.to_owned());
         let ip_key = client_key(&meta.ip);

@@ -131,19 +131,22 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
+/// `Set-Cookie` for one of our cookies: HttpOnly, SameSite=Lax, Path=/, Secure over https.
+fn set_cookie(state: &AppState, name: &str, value: &str, max_age_secs: i64) -> HeaderValue {
+    let secure = if state.cookie.secure { "; Secure" } else { "" };
+    let header = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}");
+    HeaderValue::from_str(&header).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// `Set-Cookie` for the device cookie (180 days).
 pub fn device_cookie(state: &AppState, value: &str) -> HeaderValue {
-    let secure = if state.cookie.secure { "; Secure" } else { "" };
-    let value = format!("{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", state.cookie.device_name, 180 * 86_400);
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    set_cookie(state, state.cookie.device_name, value, 180 * 86_400)
 }
 
 /// `Set-Cookie` for a new session (or, with `None`, one that clears it).
 pub fn session_cookie(state: &AppState, token: Option<&str>, max_age_secs: i64) -> HeaderValue {
-    let secure = if state.cookie.secure { "; Secure" } else { "" };
-    let value = match token {
-        Some(t) => format!("{}={t}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_secs}{secure}", state.cookie.name),
-        None => format!("{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}", state.cookie.name),
-    };
-    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+    match token {
+        Some(t) => set_cookie(state, state.cookie.name, t, max_age_secs),
+        None => set_cookie(state, state.cookie.name, "", 0),
+    }
 }

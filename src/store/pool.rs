@@ -42,37 +42,63 @@ pub(crate) async fn acquire<DB: sqlx::Database>(
     }
 }
 
-/// The end of an operation on `conn`: an error that says the database could not write (full disk,
-/// I/O error) or was lost is noted, and the connection that saw it is closed instead of going back
-/// to the pool.
+/// For a driver error that is a fault (see [`Health::observe`]): noted, and `conn` is closed when
+/// dropped instead of going back to the pool.
+fn discard_on_fault<DB: sqlx::Database>(health: &Health, conn: &mut sqlx::pool::PoolConnection<DB>, e: &sqlx::Error) {
+    if let Some(fault) = health.observe(e) {
+        tracing::error!(error = %e, fault = ?fault, "database fault; discarding the connection that saw it");
+        conn.close_on_drop();
+    }
+}
+
+/// The end of a transaction on `conn` (see [`discard_on_fault`]).
 pub(crate) fn settle<DB: sqlx::Database, T>(
     health: &Health,
     mut conn: sqlx::pool::PoolConnection<DB>,
     result: Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     if let Err(StoreError::Database(e)) = &result {
-        if let Some(fault) = health.observe(e) {
-            tracing::error!(error = %e, fault = ?fault, "database fault; discarding the connection that saw it");
-            conn.close_on_drop();
-        }
+        discard_on_fault(health, &mut conn, e);
     }
     result
 }
 
-/// Notes a storage fault in `result` (see [`Health::observe`]) and, for any fault, closes `conn`
-/// when it is dropped instead of returning it to the pool.
+/// The end of one statement on `conn` (see [`discard_on_fault`]).
 pub(crate) fn observe<DB: sqlx::Database, T>(
     health: &Health,
     conn: &mut sqlx::pool::PoolConnection<DB>,
     result: &Result<T, sqlx::Error>,
 ) {
     if let Err(e) = result {
-        if let Some(fault) = health.observe(e) {
-            tracing::error!(error = %e, fault = ?fault, "database fault; discarding the connection that saw it");
-            conn.close_on_drop();
-        }
+        discard_on_fault(health, conn, e);
     }
 }
+
+/// `conn()`, `observe()` and `settle()` for an engine's store (fields `pool`, `health`,
+/// `max_connections`), which `on_conn!` and `transaction!` call.
+macro_rules! impl_connections {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            /// A connection, unless the database is known to be unreachable (see `pool::acquire`).
+            pub(crate) async fn conn(&self) -> Result<sqlx::pool::PoolConnection<$db>, $crate::store::error::StoreError> {
+                $crate::store::pool::acquire(&self.pool, &self.health, self.max_connections).await
+            }
+
+            pub(crate) fn observe<T>(&self, conn: &mut sqlx::pool::PoolConnection<$db>, result: &Result<T, sqlx::Error>) {
+                $crate::store::pool::observe(&self.health, conn, result)
+            }
+
+            pub(crate) fn settle<T>(
+                &self,
+                conn: sqlx::pool::PoolConnection<$db>,
+                result: Result<T, $crate::store::error::StoreError>,
+            ) -> Result<T, $crate::store::error::StoreError> {
+                $crate::store::pool::settle(&self.health, conn, result)
+            }
+        }
+    };
+}
+pub(crate) use impl_connections;
 
 /// Runs one statement `$body` on a connection `$c` of its own (see [`acquire`]), passing its
 /// answer through [`observe`]; evaluates to the statement's own `Result`.

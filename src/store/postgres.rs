@@ -4,9 +4,8 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{Connection, PgPool};
 
 use super::error::StoreError;
 use super::health::Health;
@@ -16,6 +15,7 @@ use crate::config::DatabaseConfig;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 super::seam::impl_store!(PgStore, Engine::Postgres, MIGRATOR, "SELECT to_regclass('_sqlx_migrations') IS NOT NULL", bool);
+super::pool::impl_connections!(PgStore, sqlx::Postgres);
 super::accounts::impl_account_store!(PgStore);
 super::audit::impl_audit_store!(PgStore, "$8::jsonb", "detail::text");
 super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
@@ -46,18 +46,5 @@ impl PgStore {
             .connect_with(options)
             .await?;
         Ok(PgStore { pool, health: Arc::new(Health::new()), max_connections: config.max_connections })
-    }
-
-    /// A connection, unless the database is known to be unreachable (see `store::acquire`).
-    pub(crate) async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        super::pool::acquire(&self.pool, &self.health, self.max_connections).await
-    }
-
-    pub(crate) fn observe<T>(&self, conn: &mut PoolConnection<Postgres>, result: &Result<T, sqlx::Error>) {
-        super::pool::observe(&self.health, conn, result)
-    }
-
-    pub(crate) fn settle<T>(&self, conn: PoolConnection<Postgres>, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        super::pool::settle(&self.health, conn, result)
     }
 }

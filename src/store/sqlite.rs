@@ -5,9 +5,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::error::StoreError;
 use super::health::Health;
@@ -23,6 +22,7 @@ super::seam::impl_store!(
     "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     i64
 );
+super::pool::impl_connections!(SqliteStore, sqlx::Sqlite);
 super::accounts::impl_account_store!(SqliteStore);
 super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
@@ -99,19 +99,6 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()), health, max_connections })
-    }
-
-    /// A connection, unless the database is known to be unreachable (see `store::acquire`).
-    pub(crate) async fn conn(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        super::pool::acquire(&self.pool, &self.health, self.max_connections).await
-    }
-
-    pub(crate) fn observe<T>(&self, conn: &mut PoolConnection<Sqlite>, result: &Result<T, sqlx::Error>) {
-        super::pool::observe(&self.health, conn, result)
-    }
-
-    pub(crate) fn settle<T>(&self, conn: PoolConnection<Sqlite>, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        super::pool::settle(&self.health, conn, result)
     }
 
     /// The right to write, held for a whole write transaction.

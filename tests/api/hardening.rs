@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::accounts::{
-    change_password, login, make_admin, me_with_bearer, me_with_cookie, register, tokens, Browser, NEW_PASSWORD, PASSWORD,
+    change_password, login, make_admin, me_with_bearer, me_with_cookie, register, session_cookie_from, tokens, Browser,
+    NEW_PASSWORD, PASSWORD,
 };
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
@@ -287,11 +288,7 @@ async fn keep_logging_in(
             .await
             .unwrap();
         if r.status() == 200 {
-            if let Some(c) =
-                r.headers().get_all("set-cookie").iter().filter_map(|v| v.to_str().ok()).find(|c| c.contains("tollgate_session="))
-            {
-                sessions.push(c.split(';').next().unwrap().to_owned());
-            }
+            sessions.extend(session_cookie_from(r.headers()));
         }
         let r = app
             .client
@@ -304,6 +301,35 @@ async fn keep_logging_in(
             let body: Value = r.json().await.unwrap();
             pairs.push((body["access_token"].as_str().unwrap().to_owned(), body["refresh_token"].as_str().unwrap().to_owned()));
         }
+    }
+    (sessions, pairs)
+}
+
+/// Eight attackers who know `password` keep logging in to `email` from 300 ms before `event` until
+/// 300 ms after it (logins already past the password check when it commits finish after it);
+/// every session cookie and token pair they were issued.
+async fn logins_around(
+    app: &std::sync::Arc<TestApp>,
+    email: &'static str,
+    password: &'static str,
+    event: impl std::future::Future<Output = ()>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move { keep_logging_in(&app, email, password, &stop).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    event.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut sessions, mut pairs) = (Vec::new(), Vec::new());
+    for a in attackers {
+        let (s, p) = a.await.unwrap();
+        sessions.extend(s);
+        pairs.extend(p);
     }
     (sessions, pairs)
 }
@@ -326,26 +352,12 @@ async fn no_login_racing_a_password_change_outlives_it() {
     );
     register(&app, "ada@example.com").await;
     let ada = login(&app, "ada@example.com", PASSWORD).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Eight attackers who know the old password keep logging in while Ada changes it.
-    let attackers: Vec<_> = (0..8)
-        .map(|_| {
-            let (app, stop) = (app.clone(), stop.clone());
-            tokio::spawn(async move { keep_logging_in(&app, "ada@example.com", PASSWORD, &stop).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await;
-    assert_eq!(r.status(), 204);
-    // Logins already past the password check when the change committed finish after it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut sessions, mut pairs) = (Vec::new(), Vec::new());
-    for a in attackers {
-        let (s, p) = a.await.unwrap();
-        sessions.extend(s);
-        pairs.extend(p);
-    }
+    let (sessions, pairs) = logins_around(&app, "ada@example.com", PASSWORD, async {
+        let r = change_password(&app, &ada, PASSWORD, NEW_PASSWORD).await;
+        assert_eq!(r.status(), 204);
+    })
+    .await;
     assert!(!sessions.is_empty() && !pairs.is_empty(), "the attackers did get in before the change");
     for cookie in &sessions {
         assert_eq!(me_with_cookie(&app, cookie).await, 401, "a session of the old password is dead");
@@ -368,14 +380,6 @@ async fn sessions_made_while_an_account_is_disabled_never_come_back_on_re_enable
     let admin = make_admin(&app, "root@example.com").await;
     let user = register(&app, "ada@example.com").await;
     let id = user["id"].as_str().unwrap().to_owned();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let logins: Vec<_> = (0..8)
-        .map(|_| {
-            let (app, stop) = (app.clone(), stop.clone());
-            tokio::spawn(async move { keep_logging_in(&app, "ada@example.com", PASSWORD, &stop).await })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let patch = |disabled: bool| {
         app.client
             .patch(app.url(&format!("/api/v1/admin/users/{id}")))
@@ -384,15 +388,10 @@ async fn sessions_made_while_an_account_is_disabled_never_come_back_on_re_enable
             .json(&json!({ "disabled": disabled }))
             .send()
     };
-    assert_eq!(patch(true).await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (mut sessions, mut pairs) = (Vec::new(), Vec::new());
-    for l in logins {
-        let (s, p) = l.await.unwrap();
-        sessions.extend(s);
-        pairs.extend(p);
-    }
+    let (sessions, pairs) = logins_around(&app, "ada@example.com", PASSWORD, async {
+        assert_eq!(patch(true).await.unwrap().status(), 200);
+    })
+    .await;
     assert!(!sessions.is_empty());
     assert_eq!(patch(false).await.unwrap().status(), 200);
     for cookie in &sessions {

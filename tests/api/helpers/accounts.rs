@@ -31,7 +31,8 @@ pub async fn register(app: &TestApp, email: &str) -> Value {
     r.json().await.unwrap()
 }
 
-fn session_cookie_from(headers: &HeaderMap) -> Option<String> {
+/// The session cookie (`name=value`) a response set, if it set one.
+pub fn session_cookie_from(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all("set-cookie")
         .iter()
