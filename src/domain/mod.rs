@@ -19,6 +19,7 @@ impl FieldError {
 }
 
 pub mod account;
+pub mod apikeys;
 pub mod auth;
 pub mod catalog;
 pub mod crypto;

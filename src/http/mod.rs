@@ -1,5 +1,6 @@
 //! The HTTP layer: thin routes over the domain, one error type, one edge middleware.
 
+pub mod apikey;
 pub mod audit;
 pub mod auth;
 pub mod cors;

@@ -9,6 +9,7 @@
 //! - [`stripe`]: Stripe events built from the vendored fixtures, signed and delivered to the webhook.
 //! - [`stripe_api`]: Stripe's API as wiremock plays it (checkout sessions, request forms).
 //! - [`shop`]: an app with a catalog, a buyer and an admin, and the order events payments tests send.
+//! - [`keys`]: API keys made through the admin API.
 //! - [`binary`]: the real `tollgate` binary as a child process.
 
 pub mod accounts;
@@ -16,6 +17,7 @@ pub mod app;
 pub mod binary;
 pub mod database;
 pub mod http;
+pub mod keys;
 pub mod shop;
 pub mod skip;
 pub mod stripe;
