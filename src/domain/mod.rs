@@ -24,6 +24,7 @@ pub mod auth;
 pub mod catalog;
 pub mod crypto;
 pub mod jwt;
+pub mod keys;
 pub mod ledger;
 pub mod orders;
 pub mod password;
