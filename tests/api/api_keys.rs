@@ -433,3 +433,63 @@ async fn introspection_needs_its_scope_a_form_and_a_token() {
         assert_problem(introspect(&app, &key, body).await, 400).await;
     }
 }
+
+#[tokio::test]
+async fn the_cli_creates_lists_and_revokes_keys_and_the_logs_never_hold_one() {
+    use crate::helpers::binary::{drain, output_text, serve, tollgate};
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DATABASE_URL", app.database_url.as_str())];
+    let cli = |args: &[&str]| tollgate(dir.path(), &env).args(["api-key"]).args(args).output().unwrap();
+
+    let out = cli(&["create", "--name", "nightly sync", "--scope", "users:read", "--scope", "entitlements:read"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let key = String::from_utf8(out.stdout.clone()).unwrap().trim().to_owned();
+    assert!(key.starts_with("tg_test_") && key.len() == 51, "stdout is the key alone: {key:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created key_") && stderr.contains("shown once") && !stderr.contains(&key[8..]), "{stderr}");
+    assert_eq!(get_with(&app, &key, "/api/v1/users?email=a@example.com").await.status(), 200, "the server takes it");
+
+    let out = cli(&["create", "--name", "x", "--scope", "admin:everything"]);
+    assert!(!out.status.success());
+    assert!(output_text(&out).contains("unknown scope \"admin:everything\""), "{}", output_text(&out));
+    let out = cli(&["create", "--name", "x", "--scope", "users:read", "--expires-at", "2001-01-01T00:00:00Z"]);
+    assert!(!out.status.success() && output_text(&out).contains("expires_at: must be in the future"), "{}", output_text(&out));
+    assert!(!cli(&["create", "--name", "x"]).status.success(), "--scope is required");
+
+    let out = cli(&["list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && listed.lines().count() == 1, "{listed}");
+    let id = listed.split('\t').next().unwrap().to_owned();
+    assert!(
+        id.starts_with("key_") && listed.contains(&key[..16]) && listed.contains("nightly sync") && listed.contains("active")
+    );
+    assert!(!listed.contains(&key[16..]), "the list never shows the key");
+
+    // A server on the same database: a key in a URL, or one it does not know, never reaches its logs.
+    let server = serve(dir.path(), &env);
+    let client = crate::helpers::client();
+    let base = format!("http://{}", server.addr);
+    let r = client.get(format!("{base}/api/v1/users?email=a@example.com&api_key={key}")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let unknown = reveal(&generate_key(KeyMode::Test)).to_owned();
+    let r = client.get(format!("{base}/api/v1/users?email=a@example.com")).bearer_auth(&unknown).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let logs = drain(&server.lines, std::time::Duration::from_millis(500)).join("\n");
+    assert!(logs.contains("API key in a query string refused") && logs.contains("unknown API key refused"), "{logs}");
+    assert!(!logs.contains(&key[8..]) && !logs.contains(&unknown[8..]), "no key in the logs:\n{logs}");
+
+    let out = cli(&["revoke", &id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_problem(get_with(&app, &key, "/api/v1/users?email=a@example.com").await, 401).await;
+    assert!(String::from_utf8(cli(&["list"]).stdout).unwrap().contains("revoked"));
+    let out = cli(&["revoke", "key_nothing"]);
+    assert!(!out.status.success() && output_text(&out).contains("no such API key"));
+
+    for action in ["api_key.create", "api_key.revoke"] {
+        let entries = audited(&app, action).await;
+        assert_eq!(entries.len(), 1, "{action}");
+        assert_eq!((entries[0].actor.as_deref(), entries[0].resource.as_deref()), (Some("cli"), Some(id.as_str())));
+    }
+    assert!(!stored_text(&app).await.contains(&key[8..]));
+}
