@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::accounts::AccountStore;
 use super::audit::AuditStore;
+use super::credits::CreditStore;
 use super::error::StoreError;
 use super::ledger::LedgerStore;
 use super::payments::PaymentStore;
@@ -43,7 +44,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + AuditStore + LedgerStore + PaymentStore + Send + Sync + 'static {
+pub trait Store: AccountStore + AuditStore + CreditStore + LedgerStore + PaymentStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;
