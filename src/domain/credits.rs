@@ -189,7 +189,10 @@ mod tests {
     #[test]
     fn a_second_hold_claws_only_what_the_first_did_not() {
         // Restored after a won dispute (clawed_back back to 0), then disputed again.
-        assert_eq!(grant_credits(Some(Active), Suspended, 500, 0, 300), GrantCredits::Clawback { amount: 300, unrecoverable: 200 });
+        assert_eq!(
+            grant_credits(Some(Active), Suspended, 500, 0, 300),
+            GrantCredits::Clawback { amount: 300, unrecoverable: 200 }
+        );
         // Defensive: a clawed_back left over never makes the claw exceed the grant.
         assert_eq!(grant_credits(Some(Active), Revoked, 500, 450, 300), GrantCredits::Clawback { amount: 50, unrecoverable: 0 });
     }
@@ -207,7 +210,9 @@ mod tests {
     fn the_balance_never_goes_negative() {
         for balance in [0, 1, 499, 500, 501, 10_000] {
             for clawed in [0, 100, 500] {
-                if let GrantCredits::Clawback { amount, unrecoverable } = grant_credits(Some(Active), Revoked, 500, clawed, balance) {
+                if let GrantCredits::Clawback { amount, unrecoverable } =
+                    grant_credits(Some(Active), Revoked, 500, clawed, balance)
+                {
                     assert!(amount <= balance && amount >= 0 && unrecoverable >= 0);
                     assert_eq!(amount + unrecoverable, 500 - clawed);
                 }

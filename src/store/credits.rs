@@ -55,7 +55,9 @@ pub enum CreditOutcome {
     /// The Idempotency-Key was used for another request.
     KeyReused,
     /// The balance is smaller than the amount; nothing was written.
-    Insufficient { balance: i64 },
+    Insufficient {
+        balance: i64,
+    },
     NoUser,
 }
 
@@ -90,7 +92,12 @@ pub trait CreditStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<CreditOutcome, StoreError>;
     /// The user's movements, newest first.
-    async fn credit_movements(&self, user_id: &str, limit: i64, starting_after: Option<&str>) -> Result<Vec<MovementRow>, StoreError>;
+    async fn credit_movements(
+        &self,
+        user_id: &str,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<MovementRow>, StoreError>;
     /// Recomputes every balance from the movements: the users where the balance, the sum of the
     /// movements and the last `balance_after` do not all agree, or a step does not add up.
     async fn check_credits(&self) -> Result<Vec<CreditDisagreement>, StoreError>;
