@@ -25,6 +25,7 @@ pub mod catalog;
 pub mod credits;
 pub mod crypto;
 pub mod jwt;
+pub mod keys;
 pub mod ledger;
 pub mod orders;
 pub mod password;
