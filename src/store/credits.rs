@@ -344,12 +344,12 @@ macro_rules! impl_credit_store {
                 let written = {
                     let _turn = self.write_turn().await;
                     $crate::store::pool::transaction!(self, tx => {
-                        let user: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(&d.user_id).fetch_optional(&mut *tx).await?;
-                        if user.is_none() {
-                            return Ok(Some(CreditOutcome::NoUser));
-                        }
+                        // The conditional UPDATE is the first statement: it takes SQLite's write
+                        // lock at once (a read first would make the upgrade fail when another
+                        // connection wrote meanwhile) and the row lock on PostgreSQL.
                         let Some((balance, seq)) = Self::move_balance(&mut tx, &d.user_id, -d.amount, d.now).await? else {
-                            return Ok(None);
+                            let user: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(&d.user_id).fetch_optional(&mut *tx).await?;
+                            return Ok(user.is_none().then_some(CreditOutcome::NoUser));
                         };
                         let m = MovementRow {
                             id: $crate::domain::account::new_id("cm"),
@@ -396,13 +396,14 @@ macro_rules! impl_credit_store {
                 use $crate::store::credits::{CreditOutcome, MovementRow};
                 let _turn = self.write_turn().await;
                 $crate::store::pool::transaction!(self, tx => {
+                    // A write first (see `debit_credits`): the balance row, locked.
+                    let before = Self::lock_balance(&mut tx, user_id).await?;
                     let user: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *tx).await?;
                     if user.is_none() {
                         return Ok(CreditOutcome::NoUser);
                     }
                     let Some((balance, seq)) = Self::move_balance(&mut tx, user_id, amount, now).await? else {
-                        let balance = Self::lock_balance(&mut tx, user_id).await?;
-                        return Ok(CreditOutcome::Insufficient { balance });
+                        return Ok(CreditOutcome::Insufficient { balance: before });
                     };
                     let m = MovementRow {
                         id: $crate::domain::account::new_id("cm"),
