@@ -335,12 +335,15 @@ async fn movement_lists_are_newest_first_and_paginated_for_the_user_and_the_merc
 /// Runs a statement on the test's database (to play a bug or an operator editing it by hand).
 async fn tamper(database_url: &str, sql: &str, user_id: &str) {
     use sqlx::Connection;
+    let takes_user = sql.contains("$1");
     if database_url.starts_with("sqlite:") {
         let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::query(sql).bind(user_id).execute(&mut c).await.unwrap();
+        let q = sqlx::query(sql);
+        if takes_user { q.bind(user_id) } else { q }.execute(&mut c).await.unwrap();
     } else {
         let mut c = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::query(sql).bind(user_id).execute(&mut c).await.unwrap();
+        let q = sqlx::query(sql);
+        if takes_user { q.bind(user_id) } else { q }.execute(&mut c).await.unwrap();
     }
 }
 
@@ -367,4 +370,41 @@ async fn tollgate_credits_check_recomputes_every_balance_and_names_the_users_tha
     let reported = s.app.store.check_credits().await.unwrap();
     assert_eq!(reported.len(), 1);
     assert_eq!((reported[0].balance, reported[0].total, reported[0].last_balance_after), (382, 377, 377));
+}
+
+#[tokio::test]
+async fn the_migration_turns_active_and_held_credits_grants_into_movements_and_balances() {
+    let s = shop(&[]).await;
+    let (active, held, revoked) = (buy_credits(&s, 500).await, buy_credits(&s, 300).await, buy_credits(&s, 200).await);
+    assert_eq!(s.deliver(&dispute(&held, "charge.dispute.created", "needs_response").1).await, 200);
+    assert_eq!(s.deliver(&refunded(&revoked, 1000, 1000).1).await, 200);
+    // Back to the schema before the ledger, with the grants as they were: active, suspended, revoked.
+    let before = [
+        "DROP TABLE credit_movements",
+        "DROP TABLE credit_balances",
+        "ALTER TABLE orders DROP COLUMN credits_unrecoverable",
+        "ALTER TABLE grants DROP COLUMN credits_clawed_back",
+        "ALTER TABLE grants DROP COLUMN credits_step",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261201000004",
+    ];
+    for sql in before {
+        tamper(&s.app.database_url, sql, "").await;
+    }
+    let states: Vec<String> = [&active, &held, &revoked].iter().map(|c| c["order_id"].as_str().unwrap().to_owned()).collect();
+    let mut seen = Vec::new();
+    for order_id in &states {
+        seen.push(s.grants(order_id).await[0].status.as_str().to_owned());
+    }
+    assert_eq!(seen, vec!["active", "suspended", "revoked"]);
+
+    assert_eq!(s.app.store.migrate().await.unwrap(), vec![20261201000004]);
+    assert_eq!(balance(&s).await, 500, "only the active grant's credits are spendable");
+    let movements = assert_ledger(&s, &s.user_id).await;
+    let kinds: Vec<(&str, i64)> = movements.iter().map(|m| (m.kind.as_str(), m.amount)).collect();
+    assert_eq!(kinds, vec![("grant", 500), ("grant", 300), ("clawback", -300)]);
+    assert!(movements.iter().all(|m| m.id.starts_with("cm_") && m.actor == "system"));
+    // The held grant is restored by a won dispute, exactly as if it had been held by the ledger.
+    assert_eq!(s.deliver(&dispute(&held, "charge.dispute.closed", "won").1).await, 200);
+    assert_eq!(balance(&s).await, 800);
+    assert_ledger(&s, &s.user_id).await;
 }
