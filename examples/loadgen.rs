@@ -5,6 +5,9 @@
 //! cargo run --release --example loadgen -- get URL CONCURRENCY SECONDS
 //! cargo run --release --example loadgen -- webhook URL CONCURRENCY SECONDS WHSEC
 //!   (every request is a new, uniquely-identified Stripe event, signed like Stripe signs it)
+//!
+//! With `LOADGEN_BEARER` set, `get` requests carry `Authorization: Bearer $LOADGEN_BEARER` (an API
+//! key, say: taken from the environment so it is not on the command line).
 
 use std::time::{Duration, Instant};
 
@@ -25,12 +28,13 @@ async fn main() {
     let concurrency: usize = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
     let seconds: u64 = args.get(4).and_then(|s| s.parse().ok()).expect(usage);
     let secret = args.get(5).cloned().unwrap_or_default();
+    let bearer = std::env::var("LOADGEN_BEARER").ok().filter(|b| !b.is_empty());
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(concurrency).build().unwrap();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (client, url, mode, secret) = (client.clone(), url.clone(), mode.clone(), secret.clone());
+            let (client, url, mode, secret, bearer) = (client.clone(), url.clone(), mode.clone(), secret.clone(), bearer.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
@@ -45,7 +49,10 @@ async fn main() {
                             .header("stripe-signature", signature)
                             .body(body)
                     } else {
-                        client.get(&url)
+                        match &bearer {
+                            Some(b) => client.get(&url).bearer_auth(b),
+                            None => client.get(&url),
+                        }
                     };
                     n += 1;
                     let t = Instant::now();

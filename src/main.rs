@@ -44,6 +44,12 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// API keys for the merchant's servers (run with the server's configuration: keys take the
+    /// server's mode, live with a live Stripe key, else test).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// The event ledger.
     Events {
         #[command(subcommand)]
@@ -66,6 +72,93 @@ enum CreditsCommand {
     /// Recomputes every credit balance from its movements and lists the users whose balance, sum
     /// of movements and last balance_after disagree. Exit status 1 when any do.
     Check,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it once on stdout (details on stderr); only its hash is stored.
+    Create {
+        /// What the key is for (1-100 characters).
+        #[arg(long)]
+        name: String,
+        /// A scope (repeat for more): entitlements:read, users:read, credits:write, licences:issue,
+        /// orders:read, tokens:introspect.
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// When the key stops working (RFC 3339, in the future).
+        #[arg(long, value_name = "RFC3339")]
+        expires_at: Option<String>,
+    },
+    /// List every key (never the key itself).
+    List,
+    /// Revoke a key: it answers 401 from the next request on.
+    Revoke {
+        /// The key's id (key_…).
+        id: String,
+    },
+}
+
+/// `api-key create|list|revoke`, audited as the command line.
+async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Result<()> {
+    use tollgate::domain::keys::{KeyError, NewApiKey, CLI_ACTOR};
+    let store = store::connect(&config.database).await?;
+    if config.database.migrate_on_start {
+        store.migrate().await?;
+    }
+    let keys = tollgate::app::apikey_service(config, store.clone());
+    let meta = |what: &str| tollgate::domain::auth::RequestMeta {
+        user_agent: Some(format!("tollgate api-key {what}")),
+        ..Default::default()
+    };
+    let failed = |e: KeyError| match e {
+        KeyError::Validation(errors) => {
+            let lines: Vec<String> = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect();
+            anyhow::anyhow!("{}", lines.join("; "))
+        }
+        KeyError::NotFound => anyhow::anyhow!("no such API key"),
+        other => anyhow::anyhow!("{other:#}"),
+    };
+    let result = match command {
+        ApiKeyCommand::Create { name, scopes, expires_at } => {
+            let expires_at = match expires_at.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+                None => None,
+                Some(Ok(t)) => Some(t.with_timezone(&chrono::Utc)),
+                Some(Err(_)) => anyhow::bail!("--expires-at must be an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+            };
+            keys.create(NewApiKey { name, scopes, expires_at }, CLI_ACTOR, &meta("create")).await.map_err(failed).map(|created| {
+                eprintln!(
+                    "created {} ({}, {} mode, scopes: {}); the key below is shown once, store it now:",
+                    created.row.id,
+                    created.row.prefix,
+                    created.row.mode,
+                    created.row.scopes.replace(' ', ", ")
+                );
+                println!("{}", created.reveal());
+            })
+        }
+        ApiKeyCommand::List => keys.list(1000, None).await.map_err(failed).map(|rows| {
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".to_owned());
+            for r in rows {
+                let state = if r.revoked_at.is_some() { "revoked" } else { "active" };
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\tcreated {}\tlast used {}\texpires {}\t{state}",
+                    r.id,
+                    r.prefix,
+                    r.mode,
+                    r.name,
+                    r.scopes.replace(' ', ","),
+                    r.created_at.to_rfc3339(),
+                    time(r.last_used_at),
+                    time(r.expires_at),
+                );
+            }
+        }),
+        ApiKeyCommand::Revoke { id } => keys.revoke(&id, CLI_ACTOR, &meta("revoke")).await.map_err(failed).map(|()| {
+            println!("revoked {id}");
+        }),
+    };
+    store.close().await;
+    result
 }
 
 #[derive(Subcommand)]
@@ -206,6 +299,13 @@ fn main() -> ExitCode {
                     Err(e) => anyhow::bail!("{e}"),
                 }
             })
+        }
+        Command::ApiKey { command } => {
+            let config = match parse_config(&sources) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run(async move { api_key_command(&config, command).await })
         }
         Command::Events { command: EventsCommand::Replay { event_id } } => {
             let config = match parse_config(&sources) {

@@ -260,8 +260,8 @@ impl Refusal {
     }
 }
 
-/// Whether a stored key of `mode`, revoked at `revoked_at` and expiring at `expires_at`, may be
-/// used at `now` on a server of `server_mode`.
+/// Why a stored key of `mode`, revoked at `revoked_at` and expiring at `expires_at`, may not be
+/// used at `now` on a server of `server_mode`, if it may not.
 pub fn refusal(
     mode: KeyMode,
     revoked_at: Option<DateTime<Utc>>,
@@ -269,7 +269,8 @@ pub fn refusal(
     server_mode: KeyMode,
     now: DateTime<Utc>,
 ) -> Option<Refusal> {
-    if revoked_at.is_some_and(|t| t <= now) {
+    // Revoked is revoked whatever the clocks of the instances that revoked and that check say.
+    if revoked_at.is_some() {
         Some(Refusal::Revoked)
     } else if expires_at.is_some_and(|t| t <= now) {
         Some(Refusal::Expired)
@@ -364,7 +365,7 @@ mod tests {
         let later = now + chrono::Duration::seconds(1);
         assert!(check_expiry("expires_at", Some(now), now).is_err() && check_expiry("expires_at", Some(later), now).is_ok());
         assert_eq!(refusal(KeyMode::Test, None, None, KeyMode::Test, now), None);
-        assert_eq!(refusal(KeyMode::Test, Some(now), Some(later), KeyMode::Test, now), Some(Refusal::Revoked));
+        assert_eq!(refusal(KeyMode::Test, Some(later), Some(later), KeyMode::Test, now), Some(Refusal::Revoked));
         assert_eq!(refusal(KeyMode::Test, None, Some(now), KeyMode::Test, now), Some(Refusal::Expired));
         assert_eq!(refusal(KeyMode::Live, None, Some(later), KeyMode::Test, now), Some(Refusal::OtherMode));
         assert_eq!(KeyMode::of_server(Some("rk_live_x")), KeyMode::Live);

@@ -326,6 +326,16 @@ mod tests {
     }
 
     #[test]
+    fn a_key_anywhere_in_the_query_is_found_encoded_or_not() {
+        for q in ["api_key=tg_live_abc", "a=1&k=tg_test_x", "k=%74%67%5F%74%65%73%74%5Fx", "k=tg%5Flive%5Fx"] {
+            assert!(key_in_query(Some(q)), "{q}");
+        }
+        for q in [None, Some(""), Some("email=a@example.com"), Some("k=tg_other"), Some("k=%ZZtg")] {
+            assert!(!key_in_query(q), "{q:?}");
+        }
+    }
+
+    #[test]
     fn request_ids() {
         assert_eq!(sane_request_id(&HeaderValue::from_static("abc-123_x.y:z")), Some("abc-123_x.y:z"));
         assert_eq!(sane_request_id(&HeaderValue::from_static("has space")), None);

@@ -72,6 +72,30 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
 }
 
 #[tokio::test]
+async fn a_retried_create_with_the_same_idempotency_key_is_one_key() {
+    let app = spawn_app().await;
+    let (admin, _) = bearer_for(&app, "admin@example.com", Role::Admin).await;
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/api/v1/admin/api-keys"))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "create-billing-key")
+            .json(&body)
+            .send()
+    };
+    let body = json!({"name": "billing", "scopes": ["credits:write"]});
+    let first = post(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post(body).await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the same key, shown again to the same admin");
+    assert_eq!(app.store.list_api_keys(10, None).await.unwrap().len(), 1);
+    assert_problem(post(json!({"name": "other", "scopes": ["credits:write"]})).await.unwrap(), 422).await;
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_with_the_field_named_and_nothing_made() {
     let app = spawn_app().await;
     let (admin, _) = bearer_for(&app, "admin@example.com", Role::Admin).await;
@@ -233,8 +257,16 @@ async fn a_revoked_key_answers_401_at_once_and_revoking_is_audited() {
     let r = app.client.delete(app.url("/api/v1/admin/api-keys/key_nope")).bearer_auth(&admin).send().await.unwrap();
     assert_problem(r, 404).await;
 
-    let listed: Value =
-        app.client.get(app.url("/api/v1/admin/api-keys")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    // The use before the revocation was recorded (in the background, within moments).
+    let mut listed = Value::Null;
+    for _ in 0..50 {
+        listed =
+            app.client.get(app.url("/api/v1/admin/api-keys")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        if listed["data"][0]["last_used_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(listed["data"][0]["revoked_at"].is_string());
     assert!(listed["data"][0]["last_used_at"].is_string(), "the use before was recorded");
     let revoked = audited(&app, "api_key.revoke").await;
@@ -328,4 +360,136 @@ async fn each_key_has_its_own_rate_limit() {
     assert!(r.headers().contains_key("ratelimit-reset"));
     assert_problem(r, 429).await;
     assert_eq!(get_with(&app, &b, "/api/v1/users?email=x@example.com").await.status(), 200, "another key is not limited");
+}
+
+/// `POST /api/v1/auth/introspect` with `key` and the form `body`.
+async fn introspect(app: &TestApp, key: &str, body: &str) -> reqwest::Response {
+    let r = app.client.post(app.url("/api/v1/auth/introspect")).bearer_auth(key);
+    r.header("content-type", "application/x-www-form-urlencoded").body(body.to_owned()).send().await.unwrap()
+}
+
+/// The introspection answer for `token`, checked to be a no-store 200.
+async fn introspected(app: &TestApp, key: &str, token: &str) -> Value {
+    let r = introspect(app, key, &format!("token={token}&token_type_hint=access_token")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn introspection_is_revocation_aware() {
+    let app = spawn_app().await;
+    let (admin, _) = bearer_for(&app, "admin@example.com", Role::Admin).await;
+    let key = api_key(&app, &admin, &["tokens:introspect"]).await;
+    let user = register(&app, "buyer@example.com").await;
+    let user_id = user["id"].as_str().unwrap();
+    let (access, refresh) = tokens(&app, "buyer@example.com", PASSWORD).await;
+
+    let active = introspected(&app, &key, &access).await;
+    assert_eq!(active["active"], true);
+    assert_eq!(active["sub"], user_id);
+    assert_eq!(active["username"], user["email"]);
+    assert_eq!(active["token_type"], "access_token");
+    assert_eq!(active["role"], "user");
+    let (exp, iat) = (active["exp"].as_i64().unwrap(), active["iat"].as_i64().unwrap());
+    assert!(exp > Utc::now().timestamp() && iat <= Utc::now().timestamp() && exp - iat == 900);
+
+    // Anything but an active access token: exactly {"active": false}.
+    let inactive = json!({"active": false});
+    let mut tampered = access.clone();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let other_key = api_key(&app, &admin, &["tokens:introspect"]).await;
+    for token in [tampered.as_str(), refresh.as_str(), "garbage", "a.b.c", other_key.as_str()] {
+        assert_eq!(introspected(&app, &key, token).await, inactive, "{token}");
+    }
+
+    // A logout ends the token at once ...
+    let r = app.client.post(app.url("/api/v1/auth/logout")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(introspected(&app, &key, &access).await, inactive, "after logout");
+    // ... and so does disabling the user.
+    let (access, _) = tokens(&app, "buyer@example.com", PASSWORD).await;
+    assert_eq!(introspected(&app, &key, &access).await["active"], true);
+    let r =
+        app.client.patch(app.url(&format!("/api/v1/admin/users/{user_id}"))).bearer_auth(&admin).json(&json!({"disabled": true}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(introspected(&app, &key, &access).await, inactive, "after the user is disabled");
+}
+
+#[tokio::test]
+async fn introspection_needs_its_scope_a_form_and_a_token() {
+    let app = spawn_app().await;
+    let (admin, _) = bearer_for(&app, "admin@example.com", Role::Admin).await;
+    let (access, _) = tokens(&app, "admin@example.com", PASSWORD).await;
+    let key = api_key(&app, &admin, &["tokens:introspect"]).await;
+    let wrong = api_key(&app, &admin, &["users:read"]).await;
+    assert_problem(introspect(&app, &wrong, &format!("token={access}")).await, 403).await;
+    assert_problem(introspect(&app, &access, &format!("token={access}")).await, 401).await;
+    let r = app.client.post(app.url("/api/v1/auth/introspect")).bearer_auth(&key).json(&json!({"token": access}));
+    let p = assert_problem(r.send().await.unwrap(), 415).await;
+    assert!(p["detail"].as_str().unwrap().contains("x-www-form-urlencoded"));
+    for body in ["", "token=", "token_type_hint=access_token", "token=a&token=b"] {
+        assert_problem(introspect(&app, &key, body).await, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn the_cli_creates_lists_and_revokes_keys_and_the_logs_never_hold_one() {
+    use crate::helpers::binary::{drain, output_text, serve, tollgate};
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("DATABASE_URL", app.database_url.as_str())];
+    let cli = |args: &[&str]| tollgate(dir.path(), &env).args(["api-key"]).args(args).output().unwrap();
+
+    let out = cli(&["create", "--name", "nightly sync", "--scope", "users:read", "--scope", "entitlements:read"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let key = String::from_utf8(out.stdout.clone()).unwrap().trim().to_owned();
+    assert!(key.starts_with("tg_test_") && key.len() == 51, "stdout is the key alone: {key:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("created key_") && stderr.contains("shown once") && !stderr.contains(&key[8..]), "{stderr}");
+    assert_eq!(get_with(&app, &key, "/api/v1/users?email=a@example.com").await.status(), 200, "the server takes it");
+
+    let out = cli(&["create", "--name", "x", "--scope", "admin:everything"]);
+    assert!(!out.status.success());
+    assert!(output_text(&out).contains("unknown scope \"admin:everything\""), "{}", output_text(&out));
+    let out = cli(&["create", "--name", "x", "--scope", "users:read", "--expires-at", "2001-01-01T00:00:00Z"]);
+    assert!(!out.status.success() && output_text(&out).contains("expires_at: must be in the future"), "{}", output_text(&out));
+    assert!(!cli(&["create", "--name", "x"]).status.success(), "--scope is required");
+
+    let out = cli(&["list"]);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success() && listed.lines().count() == 1, "{listed}");
+    let id = listed.split('\t').next().unwrap().to_owned();
+    assert!(
+        id.starts_with("key_") && listed.contains(&key[..16]) && listed.contains("nightly sync") && listed.contains("active")
+    );
+    assert!(!listed.contains(&key[16..]), "the list never shows the key");
+
+    // A server on the same database: a key in a URL, or one it does not know, never reaches its logs.
+    let server = serve(dir.path(), &env);
+    let client = crate::helpers::client();
+    let base = format!("http://{}", server.addr);
+    let r = client.get(format!("{base}/api/v1/users?email=a@example.com&api_key={key}")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let unknown = reveal(&generate_key(KeyMode::Test)).to_owned();
+    let r = client.get(format!("{base}/api/v1/users?email=a@example.com")).bearer_auth(&unknown).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let logs = drain(&server.lines, std::time::Duration::from_millis(500)).join("\n");
+    assert!(logs.contains("API key in a query string refused") && logs.contains("unknown API key refused"), "{logs}");
+    assert!(!logs.contains(&key[8..]) && !logs.contains(&unknown[8..]), "no key in the logs:\n{logs}");
+
+    let out = cli(&["revoke", &id]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_problem(get_with(&app, &key, "/api/v1/users?email=a@example.com").await, 401).await;
+    assert!(String::from_utf8(cli(&["list"]).stdout).unwrap().contains("revoked"));
+    let out = cli(&["revoke", "key_nothing"]);
+    assert!(!out.status.success() && output_text(&out).contains("no such API key"));
+
+    for action in ["api_key.create", "api_key.revoke"] {
+        let entries = audited(&app, action).await;
+        assert_eq!(entries.len(), 1, "{action}");
+        assert_eq!((entries[0].actor.as_deref(), entries[0].resource.as_deref()), (Some("cli"), Some(id.as_str())));
+    }
+    assert!(!stored_text(&app).await.contains(&key[8..]));
 }

@@ -9,6 +9,7 @@ pub mod credits;
 pub mod docs;
 pub mod events;
 pub mod health;
+pub mod introspect;
 pub mod me;
 pub mod products;
 pub mod sandbox;
@@ -28,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(apikeys::router())
         .merge(users::router())
+        .merge(introspect::router())
         .merge(webhooks::router())
         .merge(events::router())
         .merge(products::router())
