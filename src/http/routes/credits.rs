@@ -69,7 +69,7 @@ pub struct DebitOut {
 pub struct AdjustmentIn {
     /// Credits to add (positive) or remove (negative); never zero, at most 1,000,000,000 either way.
     #[serde(deserialize_with = "crate::domain::whole_number::deserialize")]
-    #[schema(example = -50)]
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, example = -50)]
     pub amount: i64,
     /// Why (1-200 characters).
     #[schema(min_length = 1, max_length = 200, example = "goodwill after an outage")]
