@@ -199,6 +199,30 @@ async fn a_refund_after_partial_spending_claws_back_only_the_unspent_part() {
 }
 
 #[tokio::test]
+async fn debits_racing_the_refund_never_go_negative_and_what_they_spent_is_exactly_the_unrecoverable_part() {
+    let s = shop(&[]).await;
+    let key = api_key(&s.app, &s.admin, &["credits:write"]).await;
+    let checkout = buy_credits(&s, 500).await;
+    let refund = refunded(&checkout, 1000, 1000).1;
+    let debits = join_all((0..60).map(|i| {
+        let (s, key) = (&s, &key);
+        async move {
+            debit(s, key, &s.user_id, Some(&format!("race-{i}")), json!({"amount": 7, "reason": "x"})).await.status().as_u16()
+        }
+    }));
+    let (statuses, delivered) = tokio::join!(debits, s.deliver(&refund));
+    assert_eq!(delivered, 200);
+    assert!(statuses.iter().all(|st| *st == 201 || *st == 409), "{statuses:?}");
+    let spent = 7 * statuses.iter().filter(|st| **st == 201).count() as i64;
+    assert_eq!(balance(&s).await, 0, "the refund took whatever was left");
+    let order = s.order(checkout["order_id"].as_str().unwrap()).await;
+    assert_eq!(order["credits_unrecoverable"], spent, "what the debits spent before the claw-back, exactly");
+    let movements = assert_ledger(&s, &s.user_id).await;
+    let clawed: i64 = movements.iter().filter(|m| m.kind.as_str() == "clawback").map(|m| -m.amount).sum();
+    assert_eq!(clawed + spent, 500);
+}
+
+#[tokio::test]
 async fn a_dispute_holds_the_unspent_credits_a_won_one_restores_them_a_lost_one_keeps_them_clawed() {
     let s = shop(&[]).await;
     let key = api_key(&s.app, &s.admin, &["credits:write"]).await;
