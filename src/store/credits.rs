@@ -160,7 +160,6 @@ macro_rules! impl_credit_store {
                 Ok(balance.unwrap_or(0))
             }
 
-            #[allow(clippy::too_many_arguments)]
             pub(crate) async fn insert_movement(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 m: &$crate::store::credits::MovementRow,
