@@ -60,6 +60,18 @@ enum Command {
         #[command(subcommand)]
         command: StripeCommand,
     },
+    /// The credit ledger.
+    Credits {
+        #[command(subcommand)]
+        command: CreditsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CreditsCommand {
+    /// Recomputes every credit balance from its movements and lists the users whose balance, sum
+    /// of movements and last balance_after disagree. Exit status 1 when any do.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -342,6 +354,42 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             })
+        }
+        Command::Credits { command: CreditsCommand::Check } => {
+            let config = match parse_config(&sources) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(&config.log_filter, config.log_format);
+            let disagree = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let found = disagree.clone();
+            let code = run(async move {
+                let store = store::connect(&config.database).await?;
+                if config.database.migrate_on_start {
+                    store.migrate().await?;
+                }
+                let report = store.check_credits().await;
+                store.close().await;
+                let report = report?;
+                for d in &report {
+                    println!(
+                        "{}: balance {}, sum of movements {}, last balance_after {}, {} step(s) that do not add up",
+                        d.user_id, d.balance, d.total, d.last_balance_after, d.broken_steps
+                    );
+                }
+                if report.is_empty() {
+                    println!("credits: every balance agrees with its movements");
+                } else {
+                    println!("credits: {} user(s) disagree", report.len());
+                    found.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                Ok(())
+            });
+            if disagree.load(std::sync::atomic::Ordering::SeqCst) {
+                ExitCode::FAILURE
+            } else {
+                code
+            }
         }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.

@@ -22,6 +22,7 @@ pub mod account;
 pub mod apikeys;
 pub mod auth;
 pub mod catalog;
+pub mod credits;
 pub mod crypto;
 pub mod jwt;
 pub mod keys;

@@ -316,6 +316,7 @@ impl PaymentsService {
             amount_refunded: 0,
             dispute: None,
             flag: None,
+            credits_unrecoverable: 0,
             created_at: now,
             updated_at: now,
         };
@@ -415,7 +416,8 @@ impl PaymentsService {
     pub async fn entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
         let grants = self.store.grants_for_user(user_id).await?;
         let active: Vec<GrantRow> = grants.into_iter().filter(|g| g.status == GrantState::Active).collect();
-        let credit_balance = active.iter().filter(|g| g.kind == GrantKind::Credits).filter_map(|g| g.credits).sum();
+        // The ledger's balance (store/credits.rs), not a sum of grants: debits and claw-backs count.
+        let credit_balance = self.store.credit_balance(user_id).await?;
         Ok(Entitlements { access: effective_access(active, Utc::now()), credit_balance })
     }
 

@@ -39,6 +39,9 @@ pub struct Problem {
     /// Per-dependency readiness (503 from `/readyz`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checks: Option<BTreeMap<String, String>>,
+    /// The credit balance now (409 `insufficient-credits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<i64>,
 }
 
 impl Problem {
@@ -69,6 +72,7 @@ impl Problem {
             request_id: String::new(),
             errors: None,
             checks: None,
+            balance: None,
         }
     }
 
@@ -101,6 +105,9 @@ pub enum ApiError {
     NotFound,
     #[error("conflict")]
     Conflict(String),
+    /// A debit or adjustment larger than the balance: 409 `insufficient-credits` with the balance.
+    #[error("insufficient credits")]
+    InsufficientCredits { balance: i64 },
     #[error("rate limited")]
     RateLimited { limit: u32, retry_after: std::time::Duration },
     #[error("payload too large")]
@@ -152,7 +159,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InsufficientCredits { .. } => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -169,6 +176,13 @@ impl ApiError {
             ApiError::BadRequest(d) => p.detail(d.clone()),
             ApiError::Unauthorized(d) | ApiError::Forbidden(d) | ApiError::Conflict(d) => p.detail(d.clone()),
             ApiError::NotFound => p.detail("no such resource"),
+            ApiError::InsufficientCredits { balance } => {
+                let mut p = p.detail(format!("the credit balance is {balance}; nothing was debited"));
+                p.kind = "urn:tollgate:problem:insufficient-credits".to_owned();
+                p.title = "Insufficient credits".to_owned();
+                p.balance = Some(*balance);
+                p
+            }
             ApiError::RateLimited { retry_after, .. } => {
                 p.detail(format!("too many attempts; retry in {} s", retry_after_secs(*retry_after)))
             }

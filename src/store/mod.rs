@@ -2,7 +2,7 @@
 //! migrations under `migrations/<engine>/`. Nothing outside this module writes SQL.
 //!
 //! This file only names the parts: `seam.rs` (the `Store` trait), `error.rs`, the repositories
-//! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `ledger.rs`, `payments.rs`: their rows, their traits and, in a
+//! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
 //! their pool), `types.rs` (domain enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod apikeys;
 pub mod audit;
+pub mod credits;
 mod error;
 pub mod health;
 pub mod ledger;
@@ -29,6 +30,7 @@ use crate::config::DatabaseConfig;
 pub use accounts::{AccountStore, FamilyRow, FlagsChanged, Keep, PasswordChanged, Purged, SessionRow, SpendOutcome};
 pub use apikeys::{ApiKeyRow, ApiKeyStore};
 pub use audit::{AuditEntry, AuditStore, NewAuditEntry};
+pub use credits::CreditStore;
 pub use error::StoreError;
 pub use ledger::{LedgerStore, NewEvent};
 pub use payments::{IdempotencyStart, PaymentStore};

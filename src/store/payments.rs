@@ -52,6 +52,8 @@ pub struct OrderRow {
     pub amount_refunded: i64,
     pub dispute: Option<DisputeState>,
     pub flag: Option<String>,
+    /// Credits a refund or lost dispute could not claw back: already spent.
+    pub credits_unrecoverable: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -219,7 +221,7 @@ pub(crate) const PRODUCT_COLUMNS: &str =
     "id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at";
 pub(crate) const ORDER_COLUMNS: &str = "id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, \
      checkout_session_id, payment_intent_id, charge_id, checkout_url, expires_at, paid_at, processing, failed, expired, canceled, \
-     amount_refunded, dispute, flag, created_at, updated_at";
+     amount_refunded, dispute, flag, credits_unrecoverable, created_at, updated_at";
 pub(crate) const GRANT_COLUMNS: &str =
     "id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at";
 pub(crate) const REFUND_COLUMNS: &str =
@@ -326,7 +328,13 @@ macro_rules! impl_payment_store {
                             .bind(now)
                             .execute(&mut **tx)
                             .await?;
-                        Ok(Some(format!("grant {} {}", g.id, want.as_str())))
+                        let mut note = format!("grant {} {}", g.id, want.as_str());
+                        if g.kind == $crate::domain::orders::GrantKind::Credits {
+                            if let Some(credits) = Self::credits_on_grant(tx, order, &g.id, g.credits, Some(g.status), want, now).await? {
+                                note = format!("{note}; {credits}");
+                            }
+                        }
+                        Ok(Some(note))
                     }
                     (GrantAction::SetState(_), None) => Ok(None),
                     (GrantAction::Create(terms, state), _) => {
@@ -348,7 +356,16 @@ macro_rules! impl_payment_store {
                         .execute(&mut **tx)
                         .await?
                         .rows_affected();
-                        Ok((inserted == 1).then(|| format!("granted {id}")))
+                        if inserted != 1 {
+                            return Ok(None);
+                        }
+                        let mut note = format!("granted {id}");
+                        if terms.kind == $crate::domain::orders::GrantKind::Credits {
+                            if let Some(credits) = Self::credits_on_grant(tx, order, &id, terms.credits, None, state, now).await? {
+                                note = format!("{note}; {credits}");
+                            }
+                        }
+                        Ok(Some(note))
                     }
                 }
             }

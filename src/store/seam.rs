@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use super::accounts::AccountStore;
 use super::apikeys::ApiKeyStore;
 use super::audit::AuditStore;
+use super::credits::CreditStore;
 use super::error::StoreError;
 use super::ledger::LedgerStore;
 use super::payments::PaymentStore;
@@ -44,7 +45,9 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + ApiKeyStore + AuditStore + LedgerStore + PaymentStore + Send + Sync + 'static {
+pub trait Store:
+    AccountStore + ApiKeyStore + AuditStore + CreditStore + LedgerStore + PaymentStore + Send + Sync + 'static
+{
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

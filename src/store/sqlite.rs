@@ -28,6 +28,7 @@ super::apikeys::impl_api_key_store!(SqliteStore);
 super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
+super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,

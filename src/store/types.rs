@@ -7,6 +7,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Postgres, Sqlite, Type};
 
+use crate::domain::credits::CreditKind;
 use crate::domain::ledger::EventStatus;
 use crate::domain::orders::{DisputeState, GrantKind, GrantState, OrderFlow, OrderStatus, RefundStatus};
 
@@ -40,3 +41,5 @@ macro_rules! text_enum {
 
 text_enum!(Sqlite; OrderStatus, OrderFlow, DisputeState, GrantKind, GrantState, RefundStatus, EventStatus);
 text_enum!(Postgres; OrderStatus, OrderFlow, DisputeState, GrantKind, GrantState, RefundStatus, EventStatus);
+text_enum!(Sqlite; CreditKind);
+text_enum!(Postgres; CreditKind);

@@ -8,6 +8,7 @@ mod cli;
 mod connections;
 mod contract;
 mod cors;
+mod credits;
 mod durability;
 mod errors;
 mod faults;

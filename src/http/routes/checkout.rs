@@ -91,6 +91,9 @@ pub struct OrderOut {
     /// until someone looks.
     pub flagged: bool,
     pub flag_reason: Option<String>,
+    /// Credits a full refund or lost dispute could not claw back because they were already spent
+    /// (0 otherwise, and again 0 once a won dispute restored the credits).
+    pub credits_unrecoverable: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -116,6 +119,7 @@ impl From<OrderRow> for OrderOut {
             amount_refunded: o.amount_refunded,
             flagged: o.flag.is_some(),
             flag_reason: o.flag,
+            credits_unrecoverable: o.credits_unrecoverable,
             created_at: o.created_at,
             updated_at: o.updated_at,
         }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod apikeys;
 pub mod auth;
 pub mod checkout;
+pub mod credits;
 pub mod docs;
 pub mod events;
 pub mod health;
@@ -33,5 +34,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(products::router())
         .merge(checkout::router())
+        .merge(credits::router())
         .merge(sandbox::router())
 }
