@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use crate::config::{Config, PaymentProvider, TlsConfig};
 use crate::domain::auth::AuthService;
 use crate::domain::jwt::JwtKeys;
+use crate::domain::licensing::{LicenceKeys, LicenceService};
 use crate::domain::ledger::key_is_live;
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
@@ -70,6 +71,18 @@ pub fn payments_service(
     Ok((service, sandbox))
 }
 
+/// The licence service for `config`: its keys (configured, or the development key kept in the
+/// database, which must be migrated), issuing as the public URL.
+pub async fn licence_service(
+    config: &Config,
+    store: Arc<dyn Store>,
+    payments: Arc<PaymentsService>,
+) -> anyhow::Result<LicenceService> {
+    let keys = LicenceKeys::load(&config.licence, store.as_ref()).await.context("cannot load the licence signing key")?;
+    let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
+    Ok(LicenceService::new(store, payments, keys, issuer, config.licence.ttl))
+}
+
 /// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).
 fn own_webhook_url(addr: SocketAddr, tls: bool) -> anyhow::Result<url::Url> {
     let ip = match addr.ip() {
@@ -122,6 +135,7 @@ impl App {
             Some(t) => Some(load_tls(t)?),
             None => None,
         };
+        LicenceKeys::configured(&config.licence)?;
         let store = store::connect(&config.database).await.context("cannot open the database")?;
         if config.database.migrate_on_start {
             let applied = store.migrate().await.context("cannot apply migrations")?;
@@ -133,10 +147,13 @@ impl App {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
+        let payments = Arc::new(payments);
+        let licences = licence_service(&config, store.clone(), payments.clone()).await?;
         let (routes, openapi) = crate::http::api();
         let state = AppState {
             auth: Arc::new(auth_service(&config, store.clone())),
-            payments: Arc::new(payments),
+            payments,
+            licences: Arc::new(licences),
             sandbox,
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),

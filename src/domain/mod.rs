@@ -24,6 +24,8 @@ pub mod auth;
 pub mod catalog;
 pub mod crypto;
 pub mod jwt;
+pub mod licence;
+pub mod licensing;
 pub mod ledger;
 pub mod orders;
 pub mod password;

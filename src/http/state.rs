@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::auth::AuthService;
+use crate::domain::licensing::LicenceService;
 use crate::domain::payments::PaymentsService;
 use crate::store::Store;
 use crate::stripe::sandbox::Sandbox;
@@ -16,6 +17,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub auth: Arc<AuthService>,
     pub payments: Arc<PaymentsService>,
+    pub licences: Arc<LicenceService>,
     /// The sandbox provider's pages, when it is the provider.
     pub sandbox: Option<Arc<Sandbox>>,
     pub cookie: CookieSettings,

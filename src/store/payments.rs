@@ -326,6 +326,7 @@ macro_rules! impl_payment_store {
                             .bind(now)
                             .execute(&mut **tx)
                             .await?;
+                        Self::revoke_licences_of_grant(tx, &g.id, want, facts, now).await?;
                         Ok(Some(format!("grant {} {}", g.id, want.as_str())))
                     }
                     (GrantAction::SetState(_), None) => Ok(None),

@@ -20,6 +20,7 @@ super::accounts::impl_account_store!(PgStore);
 super::audit::impl_audit_store!(PgStore, "$8::jsonb", "detail::text");
 super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
 super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
+super::licences::impl_licence_store!(PgStore, sqlx::Postgres);
 
 pub struct PgStore {
     pool: PgPool,

@@ -7,6 +7,7 @@ use super::accounts::AccountStore;
 use super::audit::AuditStore;
 use super::error::StoreError;
 use super::ledger::LedgerStore;
+use super::licences::LicenceStore;
 use super::payments::PaymentStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + AuditStore + LedgerStore + PaymentStore + Send + Sync + 'static {
+pub trait Store: AccountStore + AuditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

@@ -27,6 +27,7 @@ super::accounts::impl_account_store!(SqliteStore);
 super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
+super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod docs;
 pub mod events;
 pub mod health;
+pub mod licences;
 pub mod me;
 pub mod products;
 pub mod sandbox;
@@ -28,4 +29,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(products::router())
         .merge(checkout::router())
         .merge(sandbox::router())
+        .merge(licences::router())
 }
