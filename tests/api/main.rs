@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod fulfilment;
 mod hardening;
+mod licences;
 mod health;
 mod helpers;
 mod network;
