@@ -25,9 +25,9 @@ use crate::http::routes::health;
         (name = "catalog", description = "What can be bought"),
         (name = "checkout", description = "Paying: Stripe Checkout or a PaymentIntent, and the resulting orders"),
         (name = "webhooks", description = "Deliveries from Stripe, verified and stored in the ledger"),
-        (name = "licences", description = "Licences verifiable offline: the public keys, issuing, the revocation list"),
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
+        (name = "licences", description = "Licences verifiable offline: the public keys, issuing, the revocation list"),
     ),
 )]
 pub struct ApiDoc;
