@@ -1,5 +1,5 @@
-//! Licences verifiable offline: issued from what a user paid for, verified by an outside library
-//! (PyJWT with cryptography, the README's example) against the served JWKS and by
+//! Licences verifiable offline: issued from what a user paid for, verified by outside libraries
+//! (PyJWT with cryptography, and jose on Node: the README's examples) against the served JWKS and by
 //! `tollgate licence verify`; forgeries, expired licences and other keys refused by both; `exp`
 //! bounded by the access and by TOLLGATE_LICENCE_TTL; revocations listed; key rotation; the
 //! development key kept across restarts; production refusing to start without a key.
@@ -50,42 +50,81 @@ async fn buy_access(s: &Shop, feature: &str, days: Option<i64>) -> Value {
     checkout
 }
 
-/// Whether PyJWT with cryptography can be imported; a skip (never in CI) when not.
-fn pyjwt_available(test: &str) -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import jwt, cryptography"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(!in_ci(), "PyJWT and cryptography must be installed in CI (.ci/run installs them)");
-        skip(test, "python3 with PyJWT and cryptography not found (pip install pyjwt cryptography)");
+/// An outside library verifying a licence through the README's example beside it in
+/// `examples/licence/`.
+#[derive(Debug, Clone, Copy)]
+enum Library {
+    /// PyJWT with cryptography: `verify_licence.py`.
+    PyJwt,
+    /// jose on Node: `verify_licence.mjs`.
+    Jose,
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/licence");
+
+impl Library {
+    fn command(self) -> Command {
+        match self {
+            Library::PyJwt => {
+                let mut c = Command::new("python3");
+                c.arg(format!("{EXAMPLES}/verify_licence.py"));
+                c
+            }
+            Library::Jose => {
+                let mut c = Command::new("node");
+                c.arg(format!("{EXAMPLES}/verify_licence.mjs"));
+                c
+            }
+        }
     }
-    ok
-}
 
-/// The README's Python example (`examples/licence/verify_licence.py`) on `licence`, fetching the
-/// JWKS from `app`: Ok(claims) or Err(why). On a blocking thread: the app serves on this one.
-async fn pyjwt_verify(app: &TestApp, licence: &str) -> Result<Value, String> {
-    let (jwks_url, licence) = (app.url("/.well-known/jwks.json"), licence.to_owned());
-    tokio::task::spawn_blocking(move || pyjwt_verify_blocking(&jwks_url, &licence)).await.unwrap()
-}
+    /// Whether the library is installed here; a loud skip when not, a failure in CI.
+    fn available(self, test: &str) -> bool {
+        let ok = match self {
+            Library::PyJwt => Command::new("python3")
+                .args(["-c", "import jwt, cryptography"])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+            Library::Jose => {
+                std::path::Path::new(&format!("{EXAMPLES}/node_modules/jose/package.json")).exists()
+                    && Command::new("node").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+            }
+        };
+        if !ok {
+            let install = match self {
+                Library::PyJwt => "python3 with PyJWT and cryptography not found (pip install pyjwt cryptography)",
+                Library::Jose => "node or jose not found (npm install --prefix examples/licence)",
+            };
+            assert!(!in_ci(), "{self:?} must be installed in CI (.ci/run installs it): {install}");
+            skip(test, install);
+        }
+        ok
+    }
 
-fn pyjwt_verify_blocking(jwks_url: &str, licence: &str) -> Result<Value, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/licence/verify_licence.py");
-    let mut child = Command::new("python3")
-        .args([script, jwks_url, ISSUER])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(licence.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    /// The example on `licence`, fetching the JWKS from `app`: Ok(claims) or Err(why). On a
+    /// blocking thread: the app serves on this one.
+    async fn verify(self, app: &TestApp, licence: &str) -> Result<Value, String> {
+        let (jwks_url, licence) = (app.url("/.well-known/jwks.json"), licence.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut child = self
+                .command()
+                .args([jwks_url.as_str(), ISSUER])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(licence.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            if out.status.success() {
+                Ok(serde_json::from_slice(&out.stdout).unwrap())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        })
+        .await
+        .unwrap()
     }
 }
 
@@ -135,7 +174,7 @@ fn kids(jwks: &Value) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_licence_for_paid_access_verifies_with_pyjwt_and_the_cli_and_forgeries_do_not() {
+async fn a_licence_for_paid_access_verifies_with_pyjwt_jose_and_the_cli_and_forgeries_do_not() {
     let s = shop(&[("TOLLGATE_LICENCE_KEY", KEY_A)]).await;
     let checkout = buy_access(&s, "pro", Some(10)).await;
     let issued = my_licence(&s.app, &s.user).await;
@@ -201,14 +240,18 @@ async fn a_licence_for_paid_access_verifies_with_pyjwt_and_the_cli_and_forgeries
     assert!(cli_verify(&tampered, &["--jwks", &jwks_url], &[]).await.unwrap_err().contains("signature"));
     assert!(cli_verify(&other_key, &["--jwks", &jwks_url], &[]).await.unwrap_err().contains("kid"));
 
-    // An outside library: PyJWT with cryptography, through the README's example.
-    if pyjwt_available("a_licence_for_paid_access_verifies_with_pyjwt_and_the_cli_and_forgeries_do_not") {
-        assert_eq!(pyjwt_verify(&s.app, licence).await.unwrap(), claims);
-        for (what, forged) in forgeries {
-            let why = pyjwt_verify(&s.app, forged).await.expect_err(what);
-            assert!(why.starts_with("refused: "), "{what}: {why}");
+    // Outside libraries: PyJWT with cryptography and jose, through the README's examples.
+    for library in [Library::PyJwt, Library::Jose] {
+        if !library.available("a_licence_for_paid_access_verifies_with_pyjwt_jose_and_the_cli_and_forgeries_do_not") {
+            continue;
         }
-        assert!(pyjwt_verify(&s.app, &expired).await.unwrap_err().contains("ExpiredSignatureError"));
+        assert_eq!(library.verify(&s.app, licence).await.unwrap(), claims, "{library:?}");
+        for (what, forged) in forgeries {
+            let why = library.verify(&s.app, forged).await.expect_err(what);
+            assert!(why.starts_with("refused: "), "{library:?}, {what}: {why}");
+        }
+        let why = library.verify(&s.app, &expired).await.unwrap_err();
+        assert!(why.contains("ExpiredSignatureError") || why.contains("ERR_JWT_EXPIRED"), "{library:?}: {why}");
     }
 
     // Another user's licence carries nothing of the buyer's.
@@ -341,9 +384,11 @@ async fn after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_n
     }
     // Once A is dropped, its licences are refused.
     assert!(cli_verify(&old, &[], &[("TOLLGATE_LICENCE_KEY", KEY_B)]).await.unwrap_err().contains("kid"));
-    if pyjwt_available("after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_new_kid") {
-        pyjwt_verify(&b, &old).await.expect("PyJWT verifies the old licence with the rotated JWKS");
-        pyjwt_verify(&b, &new).await.expect("PyJWT verifies the new licence");
+    for library in [Library::PyJwt, Library::Jose] {
+        if library.available("after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_new_kid") {
+            library.verify(&b, &old).await.expect("the old licence verifies with the rotated JWKS");
+            library.verify(&b, &new).await.expect("the new licence verifies");
+        }
     }
 }
 
