@@ -13,9 +13,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, PaymentProvider, TlsConfig};
+use crate::domain::apikeys::KeyMode;
 use crate::domain::auth::AuthService;
 use crate::domain::jwt::JwtKeys;
 use crate::domain::licensing::{LicenceKeys, LicenceService};
+use crate::domain::keys::ApiKeyService;
 use crate::domain::ledger::key_is_live;
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
@@ -40,6 +42,19 @@ pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
     let jwt = JwtKeys::new(secret, config.auth.jwt_previous_secret.clone(), issuer, "tollgate".to_owned(), ttl);
     let hasher = PasswordHasherPool::with_queue(usize::try_from(config.auth.password_queue).unwrap_or(32));
     AuthService::new(store, hasher, Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone(), device_key)
+}
+
+/// The API-key service for `config`: keys of the server's mode (live with a live Stripe key, else
+/// test), each limited to `TOLLGATE_API_KEY_LIMIT` requests a minute. The server and the CLI share it.
+pub fn apikey_service(config: &Config, store: Arc<dyn Store>) -> ApiKeyService {
+    let mode = match config.stripe.provider {
+        PaymentProvider::Stripe => {
+            KeyMode::of_server(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret))
+        }
+        // The sandbox is test, whatever key is configured beside it.
+        _ => KeyMode::Test,
+    };
+    ApiKeyService::new(store, Arc::new(MemoryRateLimiter::new()), mode, config.auth.api_key_limit)
 }
 
 /// The payments service for `config` with its provider: Stripe when configured, else the sandbox
@@ -154,6 +169,7 @@ impl App {
             auth: Arc::new(auth_service(&config, store.clone())),
             payments,
             licences: Arc::new(licences),
+            keys: Arc::new(apikey_service(&config, store.clone())),
             sandbox,
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),

@@ -22,6 +22,7 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> AuthConfig {
         login_ip_window: raw.duration("login_ip_window", errors),
         login_account_ceiling: raw.count("login_account_ceiling", errors),
         password_queue: raw.count("password_queue", errors),
+        api_key_limit: raw.count("api_key_limit", errors),
         refresh_grace: match raw.get("refresh_grace").and_then(parse_duration) {
             Some(d) if d <= Duration::from_secs(300) => d,
             _ => {

@@ -265,6 +265,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "password hashing and strength checks allowed to wait; beyond it 503 with Retry-After at once",
     },
     Setting {
+        key: "api_key_limit",
+        env: &["TOLLGATE_API_KEY_LIMIT"],
+        default: Some("600"),
+        secret: false,
+        meaning: "requests one API key may make per minute (then 429 with Retry-After)",
+    },
+    Setting {
         key: "refresh_grace",
         env: &["TOLLGATE_REFRESH_GRACE"],
         default: Some("30s"),

@@ -131,6 +131,8 @@ pub struct AuthConfig {
     pub login_account_ceiling: u32,
     /// Password jobs (hashing, verifying, strength) allowed to wait; beyond it 503 at once.
     pub password_queue: u32,
+    /// Requests one API key may make per minute (GCRA: a burst of this many, then one per 60/n s).
+    pub api_key_limit: u32,
     /// A just-spent refresh token presented again this soon gets the same successor back.
     pub refresh_grace: Duration,
 }

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod catalog;
 pub mod crypto;
 pub mod jwt;
+pub mod keys;
 pub mod licence;
 pub mod licensing;
 pub mod ledger;

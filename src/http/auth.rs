@@ -7,6 +7,7 @@ use axum::http::{header, request::Parts, HeaderMap, HeaderValue, Method};
 
 use crate::config::CorsOrigins;
 use crate::domain::account::{Role, User};
+use crate::domain::apikeys::looks_like_key;
 use crate::domain::auth::{Credential, RequestMeta};
 use crate::domain::crypto::constant_time_eq;
 use crate::http::error::ApiError;
@@ -94,6 +95,10 @@ impl FromRequestParts<AppState> for CurrentUser {
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
                 .ok_or_else(|| ApiError::Unauthorized("expected Authorization: Bearer <access token>".to_owned()))?;
+            // A merchant's server key is never a user: it works only on the routes its scopes name.
+            if looks_like_key(token) {
+                return Err(ApiError::Unauthorized("API keys are not accepted on user or admin routes".to_owned()));
+            }
             let (user, credential) = state.auth.bearer_user(token).await?;
             return Ok(CurrentUser { user, credential });
         }

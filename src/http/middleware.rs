@@ -14,6 +14,7 @@ use futures_util::FutureExt;
 use ipnet::IpNet;
 use tracing::Instrument;
 
+use crate::domain::apikeys::mentions_key;
 use crate::http::error::{ApiError, Problem, PROBLEM_JSON};
 use crate::http::extract::{ClientInfo, RequestId};
 
@@ -122,6 +123,11 @@ pub fn resolve_client(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet], tls:
     ClientInfo { ip, https: tls || forwarded_https }
 }
 
+/// Whether a query string holds something shaped like one of our API keys (percent-decoded).
+fn key_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| mentions_key(q) || mentions_key(&percent_encoding::percent_decode_str(q).decode_utf8_lossy()))
+}
+
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -155,13 +161,19 @@ pub async fn edge(State(edge): State<EdgeConfig>, mut req: Request, next: Next) 
         route = route.as_deref().unwrap_or("<unmatched>"),
     );
 
-    let outcome = AssertUnwindSafe(next.run(req)).catch_unwind().instrument(span.clone()).await;
-    let mut response = match outcome {
-        Ok(response) => response,
-        Err(payload) => {
-            let message = panic_message(payload.as_ref());
-            let _entered = span.enter();
-            ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+    let mut response = if key_in_query(req.uri().query()) {
+        // Refused before any handler: URLs end up in logs, histories and Referer headers.
+        span.in_scope(|| tracing::warn!(client_ip = %client.ip, "API key in a query string refused"));
+        ApiError::Unauthorized("API keys go in the Authorization header, never in a URL".to_owned()).into_response()
+    } else {
+        let outcome = AssertUnwindSafe(next.run(req)).catch_unwind().instrument(span.clone()).await;
+        match outcome {
+            Ok(response) => response,
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                let _entered = span.enter();
+                ApiError::Internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+            }
         }
     };
 

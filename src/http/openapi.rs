@@ -83,8 +83,8 @@ impl Modify for RequestIdHeader {
     }
 }
 
-/// The two ways to authenticate: a session cookie (browsers; state-changing requests also need
-/// `X-CSRF-Token`) and a bearer access token (API clients).
+/// The ways to authenticate: a session cookie (browsers; state-changing requests also need
+/// `X-CSRF-Token`), a bearer access token (API clients) and an API key (the merchant's servers).
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -105,6 +105,18 @@ impl Modify for SecuritySchemes {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some("An access token from /api/v1/auth/token or /api/v1/auth/refresh"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("tg_live_… / tg_test_…")
+                    .description(Some(
+                        "An API key for the merchant's servers (POST /api/v1/admin/api-keys), in the Authorization header only; it works only on the routes its scopes name",
+                    ))
                     .build(),
             ),
         );

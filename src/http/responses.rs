@@ -122,3 +122,22 @@ pub enum StartingPayment {
     #[response(status = 502, description = "Stripe failed; nothing to pay yet", content_type = "application/problem+json")]
     Provider(Problem),
 }
+
+/// A route for the merchant's servers: an API key with the route's scope, within its limit.
+#[derive(IntoResponses)]
+pub enum KeyAuthenticated {
+    #[response(
+        status = 401,
+        description = "No valid API key (missing, unknown, revoked, expired, or of the other mode)",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(Problem),
+    #[response(status = 403, description = "The key lacks this route's scope", content_type = "application/problem+json")]
+    Forbidden(Problem),
+    #[response(
+        status = 429,
+        description = "The key's rate limit (TOLLGATE_API_KEY_LIMIT a minute); see Retry-After",
+        content_type = "application/problem+json"
+    )]
+    RateLimited(Problem),
+}

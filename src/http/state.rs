@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::domain::auth::AuthService;
+use crate::domain::keys::ApiKeyService;
 use crate::domain::licensing::LicenceService;
 use crate::domain::payments::PaymentsService;
 use crate::store::Store;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub auth: Arc<AuthService>,
     pub payments: Arc<PaymentsService>,
+    /// API keys for the merchant's servers.
+    pub keys: Arc<ApiKeyService>,
     pub licences: Arc<LicenceService>,
     /// The sandbox provider's pages, when it is the provider.
     pub sandbox: Option<Arc<Sandbox>>,

@@ -2,12 +2,13 @@
 //! migrations under `migrations/<engine>/`. Nothing outside this module writes SQL.
 //!
 //! This file only names the parts: `seam.rs` (the `Store` trait), `error.rs`, the repositories
-//! (`accounts.rs`, `audit.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
+//! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
 //! their pool), `types.rs` (domain enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
 
 pub mod accounts;
+pub mod apikeys;
 pub mod audit;
 mod error;
 pub mod health;
@@ -27,6 +28,7 @@ use secrecy::ExposeSecret;
 use crate::config::DatabaseConfig;
 
 pub use accounts::{AccountStore, FamilyRow, FlagsChanged, Keep, PasswordChanged, Purged, SessionRow, SpendOutcome};
+pub use apikeys::{ApiKeyRow, ApiKeyStore};
 pub use audit::{AuditEntry, AuditStore, NewAuditEntry};
 pub use error::StoreError;
 pub use ledger::{LedgerStore, NewEvent};

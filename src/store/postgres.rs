@@ -17,6 +17,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 super::seam::impl_store!(PgStore, Engine::Postgres, MIGRATOR, "SELECT to_regclass('_sqlx_migrations') IS NOT NULL", bool);
 super::pool::impl_connections!(PgStore, sqlx::Postgres);
 super::accounts::impl_account_store!(PgStore);
+super::apikeys::impl_api_key_store!(PgStore);
 super::audit::impl_audit_store!(PgStore, "$8::jsonb", "detail::text");
 super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
 super::payments::impl_payment_store!(PgStore, sqlx::Postgres);

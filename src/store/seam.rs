@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 
 use super::accounts::AccountStore;
+use super::apikeys::ApiKeyStore;
 use super::audit::AuditStore;
 use super::error::StoreError;
 use super::ledger::LedgerStore;
@@ -44,7 +45,7 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + AuditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static {
+pub trait Store: AccountStore + ApiKeyStore + AuditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

@@ -24,6 +24,7 @@ super::seam::impl_store!(
 );
 super::pool::impl_connections!(SqliteStore, sqlx::Sqlite);
 super::accounts::impl_account_store!(SqliteStore);
+super::apikeys::impl_api_key_store!(SqliteStore);
 super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);

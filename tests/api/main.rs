@@ -2,6 +2,7 @@
 //! `TEST_DATABASE_URL` set: every test runs on PostgreSQL; unset: on SQLite.
 
 mod accounts;
+mod api_keys;
 mod checkout;
 mod cli;
 mod connections;

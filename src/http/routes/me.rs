@@ -171,7 +171,13 @@ pub struct EntitlementsOut {
         Unauthenticated,
     ))]
 pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<EntitlementsOut>> {
-    let e = state.payments.entitlements(&current.user.id).await?;
+    Ok(axum::Json(entitlements_of(&state, &current.user.id).await?))
+}
+
+/// What `user_id` owns now: the one code path behind `/me/entitlements` and, for API keys,
+/// `/users/{id}/entitlements`.
+pub async fn entitlements_of(state: &AppState, user_id: &str) -> ApiResult<EntitlementsOut> {
+    let e = state.payments.entitlements(user_id).await?;
     let access = e
         .access
         .into_iter()
@@ -183,5 +189,5 @@ pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -
             expires_at: g.expires_at,
         })
         .collect();
-    Ok(axum::Json(EntitlementsOut { access, credit_balance: e.credit_balance }))
+    Ok(EntitlementsOut { access, credit_balance: e.credit_balance })
 }

@@ -2,6 +2,7 @@
 //! both from each handler's `#[utoipa::path]` (path and method are declared there, once).
 
 pub mod admin;
+pub mod apikeys;
 pub mod auth;
 pub mod checkout;
 pub mod docs;
@@ -11,6 +12,7 @@ pub mod licences;
 pub mod me;
 pub mod products;
 pub mod sandbox;
+pub mod users;
 pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -24,6 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(me::router())
         .merge(admin::router())
+        .merge(apikeys::router())
+        .merge(users::router())
         .merge(webhooks::router())
         .merge(events::router())
         .merge(products::router())
