@@ -112,7 +112,8 @@ impl SigningKey {
 
     /// `claims` as a compact JWS signed with this key.
     pub fn sign(&self, claims: &LicenceClaims) -> String {
-        let header = Header { alg: LICENCE_ALG.to_owned(), kid: Some(self.public.kid.clone()), typ: Some(LICENCE_TYP.to_owned()) };
+        let header =
+            Header { alg: LICENCE_ALG.to_owned(), kid: Some(self.public.kid.clone()), typ: Some(LICENCE_TYP.to_owned()) };
         let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
         let input = format!("{header}.{payload}");
@@ -322,11 +323,8 @@ pub fn verify(token: &str, keys: &[VerifyingKey], now: DateTime<Utc>) -> Result<
     let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(VerifyError::Malformed);
     };
-    let header: Header = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(VerifyError::Malformed)?;
+    let header: Header =
+        URL_SAFE_NO_PAD.decode(h).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(VerifyError::Malformed)?;
     if header.alg != LICENCE_ALG {
         return Err(VerifyError::Algorithm(header.alg));
     }
@@ -337,11 +335,8 @@ pub fn verify(token: &str, keys: &[VerifyingKey], now: DateTime<Utc>) -> Result<
     let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| VerifyError::Malformed)?;
     let input = &token[..h.len() + 1 + p.len()];
     UnparsedPublicKey::new(&ED25519, key.x).verify(input.as_bytes(), &signature).map_err(|_| VerifyError::Signature)?;
-    let claims: LicenceClaims = URL_SAFE_NO_PAD
-        .decode(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(VerifyError::Claims)?;
+    let claims: LicenceClaims =
+        URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(VerifyError::Claims)?;
     let now = now.timestamp();
     if now >= claims.exp {
         return Err(VerifyError::Expired(time_text(claims.exp)));

@@ -45,7 +45,9 @@ pub struct MigrationStatus {
 }
 
 #[async_trait]
-pub trait Store: AccountStore + ApiKeyStore + AuditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static {
+pub trait Store:
+    AccountStore + ApiKeyStore + AuditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static
+{
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.
     async fn migrate(&self) -> Result<Vec<i64>, StoreError>;

@@ -23,7 +23,8 @@ use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with, TestApp};
 const KEY_A: &str =
     "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIDATgY59DYsMR8dfBlCFR+Y/7F2uHRFOFUD8x89rrUA4\n-----END PRIVATE KEY-----\n";
 /// KEY_A's public key (`openssl pkey -pubout`).
-const KEY_A_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA83eHJT57YVX3m9xHCOO6QgupJIGicecY4JGrVbiKIVM=\n-----END PUBLIC KEY-----\n";
+const KEY_A_PUBLIC: &str =
+    "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA83eHJT57YVX3m9xHCOO6QgupJIGicecY4JGrVbiKIVM=\n-----END PUBLIC KEY-----\n";
 const KEY_B: &str =
     "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEICjXHc3IkVrxdC1bPRZrPMjQkk0g7gKbklYskCMuE9em\n-----END PRIVATE KEY-----\n";
 /// What licences say in `iss`: the default TOLLGATE_PUBLIC_URL.
@@ -185,7 +186,10 @@ async fn a_licence_for_paid_access_verifies_with_pyjwt_jose_and_the_cli_and_forg
     // The JWKS: one Ed25519 key, the header names it.
     let keys = jwks(&s.app).await;
     let key_a = parse_private_key(KEY_A).unwrap();
-    assert_eq!(keys, json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": key_a.kid(), "x": keys["keys"][0]["x"], "use": "sig", "alg": "EdDSA"}]}));
+    assert_eq!(
+        keys,
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": key_a.kid(), "x": keys["keys"][0]["x"], "use": "sig", "alg": "EdDSA"}]})
+    );
     assert_eq!(part(licence, 0), json!({"alg": "EdDSA", "kid": key_a.kid(), "typ": "tollgate-licence+jwt"}));
 
     // The claims: the user, the access bought (ending with the grant), the id.
@@ -220,7 +224,12 @@ async fn a_licence_for_paid_access_verifies_with_pyjwt_jose_and_the_cli_and_forg
     let other_key = signed_with(KEY_B, &claims);
     let other_parts: Vec<&str> = other_key.split('.').collect();
     let impostor = format!("{}.{}.{}", parts[0], parts[1], other_parts[2]);
-    let forgeries = [("tampered", tampered.as_str()), ("expired", &expired), ("another key", &other_key), ("another key, our kid", &impostor)];
+    let forgeries = [
+        ("tampered", tampered.as_str()),
+        ("expired", &expired),
+        ("another key", &other_key),
+        ("another key, our kid", &impostor),
+    ];
 
     // The real binary: against the served JWKS (URL), a JWKS file, and its own configured key.
     let jwks_url = s.app.url("/.well-known/jwks.json");
@@ -229,7 +238,9 @@ async fn a_licence_for_paid_access_verifies_with_pyjwt_jose_and_the_cli_and_forg
     std::fs::write(&jwks_file, keys.to_string()).unwrap();
     let jwks_file = jwks_file.to_str().unwrap();
     let own_key = [("TOLLGATE_LICENCE_KEY", KEY_A)];
-    for (args, env) in [(vec!["--jwks", jwks_url.as_str()], &[][..]), (vec!["--jwks", jwks_file], &[][..]), (vec![], &own_key[..])] {
+    for (args, env) in
+        [(vec!["--jwks", jwks_url.as_str()], &[][..]), (vec!["--jwks", jwks_file], &[][..]), (vec![], &own_key[..])]
+    {
         assert_eq!(cli_verify(licence, &args, env).await.unwrap(), claims, "tollgate licence verify {args:?}");
         for (what, forged) in forgeries {
             let why = cli_verify(forged, &args, env).await.expect_err(what);
@@ -286,7 +297,10 @@ async fn exp_is_bounded_by_the_access_and_by_the_licence_ttl() {
     assert_eq!(s.grants(second["order_id"].as_str().unwrap()).await.len(), 1);
     let end = (start + chrono::Duration::days(5)).timestamp();
     assert_eq!(claims["features"].as_array().unwrap().len(), 1);
-    assert_eq!(chrono::DateTime::parse_from_rfc3339(claims["features"][0]["expires_at"].as_str().unwrap()).unwrap().timestamp(), end);
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(claims["features"][0]["expires_at"].as_str().unwrap()).unwrap().timestamp(),
+        end
+    );
     assert_eq!(claims["exp"], end);
 }
 
@@ -326,7 +340,9 @@ async fn revocations_after_a_refund_a_dispute_and_a_disabled_user_are_listed() {
     let (other, _) = bearer_for(&s.app, "other@example.com", Role::User).await;
     let untouched = my_licence(&s.app, &other).await["id"].as_str().unwrap().to_owned();
     let by_disable = my_licence(&s.app, &s.user).await["id"].as_str().unwrap().to_owned();
-    let r = s.send(reqwest::Method::PATCH, &s.admin, &format!("/api/v1/admin/users/{}", s.user_id), Some(json!({"disabled": true}))).await;
+    let r = s
+        .send(reqwest::Method::PATCH, &s.admin, &format!("/api/v1/admin/users/{}", s.user_id), Some(json!({"disabled": true})))
+        .await;
     assert_eq!(r.status(), 200);
 
     let list = revoked("").await;
@@ -362,7 +378,7 @@ async fn after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_n
     let (user, _) = bearer_for(&a, "rotating@example.com", Role::User).await;
     let old = my_licence(&a, &user).await["licence"].as_str().unwrap().to_owned();
     let (kid_a, kid_b) = (parse_private_key(KEY_A).unwrap().kid().to_owned(), parse_private_key(KEY_B).unwrap().kid().to_owned());
-    assert_eq!(kids(&jwks(&a).await), [kid_a.clone()]);
+    assert_eq!(kids(&jwks(&a).await), std::slice::from_ref(&kid_a));
 
     // The same database, restarted with key B and A's public key as the previous one.
     let b = spawn_app_with(&[
