@@ -101,13 +101,13 @@ async fn verifying_keys(config: &Config, jwks: Option<&str>) -> anyhow::Result<V
             let keys = match LicenceKeys::configured(&config.licence)? {
                 Some(keys) => keys,
                 None => {
+                    // Reads the development key; never creates one, nor migrates.
                     let store = store::connect(&config.database).await?;
-                    if config.database.migrate_on_start {
-                        store.migrate().await?;
-                    }
-                    let keys = LicenceKeys::load(&config.licence, store.as_ref()).await;
+                    let keys = LicenceKeys::existing(&config.licence, store.as_ref()).await;
                     store.close().await;
-                    keys?
+                    keys?.ok_or_else(|| {
+                        anyhow::anyhow!("no licence key: TOLLGATE_LICENCE_KEY is not set and the database holds none; pass --jwks")
+                    })?
                 }
             };
             return Ok(keys.verifying());

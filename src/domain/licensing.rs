@@ -84,14 +84,33 @@ impl LicenceKeys {
         }
         let (pkcs8, _) = SigningKey::generate().map_err(|e| anyhow::anyhow!("cannot generate a licence key: {e}"))?;
         let stored = store.ensure_signing_key(DEVELOPMENT_KEY_ID, &STANDARD.encode(pkcs8), Utc::now()).await?;
-        let der = STANDARD.decode(stored.as_bytes()).map_err(|_| anyhow::anyhow!("the stored licence key is not base64"))?;
-        let signing = SigningKey::from_pkcs8(&der).map_err(|e| anyhow::anyhow!("the stored licence key: {e}"))?;
+        let keys = LicenceKeys::from_stored(config, &stored)?;
         tracing::warn!(
-            kid = signing.kid(),
+            kid = keys.signing.kid(),
             "TOLLGATE_LICENCE_KEY is not set; licences are signed with a development key kept in the database"
         );
+        Ok(keys)
+    }
+
+    /// The configured keys, or the development key already in the database; never creates one
+    /// (`tollgate licence verify`). `None` when there is neither.
+    pub async fn existing(config: &LicenceConfig, store: &dyn Store) -> anyhow::Result<Option<LicenceKeys>> {
+        if let Some(keys) = LicenceKeys::configured(config)? {
+            return Ok(Some(keys));
+        }
+        match store.signing_key(DEVELOPMENT_KEY_ID).await? {
+            Some(stored) => Ok(Some(LicenceKeys::from_stored(config, &stored)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn from_stored(config: &LicenceConfig, stored: &str) -> anyhow::Result<LicenceKeys> {
+        let der = STANDARD.decode(stored.as_bytes()).map_err(|_| anyhow::anyhow!("the stored licence key is not base64"))?;
+        let signing = SigningKey::from_pkcs8(&der).map_err(|e| anyhow::anyhow!("the stored licence key: {e}"))?;
         let previous = match &config.previous_key {
-            Some(key) => parse_verifying_key(key.expose_secret()).ok(),
+            Some(key) => Some(
+                parse_verifying_key(key.expose_secret()).map_err(|e| anyhow::anyhow!("TOLLGATE_LICENCE_PREVIOUS_KEY: {e}"))?,
+            ),
             None => None,
         };
         Ok(LicenceKeys::new(signing, previous))

@@ -44,6 +44,8 @@ pub trait LicenceStore: Send + Sync {
     /// The signing key stored under `id`, inserting `private_key` first when there is none: two
     /// instances starting at once both end with the one stored first.
     async fn ensure_signing_key(&self, id: &str, private_key: &str, now: DateTime<Utc>) -> Result<String, StoreError>;
+    /// The signing key stored under `id`, if any (never creates one).
+    async fn signing_key(&self, id: &str) -> Result<Option<String>, StoreError>;
     /// Records `licence` carrying `grant_ids`, in one transaction that locks the user (enabled)
     /// and each grant (active) first, so a concurrent disable or refund either sees the licence
     /// and revokes it, or makes this answer `NoUser`/`GrantsChanged`.
@@ -134,6 +136,13 @@ macro_rules! impl_licence_store {
                     tx.commit().await?;
                     Ok(stored)
                 })
+            }
+
+            async fn signing_key(&self, id: &str) -> Result<Option<String>, $crate::store::error::StoreError> {
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_scalar("SELECT private_key FROM signing_keys WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *c)
+                    .await)?)
             }
 
             async fn insert_licence(

@@ -424,6 +424,11 @@ async fn the_development_key_is_kept_in_the_database_across_restarts() {
     // The CLI without --jwks reads the same key from the database.
     let claims = cli_verify(&licence, &[], &[("DATABASE_URL", &first.database_url)]).await.expect("verifies with the stored key");
     assert_eq!(claims["iss"], ISSUER);
+    // Verifying never creates a key: a database without one refuses.
+    let empty = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", empty.path().join("empty.db").display());
+    let why = cli_verify(&licence, &[], &[("DATABASE_URL", &url)]).await.unwrap_err();
+    assert!(why.starts_with("refused: "), "{why}");
 }
 
 #[test]
