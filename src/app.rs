@@ -86,16 +86,20 @@ pub fn payments_service(
     Ok((service, sandbox))
 }
 
-/// The licence service for `config`: its keys (configured, or the development key kept in the
-/// database, which must be migrated), issuing as the public URL.
+/// The licence service for `config`, issuing as the public URL. Its keys are loaded now when
+/// configured or when the database is migrated (the development key is kept there), else at
+/// first use.
 pub async fn licence_service(
     config: &Config,
     store: Arc<dyn Store>,
     payments: Arc<PaymentsService>,
 ) -> anyhow::Result<LicenceService> {
-    let keys = LicenceKeys::load(&config.licence, store.as_ref()).await.context("cannot load the licence signing key")?;
     let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
-    Ok(LicenceService::new(store, payments, keys, issuer, config.licence.ttl))
+    let service = LicenceService::new(store, payments, config.licence.clone(), issuer);
+    if config.licence.key.is_some() || config.database.migrate_on_start {
+        service.keys().await.context("cannot load the licence signing key")?;
+    }
+    Ok(service)
 }
 
 /// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).

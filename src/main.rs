@@ -106,7 +106,9 @@ async fn verifying_keys(config: &Config, jwks: Option<&str>) -> anyhow::Result<V
                     let keys = LicenceKeys::existing(&config.licence, store.as_ref()).await;
                     store.close().await;
                     keys?.ok_or_else(|| {
-                        anyhow::anyhow!("no licence key: TOLLGATE_LICENCE_KEY is not set and the database holds none; pass --jwks")
+                        anyhow::anyhow!(
+                            "no licence key: TOLLGATE_LICENCE_KEY is not set and the database holds none; pass --jwks"
+                        )
                     })?
                 }
             };

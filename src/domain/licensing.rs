@@ -133,35 +133,33 @@ impl LicenceKeys {
 pub struct LicenceService {
     store: Arc<dyn Store>,
     payments: Arc<PaymentsService>,
-    keys: LicenceKeys,
+    config: LicenceConfig,
+    /// Loaded at start, or (development with migrations not applied yet) at first use.
+    keys: tokio::sync::OnceCell<LicenceKeys>,
     issuer: String,
     ttl: chrono::Duration,
 }
 
 impl LicenceService {
-    pub fn new(
-        store: Arc<dyn Store>,
-        payments: Arc<PaymentsService>,
-        keys: LicenceKeys,
-        issuer: String,
-        ttl: std::time::Duration,
-    ) -> LicenceService {
-        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::days(30));
-        LicenceService { store, payments, keys, issuer, ttl }
+    pub fn new(store: Arc<dyn Store>, payments: Arc<PaymentsService>, config: LicenceConfig, issuer: String) -> LicenceService {
+        let ttl = chrono::Duration::from_std(config.ttl).unwrap_or(chrono::Duration::days(30));
+        LicenceService { store, payments, config, keys: tokio::sync::OnceCell::new(), issuer, ttl }
+    }
+
+    /// The keys, loading them the first time (see [`LicenceKeys::load`]).
+    pub async fn keys(&self) -> anyhow::Result<&LicenceKeys> {
+        self.keys.get_or_try_init(|| LicenceKeys::load(&self.config, self.store.as_ref())).await
     }
 
     /// The public keys, as `/.well-known/jwks.json` lists them.
-    pub fn jwks(&self) -> Vec<Jwk> {
-        self.keys.verifying().iter().map(VerifyingKey::jwk).collect()
-    }
-
-    pub fn verifying_keys(&self) -> Vec<VerifyingKey> {
-        self.keys.verifying()
+    pub async fn jwks(&self) -> Result<Vec<Jwk>, LicenceError> {
+        Ok(self.keys().await?.verifying().iter().map(VerifyingKey::jwk).collect())
     }
 
     /// A licence for user `user_id` carrying the access the user holds now (the same effective
     /// access as `/me/entitlements`). `NotFound` for an unknown or disabled user.
     pub async fn issue(&self, user_id: &str) -> Result<IssuedLicence, LicenceError> {
+        let keys = self.keys().await?;
         // A grant suspended or revoked between reading the access and recording the licence
         // makes the store refuse; the access is then read again.
         for _ in 0..3 {
@@ -175,7 +173,7 @@ impl LicenceService {
             let row = LicenceRow {
                 id: id.clone(),
                 user_id: user_id.to_owned(),
-                kid: self.keys.signing.kid().to_owned(),
+                kid: keys.signing.kid().to_owned(),
                 features: serde_json::to_string(&claims.features).map_err(anyhow::Error::from)?,
                 issued_at: now,
                 expires_at,
@@ -185,7 +183,7 @@ impl LicenceService {
             let grant_ids: Vec<String> = access.iter().map(|g| g.id.clone()).collect();
             match self.store.insert_licence(&row, &grant_ids).await? {
                 LicenceInserted::Inserted => {
-                    let licence = self.keys.signing.sign(&claims);
+                    let licence = keys.signing.sign(&claims);
                     return Ok(IssuedLicence { id, licence, expires_at, claims });
                 }
                 LicenceInserted::NoUser => return Err(LicenceError::NotFound),

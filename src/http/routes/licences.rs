@@ -72,10 +72,10 @@ pub struct JwksOut {
 /// The public keys that sign licences, for verifying them offline.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "licences",
     responses((status = 200, description = "The JSON Web Key Set", body = JwksOut)))]
-pub async fn jwks(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], axum::Json<JwksOut>) {
-    let keys = state.licences.jwks().into_iter().map(JwkOut::from).collect();
+pub async fn jwks(State(state): State<AppState>) -> ApiResult<([(&'static str, &'static str); 1], axum::Json<JwksOut>)> {
+    let keys = state.licences.jwks().await?.into_iter().map(JwkOut::from).collect();
     // Verifiers cache it; a rotation publishes the next key beside the old one first.
-    ([("cache-control", "public, max-age=300")], axum::Json(JwksOut { keys }))
+    Ok(([("cache-control", "public, max-age=300")], axum::Json(JwksOut { keys })))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
