@@ -366,9 +366,11 @@ async fn revocations_after_a_refund_a_dispute_and_a_disabled_user_are_listed() {
     let recent: Value = r.json().await.unwrap();
     let ids: Vec<&str> = recent["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [by_dispute.as_str(), by_disable.as_str()]);
-    let r = s.app.get("/api/v1/licences/revoked?since=yesterday").await;
-    let problem = assert_problem(r, 422).await;
-    assert_eq!(problem["errors"][0]["field"], "since");
+    for bad in ["yesterday", "", "2026-12-01"] {
+        let r = s.app.client.get(s.app.url("/api/v1/licences/revoked")).query(&[("since", bad)]).send().await.unwrap();
+        let problem = assert_problem(r, 422).await;
+        assert_eq!(problem["errors"][0]["field"], "since", "since={bad:?}");
+    }
     assert_problem(s.app.get("/api/v1/licences/revoked?limit=0").await, 422).await;
 }
 

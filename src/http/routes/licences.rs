@@ -143,8 +143,10 @@ pub struct RevokedParams {
     pub starting_after: Option<String>,
 }
 
+/// `?since=`: an RFC 3339 time; present but empty is refused like any other non-time (the
+/// document says `date-time`).
 fn rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-    match non_empty(deserializer)? {
+    match Option::<String>::deserialize(deserializer)? {
         None => Ok(None),
         Some(t) => DateTime::parse_from_rfc3339(&t)
             .map(|t| Some(t.with_timezone(&Utc)))
