@@ -375,6 +375,40 @@ async fn revocations_after_a_refund_a_dispute_and_a_disabled_user_are_listed() {
 }
 
 #[tokio::test]
+async fn a_licence_issued_while_its_access_is_refunded_is_revoked_or_does_not_carry_it() {
+    let s = shop(&[]).await;
+    let checkout = buy_access(&s, "pro", Some(30)).await;
+    let (_, refund) = refunded(&checkout, 1000, 1000);
+    // Licences asked for while the full refund arrives: each must either carry no "pro" or be on
+    // the revocation list, whatever the interleaving.
+    let issue = || async {
+        let r = s.app.client.post(s.app.url("/api/v1/me/licences")).bearer_auth(&s.user).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()
+    };
+    let (before, (status, after)) = tokio::join!(futures_util::future::join_all((0..10).map(|_| issue())), async {
+        let status = s.deliver(&refund).await;
+        (status, futures_util::future::join_all((0..10).map(|_| issue())).await)
+    });
+    assert_eq!(status, 200);
+    let r = s.app.get("/api/v1/licences/revoked?limit=100").await;
+    let revoked: Value = r.json().await.unwrap();
+    let revoked: Vec<&str> = revoked["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let mut carrying = 0;
+    for issued in before.iter().chain(after.iter()) {
+        let claims = part(issued["licence"].as_str().unwrap(), 1);
+        if claims["features"].as_array().unwrap().iter().any(|f| f["feature"] == "pro") {
+            carrying += 1;
+            assert!(revoked.contains(&issued["id"].as_str().unwrap()), "{issued} carries the refunded access and is not revoked");
+        }
+    }
+    assert_eq!(revoked.len(), carrying, "only licences carrying the refunded access are revoked");
+    // After the refund, a licence never carries it.
+    let last = part(issue().await["licence"].as_str().unwrap(), 1);
+    assert_eq!(last["features"], json!([]));
+}
+
+#[tokio::test]
 async fn after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_new_kid() {
     let a = spawn_app_with(&[("TOLLGATE_LICENCE_KEY", KEY_A)]).await;
     let (user, _) = bearer_for(&a, "rotating@example.com", Role::User).await;
