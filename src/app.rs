@@ -95,7 +95,8 @@ pub async fn licence_service(
     payments: Arc<PaymentsService>,
 ) -> anyhow::Result<LicenceService> {
     let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
-    let service = LicenceService::new(store, payments, config.licence.clone(), issuer);
+    let limiter = Arc::new(MemoryRateLimiter::new());
+    let service = LicenceService::new(store, payments, limiter, config.licence.clone(), issuer);
     if config.licence.key.is_some() || config.database.migrate_on_start {
         service.keys().await.context("cannot load the licence signing key")?;
     }

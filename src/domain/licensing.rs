@@ -13,8 +13,13 @@ use super::account::new_id;
 use super::licence::{build_claims, parse_private_key, parse_verifying_key, Jwk, LicenceClaims, SigningKey, VerifyingKey};
 use super::payments::{PaymentError, PaymentsService};
 use crate::config::LicenceConfig;
+use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::store::licences::{LicenceInserted, LicenceRow, RevokedRow};
 use crate::store::{Store, StoreError};
+
+/// Licences one user may be issued per minute (by themselves and by API keys together): each is
+/// a row, and an app asks for one at start, not per request.
+pub const ISSUE_LIMIT: u32 = 60;
 
 /// The row id of the development key in `signing_keys`.
 const DEVELOPMENT_KEY_ID: &str = "development";
@@ -23,6 +28,9 @@ const DEVELOPMENT_KEY_ID: &str = "development";
 pub enum LicenceError {
     #[error("not found")]
     NotFound,
+    /// More than [`ISSUE_LIMIT`] licences for one user in a minute.
+    #[error("rate limited")]
+    RateLimited { limit: u32, retry_after: std::time::Duration },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -133,6 +141,7 @@ impl LicenceKeys {
 pub struct LicenceService {
     store: Arc<dyn Store>,
     payments: Arc<PaymentsService>,
+    limiter: Arc<dyn RateLimiter>,
     config: LicenceConfig,
     /// Loaded at start, or (development with migrations not applied yet) at first use.
     keys: tokio::sync::OnceCell<LicenceKeys>,
@@ -141,9 +150,15 @@ pub struct LicenceService {
 }
 
 impl LicenceService {
-    pub fn new(store: Arc<dyn Store>, payments: Arc<PaymentsService>, config: LicenceConfig, issuer: String) -> LicenceService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        payments: Arc<PaymentsService>,
+        limiter: Arc<dyn RateLimiter>,
+        config: LicenceConfig,
+        issuer: String,
+    ) -> LicenceService {
         let ttl = chrono::Duration::from_std(config.ttl).unwrap_or(chrono::Duration::days(30));
-        LicenceService { store, payments, config, keys: tokio::sync::OnceCell::new(), issuer, ttl }
+        LicenceService { store, payments, limiter, config, keys: tokio::sync::OnceCell::new(), issuer, ttl }
     }
 
     /// The keys, loading them the first time (see [`LicenceKeys::load`]).
@@ -160,6 +175,10 @@ impl LicenceService {
     /// access as `/me/entitlements`). `NotFound` for an unknown or disabled user.
     pub async fn issue(&self, user_id: &str) -> Result<IssuedLicence, LicenceError> {
         let keys = self.keys().await?;
+        let quota = Quota { limit: ISSUE_LIMIT, period: std::time::Duration::from_secs(60) };
+        if let Decision::Limited { limit, retry_after } = self.limiter.hit(&format!("licence:{user_id}"), quota).await {
+            return Err(LicenceError::RateLimited { limit, retry_after });
+        }
         // A grant suspended or revoked between reading the access and recording the licence
         // makes the store refuse; the access is then read again.
         for _ in 0..3 {

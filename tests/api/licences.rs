@@ -409,6 +409,20 @@ async fn a_licence_issued_while_its_access_is_refunded_is_revoked_or_does_not_ca
 }
 
 #[tokio::test]
+async fn issuing_is_limited_per_user() {
+    let app = spawn_app_with(&[]).await;
+    let (greedy, _) = bearer_for(&app, "greedy@example.com", Role::User).await;
+    let (other, _) = bearer_for(&app, "other@example.com", Role::User).await;
+    for _ in 0..60 {
+        my_licence(&app, &greedy).await;
+    }
+    let r = app.client.post(app.url("/api/v1/me/licences")).bearer_auth(&greedy).send().await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    assert_problem(r, 429).await;
+    my_licence(&app, &other).await;
+}
+
+#[tokio::test]
 async fn after_a_key_rotation_old_licences_still_verify_and_new_ones_carry_the_new_kid() {
     let a = spawn_app_with(&[("TOLLGATE_LICENCE_KEY", KEY_A)]).await;
     let (user, _) = bearer_for(&a, "rotating@example.com", Role::User).await;

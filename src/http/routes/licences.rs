@@ -34,6 +34,7 @@ impl From<LicenceError> for ApiError {
     fn from(e: LicenceError) -> Self {
         match e {
             LicenceError::NotFound => ApiError::NotFound,
+            LicenceError::RateLimited { limit, retry_after } => ApiError::RateLimited { limit, retry_after },
             LicenceError::Internal(e) => ApiError::from(e),
         }
     }
@@ -101,6 +102,7 @@ async fn issue(state: &AppState, user_id: &str) -> ApiResult<(StatusCode, Licenc
     responses(
         (status = 201, description = "The licence", body = LicenceOut),
         Unauthenticated, CsrfChecked, IdempotentCreate,
+        (status = 429, description = "Too many licences for this user; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn issue_my_licence(State(state): State<AppState>, current: CurrentUser, headers: HeaderMap) -> ApiResult<Response> {
     let user_id = current.user.id.clone();
@@ -116,6 +118,7 @@ pub async fn issue_my_licence(State(state): State<AppState>, current: CurrentUse
         (status = 403, description = "The key lacks licences:issue", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such user (or disabled)", body = Problem, content_type = "application/problem+json"),
         IdempotentCreate,
+        (status = 429, description = "Too many licences for this user, or requests with this key; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn issue_user_licence(
     State(state): State<AppState>,
