@@ -18,6 +18,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::jwt::JwtKeys;
 use crate::domain::keys::ApiKeyService;
 use crate::domain::ledger::key_is_live;
+use crate::domain::licensing::{LicenceKeys, LicenceService};
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
@@ -85,6 +86,23 @@ pub fn payments_service(
     Ok((service, sandbox))
 }
 
+/// The licence service for `config`, issuing as the public URL. Its keys are loaded now when
+/// configured or when the database is migrated (the development key is kept there), else at
+/// first use.
+pub async fn licence_service(
+    config: &Config,
+    store: Arc<dyn Store>,
+    payments: Arc<PaymentsService>,
+) -> anyhow::Result<LicenceService> {
+    let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
+    let limiter = Arc::new(MemoryRateLimiter::new());
+    let service = LicenceService::new(store, payments, limiter, config.licence.clone(), issuer);
+    if config.licence.key.is_some() || config.database.migrate_on_start {
+        service.keys().await.context("cannot load the licence signing key")?;
+    }
+    Ok(service)
+}
+
 /// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).
 fn own_webhook_url(addr: SocketAddr, tls: bool) -> anyhow::Result<url::Url> {
     let ip = match addr.ip() {
@@ -137,6 +155,7 @@ impl App {
             Some(t) => Some(load_tls(t)?),
             None => None,
         };
+        LicenceKeys::configured(&config.licence)?;
         let store = store::connect(&config.database).await.context("cannot open the database")?;
         if config.database.migrate_on_start {
             let applied = store.migrate().await.context("cannot apply migrations")?;
@@ -148,10 +167,13 @@ impl App {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
+        let payments = Arc::new(payments);
+        let licences = licence_service(&config, store.clone(), payments.clone()).await?;
         let (routes, openapi) = crate::http::api();
         let state = AppState {
             auth: Arc::new(auth_service(&config, store.clone())),
-            payments: Arc::new(payments),
+            payments,
+            licences: Arc::new(licences),
             keys: Arc::new(apikey_service(&config, store.clone())),
             sandbox,
             cookie: CookieSettings::for_config(&config),

@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: CreditsCommand,
     },
+    /// Licences verifiable offline.
+    Licence {
+        #[command(subcommand)]
+        command: LicenceCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +164,106 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
     };
     store.close().await;
     result
+}
+
+#[derive(Subcommand)]
+enum LicenceCommand {
+    /// Checks one licence offline: the signature by a key of the JWKS (found by kid), alg EdDSA,
+    /// typ tollgate-licence+jwt, exp and nbf. Valid: the claims as JSON on stdout, exit 0;
+    /// refused: the reason on stderr, exit 1. Revocation is not checked (see GET
+    /// /api/v1/licences/revoked).
+    Verify {
+        /// A file holding the licence (the compact JWS); `-` reads standard input.
+        file: PathBuf,
+        /// The keys: a JWKS file, or an http(s) URL such as https://pay.example.com/.well-known/jwks.json.
+        /// Default: this instance's own keys (TOLLGATE_LICENCE_KEY and TOLLGATE_LICENCE_PREVIOUS_KEY,
+        /// or the development key in the database).
+        #[arg(long, value_name = "FILE|URL")]
+        jwks: Option<String>,
+    },
+}
+
+/// The keys `licence verify` trusts: a JWKS from a file or URL, or this instance's own.
+async fn verifying_keys(config: &Config, jwks: Option<&str>) -> anyhow::Result<Vec<tollgate::domain::licence::VerifyingKey>> {
+    use anyhow::Context;
+    use tollgate::domain::licensing::LicenceKeys;
+    let doc: serde_json::Value = match jwks {
+        Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(15))
+                .build()?;
+            let response = client.get(url).send().await.with_context(|| format!("cannot fetch the JWKS from {url}"))?;
+            anyhow::ensure!(response.status().is_success(), "the JWKS at {url} answered {}", response.status());
+            response.json().await.with_context(|| format!("the JWKS at {url} is not JSON"))?
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the JWKS file {path}"))?;
+            serde_json::from_str(&text).with_context(|| format!("the JWKS file {path} is not JSON"))?
+        }
+        None => {
+            let keys = match LicenceKeys::configured(&config.licence)? {
+                Some(keys) => keys,
+                None => {
+                    // Reads the development key; never creates one, nor migrates.
+                    let store = store::connect(&config.database).await?;
+                    let keys = LicenceKeys::existing(&config.licence, store.as_ref()).await;
+                    store.close().await;
+                    keys?.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no licence key: TOLLGATE_LICENCE_KEY is not set and the database holds none; pass --jwks"
+                        )
+                    })?
+                }
+            };
+            return Ok(keys.verifying());
+        }
+    };
+    let keys = tollgate::domain::licence::keys_of_jwks(&doc);
+    anyhow::ensure!(!keys.is_empty(), "the JWKS holds no Ed25519 key");
+    Ok(keys)
+}
+
+/// `licence verify`: 0 and the claims on stdout when valid, 1 and the reason on stderr otherwise.
+fn licence_verify(config: &Config, file: &std::path::Path, jwks: Option<&str>) -> ExitCode {
+    let token = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let token = match token {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("refused: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let keys = match runtime.block_on(verifying_keys(config, jwks)) {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("refused: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tollgate::domain::licence::verify(&token, &keys, chrono::Utc::now()) {
+        Ok(claims) => {
+            println!("{}", serde_json::to_string_pretty(&claims).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refused: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -390,6 +495,13 @@ fn main() -> ExitCode {
             } else {
                 code
             }
+        }
+        Command::Licence { command: LicenceCommand::Verify { file, jwks } } => {
+            let config = match parse_config(&sources) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            licence_verify(&config, &file, jwks.as_deref())
         }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.

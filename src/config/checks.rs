@@ -71,6 +71,9 @@ impl Config {
         if let Some(s) = &self.auth.jwt_previous_secret {
             out.extend(weak_secret("TOLLGATE_JWT_PREVIOUS_SECRET", s));
         }
+        if self.licence.key.is_none() {
+            out.push("TOLLGATE_LICENCE_KEY is missing (generate one with `openssl genpkey -algorithm ed25519`)".to_owned());
+        }
         match &self.stripe.secret_key {
             None => out.push("STRIPE_SECRET_KEY is missing".to_owned()),
             Some(s) => out.extend(weak_secret("STRIPE_SECRET_KEY", s)),

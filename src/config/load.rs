@@ -5,7 +5,7 @@ use std::fmt;
 use super::layer::layer;
 use super::sources::Sources;
 use super::types::Config;
-use super::{auth, database, http, logging, payments, server, stripe, tls};
+use super::{auth, database, http, licence, logging, payments, server, stripe, tls};
 
 /// Everything wrong with a configuration, each line naming the variable and never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,7 @@ impl Config {
         let stripe = stripe::parse(&raw, &mut errors);
         let auth = auth::parse(&raw, &mut errors);
         let payments = payments::parse(&raw, &server.public_url, &mut errors);
+        let licence = licence::parse(&raw, &mut errors);
         let config = Config {
             env: server.env,
             env_explicit: server.env_explicit,
@@ -77,6 +78,7 @@ impl Config {
             stripe,
             auth,
             payments,
+            licence,
         };
         (config, errors)
     }
@@ -124,6 +126,7 @@ mod tests {
         let text = err.to_string();
         for expected in [
             "STRIPE_SECRET_KEY is missing",
+            "TOLLGATE_LICENCE_KEY is missing",
             "STRIPE_WEBHOOK_SECRET is shorter than 32 bytes",
             "sandbox payment provider",
             "TOLLGATE_CORS_ORIGINS allows every origin",
@@ -167,5 +170,17 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains(STRONG_KEY));
         assert!(!debug.contains(STRONG_WHSEC));
+        assert!(!debug.contains(STRONG_LICENCE_KEY));
+    }
+
+    #[test]
+    fn the_licence_settings_default_to_30_days_and_a_development_key() {
+        let c = Config::load(&sources(&[])).unwrap();
+        assert_eq!(c.licence.ttl, Duration::from_secs(30 * 86400));
+        assert!(c.licence.key.is_none() && c.licence.previous_key.is_none());
+        let c = Config::load(&sources(&production_ok())).unwrap();
+        assert_eq!(c.licence.key.as_ref().unwrap().expose_secret(), STRONG_LICENCE_KEY);
+        let text = Config::load(&sources(&[("TOLLGATE_LICENCE_TTL", "forever")])).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_LICENCE_TTL"), "{text}");
     }
 }

@@ -8,7 +8,7 @@
 //! This file only declares the parts and re-exports their public items: `settings` (every
 //! variable, its default and meaning), `sources` and `layer` (where values come from and how
 //! they stack), one parser per section (`server`, `database`, `http`, `tls`, `logging`, `stripe`,
-//! `auth`, `payments`) composed by `load`, the shapes in `types`, and the production `checks`.
+//! `auth`, `payments`, `licence`) composed by `load`, the shapes in `types`, and the production `checks`.
 //! The parts import each other directly, never through this file.
 
 mod auth;
@@ -17,6 +17,7 @@ mod database;
 mod environment;
 mod http;
 mod layer;
+mod licence;
 mod load;
 mod logging;
 mod payments;
@@ -34,7 +35,7 @@ pub use self::load::ConfigErrors;
 pub use self::settings::{Setting, SETTINGS};
 pub use self::sources::Sources;
 pub use self::types::{
-    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LogFormat, PaymentProvider, PaymentsConfig, StripeConfig,
-    TlsConfig,
+    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, PaymentProvider, PaymentsConfig,
+    StripeConfig, TlsConfig,
 };
 pub use self::values::parse_duration;

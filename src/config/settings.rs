@@ -174,6 +174,27 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the previous signing secret, still accepted during a rotation",
     },
     Setting {
+        key: "licence_key",
+        env: &["TOLLGATE_LICENCE_KEY"],
+        default: None,
+        secret: true,
+        meaning: "Ed25519 private key that signs licences (PKCS#8 PEM as `openssl genpkey -algorithm ed25519` writes it, or its base64 DER); required in production; development without it generates one and keeps it in the database",
+    },
+    Setting {
+        key: "licence_previous_key",
+        env: &["TOLLGATE_LICENCE_PREVIOUS_KEY"],
+        default: None,
+        secret: true,
+        meaning: "the previous licence key (private, or its public key as SPKI PEM/base64): published in the JWKS during a rotation, never used to sign",
+    },
+    Setting {
+        key: "licence_ttl",
+        env: &["TOLLGATE_LICENCE_TTL"],
+        default: Some("30d"),
+        secret: false,
+        meaning: "longest lifetime of a licence (it also ends with the earliest access it carries)",
+    },
+    Setting {
         key: "session_idle_timeout",
         env: &["TOLLGATE_SESSION_IDLE_TIMEOUT"],
         default: Some("30m"),

@@ -87,6 +87,7 @@ pub(super) mod fixtures {
     }
 
     pub const STRONG_KEY: &str = "sk_live_51H8abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+    pub const STRONG_LICENCE_KEY: &str = "MC4CAQAwBQYDK2VwBCIEIDATgY59DYsMR8dfBlCFR+Y/7F2uHRFOFUD8x89rrUA4";
     pub const STRONG_WHSEC: &str = "whsec_9f8e7d6c5b4a39281706f5e4d3c2b1a0ffeeddcc";
 
     pub fn production_ok() -> Vec<(&'static str, &'static str)> {
@@ -95,6 +96,7 @@ pub(super) mod fixtures {
             ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
             ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
             ("TOLLGATE_JWT_SECRET", "jwt-5e1f0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
+            ("TOLLGATE_LICENCE_KEY", STRONG_LICENCE_KEY),
             ("STRIPE_SECRET_KEY", STRONG_KEY),
             ("STRIPE_WEBHOOK_SECRET", STRONG_WHSEC),
         ]

@@ -99,6 +99,17 @@ pub struct Config {
     pub stripe: StripeConfig,
     pub auth: AuthConfig,
     pub payments: PaymentsConfig,
+    pub licence: LicenceConfig,
+}
+
+/// Licences: the Ed25519 key that signs them, the previous one still published, their lifetime.
+#[derive(Debug, Clone)]
+pub struct LicenceConfig {
+    /// PKCS#8 PEM or base64 DER. Development without one keeps a generated key in the database.
+    pub key: Option<SecretString>,
+    /// A private or SPKI public key, only to verify (and publish in the JWKS) during a rotation.
+    pub previous_key: Option<SecretString>,
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

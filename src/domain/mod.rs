@@ -27,6 +27,8 @@ pub mod crypto;
 pub mod jwt;
 pub mod keys;
 pub mod ledger;
+pub mod licence;
+pub mod licensing;
 pub mod orders;
 pub mod password;
 pub mod payments;

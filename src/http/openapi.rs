@@ -27,6 +27,7 @@ use crate::http::routes::health;
         (name = "webhooks", description = "Deliveries from Stripe, verified and stored in the ledger"),
         (name = "health", description = "Liveness and readiness"),
         (name = "docs", description = "This document and a page that renders it"),
+        (name = "licences", description = "Licences verifiable offline: the public keys, issuing, the revocation list"),
     ),
 )]
 pub struct ApiDoc;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::domain::auth::AuthService;
 use crate::domain::keys::ApiKeyService;
+use crate::domain::licensing::LicenceService;
 use crate::domain::payments::PaymentsService;
 use crate::store::Store;
 use crate::stripe::sandbox::Sandbox;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub payments: Arc<PaymentsService>,
     /// API keys for the merchant's servers.
     pub keys: Arc<ApiKeyService>,
+    pub licences: Arc<LicenceService>,
     /// The sandbox provider's pages, when it is the provider.
     pub sandbox: Option<Arc<Sandbox>>,
     pub cookie: CookieSettings,

@@ -439,6 +439,7 @@ macro_rules! impl_account_store {
                         .await?
                         .rows_affected();
                         sqlx::query("DELETE FROM login_clients WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+                        Self::revoke_licences_of_user(&mut tx, id, now).await?;
                     }
                     tx.commit().await?;
                     Ok(FlagsChanged::Updated { before: Box::new(before), after: Box::new(after.into()), sessions_ended, families_revoked })

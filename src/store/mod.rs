@@ -2,7 +2,7 @@
 //! migrations under `migrations/<engine>/`. Nothing outside this module writes SQL.
 //!
 //! This file only names the parts: `seam.rs` (the `Store` trait), `error.rs`, the repositories
-//! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `payments.rs`: their rows, their traits and, in a
+//! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
 //! their pool), `types.rs` (domain enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
@@ -14,6 +14,7 @@ pub mod credits;
 mod error;
 pub mod health;
 pub mod ledger;
+pub mod licences;
 pub mod payments;
 mod pool;
 mod postgres;
@@ -33,6 +34,7 @@ pub use audit::{AuditEntry, AuditStore, NewAuditEntry};
 pub use credits::CreditStore;
 pub use error::StoreError;
 pub use ledger::{LedgerStore, NewEvent};
+pub use licences::LicenceStore;
 pub use payments::{IdempotencyStart, PaymentStore};
 pub use postgres::PgStore;
 pub use seam::{Engine, MigrationStatus, Store};

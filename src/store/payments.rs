@@ -334,6 +334,7 @@ macro_rules! impl_payment_store {
                                 note = format!("{note}; {credits}");
                             }
                         }
+                        Self::revoke_licences_of_grant(tx, &g.id, want, facts, now).await?;
                         Ok(Some(note))
                     }
                     (GrantAction::SetState(_), None) => Ok(None),

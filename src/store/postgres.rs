@@ -22,6 +22,7 @@ super::audit::impl_audit_store!(PgStore, "$8::jsonb", "detail::text");
 super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
 super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 super::credits::impl_credit_store!(PgStore, sqlx::Postgres);
+super::licences::impl_licence_store!(PgStore, sqlx::Postgres);
 
 pub struct PgStore {
     pool: PgPool,

@@ -29,6 +29,7 @@ super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
 super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
+super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,

@@ -16,6 +16,7 @@ fn production_env(whsec: &'static str) -> Vec<(&'static str, &'static str)> {
         ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
         ("TOLLGATE_BIND", "127.0.0.1:0"),
         ("TOLLGATE_JWT_SECRET", "jwt-5e1f0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
+        ("TOLLGATE_LICENCE_KEY", "MC4CAQAwBQYDK2VwBCIEIDATgY59DYsMR8dfBlCFR+Y/7F2uHRFOFUD8x89rrUA4"),
         ("STRIPE_SECRET_KEY", STRONG_KEY),
         ("STRIPE_WEBHOOK_SECRET", whsec),
     ]

@@ -16,6 +16,7 @@ mod fulfilment;
 mod hardening;
 mod health;
 mod helpers;
+mod licences;
 mod network;
 mod openapi;
 mod refunds_disputes;

@@ -10,6 +10,7 @@ pub mod docs;
 pub mod events;
 pub mod health;
 pub mod introspect;
+pub mod licences;
 pub mod me;
 pub mod products;
 pub mod sandbox;
@@ -36,4 +37,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(checkout::router())
         .merge(credits::router())
         .merge(sandbox::router())
+        .merge(licences::router())
 }
