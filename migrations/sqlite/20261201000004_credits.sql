@@ -1,6 +1,6 @@
 -- Credits as a ledger: every change of a balance is a movement with its reason and the balance
 -- after it; the balance is its own row so that a debit is one conditional UPDATE. The CHECKs are
--- the last word on "never negative"; the UNIQUE constraints make a debit per (user, Idempotency-Key)
+-- the last word on "never negative"; the UNIQUE constraints make a debit per (user, caller, Idempotency-Key)
 -- and a movement per (grant, step) happen once, whatever races.
 CREATE TABLE credit_balances (
     user_id    TEXT    PRIMARY KEY REFERENCES users (id),
@@ -29,14 +29,20 @@ CREATE TABLE credit_movements (
     metadata        TEXT,
     created_at      TEXT    NOT NULL,
     UNIQUE (user_id, seq),
-    UNIQUE (user_id, idempotency_key),
+    -- Idempotency-Keys belong to their caller (API.md: "from the same principal").
+    UNIQUE (user_id, actor, idempotency_key),
+    -- What each kind may be, whatever the code says.
+    CHECK (kind <> 'debit' OR (amount < 0 AND idempotency_key IS NOT NULL)),
+    CHECK (kind NOT IN ('grant', 'restore') OR amount > 0),
+    CHECK (kind <> 'clawback' OR amount < 0),
     UNIQUE (grant_id, grant_step)
 );
 
 -- What a refund or lost dispute could not claw back because it was already spent.
 ALTER TABLE orders ADD COLUMN credits_unrecoverable INTEGER NOT NULL DEFAULT 0 CHECK (credits_unrecoverable >= 0);
 -- How much of a credits grant is clawed back now, and its last movement's step.
-ALTER TABLE grants ADD COLUMN credits_clawed_back INTEGER NOT NULL DEFAULT 0 CHECK (credits_clawed_back >= 0);
+ALTER TABLE grants ADD COLUMN credits_clawed_back INTEGER NOT NULL DEFAULT 0
+    CHECK (credits_clawed_back >= 0 AND credits_clawed_back <= COALESCE(credits, 0));
 ALTER TABLE grants ADD COLUMN credits_step INTEGER NOT NULL DEFAULT 0;
 
 -- Backfill: an active credits grant becomes a grant movement; a suspended one (a dispute open)

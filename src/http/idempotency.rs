@@ -56,6 +56,26 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ApiResult<(StatusCode, T)>>,
 {
+    idempotent_remembering(state, principal, headers, route, input, |body| body, create).await
+}
+
+/// [`idempotent`], remembering for the replay only what `remember` keeps of the JSON answer: a
+/// secret shown once (a new API key) is answered the first time and never stored, so a replay
+/// answers without it.
+pub async fn idempotent_remembering<T, F, Fut>(
+    state: &AppState,
+    principal: &str,
+    headers: &HeaderMap,
+    route: &str,
+    input: &impl Serialize,
+    remember: impl FnOnce(serde_json::Value) -> serde_json::Value,
+    create: F,
+) -> ApiResult<Response>
+where
+    T: Serialize,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ApiResult<(StatusCode, T)>>,
+{
     let Some(key) = idempotency_key(headers)? else {
         let (status, body) = create().await?;
         return Ok((status, axum::Json(body)).into_response());
@@ -92,7 +112,9 @@ where
     match create().await {
         Ok((status, body)) => {
             let bytes = serde_json::to_vec(&body).map_err(anyhow::Error::from)?;
-            let sealed = seal_bytes(key.as_bytes(), principal, &bytes);
+            let kept = serde_json::to_vec(&remember(serde_json::to_value(&body).map_err(anyhow::Error::from)?))
+                .map_err(anyhow::Error::from)?;
+            let sealed = seal_bytes(key.as_bytes(), principal, &kept);
             store.idempotency_finish(principal, &stored_key, status.as_u16(), &sealed).await?;
             Ok((status, [("content-type", "application/json")], bytes).into_response())
         }

@@ -290,18 +290,19 @@ macro_rules! impl_credit_store {
                 Ok(Some(note))
             }
 
-            /// The debit recorded for (user, key), if any, and the request it was for.
+            /// The debit recorded for (user, caller, key), if any, and the request it was for.
             async fn debit_by_key(
                 &self,
                 user_id: &str,
+                actor: &str,
                 key: &str,
             ) -> Result<Option<($crate::store::credits::MovementRow, String)>, $crate::store::error::StoreError> {
                 let sql = format!(
-                    "SELECT {}, request_hash FROM credit_movements WHERE user_id = $1 AND idempotency_key = $2",
+                    "SELECT {}, request_hash FROM credit_movements WHERE user_id = $1 AND actor = $2 AND idempotency_key = $3",
                     $crate::store::credits::MOVEMENT_COLUMNS
                 );
                 let row: Option<DebitByKey> =
-                    $crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(user_id).bind(key).fetch_optional(&mut *c).await)?;
+                    $crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(user_id).bind(actor).bind(key).fetch_optional(&mut *c).await)?;
                 Ok(row.map(|r| (r.movement, r.request_hash.unwrap_or_default())))
             }
         }
@@ -337,7 +338,7 @@ macro_rules! impl_credit_store {
                         }
                     })
                 };
-                if let Some(seen) = replay(self.debit_by_key(&d.user_id, &d.idempotency_key).await?) {
+                if let Some(seen) = replay(self.debit_by_key(&d.user_id, &d.actor, &d.idempotency_key).await?) {
                     return Ok(seen);
                 }
                 let written = {
@@ -378,7 +379,7 @@ macro_rules! impl_credit_store {
                     return Ok(outcome);
                 }
                 // Not debited: the balance did not cover it, or the same key won a race.
-                if let Some(seen) = replay(self.debit_by_key(&d.user_id, &d.idempotency_key).await?) {
+                if let Some(seen) = replay(self.debit_by_key(&d.user_id, &d.actor, &d.idempotency_key).await?) {
                     return Ok(seen);
                 }
                 Ok(CreditOutcome::Insufficient { balance: self.credit_balance(&d.user_id).await? })

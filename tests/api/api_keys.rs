@@ -10,6 +10,7 @@ use tollgate::domain::apikeys::{generate_key, reveal, KeyMode};
 use tollgate::store::ApiKeyRow;
 
 use crate::helpers::accounts::{bearer_for, register, tokens, PASSWORD};
+use crate::helpers::database::idempotency_rows;
 use crate::helpers::keys::{api_key, create_api_key};
 use crate::helpers::shop::shop;
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
@@ -74,7 +75,7 @@ async fn a_key_is_shown_once_and_only_its_hash_is_stored() {
 #[tokio::test]
 async fn a_retried_create_with_the_same_idempotency_key_is_one_key() {
     let app = spawn_app().await;
-    let (admin, _) = bearer_for(&app, "admin@example.com", Role::Admin).await;
+    let (admin, admin_id) = bearer_for(&app, "admin@example.com", Role::Admin).await;
     let post = |body: Value| {
         app.client
             .post(app.url("/api/v1/admin/api-keys"))
@@ -90,7 +91,19 @@ async fn a_retried_create_with_the_same_idempotency_key_is_one_key() {
     let again = post(body).await.unwrap();
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(again.json::<Value>().await.unwrap(), first, "the same key, shown again to the same admin");
+    let mut again: Value = again.json().await.unwrap();
+    assert_eq!(again.as_object_mut().unwrap().remove("key"), None, "the key is shown once, never replayed");
+    let mut without_key = first.clone();
+    without_key.as_object_mut().unwrap().remove("key");
+    assert_eq!(again, without_key, "the same key's id and details");
+    // Nothing stored opens to the key, whatever the Idempotency-Key (a guessable one included).
+    let secret = first["key"].as_str().unwrap();
+    let stored = idempotency_rows(&app).await;
+    assert_eq!(stored.len(), 1);
+    for (_, sealed) in stored {
+        let opened = tollgate::domain::crypto::open_bytes(b"create-billing-key", &admin_id, &sealed).expect("opens with its key");
+        assert!(!String::from_utf8_lossy(&opened).contains(secret), "the replay holds no key");
+    }
     assert_eq!(app.store.list_api_keys(10, None).await.unwrap().len(), 1);
     assert_problem(post(json!({"name": "other", "scopes": ["credits:write"]})).await.unwrap(), 422).await;
 }
@@ -170,6 +183,10 @@ async fn a_key_opens_only_the_routes_its_scopes_name_and_never_user_or_admin_rou
         "{reasons:?}"
     );
     assert!(!stored_text(&app).await.contains(&key[8..]));
+
+    // The scope is checked before the query: a key without it learns nothing from a bad one.
+    let p = assert_problem(get_with(&app, key, &format!("/api/v1/users/{user_id}/orders?limit=0")).await, 403).await;
+    assert!(p["detail"].as_str().unwrap().contains("orders:read"));
 }
 
 #[tokio::test]

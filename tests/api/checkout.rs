@@ -11,6 +11,7 @@ use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 use crate::helpers::accounts::bearer_for;
 use crate::helpers::assert_problem;
+use crate::helpers::database::idempotency_rows;
 use crate::helpers::shop::{completed, shop, stripe_shop};
 use crate::helpers::stripe::{event, fixture};
 use crate::helpers::stripe_api::{form_value, mock_checkout, SK};
@@ -317,18 +318,7 @@ async fn a_replayed_payment_intent_returns_its_client_secret_which_is_never_read
     assert_eq!(again.json::<Value>().await.unwrap(), first, "the same client_secret again");
 
     // What the database holds: neither the key nor the secret, in any readable form.
-    let rows: Vec<(String, Vec<u8>)> = match s.app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            use sqlx::Connection;
-            let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_as("SELECT key, response FROM idempotency_keys").fetch_all(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            use sqlx::Connection;
-            let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_as("SELECT key, response FROM idempotency_keys").fetch_all(&mut c).await.unwrap()
-        }
-    };
+    let rows = idempotency_rows(&s.app).await;
     assert_eq!(rows.len(), 1);
     let (stored_key, response) = &rows[0];
     assert_ne!(stored_key, &key, "the key is stored as a hash");

@@ -111,6 +111,16 @@ async fn one_idempotency_key_sent_ten_times_at_once_is_one_debit() {
     assert_eq!(assert_problem(other, 422).await["errors"][0]["field"], "Idempotency-Key");
     assert_eq!(balance(&s).await, 90);
     assert_eq!(assert_ledger(&s, &s.user_id).await.len(), 2);
+
+    // Idempotency-Keys belong to their caller: another API key using the same one is its own
+    // debit and never sees the first caller's answer.
+    let other_service = api_key(&s.app, &s.admin, &["credits:write"]).await;
+    let theirs = debit(&s, &other_service, &s.user_id, Some("same-key"), body).await;
+    assert_eq!(theirs.status(), 201);
+    assert!(theirs.headers().get("idempotent-replayed").is_none());
+    assert_ne!(theirs.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(balance(&s).await, 80);
+    assert_eq!(assert_ledger(&s, &s.user_id).await.len(), 3);
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use crate::domain::keys::NewApiKey;
 use crate::http::auth::{AdminUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
-use crate::http::idempotency::{idempotent, IdempotencyKeyHeader};
+use crate::http::idempotency::{idempotent_remembering, IdempotencyKeyHeader};
 use crate::http::pagination::{page, ListParams};
 use crate::http::responses::{AdminOnly, AdminOnlyWithCsrf, BadListParameters, IdempotentCreate, JsonBody, Unauthenticated};
 use crate::http::state::AppState;
@@ -119,7 +119,14 @@ pub async fn create_api_key(
     headers: HeaderMap,
     Json(input): Json<ApiKeyIn>,
 ) -> ApiResult<Response> {
-    idempotent(&state, &admin.user.id, &headers, "api_key", &input, || async {
+    // The key is shown once: a replay answers the same key's id and details, never the key.
+    let forget_key = |mut body: serde_json::Value| {
+        if let Some(fields) = body.as_object_mut() {
+            fields.remove("key");
+        }
+        body
+    };
+    idempotent_remembering(&state, &admin.user.id, &headers, "api_key", &input, forget_key, || async {
         let new = NewApiKey { name: input.name.clone(), scopes: input.scopes.clone(), expires_at: input.expires_at };
         let created = state.keys.create(new, &admin.user.id, &meta).await?;
         let out = ApiKeyCreatedOut {

@@ -51,9 +51,11 @@ pub struct UserSearchList {
 pub async fn find_users(
     State(state): State<AppState>,
     caller: ApiKeyCaller,
-    Query(params): Query<UserSearchParams>,
+    params: Result<Query<UserSearchParams>, ApiError>,
 ) -> ApiResult<axum::Json<UserSearchList>> {
+    // The scope first: a key without it learns nothing, not even what the query should be.
     caller.require(Scope::UsersRead)?;
+    let Query(params) = params?;
     let email = params
         .email
         .filter(|e| !e.trim().is_empty())
@@ -94,9 +96,10 @@ pub async fn user_orders(
     State(state): State<AppState>,
     caller: ApiKeyCaller,
     Path(id): Path<String>,
-    Query(list): Query<ListParams>,
+    list: Result<Query<ListParams>, ApiError>,
 ) -> ApiResult<axum::Json<OrderList>> {
     caller.require(Scope::OrdersRead)?;
+    let Query(list) = list?;
     existing_user(&state, &id).await?;
     let rows = state.payments.list_orders(Some(&id), list.limit.fetch(), list.starting_after.as_deref()).await?;
     let (rows, has_more) = page(rows, list.limit);

@@ -32,3 +32,19 @@ pub async fn fresh_postgres_database() -> Option<PgTestDb> {
     url.set_path(&name);
     Some(PgTestDb { url: url.to_string(), _no_full_disk: no_full_disk })
 }
+
+/// What `idempotency_keys` holds, read straight from `app`'s database: (stored key, sealed answer).
+pub async fn idempotency_rows(app: &super::app::TestApp) -> Vec<(String, Vec<u8>)> {
+    use sqlx::Connection;
+    const SQL: &str = "SELECT key, response FROM idempotency_keys";
+    match app.store.engine() {
+        tollgate::store::Engine::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
+        }
+        tollgate::store::Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
+        }
+    }
+}
