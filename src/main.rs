@@ -189,14 +189,33 @@ async fn verifying_keys(config: &Config, jwks: Option<&str>) -> anyhow::Result<V
     use tollgate::domain::licensing::LicenceKeys;
     let doc: serde_json::Value = match jwks {
         Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+            // Keys fetched over plain http could be anyone's: only https, or http to this machine.
+            let parsed = url::Url::parse(url).with_context(|| format!("{url} is not a URL"))?;
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            anyhow::ensure!(
+                parsed.scheme() == "https" || loopback,
+                "the JWKS must be fetched over https (plain http only from localhost)"
+            );
             let _ = rustls::crypto::ring::default_provider().install_default();
             let client = reqwest::Client::builder()
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(15))
+                // A redirect could lead to plain http or elsewhere: the URL given is the one trusted.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()?;
-            let response = client.get(url).send().await.with_context(|| format!("cannot fetch the JWKS from {url}"))?;
+            let mut response = client.get(url).send().await.with_context(|| format!("cannot fetch the JWKS from {url}"))?;
             anyhow::ensure!(response.status().is_success(), "the JWKS at {url} answered {}", response.status());
-            response.json().await.with_context(|| format!("the JWKS at {url} is not JSON"))?
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.with_context(|| format!("cannot read the JWKS from {url}"))? {
+                body.extend_from_slice(&chunk);
+                anyhow::ensure!(body.len() <= 1 << 20, "the JWKS at {url} is larger than 1 MiB");
+            }
+            serde_json::from_slice(&body).with_context(|| format!("the JWKS at {url} is not JSON"))?
         }
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the JWKS file {path}"))?;
@@ -205,6 +224,10 @@ async fn verifying_keys(config: &Config, jwks: Option<&str>) -> anyhow::Result<V
         None => {
             let keys = match LicenceKeys::configured(&config.licence)? {
                 Some(keys) => keys,
+                // A development key left in a production database is nobody's to trust.
+                None if config.is_production() => {
+                    anyhow::bail!("no licence key: in production it is TOLLGATE_LICENCE_KEY (or pass --jwks)")
+                }
                 None => {
                     // Reads the development key; never creates one, nor migrates.
                     let store = store::connect(&config.database).await?;

@@ -156,6 +156,15 @@ mod tests {
     }
 
     #[test]
+    fn a_licence_lifetime_out_of_range_is_refused() {
+        for ttl in ["30s", "100000000d"] {
+            let text = Config::load(&sources(&[("TOLLGATE_LICENCE_TTL", ttl)])).unwrap_err().to_string();
+            assert!(text.contains("TOLLGATE_LICENCE_TTL: must be between 1m and 3660d"), "{ttl}: {text}");
+        }
+        assert_eq!(Config::load(&sources(&[("TOLLGATE_LICENCE_TTL", "1h")])).unwrap().licence.ttl, Duration::from_secs(3600));
+    }
+
+    #[test]
     fn malformed_settings_and_production_problems_are_listed_together() {
         let mut env = production_ok();
         env.retain(|(k, _)| *k != "STRIPE_SECRET_KEY");

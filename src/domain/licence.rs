@@ -172,6 +172,7 @@ pub fn keys_of_jwks(doc: &serde_json::Value) -> Vec<VerifyingKey> {
     keys.iter()
         .filter(|k| k["kty"] == "OKP" && k["crv"] == "Ed25519")
         .filter(|k| k.get("alg").is_none_or(|a| a == LICENCE_ALG))
+        .filter(|k| k.get("use").is_none_or(|u| u == "sig"))
         .filter_map(|k| {
             let x = URL_SAFE_NO_PAD.decode(k["x"].as_str()?).ok()?;
             let x: [u8; 32] = x.try_into().ok()?;
@@ -264,7 +265,7 @@ pub fn features_of(access: &[(String, Option<DateTime<Utc>>)]) -> Vec<LicenceFea
 /// When a licence issued `now` with `features` expires: `now + ttl`, or the earliest end among
 /// its features when that comes first. A licence never outlives the access it carries.
 pub fn licence_exp(features: &[LicenceFeature], now: DateTime<Utc>, ttl: chrono::Duration) -> DateTime<Utc> {
-    let cap = floor_secs(now + ttl);
+    let cap = floor_secs(now.checked_add_signed(ttl).unwrap_or(DateTime::<Utc>::MAX_UTC));
     features.iter().filter_map(|f| f.expires_at).fold(cap, DateTime::min)
 }
 
@@ -366,8 +367,12 @@ impl RevocationReason {
 }
 
 /// Why the licences carrying an order's grant are revoked when the grant stops being active: a
-/// dispute (open or lost) when there is one, else a refund.
+/// full refund when the order is fully refunded (whatever else happened), else a dispute (open or
+/// lost) when there is one, else a refund.
 pub fn revocation_reason(facts: &OrderFacts) -> RevocationReason {
+    if facts.fully_refunded() {
+        return RevocationReason::Refund;
+    }
     match facts.dispute {
         Some(DisputeState::Open | DisputeState::Lost) => RevocationReason::Dispute,
         _ => RevocationReason::Refund,
@@ -480,6 +485,10 @@ mod tests {
         let jwk = serde_json::to_value(key.verifying_key().jwk()).unwrap();
         assert_eq!(jwk["use"], "sig");
         assert_eq!(jwk["kid"], key.kid());
+        // A key meant for encryption is not trusted to verify.
+        let mut enc = jwk.clone();
+        enc["use"] = "enc".into();
+        assert!(keys_of_jwks(&serde_json::json!({"keys": [enc]})).is_empty());
     }
 
     #[test]
@@ -488,5 +497,9 @@ mod tests {
         assert_eq!(revocation_reason(&facts), RevocationReason::Refund);
         facts.dispute = Some(DisputeState::Open);
         assert_eq!(revocation_reason(&facts).as_str(), "dispute");
+        // Fully refunded while a dispute is open: the refund is what ended the access.
+        facts.amount = 1000;
+        facts.amount_refunded = 1000;
+        assert_eq!(revocation_reason(&facts), RevocationReason::Refund);
     }
 }

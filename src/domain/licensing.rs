@@ -182,7 +182,7 @@ impl LicenceService {
         // A grant suspended or revoked between reading the access and recording the licence
         // makes the store refuse; the access is then read again.
         for _ in 0..3 {
-            let access = self.payments.entitlements(user_id).await?.access;
+            let (access, depends_on) = self.payments.licensable_access(user_id).await?;
             let now = Utc::now();
             let id = new_id("lic");
             let pairs: Vec<(String, Option<DateTime<Utc>>)> =
@@ -199,8 +199,7 @@ impl LicenceService {
                 revoked_at: None,
                 revoked_reason: None,
             };
-            let grant_ids: Vec<String> = access.iter().map(|g| g.id.clone()).collect();
-            match self.store.insert_licence(&row, &grant_ids).await? {
+            match self.store.insert_licence(&row, &depends_on).await? {
                 LicenceInserted::Inserted => {
                     let licence = keys.signing.sign(&claims);
                     return Ok(IssuedLicence { id, licence, expires_at, claims });

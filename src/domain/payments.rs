@@ -421,6 +421,18 @@ impl PaymentsService {
         Ok(Entitlements { access: effective_access(active, Utc::now()), credit_balance })
     }
 
+    /// What a licence may carry: the user's effective access (as [`Self::entitlements`] shows
+    /// it) and the ids of every active access grant it was computed from, ended ones included: an
+    /// earlier purchase that is refunded or disputed moves every later period of its feature, so a
+    /// licence depends on all of them.
+    pub async fn licensable_access(&self, user_id: &str) -> Result<(Vec<GrantRow>, Vec<String>), PaymentError> {
+        let grants = self.store.grants_for_user(user_id).await?;
+        let active: Vec<GrantRow> =
+            grants.into_iter().filter(|g| g.status == GrantState::Active && g.kind == GrantKind::Access).collect();
+        let ids = active.iter().map(|g| g.id.clone()).collect();
+        Ok((effective_access(active, Utc::now()), ids))
+    }
+
     /// Asks the provider for a refund of a paid order (the whole remaining amount when `amount`
     /// is None). The order itself changes when the provider's `charge.refunded` event arrives.
     /// With the caller's Idempotency-Key the refund's id, and so the key Stripe sees, is derived

@@ -15,6 +15,7 @@ use tollgate::domain::licence::{parse_private_key, LicenceClaims};
 
 use crate::helpers::accounts::bearer_for;
 use crate::helpers::binary::{output_text, tollgate};
+use crate::helpers::database::set_grant_period;
 use crate::helpers::keys::api_key;
 use crate::helpers::shop::{completed, dispute, refunded, shop, Shop};
 use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with, TestApp};
@@ -375,6 +376,27 @@ async fn revocations_after_a_refund_a_dispute_and_a_disabled_user_are_listed() {
 }
 
 #[tokio::test]
+async fn refunding_an_earlier_purchase_that_already_ended_revokes_the_licences_of_the_later_one() {
+    // Purchases of a feature follow each other: refunding an earlier one moves the later ones,
+    // so a licence depends on every active grant of its user, ended ones included.
+    let s = shop(&[]).await;
+    let earlier = buy_access(&s, "pro", Some(30)).await;
+    buy_access(&s, "pro", Some(30)).await;
+    let grant = &s.grants(earlier["order_id"].as_str().unwrap()).await[0];
+    let now = chrono::Utc::now();
+    set_grant_period(&s.app, &grant.id, now - chrono::Duration::days(40), now - chrono::Duration::days(10)).await;
+    let licence = my_licence(&s.app, &s.user).await;
+    let claims = part(licence["licence"].as_str().unwrap(), 1);
+    assert_eq!(claims["features"].as_array().unwrap().len(), 1, "{claims}");
+    let id = licence["id"].as_str().unwrap();
+
+    assert_eq!(s.deliver(&refunded(&earlier, 1000, 1000).1).await, 200);
+    let row = s.app.store.licence(id).await.unwrap().unwrap();
+    assert!(row.revoked_at.is_some(), "the licence depended on the refunded, already ended purchase");
+    assert_eq!(row.revoked_reason.as_deref(), Some("refund"));
+}
+
+#[tokio::test]
 async fn a_licence_issued_while_its_access_is_refunded_is_revoked_or_does_not_carry_it() {
     let s = shop(&[]).await;
     let checkout = buy_access(&s, "pro", Some(30)).await;
@@ -474,6 +496,13 @@ async fn the_development_key_is_kept_in_the_database_across_restarts() {
     // The CLI without --jwks reads the same key from the database.
     let claims = cli_verify(&licence, &[], &[("DATABASE_URL", &first.database_url)]).await.expect("verifies with the stored key");
     assert_eq!(claims["iss"], ISSUER);
+    // In production the CLI trusts only the configured key, never one found in the database.
+    let why =
+        cli_verify(&licence, &[], &[("DATABASE_URL", &first.database_url), ("TOLLGATE_ENV", "production")]).await.unwrap_err();
+    assert!(why.contains("TOLLGATE_LICENCE_KEY"), "{why}");
+    // Keys fetched over plain http could be anyone's: refused unless from this machine.
+    let why = cli_verify(&licence, &["--jwks", "http://keys.example.com/jwks.json"], &[]).await.unwrap_err();
+    assert!(why.contains("https"), "{why}");
     // Verifying never creates a key: a database without one refuses.
     let empty = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", empty.path().join("empty.db").display());

@@ -43,9 +43,11 @@ pub struct ApiKeyIn {
 pub struct ApiKeyCreatedOut {
     #[schema(example = "key_018f3a2b4c5d6e7f8a9b0c1d")]
     pub id: String,
-    /// The key: send it as `Authorization: Bearer <key>`. Shown once; store it now.
+    /// The key: send it as `Authorization: Bearer <key>`. Shown once; store it now. Absent from
+    /// the answer replayed for a retried `Idempotency-Key` (never stored, so never shown again).
     #[schema(example = "tg_test_…")]
-    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The key's first characters, to recognise it later (not a secret).
     #[schema(example = "tg_test_4fQ2xZ9a")]
     pub prefix: String,
@@ -130,7 +132,7 @@ pub async fn create_api_key(
         let new = NewApiKey { name: input.name.clone(), scopes: input.scopes.clone(), expires_at: input.expires_at };
         let created = state.keys.create(new, &admin.user.id, &meta).await?;
         let out = ApiKeyCreatedOut {
-            key: created.reveal().to_owned(),
+            key: Some(created.reveal().to_owned()),
             scopes: scopes_from_text(&created.row.scopes),
             mode: state.keys.mode(),
             id: created.row.id,

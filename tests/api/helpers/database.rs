@@ -48,3 +48,28 @@ pub async fn idempotency_rows(app: &super::app::TestApp) -> Vec<(String, Vec<u8>
         }
     }
 }
+
+/// Moves grant `grant_id` to the period `starts_at`..`expires_at` in `app`'s database, as if it
+/// had been bought that long ago.
+pub async fn set_grant_period(
+    app: &super::app::TestApp,
+    grant_id: &str,
+    starts_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+) {
+    use sqlx::Connection;
+    const SQL: &str = "UPDATE grants SET starts_at = $2, expires_at = $3 WHERE id = $1";
+    let done = match app.store.engine() {
+        tollgate::store::Engine::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query(SQL).bind(grant_id).bind(starts_at).bind(expires_at).execute(&mut c).await.unwrap()
+        }
+        .rows_affected(),
+        tollgate::store::Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query(SQL).bind(grant_id).bind(starts_at).bind(expires_at).execute(&mut c).await.unwrap()
+        }
+        .rows_affected(),
+    };
+    assert_eq!(done, 1, "grant {grant_id} moved");
+}
