@@ -465,35 +465,49 @@ mod tests {
     async fn a_request_already_admitted_is_never_refused_its_next_step() {
         let pool = PasswordHasherPool::build(1, (8192, 1, 1), 1);
         let pw = SecretString::from("correct horse battery staple 42".to_owned());
-        // The one worker is busy and the one place in the queue is taken.
+        // Waits (without timing assumptions: a loaded machine may take any time) until `ready`.
+        async fn until(ready: impl Fn() -> bool) {
+            for _ in 0..2000 {
+                if ready() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            panic!("the pool never reached the state the test waits for");
+        }
+        // The one worker is busy (until released) and the one place in the queue is taken.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
         let busy = {
             let pool = pool.clone();
-            tokio::spawn(async move { pool.run(false, || std::thread::sleep(std::time::Duration::from_millis(300))).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let queued = {
-            let pool = pool.clone();
             tokio::spawn(async move {
-                pool.run(false, || ()).await.unwrap();
-                std::time::Instant::now()
+                pool.run(false, move || {
+                    let _ = gate.recv();
+                })
+                .await
             })
         };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        until(|| pool.in_flight.load(Ordering::SeqCst) == 1).await;
+        // The order in which the worker runs the jobs, as the jobs themselves see it.
+        let served = Arc::new(AtomicUsize::new(0));
+        let queued = {
+            let (pool, served) = (pool.clone(), served.clone());
+            tokio::spawn(async move { pool.run(false, move || served.fetch_add(1, Ordering::SeqCst)).await.unwrap() })
+        };
+        until(|| pool.waiting.load(Ordering::SeqCst) == 1).await;
         assert!(pool.is_full());
         assert!(matches!(pool.hash(&pw).await, Err(PasswordWorkError::Busy)), "a new request is refused");
         // A later step of a request already admitted still gets its turn, and before the queued
         // new one.
+        // (`then_hash` and the other later steps are `run(true, …)`.)
         let later = {
-            let (pool, pw) = (pool.clone(), pw.clone());
-            tokio::spawn(async move {
-                pool.then_hash(&pw).await.unwrap();
-                std::time::Instant::now()
-            })
+            let (pool, served) = (pool.clone(), served.clone());
+            tokio::spawn(async move { pool.run(true, move || served.fetch_add(1, Ordering::SeqCst)).await.unwrap() })
         };
+        until(|| pool.waiting.load(Ordering::SeqCst) == 2).await;
+        release.send(()).unwrap();
         busy.await.unwrap().unwrap();
-        let later_done = later.await.unwrap();
-        let queued_done = queued.await.unwrap();
-        assert!(later_done <= queued_done, "the admitted lane is served first");
+        assert_eq!((later.await.unwrap(), queued.await.unwrap()), (0, 1), "the admitted lane is served first");
+        assert!(pool.then_hash(&pw).await.is_ok(), "and a later step hashes");
     }
 
     #[tokio::test]
