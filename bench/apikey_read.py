@@ -12,16 +12,14 @@ when TEST_DATABASE_URL (or --postgres URL) names a server, on PostgreSQL. The ke
     cargo build --release --bin tollgate --examples
     python3 bench/apikey_read.py [--seconds 10] [--concurrency 32] [--postgres postgres://…]
 """
-import argparse
 import http.client
 import json
 import os
 import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from webhook_ingest import REL, TOLLGATE, free_port, fresh_postgres, wait_for  # noqa: E402
+from webhook_ingest import REL, TOLLGATE, free_port, side_by_side, wait_for  # noqa: E402
 
 
 def loadgen(url, concurrency, seconds, bearer=None):
@@ -72,39 +70,7 @@ def run_tollgate(database_url, seconds, concurrency, workdir):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--postgres", default=os.environ.get("TEST_DATABASE_URL"))
-    args = ap.parse_args()
-    for binary in [TOLLGATE, os.path.join(REL, "examples", "hello"), os.path.join(REL, "examples", "loadgen")]:
-        if not os.path.exists(binary):
-            sys.exit("build first: cargo build --release --bin tollgate --examples")
-
-    results = []
-    port = free_port()
-    hello = subprocess.Popen([os.path.join(REL, "examples", "hello"), f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL)
-    try:
-        wait_for(port, "/")
-        results.append(("axum hello-world GET /", loadgen(f"http://127.0.0.1:{port}/", args.concurrency, args.seconds)))
-    finally:
-        hello.terminate()
-        hello.wait()
-
-    with tempfile.TemporaryDirectory() as d:
-        results.append(("entitlements by key, SQLite", run_tollgate(f"sqlite://{d}/tollgate.db", args.seconds, args.concurrency, d)))
-        if args.postgres:
-            url, name = fresh_postgres(args.postgres)
-            try:
-                results.append(("entitlements by key, PostgreSQL", run_tollgate(url, args.seconds, args.concurrency, d)))
-            finally:
-                subprocess.run(["psql", args.postgres, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
-
-    base = results[0][1]["rate"]
-    print(f"machine: {os.cpu_count()} cpus; {args.concurrency} concurrent clients, {args.seconds} s each")
-    print(f"{'target':<34}{'req/s':>10}{'p50':>10}{'p99':>10}{'errors':>8}{'vs hello':>10}")
-    for name, r in results:
-        print(f"{name:<34}{r['rate']:>10.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{r['errors']:>8}{r['rate'] / base * 100:>9.1f}%")
+    side_by_side("entitlements by key", run_tollgate)
 
 
 if __name__ == "__main__":

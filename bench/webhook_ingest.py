@@ -77,7 +77,9 @@ def fresh_postgres(admin_url):
     return f"{base}/{name}", name
 
 
-def main():
+def side_by_side(label, run):
+    """Parses the common options, then measures the hello-world and `run(database_url, seconds,
+    concurrency, workdir)` on SQLite (and PostgreSQL with --postgres) in one run; prints the table."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=32)
@@ -98,19 +100,24 @@ def main():
         hello.wait()
 
     with tempfile.TemporaryDirectory() as d:
-        results.append(("tollgate webhook, SQLite", run_tollgate(f"sqlite://{d}/tollgate.db", args.seconds, args.concurrency, d)))
+        results.append((f"{label}, SQLite", run(f"sqlite://{d}/tollgate.db", args.seconds, args.concurrency, d)))
         if args.postgres:
             url, name = fresh_postgres(args.postgres)
             try:
-                results.append(("tollgate webhook, PostgreSQL", run_tollgate(url, args.seconds, args.concurrency, d)))
+                results.append((f"{label}, PostgreSQL", run(url, args.seconds, args.concurrency, d)))
             finally:
                 subprocess.run(["psql", args.postgres, "-qc", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], check=False)
 
     base = results[0][1]["rate"]
+    width = max(len(name) for name, _ in results) + 2
     print(f"machine: {os.cpu_count()} cpus; {args.concurrency} concurrent clients, {args.seconds} s each")
-    print(f"{'target':<32}{'req/s':>10}{'p50':>10}{'p99':>10}{'errors':>8}{'vs hello':>10}")
+    print(f"{'target':<{width}}{'req/s':>10}{'p50':>10}{'p99':>10}{'errors':>8}{'vs hello':>10}")
     for name, r in results:
-        print(f"{name:<32}{r['rate']:>10.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{r['errors']:>8}{r['rate'] / base * 100:>9.1f}%")
+        print(f"{name:<{width}}{r['rate']:>10.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{r['errors']:>8}{r['rate'] / base * 100:>9.1f}%")
+
+
+def main():
+    side_by_side("tollgate webhook", run_tollgate)
 
 
 if __name__ == "__main__":
