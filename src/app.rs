@@ -180,6 +180,7 @@ impl App {
             config: Arc::new(config),
             store,
             openapi: Arc::new(openapi),
+            meters: crate::meters::Meters::new(),
         };
         let router = crate::http::router(state.clone(), routes.merge(extra), tls.is_some());
         let http = &state.config.http;

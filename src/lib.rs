@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod meters;
 pub mod ratelimit;
 pub mod redis;
 pub mod store;

@@ -315,4 +315,16 @@ mod tests {
         let c = Config::load(&production_with("TOLLGATE_BIND", "0.0.0.0:8443")).unwrap();
         assert!(c.is_production() && c.development_exposed().is_none());
     }
+
+    #[test]
+    fn a_metrics_token_is_long_and_never_echoed() {
+        use secrecy::ExposeSecret;
+        let text = Config::load(&sources(&[("TOLLGATE_METRICS_TOKEN", "short-token-value")])).unwrap_err().to_string();
+        assert!(text.contains("TOLLGATE_METRICS_TOKEN") && !text.contains("short-token-value"), "{text}");
+        let long = "m".repeat(32);
+        let config = Config::load(&sources(&[("TOLLGATE_METRICS_TOKEN", &long)])).unwrap();
+        assert_eq!(config.http.metrics_token.as_ref().map(|t| t.expose_secret().to_owned()), Some(long.clone()));
+        assert!(!format!("{config:?}").contains(&long), "redacted in Debug");
+        assert!(Config::load(&sources(&[])).unwrap().http.metrics_token.is_none());
+    }
 }

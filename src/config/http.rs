@@ -44,7 +44,12 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> HttpConfig {
     if shutdown_timeout.is_none() {
         errors.push(raw.bad("shutdown_timeout", "must be a duration such as 20s"));
     }
+    let metrics_token = raw.get("metrics_token").filter(|t| !t.is_empty()).map(|t| secrecy::SecretString::from(t.to_owned()));
+    if metrics_token.as_ref().is_some_and(|t| secrecy::ExposeSecret::expose_secret(t).chars().count() < 32) {
+        errors.push("TOLLGATE_METRICS_TOKEN: must be at least 32 characters".to_owned());
+    }
     HttpConfig {
+        metrics_token,
         body_limit: body_limit.unwrap_or(1024 * 1024),
         request_timeout: request_timeout.unwrap_or(Duration::from_secs(30)),
         shutdown_timeout: shutdown_timeout.unwrap_or(Duration::from_secs(20)),

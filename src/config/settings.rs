@@ -89,6 +89,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "comma-separated CIDRs whose X-Forwarded-For/-Proto are believed",
     },
     Setting {
+        key: "metrics_token",
+        env: &["TOLLGATE_METRICS_TOKEN"],
+        default: None,
+        secret: true,
+        meaning: "bearer token that opens GET /metrics to non-loopback clients (at least 32 characters); unset: loopback clients only",
+    },
+    Setting {
         key: "body_limit",
         env: &["TOLLGATE_BODY_LIMIT"],
         default: Some("1048576"),

@@ -54,6 +54,8 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight this long is closed.
     pub idle_timeout: Duration,
+    /// Opens `GET /metrics` to a client that is not on loopback.
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 #[derive(Debug, Clone)]

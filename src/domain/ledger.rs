@@ -116,6 +116,12 @@ pub fn applied_outcome(applied: &Applied) -> (EventStatus, String) {
     }
 }
 
+/// Whether an event's history line says it created an order's grant (the order was fulfilled):
+/// `store/payments.rs` appends `; granted <grant id>` to the line of [`applied_outcome`].
+pub fn created_grant(history: &str) -> bool {
+    history.split("; ").any(|part| part.starts_with("granted ent_"))
+}
+
 /// The status and history line of an event settling one of our refunds (`found`: it exists).
 pub fn refund_outcome(refund_id: &str, status: RefundStatus, found: bool) -> (EventStatus, String) {
     if found {
@@ -129,6 +135,13 @@ pub fn refund_outcome(refund_id: &str, status: RefundStatus, found: bool) -> (Ev
 mod tests {
     use super::*;
     use crate::domain::orders::OrderStatus;
+
+    #[test]
+    fn a_created_grant_is_read_from_the_history_line() {
+        assert!(created_grant("order ord_1 paid: status paid; granted ent_0190abcdef12"));
+        assert!(!created_grant("order ord_1 refunded: grant ent_0190abcdef12 revoked"));
+        assert!(!created_grant("no order matches this event"));
+    }
 
     #[test]
     fn every_outcome_leaves_a_status_and_a_line_for_the_history() {

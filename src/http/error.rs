@@ -93,6 +93,10 @@ impl Problem {
     }
 }
 
+/// Marks a response refused because the password queue was full (counted by the edge).
+#[derive(Debug, Clone, Copy)]
+pub struct PasswordQueueFull;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed request: {0}")]
@@ -249,6 +253,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if matches!(self, ApiError::Busy) {
+            response.extensions_mut().insert(PasswordQueueFull);
         }
         response.extensions_mut().insert(self.problem());
         response

@@ -15,8 +15,9 @@ use ipnet::IpNet;
 use tracing::Instrument;
 
 use crate::domain::apikeys::mentions_key;
-use crate::http::error::{ApiError, Problem, PROBLEM_JSON};
+use crate::http::error::{ApiError, PasswordQueueFull, Problem, PROBLEM_JSON};
 use crate::http::extract::{ClientInfo, RequestId};
+use crate::meters::Meters;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -26,7 +27,12 @@ pub struct EdgeConfig {
     pub trusted_proxies: Arc<Vec<IpNet>>,
     /// This server terminates TLS itself.
     pub tls: bool,
+    pub meters: Arc<Meters>,
 }
+
+/// The routes where a 401 is a login failure (wrong email or password).
+const LOGIN_ROUTE: &str = "/api/v1/auth/login";
+const TOKEN_ROUTE: &str = "/api/v1/auth/token";
 
 /// The API's policy; the docs page sets its own, which is kept.
 pub const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'";
@@ -177,12 +183,20 @@ pub async fn edge(State(edge): State<EdgeConfig>, mut req: Request, next: Next) 
         }
     };
 
+    if response.extensions().get::<PasswordQueueFull>().is_some() {
+        edge.meters.password_queue_refused();
+    }
     response = render_problem(response, &request_id);
     set_security_headers(response.headers_mut(), client.https);
     response.headers_mut().insert(X_REQUEST_ID.clone(), id_header);
 
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    edge.meters.http_request(method.as_str(), route.as_deref(), status, elapsed);
+    if status == 401 && matches!(route.as_deref(), Some(LOGIN_ROUTE | TOKEN_ROUTE)) {
+        edge.meters.login_failed();
+    }
+    let latency_ms = elapsed * 1000.0;
     let client_ip = client.ip.to_string();
     span.in_scope(|| {
         if status >= 500 {

@@ -40,7 +40,7 @@ pub fn api() -> (Router<AppState>, String) {
 /// by another layer (CORS preflight, 408, 413) gets the request id, problem shape and headers.
 pub fn router(state: AppState, routes: Router<AppState>, tls: bool) -> Router {
     let http = &state.config.http;
-    let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls };
+    let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls, meters: state.meters.clone() };
     routes
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(http.body_limit))

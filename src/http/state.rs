@@ -8,6 +8,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::keys::ApiKeyService;
 use crate::domain::licensing::LicenceService;
 use crate::domain::payments::PaymentsService;
+use crate::meters::Meters;
 use crate::store::Store;
 use crate::stripe::sandbox::Sandbox;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     pub cookie: CookieSettings,
     /// The OpenAPI document, generated once at start.
     pub openapi: Arc<String>,
+    /// What `/metrics` reports.
+    pub meters: Arc<Meters>,
 }
 
 /// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;

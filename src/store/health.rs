@@ -65,6 +65,9 @@ pub struct Health {
     /// Milliseconds since `origin` of the last storage fault, plus one; 0 when there was none.
     last_fault: AtomicU64,
     last_fault_text: Mutex<String>,
+    /// How many storage faults and failures to reach the database were met (for `/metrics`).
+    storage_faults: AtomicU64,
+    unreachable_faults: AtomicU64,
     /// The last readiness write and when it was made; held while one is being made.
     probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
 }
@@ -100,6 +103,8 @@ impl Health {
             probing: AtomicBool::new(false),
             last_fault: AtomicU64::new(0),
             last_fault_text: Mutex::new(String::new()),
+            storage_faults: AtomicU64::new(0),
+            unreachable_faults: AtomicU64::new(0),
             probe: tokio::sync::Mutex::new(None),
         }
     }
@@ -126,6 +131,7 @@ impl Health {
 
     /// The database could not be reached.
     pub fn unreachable(&self) {
+        self.unreachable_faults.fetch_add(1, Ordering::Relaxed);
         let until = self.now_ms() + u64::try_from(RETRY_DOWN_AFTER.as_millis()).unwrap_or(1000);
         self.down_until.store(until, Ordering::SeqCst);
     }
@@ -139,11 +145,21 @@ impl Health {
     /// connection (a terminated backend, a reset socket) is that connection's problem.
     pub fn observe(&self, e: &sqlx::Error) -> Option<Fault> {
         let fault = classify(e)?;
+        match fault {
+            Fault::Storage => self.storage_faults.fetch_add(1, Ordering::Relaxed),
+            Fault::Unreachable => self.unreachable_faults.fetch_add(1, Ordering::Relaxed),
+        };
         if fault == Fault::Storage {
             *self.last_fault_text.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
             self.last_fault.store(self.now_ms(), Ordering::SeqCst);
         }
         Some(fault)
+    }
+
+    /// How many faults were met since start: (storage, unreachable). A failure to connect and an
+    /// error that says the database went away each count once.
+    pub fn fault_counts(&self) -> (u64, u64) {
+        (self.storage_faults.load(Ordering::Relaxed), self.unreachable_faults.load(Ordering::Relaxed))
     }
 
     /// The last storage fault, if it is recent enough to report.
@@ -219,5 +235,14 @@ mod tests {
         assert_eq!(classify(&sqlx::Error::PoolClosed), Some(Fault::Unreachable));
         assert_eq!(classify(&sqlx::Error::Io(std::io::Error::other("reset"))), Some(Fault::Unreachable));
         assert_eq!(classify(&sqlx::Error::RowNotFound), None);
+    }
+
+    #[test]
+    fn faults_are_counted_by_kind() {
+        let h = Health::new();
+        assert_eq!(h.observe(&sqlx::Error::RowNotFound), None);
+        h.observe(&sqlx::Error::PoolClosed);
+        h.unreachable();
+        assert_eq!(h.fault_counts(), (0, 2));
     }
 }

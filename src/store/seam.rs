@@ -58,6 +58,8 @@ pub trait Store:
     /// Whether the database takes a write now: no storage fault in the last seconds, and an
     /// event-sized row written and committed. `Err` says why not, in words fit for `/readyz`.
     async fn check_writable(&self) -> Result<(), String>;
+    /// Faults met since start, (storage, unreachable), as [`super::health::Health::fault_counts`].
+    fn fault_counts(&self) -> (u64, u64);
     async fn close(&self);
 }
 
@@ -122,6 +124,10 @@ macro_rules! impl_store {
                     $crate::store::pool::writable_verdict(&self.health, written)
                 };
                 self.health.probe_once(probe).await
+            }
+
+            fn fault_counts(&self) -> (u64, u64) {
+                self.health.fault_counts()
             }
 
             async fn close(&self) {

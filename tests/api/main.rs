@@ -17,6 +17,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod licences;
+mod metrics;
 mod network;
 mod openapi;
 mod refunds_disputes;

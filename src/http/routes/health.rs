@@ -1,9 +1,11 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the Prometheus metrics.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -12,13 +14,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ClientInfo;
 use crate::http::state::AppState;
 
 /// How long one dependency may take to answer a readiness probe.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -83,4 +86,40 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> 
     } else {
         Err(ApiError::NotReady(checks))
     }
+}
+
+/// The Prometheus text format (see the README's Metrics section). Allowed to a client on loopback
+/// (the address the edge resolved: the socket peer, or the forwarded client when the peer is a
+/// trusted proxy) and to `Authorization: Bearer <TOLLGATE_METRICS_TOKEN>`; anyone else gets 403.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Counters and histograms in the Prometheus text format (0.0.4)", content_type = "text/plain", body = String),
+        (status = 403, description = "Neither a loopback client nor the metrics token", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn metrics(State(state): State<AppState>, client: ClientInfo, headers: HeaderMap) -> ApiResult<Response> {
+    let token = state.config.http.metrics_token.as_ref().map(|t| t.expose_secret().as_bytes());
+    if !may_read_metrics(client.ip, &headers, token) {
+        return Err(ApiError::Forbidden(
+            "metrics are served to loopback clients and to the metrics token (Authorization: Bearer)".to_owned(),
+        ));
+    }
+    let (storage, unreachable) = state.store.fault_counts();
+    let body = state.meters.render(storage, unreachable);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
+}
+
+/// A loopback client, or a bearer token equal to the configured one (compared in constant time,
+/// as SHA-256 digests so that not even the length shows).
+fn may_read_metrics(client: std::net::IpAddr, headers: &HeaderMap, token: Option<&[u8]>) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    if client.is_loopback() {
+        return true;
+    }
+    let (Some(token), Some(presented)) =
+        (token, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")))
+    else {
+        return false;
+    };
+    Sha256::digest(presented.trim().as_bytes()).ct_eq(&Sha256::digest(token)).into()
 }

@@ -11,11 +11,12 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::domain::ledger::Recorded;
+use crate::domain::ledger::{created_grant, EventStatus, Recorded};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ClientInfo;
 use crate::http::responses::BodyTooLarge;
 use crate::http::state::AppState;
+use crate::meters::WebhookOutcome;
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -51,14 +52,30 @@ pub async fn receive(
     if let Err(reason) = verify_signature(&body, header, &stripe.webhook_secrets, Utc::now().timestamp(), tolerance) {
         // A security event: who and why, never the body or the header.
         tracing::warn!(security = true, reason = %reason, client_ip = %client.ip, bytes = body.len(), "stripe webhook refused");
+        state.meters.webhook(WebhookOutcome::Rejected);
         return Err(ApiError::BadRequest("invalid Stripe-Signature".to_owned()));
     }
     let Some(event) = Event::parse(&body) else {
         tracing::warn!(security = true, client_ip = %client.ip, "signed stripe webhook body is not an event");
+        state.meters.webhook(WebhookOutcome::Rejected);
         return Err(ApiError::BadRequest("the body is not a Stripe event".to_owned()));
     };
-    match state.payments.ingest(&event, &body).await? {
+    let recorded = state.payments.ingest(&event, &body).await;
+    state.meters.webhook(match &recorded {
+        Ok(Recorded::Stored { status, .. }) => match status {
+            EventStatus::Processed => WebhookOutcome::Processed,
+            EventStatus::Ignored => WebhookOutcome::Ignored,
+            EventStatus::Unmatched => WebhookOutcome::Unmatched,
+            EventStatus::Failed | EventStatus::Received => WebhookOutcome::Failed,
+        },
+        Ok(Recorded::Duplicate { .. }) => WebhookOutcome::Duplicate,
+        Err(_) => WebhookOutcome::Failed,
+    });
+    match recorded? {
         Recorded::Stored { status, detail, retried } => {
+            if created_grant(&detail) {
+                state.meters.order_fulfilled();
+            }
             tracing::info!(event_id = %event.id, kind = %event.kind, status = %status, detail = %detail, retried, "stripe event stored")
         }
         Recorded::Duplicate { status } => {
