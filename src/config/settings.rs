@@ -72,7 +72,14 @@ pub const SETTINGS: &[Setting] = &[
         env: &["REDIS_URL", "TOLLGATE_REDIS_URL"],
         default: None,
         secret: true,
-        meaning: "redis://HOST:PORT; when set, /readyz checks it",
+        meaning: "redis://HOST:PORT or rediss:// (TLS); when set, rate limits are kept there, shared by every instance, and /readyz checks it",
+    },
+    Setting {
+        key: "redis_key_prefix",
+        env: &["TOLLGATE_REDIS_KEY_PREFIX"],
+        default: Some("tollgate:"),
+        secret: false,
+        meaning: "prefix of every rate-limit key on Redis (<prefix>rl:...), to share one Redis between deployments",
     },
     Setting {
         key: "cors_origins",

@@ -92,6 +92,8 @@ pub struct Config {
     pub public_url: Url,
     pub database: DatabaseConfig,
     pub redis_url: Option<SecretString>,
+    /// The rate limiter's keys on Redis start with this (`tollgate:` by default).
+    pub redis_key_prefix: String,
     pub http: HttpConfig,
     pub tls: Option<TlsConfig>,
     pub log_filter: String,

@@ -19,6 +19,7 @@ mod helpers;
 mod licences;
 mod network;
 mod openapi;
+mod ratelimits;
 mod refunds_disputes;
 mod security_headers;
 mod storage;

@@ -1,0 +1,243 @@
+//! Rate limits on Redis (issue 12): the Redis limiter decides as the in-memory one does, a budget
+//! is shared by every instance on one Redis, and a Redis outage falls back to each instance's
+//! memory (never fail-open) and recovers by itself.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use tollgate::ratelimit::{Decision, MemoryRateLimiter, Quota, RateLimiter, RedisRateLimiter, SharedRateLimiter};
+
+use crate::helpers::accounts::PASSWORD;
+use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with, TestApp};
+
+/// The shared Redis, or `None` (skipped; CI sets it).
+fn redis_url(test: &str) -> Option<String> {
+    let url = std::env::var("TEST_REDIS_URL").ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        assert!(!in_ci(), "TEST_REDIS_URL must be set in CI");
+        skip(test, "TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
+    }
+    url
+}
+
+/// A key prefix no other test (or earlier run) uses.
+fn namespace() -> String {
+    format!("tollgate-test:{}:", uuid::Uuid::new_v4())
+}
+
+/// A comparable form of a decision: durations in whole seconds rounded up, as `Retry-After`
+/// and `RateLimit-Reset` say them (Redis counts microseconds, memory nanoseconds).
+fn seen(d: Decision) -> (bool, u32, u64) {
+    let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    match d {
+        Decision::Allowed { limit, reset, remaining } => (true, limit * 1000 + remaining, secs(reset)),
+        Decision::Limited { limit, retry_after } => (false, limit * 1000, secs(retry_after)),
+    }
+}
+
+async fn run_sequence(l: &dyn RateLimiter) -> Vec<(bool, u32, u64)> {
+    let q = Quota { limit: 3, period: Duration::from_secs(30) };
+    let w = Quota { limit: 2, period: Duration::from_secs(60) };
+    let mut out = vec![seen(l.peek("g", q).await)];
+    for _ in 0..4 {
+        out.push(seen(l.hit("g", q).await));
+    }
+    out.push(seen(l.peek("g", q).await));
+    l.refund("g", q).await;
+    out.push(seen(l.hit("g", q).await));
+    out.push(seen(l.hit("g", q).await));
+    out.push(seen(l.hit("other", q).await));
+    for _ in 0..3 {
+        out.push(seen(l.hit_window("w", w).await));
+    }
+    l.refund_window("w").await;
+    out.push(seen(l.hit_window("w", w).await));
+    out.push(seen(l.hit_window("w", w).await));
+    out
+}
+
+#[tokio::test]
+async fn redis_and_memory_decide_alike_on_one_sequence() {
+    let Some(url) = redis_url("redis_and_memory_decide_alike_on_one_sequence") else { return };
+    let redis = RedisRateLimiter::new(&url, &namespace()).unwrap();
+    let on_redis = SharedRateLimiter::new(redis);
+    let in_memory = run_sequence(&MemoryRateLimiter::new()).await;
+    assert_eq!(run_sequence(&on_redis).await, in_memory);
+    assert!(!on_redis.is_degraded(), "every decision was Redis's");
+    // The sequence exercised burst, refusal, refund and the window.
+    assert_eq!(in_memory[0], (true, 3002, 10));
+    assert_eq!(in_memory[4], (false, 3000, 10), "the fourth of a burst of three waits one interval");
+}
+
+#[tokio::test]
+async fn gcra_on_redis_bursts_refuses_with_the_exact_wait_and_refills() {
+    let Some(url) = redis_url("gcra_on_redis_bursts_refuses_with_the_exact_wait_and_refills") else { return };
+    let l = RedisRateLimiter::new(&url, &namespace()).unwrap();
+    let q = Quota { limit: 3, period: Duration::from_millis(600) };
+    for remaining in [2, 1, 0] {
+        let Decision::Allowed { remaining: r, .. } = l.hit("k", q).await.unwrap() else { panic!("the burst is allowed") };
+        assert_eq!(r, remaining);
+    }
+    let Decision::Limited { retry_after, limit } = l.hit("k", q).await.unwrap() else { panic!("the fourth is refused") };
+    assert_eq!(limit, 3);
+    assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(200), "at most one interval: {retry_after:?}");
+    assert!(!l.peek("k", q).await.unwrap().is_allowed(), "a refused hit counted nothing, still refused");
+    tokio::time::sleep(retry_after + Duration::from_millis(5)).await;
+    assert!(l.hit("k", q).await.unwrap().is_allowed(), "one more once the wait is over");
+    assert!(!l.hit("k", q).await.unwrap().is_allowed(), "and only one");
+}
+
+#[tokio::test]
+async fn redis_keys_are_namespaced_and_expire_by_themselves() {
+    let Some(url) = redis_url("redis_keys_are_namespaced_and_expire_by_themselves") else { return };
+    let ns = namespace();
+    let l = RedisRateLimiter::new(&url, &ns).unwrap();
+    l.hit("k", Quota { limit: 10, period: Duration::from_secs(100) }).await.unwrap();
+    l.hit_window("w", Quota { limit: 10, period: Duration::from_secs(100) }).await.unwrap();
+    let port = url::Url::parse(&url).unwrap().port().unwrap_or(6379).to_string();
+    let pttl = |key: String| {
+        let out = Command::new("redis-cli").args(["-p", &port, "PTTL", &key]).output().expect("redis-cli runs");
+        String::from_utf8(out.stdout).unwrap().trim().parse::<i64>().unwrap()
+    };
+    // GCRA: until the bucket has refilled (one interval of 10 s); window: one period.
+    let gcra = pttl(format!("{ns}rl:k"));
+    assert!(gcra > 0 && gcra <= 10_001, "{gcra}");
+    let window = pttl(format!("{ns}rl:w"));
+    assert!(window > 10_001 && window <= 100_001, "{window}");
+}
+
+async fn login(app: &TestApp, email: &str) -> reqwest::Response {
+    app.client.post(app.url("/api/v1/auth/login")).json(&json!({"email": email, "password": PASSWORD})).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_login_limit_on_redis_answers_429_with_the_exact_retry_after() {
+    let Some(url) = redis_url("the_login_limit_on_redis_answers_429_with_the_exact_retry_after") else { return };
+    let ns = namespace();
+    let app = spawn_app_with(&[("REDIS_URL", &url), ("TOLLGATE_REDIS_KEY_PREFIX", &ns), ("TOLLGATE_LOGIN_IP_LIMIT", "3")]).await;
+    for i in 0..3 {
+        assert_eq!(login(&app, &format!("u{i}@example.com")).await.status(), 401);
+    }
+    let r = login(&app, "u9@example.com").await;
+    // Three a minute: the fourth waits one interval, 20 s.
+    assert_eq!(r.headers()["retry-after"], "20");
+    assert_eq!(r.headers()["ratelimit-limit"], "3");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    assert_eq!(r.headers()["ratelimit-reset"], "20");
+    assert_problem(r, 429).await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_a_budget() {
+    let Some(url) = redis_url("two_instances_on_one_redis_share_a_budget") else { return };
+    let ns = namespace();
+    let env = [("REDIS_URL", url.as_str()), ("TOLLGATE_REDIS_KEY_PREFIX", ns.as_str()), ("TOLLGATE_LOGIN_IP_LIMIT", "4")];
+    let (a, b) = (spawn_app_with(&env).await, spawn_app_with(&env).await);
+    for (i, app) in [&a, &b, &a, &b].into_iter().enumerate() {
+        assert_eq!(login(app, &format!("u{i}@example.com")).await.status(), 401, "attempt {}", i + 1);
+    }
+    assert_problem(login(&a, "u8@example.com").await, 429).await;
+    assert_problem(login(&b, "u9@example.com").await, 429).await;
+}
+
+#[tokio::test]
+async fn a_dead_redis_still_limits_in_memory() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let l = SharedRateLimiter::new(RedisRateLimiter::new(&format!("redis://127.0.0.1:{port}"), "t:").unwrap());
+    let q = Quota { limit: 2, period: Duration::from_secs(60) };
+    assert!(l.hit("k", q).await.is_allowed());
+    assert!(l.is_degraded());
+    assert!(l.hit("k", q).await.is_allowed());
+    assert!(!l.hit("k", q).await.is_allowed(), "fail-safe: the limit holds without Redis");
+    let w = Quota { limit: 1, period: Duration::from_secs(60) };
+    assert!(l.hit_window("w", w).await.is_allowed());
+    assert!(!l.hit_window("w", w).await.is_allowed());
+}
+
+/// A redis-server of the test's own on a free port, killed when dropped.
+struct OwnRedis {
+    port: u16,
+    child: Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> Option<OwnRedis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(OwnRedis { port, child })
+    }
+
+    async fn wait_up(&self) {
+        for _ in 0..200 {
+            if tollgate::redis::ping(&format!("redis://127.0.0.1:{}", self.port), Duration::from_secs(1)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not come up");
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_serving_with_local_limits_and_recovers_without_restart() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(redis) = OwnRedis::start(port) else {
+        assert!(!in_ci(), "redis-server must be installed in CI");
+        skip("a_redis_outage_keeps_serving_with_local_limits_and_recovers_without_restart", "no redis-server");
+        return;
+    };
+    redis.wait_up().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let app = spawn_app_with(&[("REDIS_URL", &url), ("TOLLGATE_LOGIN_IP_LIMIT", "2")]).await;
+    assert_eq!(login(&app, "a@example.com").await.status(), 401);
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok");
+
+    redis.stop();
+    // Served, and limited by this instance's memory: two attempts, then 429 (the one counted on
+    // Redis before the outage is not known here).
+    assert_eq!(login(&app, "b@example.com").await.status(), 401);
+    assert_eq!(login(&app, "c@example.com").await.status(), 401);
+    let r = login(&app, "d@example.com").await;
+    assert_eq!(r.headers()["ratelimit-limit"], "2");
+    assert_problem(r, 429).await;
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 200, "a Redis outage does not take the instance out");
+    let ready: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+
+    // Redis comes back (empty): without a restart the limiter goes back to it, where this client
+    // has attempts left, while memory would still refuse for half a minute.
+    let redis = OwnRedis::start(port).expect("redis-server restarts");
+    redis.wait_up().await;
+    let mut status = 429;
+    for _ in 0..100 {
+        status = login(&app, "e@example.com").await.status().as_u16();
+        if status != 429 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401, "the Redis limiter resumed by itself");
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok");
+    redis.stop();
+}
