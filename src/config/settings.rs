@@ -279,6 +279,20 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "requests one API key may make per minute (then 429 with Retry-After)",
     },
     Setting {
+        key: "api_hourly_limit",
+        env: &["TOLLGATE_API_HOURLY_LIMIT"],
+        default: Some("50"),
+        secret: false,
+        meaning: "requests each client (the user when authenticated, else the IP) may make per hour on API routes without a limit of their own",
+    },
+    Setting {
+        key: "api_daily_limit",
+        env: &["TOLLGATE_API_DAILY_LIMIT"],
+        default: Some("200"),
+        secret: false,
+        meaning: "the same client budget per day",
+    },
+    Setting {
         key: "refresh_grace",
         env: &["TOLLGATE_REFRESH_GRACE"],
         default: Some("30s"),

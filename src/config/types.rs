@@ -54,6 +54,9 @@ pub struct HttpConfig {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight this long is closed.
     pub idle_timeout: Duration,
+    /// Each client's budget on API routes without a limit of their own, per hour and per day.
+    pub api_hourly_limit: u32,
+    pub api_daily_limit: u32,
 }
 
 #[derive(Debug, Clone)]

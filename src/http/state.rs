@@ -26,6 +26,8 @@ pub struct AppState {
     pub cookie: CookieSettings,
     /// The OpenAPI document, generated once at start.
     pub openapi: Arc<String>,
+    /// The rate limiter every service shares (on Redis when configured).
+    pub limiter: Arc<dyn crate::ratelimit::RateLimiter>,
 }
 
 /// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;

@@ -241,3 +241,83 @@ async fn a_redis_outage_keeps_serving_with_local_limits_and_recovers_without_res
     assert_eq!(ready["checks"]["redis"], "ok");
     redis.stop();
 }
+
+/// An app with the default global budget (50 an hour, 200 a day), on Redis when there is one.
+async fn default_budget_app(extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![("TOLLGATE_API_HOURLY_LIMIT", ""), ("TOLLGATE_API_DAILY_LIMIT", "")];
+    env.extend_from_slice(extra);
+    spawn_app_with(&env).await
+}
+
+async fn the_default_budget_is_50_an_hour(app: &TestApp) {
+    for i in 0..50u32 {
+        let r = app.get("/api/v1/products").await;
+        assert_eq!(r.status(), 200, "request {}", i + 1);
+        // The hourly budget is the tighter one: its figures are the ones shown.
+        assert_eq!(r.headers()["ratelimit-limit"], "50");
+        assert_eq!(r.headers()["ratelimit-remaining"], (49 - i).to_string().as_str());
+        assert!(r.headers()["ratelimit-reset"].to_str().unwrap().parse::<u64>().unwrap() <= 3600);
+    }
+    let r = app.get("/api/v1/products").await;
+    // 50 an hour: the 51st waits one interval, 3600 / 50 = 72 s.
+    assert_eq!(r.headers()["retry-after"], "72");
+    assert_eq!(r.headers()["ratelimit-limit"], "50");
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    assert_problem(r, 429).await;
+    // Health, readiness, the OpenAPI document and the docs are never limited.
+    for path in ["/healthz", "/readyz", "/openapi.json", "/docs", "/.well-known/jwks.json"] {
+        for _ in 0..3 {
+            let r = app.get(path).await;
+            assert_eq!(r.status(), 200, "{path}");
+            assert!(r.headers().get("ratelimit-limit").is_none(), "{path} carries no budget");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_default_global_budget_answers_the_51st_request_of_an_hour_with_429() {
+    let app = default_budget_app(&[]).await;
+    the_default_budget_is_50_an_hour(&app).await;
+}
+
+#[tokio::test]
+async fn the_default_global_budget_holds_on_redis() {
+    let Some(url) = redis_url("the_default_global_budget_holds_on_redis") else { return };
+    let ns = namespace();
+    let app = default_budget_app(&[("REDIS_URL", &url), ("TOLLGATE_REDIS_KEY_PREFIX", &ns)]).await;
+    the_default_budget_is_50_an_hour(&app).await;
+}
+
+#[tokio::test]
+async fn an_authenticated_user_has_a_budget_of_their_own() {
+    use crate::helpers::accounts::{login as browser_login, register, tokens};
+    let app = spawn_app_with(&[("TOLLGATE_API_HOURLY_LIMIT", "3")]).await;
+    register(&app, "ada@example.com").await;
+    let (access, _) = tokens(&app, "ada@example.com", PASSWORD).await;
+    // The address spends its budget...
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/v1/products").await.status(), 200);
+    }
+    assert_problem(app.get("/api/v1/products").await, 429).await;
+    // ...and the user, from the same address, still has theirs, by token or session alike.
+    let me = |auth: Option<&str>, cookie: Option<&str>| {
+        let mut req = app.client.get(app.url("/api/v1/me"));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    let r = me(Some(&access), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "2");
+    let browser = browser_login(&app, "ada@example.com", PASSWORD).await;
+    let r = me(None, Some(&browser.cookie)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-remaining"], "1", "one budget per user, whichever credential");
+    // A made-up token or cookie buys nothing: the address's budget, spent.
+    assert_problem(me(Some("not-a-token"), None).await.unwrap(), 429).await;
+    assert_problem(me(None, Some("__Host-tollgate_session=forged; tollgate_session=forged")).await.unwrap(), 429).await;
+}
