@@ -293,6 +293,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "the same client budget per day",
     },
     Setting {
+        key: "webhook_limit",
+        env: &["TOLLGATE_WEBHOOK_LIMIT"],
+        default: Some("600"),
+        secret: false,
+        meaning: "webhook deliveries per minute per IP whose signature does not verify (then 429); verified deliveries are never limited",
+    },
+    Setting {
         key: "refresh_grace",
         env: &["TOLLGATE_REFRESH_GRACE"],
         default: Some("30s"),

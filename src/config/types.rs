@@ -57,6 +57,8 @@ pub struct HttpConfig {
     /// Each client's budget on API routes without a limit of their own, per hour and per day.
     pub api_hourly_limit: u32,
     pub api_daily_limit: u32,
+    /// Webhook deliveries a minute per IP that fail verification before they are answered 429.
+    pub webhook_limit: u32,
 }
 
 #[derive(Debug, Clone)]

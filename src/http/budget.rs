@@ -18,13 +18,12 @@ use crate::http::extract::ClientInfo;
 use crate::http::state::AppState;
 use crate::ratelimit::{client_key, Decision, Quota};
 
-/// Routes with a limit of their own (login, token, refresh, register: per client and account;
+/// Routes with a limit of their own (login, token, register: per client and account;
 /// checkout and payment intents: per user; licences: per user; password change: per credential;
 /// webhooks: see the README), so the global budget does not count them twice.
 const OWN_LIMIT: &[&str] = &[
     "/api/v1/auth/login",
     "/api/v1/auth/token",
-    "/api/v1/auth/refresh",
     "/api/v1/auth/register",
     "/api/v1/checkout/sessions",
     "/api/v1/payment-intents",

@@ -321,3 +321,28 @@ async fn an_authenticated_user_has_a_budget_of_their_own() {
     assert_problem(me(Some("not-a-token"), None).await.unwrap(), 429).await;
     assert_problem(me(None, Some("__Host-tollgate_session=forged; tollgate_session=forged")).await.unwrap(), 429).await;
 }
+
+#[tokio::test]
+async fn webhooks_limit_failed_verifications_only_and_never_refuse_a_verified_delivery() {
+    use crate::helpers::stripe::{deliver, event, WHSEC};
+    use tollgate::stripe::webhook::sign;
+    let app = spawn_app_with(&[("STRIPE_WEBHOOK_SECRET", WHSEC), ("TOLLGATE_WEBHOOK_LIMIT", "3")]).await;
+    let now = chrono::Utc::now().timestamp();
+    let (_, body) = event("plan.created", "plan").build();
+    let forged = sign(&body, "whsec_not_the_secret", now);
+    for _ in 0..3 {
+        assert_problem(deliver(&app, &body, &forged).await, 400).await;
+    }
+    let r = deliver(&app, &body, &forged).await;
+    // Three a minute: the fourth failure waits one interval, 20 s.
+    assert_eq!(r.headers()["retry-after"], "20");
+    assert_eq!(r.headers()["ratelimit-limit"], "3");
+    assert_problem(r, 429).await;
+    // A retry storm of verified deliveries from the same address: every one is taken.
+    for _ in 0..10 {
+        let (_, body) = event("plan.created", "plan").build();
+        let r = deliver(&app, &body, &sign(&body, WHSEC, now)).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("ratelimit-limit").is_none(), "not counted");
+    }
+}
