@@ -346,3 +346,73 @@ async fn webhooks_limit_failed_verifications_only_and_never_refuse_a_verified_de
         assert!(r.headers().get("ratelimit-limit").is_none(), "not counted");
     }
 }
+
+/// Log lines written while it is the thread's subscriber (the test runs on one thread).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(needle).count()
+    }
+}
+
+#[tokio::test]
+async fn an_outage_is_logged_once_and_its_end_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let Some(redis) = OwnRedis::start(port) else {
+        assert!(!in_ci(), "redis-server must be installed in CI");
+        skip("an_outage_is_logged_once_and_its_end_once", "no redis-server");
+        return;
+    };
+    redis.wait_up().await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // A password this server (which has none) refuses: Redis unusable, the limits kept in memory,
+    // and the warning never names the URL.
+    let url = format!("redis://:no-password-needed@127.0.0.1:{port}");
+    let l = SharedRateLimiter::new(RedisRateLimiter::new(&url, &namespace()).unwrap());
+    let q = Quota { limit: 100, period: Duration::from_secs(60) };
+    assert!(l.hit("k", q).await.is_allowed());
+    assert!(l.is_degraded(), "AUTH refused is an outage too");
+    assert_eq!(logs.count("Redis limiter unavailable"), 1);
+    assert_eq!(logs.count("no-password-needed"), 0, "no secret in the log");
+    drop(l);
+    let l = SharedRateLimiter::new(RedisRateLimiter::new(&format!("redis://127.0.0.1:{port}"), &namespace()).unwrap());
+    let before = logs.count("Redis limiter unavailable");
+    assert!(l.hit("k", q).await.is_allowed());
+    assert!(!l.is_degraded());
+
+    redis.stop();
+    for _ in 0..5 {
+        assert!(l.hit("k", q).await.is_allowed());
+    }
+    // Tried again after the pause, still down: no second warning.
+    tokio::time::sleep(tollgate::ratelimit::RETRY_AFTER + Duration::from_millis(100)).await;
+    assert!(l.hit("k", q).await.is_allowed());
+    assert!(l.is_degraded());
+    assert_eq!(logs.count("Redis limiter unavailable") - before, 1, "one warning per outage");
+
+    let redis = OwnRedis::start(port).expect("redis-server restarts");
+    redis.wait_up().await;
+    tokio::time::sleep(tollgate::ratelimit::RETRY_AFTER + Duration::from_millis(100)).await;
+    for _ in 0..3 {
+        assert!(l.hit("k", q).await.is_allowed());
+    }
+    assert!(!l.is_degraded(), "back on Redis without a restart");
+    assert_eq!(logs.count("Redis limiter resumed"), 1, "and said once");
+    assert_eq!(logs.count("Redis limiter unavailable") - before, 1);
+    redis.stop();
+}
