@@ -1,8 +1,9 @@
 //! The global per-client budget: on API routes without a limit of their own, each client (the
 //! user when a bearer token or session cookie proves one, else the client address) may make
-//! `TOLLGATE_API_HOURLY_LIMIT` requests an hour and `TOLLGATE_API_DAILY_LIMIT` a day. Allowed
-//! answers carry `RateLimit-Limit/Remaining/Reset` (of the tighter of the two), refused ones are
-//! 429 problems with `Retry-After` as well.
+//! `TOLLGATE_API_HOURLY_LIMIT` requests an hour and `TOLLGATE_API_DAILY_LIMIT` a day. Refused
+//! answers are 429 problems with `Retry-After` and `RateLimit-*`; allowed answers on API routes
+//! carry `RateLimit-Limit/Remaining/Reset` of the tightest limit they passed, this budget's or
+//! one a service counted (API key, checkout...), except login, token and registration.
 
 use std::time::Duration;
 
@@ -74,40 +75,48 @@ fn headers_for(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Durat
     }
 }
 
+/// Routes whose allowed answers carry no `RateLimit-*`: a login, token or registration answer
+/// must look the same whether or not the account exists (the per-account counts would differ).
+const NO_ALLOWANCE_HEADERS: &[&str] = &["/api/v1/auth/login", "/api/v1/auth/token", "/api/v1/auth/register"];
+
 pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let applies = req.extensions().get::<MatchedPath>().is_some_and(|m| budgeted(m.as_str()));
-    let client = req.extensions().get::<ClientInfo>().cloned();
-    let (true, Some(client)) = (applies, client) else {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
         return next.run(req).await;
     };
-    let Some(who) = who(&state, req.headers(), &client).await else {
-        return next.run(req).await;
+    let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
+        (true, Some(client)) => who(&state, req.headers(), &client).await,
+        _ => None,
     };
-    let http = &state.config.http;
-    let hour = Quota { limit: http.api_hourly_limit, period: Duration::from_secs(3600) };
-    let day = Quota { limit: http.api_daily_limit, period: Duration::from_secs(86_400) };
-    let hourly = state.limiter.hit(&format!("api:hour:{who}"), hour).await;
-    if let Decision::Limited { limit, retry_after } = hourly {
-        return ApiError::RateLimited { limit, retry_after }.into_response();
-    }
-    let daily = state.limiter.hit(&format!("api:day:{who}"), day).await;
-    if let Decision::Limited { limit, retry_after } = daily {
-        state.limiter.refund(&format!("api:hour:{who}"), hour).await;
-        return ApiError::RateLimited { limit, retry_after }.into_response();
-    }
-    let mut response = next.run(req).await;
-    // The tighter of the two budgets is the one a client must pace itself by.
-    let tighter = [hourly, daily]
-        .into_iter()
-        .filter_map(|d| match d {
-            Decision::Allowed { limit, remaining, reset } => Some((remaining, limit, reset)),
-            Decision::Limited { .. } => None,
-        })
-        .min_by_key(|(remaining, _, _)| *remaining);
-    if let Some((remaining, limit, reset)) = tighter {
-        if !response.headers().contains_key("ratelimit-limit") {
-            headers_for(response.headers_mut(), limit, remaining, reset);
+    let mut allowances = Vec::new();
+    if let Some(who) = who {
+        let http = &state.config.http;
+        let hour = Quota { limit: http.api_hourly_limit, period: Duration::from_secs(3600) };
+        let day = Quota { limit: http.api_daily_limit, period: Duration::from_secs(86_400) };
+        let hourly = state.limiter.hit(&format!("api:hour:{who}"), hour).await;
+        if let Decision::Limited { limit, retry_after } = hourly {
+            return ApiError::RateLimited { limit, retry_after }.into_response();
         }
+        let daily = state.limiter.hit(&format!("api:day:{who}"), day).await;
+        if let Decision::Limited { limit, retry_after } = daily {
+            state.limiter.refund(&format!("api:hour:{who}"), hour).await;
+            return ApiError::RateLimited { limit, retry_after }.into_response();
+        }
+        for d in [hourly, daily] {
+            if let Decision::Allowed { limit, remaining, reset } = d {
+                allowances.push((limit, remaining, reset));
+            }
+        }
+    }
+    // The limits the handler's services counted (API key, checkout, licences...) join in.
+    let (mut response, inside) = crate::ratelimit::observed(next.run(req)).await;
+    allowances.extend(inside);
+    if NO_ALLOWANCE_HEADERS.contains(&route.as_str()) || response.headers().contains_key("ratelimit-limit") {
+        return response;
+    }
+    // The tightest limit is the one a client must pace itself by.
+    if let Some((limit, remaining, reset)) = allowances.into_iter().min_by_key(|(_, remaining, _)| *remaining) {
+        headers_for(response.headers_mut(), limit, remaining, reset);
     }
     response
 }

@@ -4,10 +4,12 @@
 
 mod limiter;
 mod memory;
+mod observe;
 mod redis;
 mod shared;
 
 pub use limiter::{client_key, Decision, Quota, RateLimiter};
 pub use memory::MemoryRateLimiter;
+pub use observe::{observed, Allowance};
 pub use redis::{ping, RedisError, RedisRateLimiter};
 pub use shared::{SharedRateLimiter, REDIS_TIMEOUT, RETRY_AFTER};

@@ -3,7 +3,7 @@
 //! instead (the limits still hold per instance; never fail-open), a warning is logged once per
 //! outage, and Redis is tried again by itself `RETRY_AFTER` later, with no restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use super::limiter::{Decision, Quota, RateLimiter};
 use super::memory::MemoryRateLimiter;
+use super::observe::record;
 use super::redis::{RedisError, RedisRateLimiter};
 
 /// How long one check may wait for Redis before the in-memory limiter decides.
@@ -23,6 +24,9 @@ pub struct SharedRateLimiter {
     memory: MemoryRateLimiter,
     degraded: AtomicBool,
     retry_at: Mutex<Option<Instant>>,
+    /// Outages begun and ended (each logged once), for tests and the operator's metrics.
+    outages: AtomicU64,
+    recoveries: AtomicU64,
 }
 
 impl SharedRateLimiter {
@@ -32,7 +36,14 @@ impl SharedRateLimiter {
             memory: MemoryRateLimiter::new(),
             degraded: AtomicBool::new(false),
             retry_at: Mutex::new(None),
+            outages: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
         }
+    }
+
+    /// How many outages began and how many ended since start (one warning was logged for each).
+    pub fn outages(&self) -> (u64, u64) {
+        (self.outages.load(Ordering::Relaxed), self.recoveries.load(Ordering::Relaxed))
     }
 
     /// Whether the last attempt to reach Redis failed (checks are being made in memory).
@@ -67,6 +78,7 @@ impl SharedRateLimiter {
             Ok(v) => {
                 *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if self.degraded.swap(false, Ordering::Relaxed) {
+                    self.recoveries.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("Redis limiter resumed: rate limits are shared between instances again");
                 }
                 Some(v)
@@ -75,6 +87,7 @@ impl SharedRateLimiter {
                 self.redis.drop_idle();
                 *self.retry_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + RETRY_AFTER);
                 if !self.degraded.swap(true, Ordering::Relaxed) {
+                    self.outages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %why, "Redis limiter unavailable: rate limits are applied per instance, in memory, until it answers again");
                 }
                 None
@@ -87,7 +100,10 @@ impl SharedRateLimiter {
 impl RateLimiter for SharedRateLimiter {
     async fn hit(&self, key: &str, quota: Quota) -> Decision {
         match self.redis(self.redis.hit(key, quota)).await {
-            Some(d) => d,
+            Some(d) => {
+                record(d);
+                d
+            }
             None => self.memory.hit(key, quota).await,
         }
     }
@@ -108,7 +124,10 @@ impl RateLimiter for SharedRateLimiter {
 
     async fn hit_window(&self, key: &str, quota: Quota) -> Decision {
         match self.redis(self.redis.hit_window(key, quota)).await {
-            Some(d) => d,
+            Some(d) => {
+                record(d);
+                d
+            }
             None => self.memory.hit_window(key, quota).await,
         }
     }
