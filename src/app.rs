@@ -23,14 +23,26 @@ use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
 use crate::http::state::{AppState, CookieSettings};
-use crate::ratelimit::MemoryRateLimiter;
+use crate::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter, SharedRateLimiter};
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
 use crate::stripe::sandbox::Sandbox;
 use crate::stripe::Provider;
 
+/// The rate limiter for `config`: on Redis when `REDIS_URL` is set (shared by every instance,
+/// falling back to memory while Redis is away), else in this process's memory.
+pub fn rate_limiter(config: &Config) -> anyhow::Result<Arc<dyn RateLimiter>> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            let redis = RedisRateLimiter::new(url.expose_secret(), &config.redis_key_prefix).context("REDIS_URL")?;
+            Arc::new(SharedRateLimiter::new(redis))
+        }
+        None => Arc::new(MemoryRateLimiter::new()),
+    })
+}
+
 /// The accounts service for `config` (the server and the `admin` CLI share it).
-pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
+pub fn auth_service(config: &Config, store: Arc<dyn Store>, limiter: Arc<dyn RateLimiter>) -> AuthService {
     let secret = config.auth.jwt_secret.clone().unwrap_or_else(|| {
         // Production refuses to start without one; development gets a secret per process.
         tracing::warn!("TOLLGATE_JWT_SECRET is not set; access tokens are signed with a random per-process secret");
@@ -41,12 +53,12 @@ pub fn auth_service(config: &Config, store: Arc<dyn Store>) -> AuthService {
     let device_key = crate::domain::crypto::derive_key(secret.expose_secret().as_bytes(), "tollgate device cookie v1");
     let jwt = JwtKeys::new(secret, config.auth.jwt_previous_secret.clone(), issuer, "tollgate".to_owned(), ttl);
     let hasher = PasswordHasherPool::with_queue(usize::try_from(config.auth.password_queue).unwrap_or(32));
-    AuthService::new(store, hasher, Arc::new(MemoryRateLimiter::new()), jwt, config.auth.clone(), device_key)
+    AuthService::new(store, hasher, limiter, jwt, config.auth.clone(), device_key)
 }
 
 /// The API-key service for `config`: keys of the server's mode (live with a live Stripe key, else
 /// test), each limited to `TOLLGATE_API_KEY_LIMIT` requests a minute. The server and the CLI share it.
-pub fn apikey_service(config: &Config, store: Arc<dyn Store>) -> ApiKeyService {
+pub fn apikey_service(config: &Config, store: Arc<dyn Store>, limiter: Arc<dyn RateLimiter>) -> ApiKeyService {
     let mode = match config.stripe.provider {
         PaymentProvider::Stripe => {
             KeyMode::of_server(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret))
@@ -54,7 +66,7 @@ pub fn apikey_service(config: &Config, store: Arc<dyn Store>) -> ApiKeyService {
         // The sandbox is test, whatever key is configured beside it.
         _ => KeyMode::Test,
     };
-    ApiKeyService::new(store, Arc::new(MemoryRateLimiter::new()), mode, config.auth.api_key_limit)
+    ApiKeyService::new(store, limiter, mode, config.auth.api_key_limit)
 }
 
 /// The payments service for `config` with its provider: Stripe when configured, else the sandbox
@@ -63,6 +75,7 @@ pub fn payments_service(
     config: &Config,
     store: Arc<dyn Store>,
     webhook_url: url::Url,
+    limiter: Arc<dyn RateLimiter>,
 ) -> anyhow::Result<(PaymentsService, Option<Arc<Sandbox>>)> {
     let (provider, sandbox): (Arc<dyn Provider>, Option<Arc<Sandbox>>) =
         match (&config.stripe.provider, &config.stripe.secret_key) {
@@ -82,7 +95,7 @@ pub fn payments_service(
             }
         };
     let key_live = key_is_live(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
-    let service = PaymentsService::new(store, provider, Arc::new(MemoryRateLimiter::new()), config.payments.clone(), key_live);
+    let service = PaymentsService::new(store, provider, limiter, config.payments.clone(), key_live);
     Ok((service, sandbox))
 }
 
@@ -93,9 +106,9 @@ pub async fn licence_service(
     config: &Config,
     store: Arc<dyn Store>,
     payments: Arc<PaymentsService>,
+    limiter: Arc<dyn RateLimiter>,
 ) -> anyhow::Result<LicenceService> {
     let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
-    let limiter = Arc::new(MemoryRateLimiter::new());
     let service = LicenceService::new(store, payments, limiter, config.licence.clone(), issuer);
     if config.licence.key.is_some() || config.database.migrate_on_start {
         service.keys().await.context("cannot load the licence signing key")?;
@@ -166,15 +179,19 @@ impl App {
         let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let (payments, sandbox) = payments_service(&config, store.clone(), own_webhook_url(local_addr, tls.is_some())?)?;
+        // One limiter for every service (their keys are namespaced), so one outage warning.
+        let limiter = rate_limiter(&config)?;
+        let webhook_url = own_webhook_url(local_addr, tls.is_some())?;
+        let (payments, sandbox) = payments_service(&config, store.clone(), webhook_url, limiter.clone())?;
         let payments = Arc::new(payments);
-        let licences = licence_service(&config, store.clone(), payments.clone()).await?;
+        let licences = licence_service(&config, store.clone(), payments.clone(), limiter.clone()).await?;
         let (routes, openapi) = crate::http::api();
         let state = AppState {
-            auth: Arc::new(auth_service(&config, store.clone())),
+            auth: Arc::new(auth_service(&config, store.clone(), limiter.clone())),
             payments,
             licences: Arc::new(licences),
-            keys: Arc::new(apikey_service(&config, store.clone())),
+            keys: Arc::new(apikey_service(&config, store.clone(), limiter.clone())),
+            limiter,
             sandbox,
             cookie: CookieSettings::for_config(&config),
             config: Arc::new(config),

@@ -110,7 +110,7 @@ async fn api_key_command(config: &Config, command: ApiKeyCommand) -> anyhow::Res
     if config.database.migrate_on_start {
         store.migrate().await?;
     }
-    let keys = tollgate::app::apikey_service(config, store.clone());
+    let keys = tollgate::app::apikey_service(config, store.clone(), tollgate::app::rate_limiter(config)?);
     let meta = |what: &str| tollgate::domain::auth::RequestMeta {
         user_agent: Some(format!("tollgate api-key {what}")),
         ..Default::default()
@@ -334,7 +334,7 @@ async fn payments(
         store.migrate().await?;
     }
     let unused = url::Url::parse("http://127.0.0.1/")?;
-    let (service, _) = tollgate::app::payments_service(config, store.clone(), unused)?;
+    let (service, _) = tollgate::app::payments_service(config, store.clone(), unused, tollgate::app::rate_limiter(config)?)?;
     Ok((store, service))
 }
 
@@ -407,7 +407,7 @@ fn main() -> ExitCode {
                 if config.database.migrate_on_start {
                     store.migrate().await?;
                 }
-                let auth = tollgate::app::auth_service(&config, store.clone());
+                let auth = tollgate::app::auth_service(&config, store.clone(), tollgate::app::rate_limiter(&config)?);
                 let meta = tollgate::domain::auth::RequestMeta {
                     user_agent: Some("tollgate admin create".to_owned()),
                     ..Default::default()

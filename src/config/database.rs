@@ -37,9 +37,19 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> DatabaseConfig {
 pub(super) fn redis_url(raw: &Raw, errors: &mut Vec<String>) -> Option<SecretString> {
     let redis_url = raw.get("redis_url").map(|v| v.trim().to_owned());
     if let Some(r) = &redis_url {
-        if !r.starts_with("redis://") || Url::parse(r).is_err() {
-            errors.push(raw.bad("redis_url", "must be a redis:// URL (rediss:// is not supported yet)"));
+        if !(r.starts_with("redis://") || r.starts_with("rediss://")) || Url::parse(r).is_err() {
+            errors.push(raw.bad("redis_url", "must be a redis:// or rediss:// (TLS) URL"));
         }
     }
     redis_url.map(SecretString::from)
+}
+
+/// The prefix of every key the Redis rate limiter writes (`<prefix>rl:…`), so one Redis can
+/// serve several deployments (or tests) apart.
+pub(super) fn redis_key_prefix(raw: &Raw, errors: &mut Vec<String>) -> String {
+    let prefix = raw.get("redis_key_prefix").unwrap_or("tollgate:").trim().to_owned();
+    if prefix.is_empty() || prefix.len() > 64 || !prefix.chars().all(|c| c.is_ascii_graphic()) {
+        errors.push(raw.bad("redis_key_prefix", "must be 1 to 64 printable characters without spaces"));
+    }
+    prefix
 }

@@ -56,6 +56,9 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> HttpConfig {
         cors_origins,
         trusted_proxies,
         max_connections: raw.count("max_connections", errors),
+        api_hourly_limit: raw.count("api_hourly_limit", errors),
+        api_daily_limit: raw.count("api_daily_limit", errors),
+        webhook_limit: raw.count("webhook_limit", errors),
         header_read_timeout: raw.duration("header_read_timeout", errors),
         idle_timeout: raw.duration("idle_timeout", errors),
     }

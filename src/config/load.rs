@@ -56,6 +56,7 @@ impl Config {
         let server = server::parse(&raw, &mut errors);
         let database = database::parse(&raw, &mut errors);
         let redis_url = database::redis_url(&raw, &mut errors);
+        let redis_key_prefix = database::redis_key_prefix(&raw, &mut errors);
         let http = http::parse(&raw, &mut errors);
         let tls = tls::parse(&raw, &mut errors);
         let log_filter = logging::filter(&raw, &mut errors);
@@ -71,6 +72,7 @@ impl Config {
             public_url: server.public_url,
             database,
             redis_url,
+            redis_key_prefix,
             http,
             tls,
             log_filter,

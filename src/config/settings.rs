@@ -72,7 +72,14 @@ pub const SETTINGS: &[Setting] = &[
         env: &["REDIS_URL", "TOLLGATE_REDIS_URL"],
         default: None,
         secret: true,
-        meaning: "redis://HOST:PORT; when set, /readyz checks it",
+        meaning: "redis://HOST:PORT or rediss:// (TLS); when set, rate limits are kept there, shared by every instance, and /readyz checks it",
+    },
+    Setting {
+        key: "redis_key_prefix",
+        env: &["TOLLGATE_REDIS_KEY_PREFIX"],
+        default: Some("tollgate:"),
+        secret: false,
+        meaning: "prefix of every rate-limit key on Redis (<prefix>rl:...), to share one Redis between deployments",
     },
     Setting {
         key: "cors_origins",
@@ -277,6 +284,27 @@ pub const SETTINGS: &[Setting] = &[
         default: Some("600"),
         secret: false,
         meaning: "requests one API key may make per minute (then 429 with Retry-After)",
+    },
+    Setting {
+        key: "api_hourly_limit",
+        env: &["TOLLGATE_API_HOURLY_LIMIT"],
+        default: Some("50"),
+        secret: false,
+        meaning: "requests each client (the user when authenticated, else the IP) may make per hour on API routes without a limit of their own",
+    },
+    Setting {
+        key: "api_daily_limit",
+        env: &["TOLLGATE_API_DAILY_LIMIT"],
+        default: Some("200"),
+        secret: false,
+        meaning: "the same client budget per day",
+    },
+    Setting {
+        key: "webhook_limit",
+        env: &["TOLLGATE_WEBHOOK_LIMIT"],
+        default: Some("600"),
+        secret: false,
+        meaning: "webhook deliveries per minute per IP whose signature does not verify (then 429); verified deliveries are never limited",
     },
     Setting {
         key: "refresh_grace",

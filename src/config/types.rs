@@ -56,6 +56,11 @@ pub struct HttpConfig {
     pub idle_timeout: Duration,
     /// Opens `GET /metrics` to a client that is not on loopback.
     pub metrics_token: Option<secrecy::SecretString>,
+    /// Each client's budget on API routes without a limit of their own, per hour and per day.
+    pub api_hourly_limit: u32,
+    pub api_daily_limit: u32,
+    /// Webhook deliveries a minute per IP that fail verification before they are answered 429.
+    pub webhook_limit: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +99,8 @@ pub struct Config {
     pub public_url: Url,
     pub database: DatabaseConfig,
     pub redis_url: Option<SecretString>,
+    /// The rate limiter's keys on Redis start with this (`tollgate:` by default).
+    pub redis_key_prefix: String,
     pub http: HttpConfig,
     pub tls: Option<TlsConfig>,
     pub log_filter: String,

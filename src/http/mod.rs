@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod cors;
 pub mod error;
 pub mod extract;
@@ -43,6 +44,7 @@ pub fn router(state: AppState, routes: Router<AppState>, tls: bool) -> Router {
     let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls, meters: state.meters.clone() };
     routes
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), budget::budget))
         .layer(DefaultBodyLimit::max(http.body_limit))
         .layer(RequestBodyLimitLayer::new(http.body_limit))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, http.request_timeout))

@@ -37,7 +37,7 @@ pub fn document(operations: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenAp
     let mut document = ApiDoc::openapi();
     document.merge(operations);
     // After the merge: they look at every operation and at schemas only operations name.
-    let modifiers: [&dyn Modify; 3] = [&RequestIdHeader, &SecuritySchemes, &ClosedGrant];
+    let modifiers: [&dyn Modify; 4] = [&GlobalBudget, &RequestIdHeader, &SecuritySchemes, &ClosedGrant];
     for modifier in modifiers {
         modifier.modify(&mut document);
     }
@@ -57,6 +57,29 @@ impl Modify for ClosedGrant {
                 if let RefOr::T(Schema::Object(object)) = item {
                     object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
                 }
+            }
+        }
+    }
+}
+
+/// The global per-client budget (`http/budget.rs`) can refuse every operation it applies to.
+struct GlobalBudget;
+
+impl Modify for GlobalBudget {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description(
+                "The client's budget (TOLLGATE_API_HOURLY_LIMIT an hour, TOLLGATE_API_DAILY_LIMIT a day) is spent; see Retry-After",
+            )
+            .content("application/problem+json", ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build())
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !crate::http::budget::budgeted(path) {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                op.responses.responses.entry("429".to_owned()).or_insert_with(|| RefOr::T(response.clone()));
             }
         }
     }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub openapi: Arc<String>,
     /// What `/metrics` reports.
     pub meters: Arc<Meters>,
+    /// The rate limiter every service shares (on Redis when configured).
+    pub limiter: Arc<dyn crate::ratelimit::RateLimiter>,
 }
 
 /// The session cookie: `__Host-tollgate_session` with `Secure` whenever users reach us over https;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::limiter::{gcra, Decision, Quota, RateLimiter};
+use super::observe::record;
 
 /// GCRA state per key in this process. Expired keys are swept now and then, so memory stays
 /// bounded by the keys active within one period.
@@ -68,7 +69,9 @@ impl Default for MemoryRateLimiter {
 #[async_trait]
 impl RateLimiter for MemoryRateLimiter {
     async fn hit(&self, key: &str, quota: Quota) -> Decision {
-        self.decide(key, quota, true)
+        let d = self.decide(key, quota, true);
+        record(d);
+        d
     }
 
     async fn peek(&self, key: &str, quota: Quota) -> Decision {
@@ -100,7 +103,9 @@ impl RateLimiter for MemoryRateLimiter {
         times.push_back(now);
         let remaining = u32::try_from(limit - times.len()).unwrap_or(0);
         let reset = (times.front().copied().unwrap_or(now) + quota.period).saturating_sub(now);
-        Decision::Allowed { limit: quota.limit, remaining, reset }
+        let d = Decision::Allowed { limit: quota.limit, remaining, reset };
+        record(d);
+        d
     }
 
     async fn refund_window(&self, key: &str) {

@@ -20,6 +20,7 @@ mod licences;
 mod metrics;
 mod network;
 mod openapi;
+mod ratelimits;
 mod refunds_disputes;
 mod security_headers;
 mod storage;

@@ -17,6 +17,7 @@ use crate::http::extract::ClientInfo;
 use crate::http::responses::BodyTooLarge;
 use crate::http::state::AppState;
 use crate::meters::WebhookOutcome;
+use crate::ratelimit::{client_key, Decision, Quota};
 use crate::stripe::webhook::{verify_signature, Event};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,6 +38,7 @@ pub struct ReceivedOut {
         (status = 200, description = "Stored (or already stored)", body = ReceivedOut),
         BodyTooLarge,
         (status = 400, description = "Missing, forged or stale signature, or a body that is not a Stripe event; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many deliveries from this address failed verification (TOLLGATE_WEBHOOK_LIMIT a minute); see Retry-After. A verified delivery is never refused so", body = Problem, content_type = "application/problem+json"),
         (status = 500, description = "Not stored (the database refused the write, or applying it failed and it is kept as `failed`); Stripe will retry", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The database cannot be reached; not stored, Stripe will retry (see Retry-After)", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -53,6 +55,14 @@ pub async fn receive(
         // A security event: who and why, never the body or the header.
         tracing::warn!(security = true, reason = %reason, client_ip = %client.ip, bytes = body.len(), "stripe webhook refused");
         state.meters.webhook(WebhookOutcome::Rejected);
+        // Only deliveries that fail verification count (the check is an HMAC, before any database
+        // work): a sender that keeps failing is told to back off, and a verified retry storm from
+        // Stripe after an outage is never turned away, however fast it comes.
+        let quota = Quota { limit: state.config.http.webhook_limit, period: std::time::Duration::from_secs(60) };
+        let key = format!("webhook:unverified:{}", client_key(&client.ip.to_string()));
+        if let Decision::Limited { limit, retry_after } = state.limiter.hit(&key, quota).await {
+            return Err(ApiError::RateLimited { limit, retry_after });
+        }
         return Err(ApiError::BadRequest("invalid Stripe-Signature".to_owned()));
     }
     let Some(event) = Event::parse(&body) else {

@@ -70,6 +70,10 @@ pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> (Has
         ("TOLLGATE_BIND", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", database_url),
         ("TOLLGATE_DATABASE_MAX_CONNECTIONS", "5".to_owned()),
+        // The tests make many requests from 127.0.0.1; tests/api/ratelimits.rs checks the
+        // default budget (50 an hour, 200 a day) with these set to "" (unset).
+        ("TOLLGATE_API_HOURLY_LIMIT", "1000000".to_owned()),
+        ("TOLLGATE_API_DAILY_LIMIT", "1000000".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

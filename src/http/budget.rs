@@ -1,0 +1,139 @@
+//! The global per-client budget: on API routes without a limit of their own, each client (the
+//! user when a bearer token or session cookie proves one, else the client address) may make
+//! `TOLLGATE_API_HOURLY_LIMIT` requests an hour and `TOLLGATE_API_DAILY_LIMIT` a day. Refused
+//! answers are 429 problems with `Retry-After` and `RateLimit-*`; allowed answers on API routes
+//! carry `RateLimit-Limit/Remaining/Reset` of the tightest limit they passed, this budget's or
+//! one a service counted (API key, checkout...), except login, token and registration.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::domain::apikeys::looks_like_key;
+use crate::http::auth::cookie_value;
+use crate::http::error::ApiError;
+use crate::http::extract::ClientInfo;
+use crate::http::state::AppState;
+use crate::ratelimit::{client_key, Decision, Quota};
+
+/// Routes with a limit of their own (login, token, register: per client and account;
+/// checkout and payment intents: per user; licences: per user; password change: per credential;
+/// webhooks: see the README), so the global budget does not count them twice.
+const OWN_LIMIT: &[&str] = &[
+    "/api/v1/auth/login",
+    "/api/v1/auth/token",
+    "/api/v1/auth/register",
+    "/api/v1/checkout/sessions",
+    "/api/v1/payment-intents",
+    "/api/v1/me/licences",
+    "/api/v1/users/{id}/licences",
+    "/api/v1/me/password",
+    "/api/v1/webhooks/stripe",
+];
+
+/// Whether the global budget applies to the route template `route`: API routes only (health,
+/// readiness, metrics, docs, the OpenAPI document and the JWKS are never limited).
+pub fn budgeted(route: &str) -> bool {
+    route.starts_with("/api/") && !OWN_LIMIT.contains(&route)
+}
+
+/// Who the budget is counted for; `None` for an API key (its own per-key budget applies).
+async fn who(state: &AppState, headers: &HeaderMap, client: &ClientInfo) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let user = match bearer {
+        Some(token) if looks_like_key(token) => return None,
+        Some(token) => state.auth.token_subject(token),
+        None => match cookie_value(headers, state.cookie.name).filter(|t| !t.is_empty()) {
+            Some(token) => state.auth.session_subject(token).await,
+            None => None,
+        },
+    };
+    Some(match user {
+        Some(id) => format!("user:{id}"),
+        None => format!("ip:{}", client_key(&client.ip.to_string())),
+    })
+}
+
+fn headers_for(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
+    let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+    for (name, value) in [
+        ("ratelimit-limit", limit.to_string()),
+        ("ratelimit-remaining", remaining.to_string()),
+        ("ratelimit-reset", secs.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// Routes whose allowed answers carry no `RateLimit-*`: a login, token or registration answer
+/// must look the same whether or not the account exists (the per-account counts would differ).
+const NO_ALLOWANCE_HEADERS: &[&str] = &["/api/v1/auth/login", "/api/v1/auth/token", "/api/v1/auth/register"];
+
+pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
+        return next.run(req).await;
+    };
+    let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
+        (true, Some(client)) => who(&state, req.headers(), &client).await,
+        _ => None,
+    };
+    let mut allowances = Vec::new();
+    if let Some(who) = who {
+        let http = &state.config.http;
+        let hour = Quota { limit: http.api_hourly_limit, period: Duration::from_secs(3600) };
+        let day = Quota { limit: http.api_daily_limit, period: Duration::from_secs(86_400) };
+        let hourly = state.limiter.hit(&format!("api:hour:{who}"), hour).await;
+        if let Decision::Limited { limit, retry_after } = hourly {
+            return ApiError::RateLimited { limit, retry_after }.into_response();
+        }
+        let daily = state.limiter.hit(&format!("api:day:{who}"), day).await;
+        if let Decision::Limited { limit, retry_after } = daily {
+            state.limiter.refund(&format!("api:hour:{who}"), hour).await;
+            return ApiError::RateLimited { limit, retry_after }.into_response();
+        }
+        for d in [hourly, daily] {
+            if let Decision::Allowed { limit, remaining, reset } = d {
+                allowances.push((limit, remaining, reset));
+            }
+        }
+    }
+    // The limits the handler's services counted (API key, checkout, licences...) join in.
+    let (mut response, inside) = crate::ratelimit::observed(next.run(req)).await;
+    allowances.extend(inside);
+    if NO_ALLOWANCE_HEADERS.contains(&route.as_str()) || response.headers().contains_key("ratelimit-limit") {
+        return response;
+    }
+    // The tightest limit is the one a client must pace itself by.
+    if let Some((limit, remaining, reset)) = allowances.into_iter().min_by_key(|(_, remaining, _)| *remaining) {
+        headers_for(response.headers_mut(), limit, remaining, reset);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_routes_without_their_own_limit_are_budgeted() {
+        assert!(budgeted("/api/v1/me"));
+        assert!(budgeted("/api/v1/orders/{id}"));
+        for route in ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/.well-known/jwks.json"] {
+            assert!(!budgeted(route), "{route} is never limited");
+        }
+        for route in OWN_LIMIT {
+            assert!(!budgeted(route), "{route} has its own limit");
+        }
+    }
+}
