@@ -176,13 +176,13 @@ impl ApiKeyService {
     pub async fn authenticate(&self, presented: &str, meta: &RequestMeta) -> Result<AuthenticatedKey, KeyError> {
         let Some(key) = PresentedKey::parse(presented) else {
             tracing::info!(ip = %meta.ip, "malformed API key refused");
-            return Err(KeyError::Unauthenticated);
+            return Err(self.unknown_key_from(meta).await);
         };
         let row = match self.store.api_key_by_prefix(&key.prefix).await? {
             Some(row) if key.matches(&row.secret_hash) => row,
             _ => {
                 tracing::warn!(ip = %meta.ip, "unknown API key refused");
-                return Err(KeyError::Unauthenticated);
+                return Err(self.unknown_key_from(meta).await);
             }
         };
         let now = Utc::now();
@@ -200,6 +200,17 @@ impl ApiKeyService {
         }
         self.touch(&row.id);
         Ok(AuthenticatedKey { scopes: scopes_from_text(&row.scopes), id: row.id, name: row.name })
+    }
+
+    /// The answer to an unknown or malformed key: 401, or 429 once the address has sent more of
+    /// them than one key may make requests (guessing is limited per address, as a key's use is
+    /// per key).
+    async fn unknown_key_from(&self, meta: &RequestMeta) -> KeyError {
+        let from = format!("apikey:unknown:{}", crate::ratelimit::client_key(&meta.ip));
+        match self.limiter.hit(&from, self.quota).await {
+            Decision::Limited { limit, retry_after } => KeyError::RateLimited { limit, retry_after },
+            _ => KeyError::Unauthenticated,
+        }
     }
 
     /// Audits a use refused for want of `scope`.

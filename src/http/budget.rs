@@ -34,14 +34,32 @@ const OWN_LIMIT: &[&str] = &[
     "/api/v1/webhooks/stripe",
 ];
 
+/// Routes that end access or tell of its end: a user who spent their budget (or whose stolen
+/// session spent it) must still be able to log out and end sessions, an admin in an incident to
+/// disable a user or revoke a key, and licence verifiers to poll the revocation list.
+const NEVER_BUDGETED: &[&str] = &[
+    "/api/v1/auth/logout",
+    "/api/v1/me/sessions/{id}",
+    "/api/v1/admin/users/{id}",
+    "/api/v1/admin/api-keys/{id}",
+    "/api/v1/licences/revoked",
+];
+
 /// Whether the global budget applies to the route template `route`: API routes only (health,
 /// readiness, metrics, docs, the OpenAPI document and the JWKS are never limited).
 pub fn budgeted(route: &str) -> bool {
-    route.starts_with("/api/") && !OWN_LIMIT.contains(&route)
+    route.starts_with("/api/") && !OWN_LIMIT.contains(&route) && !NEVER_BUDGETED.contains(&route)
 }
 
-/// Who the budget is counted for; `None` for an API key (its own per-key budget applies).
-async fn who(state: &AppState, headers: &HeaderMap, client: &ClientInfo) -> Option<String> {
+/// The routes an API key authenticates on (each key has its own budget there).
+fn key_route(route: &str) -> bool {
+    route == "/api/v1/users" || route.starts_with("/api/v1/users/") || route == "/api/v1/auth/introspect"
+}
+
+/// Who the budget is counted for; `None` for an API key on a key route (its own per-key budget
+/// applies, and unknown keys are limited per address where they are looked up). Anything that only
+/// looks like a key elsewhere counts for the address.
+async fn who(state: &AppState, route: &str, headers: &HeaderMap, client: &ClientInfo) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -49,7 +67,8 @@ async fn who(state: &AppState, headers: &HeaderMap, client: &ClientInfo) -> Opti
         .map(str::trim)
         .filter(|t| !t.is_empty());
     let user = match bearer {
-        Some(token) if looks_like_key(token) => return None,
+        Some(token) if looks_like_key(token) && key_route(route) => return None,
+        Some(token) if looks_like_key(token) => None,
         Some(token) => state.auth.token_subject(token),
         None => match cookie_value(headers, state.cookie.name).filter(|t| !t.is_empty()) {
             Some(token) => state.auth.session_subject(token).await,
@@ -85,7 +104,7 @@ pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> 
         return next.run(req).await;
     };
     let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
-        (true, Some(client)) => who(&state, req.headers(), &client).await,
+        (true, Some(client)) => who(&state, &route, req.headers(), &client).await,
         _ => None,
     };
     let mut allowances = Vec::new();
@@ -129,6 +148,11 @@ mod tests {
     fn api_routes_without_their_own_limit_are_budgeted() {
         assert!(budgeted("/api/v1/me"));
         assert!(budgeted("/api/v1/orders/{id}"));
+        for route in NEVER_BUDGETED {
+            assert!(!budgeted(route), "{route} ends access or tells of its end: never budgeted");
+        }
+        assert!(key_route("/api/v1/users/{id}/entitlements") && key_route("/api/v1/auth/introspect"));
+        assert!(!key_route("/api/v1/products") && !key_route("/api/v1/auth/refresh"));
         for route in ["/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/.well-known/jwks.json"] {
             assert!(!budgeted(route), "{route} is never limited");
         }

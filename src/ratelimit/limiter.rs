@@ -57,6 +57,11 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn hit_window(&self, key: &str, quota: Quota) -> Decision;
     /// Gives back the newest event counted by `hit_window` under `key`.
     async fn refund_window(&self, key: &str);
+    /// Whether the limiter is not making its checks where it is meant to (the Redis one while it
+    /// falls back to memory). Readiness reports it.
+    fn degraded(&self) -> bool {
+        false
+    }
 }
 
 /// The GCRA step: given the stored theoretical arrival time (as an offset from a fixed origin),

@@ -98,6 +98,10 @@ impl SharedRateLimiter {
 
 #[async_trait]
 impl RateLimiter for SharedRateLimiter {
+    fn degraded(&self) -> bool {
+        self.is_degraded()
+    }
+
     async fn hit(&self, key: &str, quota: Quota) -> Decision {
         match self.redis(self.redis.hit(key, quota)).await {
             Some(d) => {

@@ -320,6 +320,32 @@ async fn an_authenticated_user_has_a_budget_of_their_own() {
     // A made-up token or cookie buys nothing: the address's budget, spent.
     assert_problem(me(Some("not-a-token"), None).await.unwrap(), 429).await;
     assert_problem(me(None, Some("__Host-tollgate_session=forged; tollgate_session=forged")).await.unwrap(), 429).await;
+    // Nor does something that only looks like an API key, away from the key routes.
+    let fake = app.client.get(app.url("/api/v1/products")).bearer_auth("tg_live_madeup").send().await.unwrap();
+    assert_problem(fake, 429).await;
+    // Ending access is never refused for want of budget: the user spent theirs, and logs out.
+    for _ in 0..5 {
+        me(Some(&access), None).await.unwrap();
+    }
+    assert_problem(me(Some(&access), None).await.unwrap(), 429).await;
+    let out = app.client.post(app.url("/api/v1/auth/logout")).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(out.status(), 204, "logout is never budgeted");
+    assert_eq!(app.get("/api/v1/licences/revoked").await.status(), 200, "nor is the revocation list");
+}
+
+#[tokio::test]
+async fn guessing_api_keys_is_limited_per_address() {
+    let app = spawn_app_with(&[("TOLLGATE_API_KEY_LIMIT", "3")]).await;
+    let guess = |i: usize| {
+        let key = format!("tg_test_{}", "A".repeat(40) + &i.to_string());
+        app.client.get(app.url("/api/v1/users?email=a@example.com")).bearer_auth(key).send()
+    };
+    for i in 0..3 {
+        assert_problem(guess(i).await.unwrap(), 401).await;
+    }
+    let r = guess(3).await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    assert_problem(r, 429).await;
 }
 
 #[tokio::test]
@@ -415,4 +441,32 @@ async fn allowed_answers_on_limited_routes_carry_ratelimit_headers() {
     let r = login(&s.app, "nobody@example.com").await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().get("ratelimit-limit").is_none());
+}
+
+/// `redis-cli` against the test server, for what the tests set up around it (ACL users).
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-u").arg(url).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[tokio::test]
+async fn readyz_is_degraded_when_redis_answers_but_refuses_the_limiter() {
+    let test = "readyz_is_degraded_when_redis_answers_but_refuses_the_limiter";
+    let Some(url) = redis_url(test) else { return };
+    // A Redis user that may PING but not run scripts: Redis answers, the limiter cannot use it.
+    let user = format!("tg_noscript_{}", uuid::Uuid::new_v4().simple());
+    assert_eq!(redis_cli(&url, &["ACL", "SETUSER", &user, "on", ">noscript-pass", "~*", "+@all", "-@scripting"]), "OK");
+    let mut limited = url::Url::parse(&url).unwrap();
+    limited.set_username(&user).unwrap();
+    limited.set_password(Some("noscript-pass")).unwrap();
+    let app = spawn_app_with(&[("REDIS_URL", limited.as_str())]).await;
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok", "PING works for this user: {ready}");
+    // A limited request: the script is refused, the check is made in memory, and served.
+    assert_eq!(app.get("/api/v1/products").await.status(), 200);
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 200);
+    let ready: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "degraded", "{ready}");
+    redis_cli(&url, &["ACL", "DELUSER", &user]);
 }

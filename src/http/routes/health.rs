@@ -76,6 +76,12 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> 
         // every request is still served, so taking every instance out of the load balancer at once
         // would turn a Redis outage into a full one. The check says so, and the answer stays 200.
         let redis = match crate::redis::ping(url.expose_secret(), CHECK_TIMEOUT).await {
+            // Redis answers PING, but the limiter's own checks fail (scripts refused, a read-only
+            // replica, a full Redis): the limits are per instance all the same.
+            Ok(()) if state.limiter.degraded() => {
+                tracing::warn!("readiness: redis answers but the rate limiter is using memory");
+                "degraded".to_owned()
+            }
             Ok(()) => "ok".to_owned(),
             Err(e) => {
                 tracing::warn!(error = %e, "readiness: redis check failed; rate limits are per instance");
