@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::helpers::accounts::{
-    change_password, login, make_admin, me_with_bearer, me_with_cookie, register, session_cookie_from, tokens, Browser,
-    NEW_PASSWORD, PASSWORD,
+    change_password, login, make_admin, me_with_bearer, me_with_cookie, one_place_password_queue, register, session_cookie_from,
+    tokens, wrong_password_burst, Browser, NEW_PASSWORD, PASSWORD,
 };
 use crate::helpers::{assert_problem, spawn_app, spawn_app_with, TestApp};
 
@@ -225,33 +225,9 @@ async fn a_wrong_current_password_is_refused_before_the_new_ones_strength_is_jud
 
 #[tokio::test]
 async fn a_full_password_queue_answers_503_at_once() {
-    let app = spawn_app_with(&[
-        ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"),
-        ("TOLLGATE_PASSWORD_QUEUE", "1"),
-        ("TOLLGATE_LOGIN_IP_LIMIT", "1000"),
-    ])
-    .await;
-    let flood: Vec<_> = (0..40)
-        .map(|i| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
-            tokio::spawn(async move {
-                let r = client
-                    .post(url)
-                    .header("x-forwarded-for", format!("198.51.100.{i}"))
-                    .json(&json!({"email": format!("user{i}@example.com"), "password": "wrong password entirely"}))
-                    .send()
-                    .await
-                    .unwrap();
-                let status = r.status().as_u16();
-                let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-                let body: Value = r.json().await.unwrap();
-                (status, retry_after, body)
-            })
-        })
-        .collect();
+    let app = one_place_password_queue().await;
     let mut busy = 0;
-    for f in flood {
-        let (status, retry_after, body) = f.await.unwrap();
+    for (status, retry_after, body) in wrong_password_burst(&app, 40).await {
         match status {
             401 => {}
             503 => {

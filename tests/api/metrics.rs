@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use tollgate::stripe::webhook::sign;
 
+use crate::helpers::accounts::{one_place_password_queue, wrong_password_burst};
 use crate::helpers::shop::{completed, shop};
 use crate::helpers::stripe::{deliver, event};
 use crate::helpers::{assert_problem, spawn_app_with, TestApp};
@@ -168,31 +169,11 @@ async fn a_forwarded_for_header_from_an_untrusted_peer_cannot_open_or_close_metr
 
 #[tokio::test]
 async fn password_queue_refusals_and_login_failures_count_what_was_answered() {
-    let app = spawn_app_with(&[
-        ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"),
-        ("TOLLGATE_PASSWORD_QUEUE", "1"),
-        ("TOLLGATE_LOGIN_IP_LIMIT", "1000"),
-    ])
-    .await;
+    let app = one_place_password_queue().await;
     let (_, before) = scrape(&app).await;
-    let flood: Vec<_> = (0..40)
-        .map(|i| {
-            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
-            tokio::spawn(async move {
-                let r = client
-                    .post(url)
-                    .header("x-forwarded-for", format!("198.51.100.{i}"))
-                    .json(&json!({"email": format!("user{i}@example.com"), "password": "wrong password entirely"}))
-                    .send()
-                    .await
-                    .unwrap();
-                r.status().as_u16()
-            })
-        })
-        .collect();
     let (mut refused, mut failed) = (0.0, 0.0);
-    for f in flood {
-        match f.await.unwrap() {
+    for (status, _, _) in wrong_password_burst(&app, 40).await {
+        match status {
             401 => failed += 1.0,
             503 => refused += 1.0,
             other => panic!("unexpected {other}"),

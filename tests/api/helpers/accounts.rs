@@ -112,3 +112,41 @@ pub async fn bearer_for(app: &TestApp, email: &str, role: Role) -> (String, Stri
     }
     (tokens(app, email, PASSWORD).await.0, id)
 }
+
+/// An app whose password queue has one place (and a login limit out of reach), behind a trusted
+/// proxy on loopback so that each request may say its own client address.
+pub async fn one_place_password_queue() -> TestApp {
+    super::app::spawn_app_with(&[
+        ("TOLLGATE_TRUSTED_PROXIES", "127.0.0.1/32"),
+        ("TOLLGATE_PASSWORD_QUEUE", "1"),
+        ("TOLLGATE_LOGIN_IP_LIMIT", "1000"),
+    ])
+    .await
+}
+
+/// `n` concurrent logins with a wrong password, each from its own address: every answer's status,
+/// `Retry-After` and body.
+pub async fn wrong_password_burst(app: &TestApp, n: usize) -> Vec<(u16, Option<String>, Value)> {
+    let burst: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, url) = (app.client.clone(), app.url("/api/v1/auth/login"));
+            tokio::spawn(async move {
+                let r = client
+                    .post(url)
+                    .header("x-forwarded-for", format!("198.51.100.{i}"))
+                    .json(&json!({"email": format!("user{i}@example.com"), "password": "wrong password entirely"}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                (status, retry_after, r.json().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for b in burst {
+        answers.push(b.await.unwrap());
+    }
+    answers
+}
