@@ -19,18 +19,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from webhook_ingest import REL, TOLLGATE, free_port, side_by_side, wait_for  # noqa: E402
-
-
-def loadgen(url, concurrency, seconds, bearer=None):
-    env = dict(os.environ)
-    if bearer:
-        env["LOADGEN_BEARER"] = bearer
-    out = subprocess.run(
-        [os.path.join(REL, "examples", "loadgen"), "get", url, str(concurrency), str(seconds)],
-        capture_output=True, text=True, check=True, env=env,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+from webhook_ingest import TOLLGATE, free_port, loadgen, side_by_side, wait_for  # noqa: E402
 
 
 def run_tollgate(database_url, seconds, concurrency, workdir):
@@ -63,7 +52,7 @@ def run_tollgate(database_url, seconds, concurrency, workdir):
         if r.status != 200:
             sys.exit(f"entitlements by key: {r.status} {r.read()!r}")
         r.read()
-        return loadgen(url, concurrency, seconds, key)
+        return loadgen("get", url, concurrency, seconds, bearer=key)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

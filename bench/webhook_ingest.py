@@ -46,8 +46,14 @@ def wait_for(port, path):
     sys.exit(f"nothing answered on {port}{path}")
 
 
-def loadgen(*args):
-    out = subprocess.run([os.path.join(REL, "examples", "loadgen"), *map(str, args)], capture_output=True, text=True, check=True)
+def loadgen(*args, bearer=None):
+    """examples/loadgen with `args`; `bearer` is sent as every request's Authorization."""
+    env = dict(os.environ)
+    if bearer:
+        env["LOADGEN_BEARER"] = bearer
+    out = subprocess.run(
+        [os.path.join(REL, "examples", "loadgen"), *map(str, args)], capture_output=True, text=True, check=True, env=env
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

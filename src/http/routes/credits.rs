@@ -23,7 +23,7 @@ use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
 use crate::http::idempotency::{idempotency_key, idempotent, IdempotencyKeyHeader};
 use crate::http::pagination::{page, ListParams};
-use crate::http::responses::{AdminOnlyWithCsrf, BadListParameters, JsonBody, Unauthenticated};
+use crate::http::responses::{AdminOnlyWithCsrf, BadListParameters, JsonBody, KeyAuthenticated, Unauthenticated};
 use crate::http::state::AppState;
 use crate::store::credits::{CreditOutcome, MovementRow, NewDebit};
 
@@ -148,8 +148,7 @@ fn created(body: &impl Serialize, replayed: bool) -> ApiResult<Response> {
     responses(
         (status = 201, description = "Debited (or the first debit with this Idempotency-Key, replayed)", body = DebitOut),
         (status = 400, description = "No Idempotency-Key, or malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks credits:write", body = Problem, content_type = "application/problem+json"),
+        KeyAuthenticated,
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "insufficient-credits: the balance (member `balance`) is smaller than the amount; nothing was debited", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
@@ -205,8 +204,7 @@ async fn movements(state: &AppState, user_id: &str, list: &ListParams) -> ApiRes
     security(("api_key" = [])),
     responses(
         (status = 200, description = "A page of movements, newest first", body = CreditMovementList),
-        (status = 401, description = "No valid API key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The key lacks entitlements:read", body = Problem, content_type = "application/problem+json"),
+        KeyAuthenticated,
         (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
         BadListParameters,
     ))]
