@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,10 @@ pub enum RedisError {
     Protocol,
     #[error("server error: {0}")]
     Server(String),
+    /// Every connection this process may hold was in use for the whole wait: this process is
+    /// busy, not Redis (the caller decides this one check locally and does not call it an outage).
+    #[error("all Redis connections busy")]
+    Busy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,12 +202,17 @@ impl Conn {
     async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, RedisError> {
         self.io.get_mut().write_all(&command(args)).await.map_err(|_| RedisError::Io)?;
         self.io.get_mut().flush().await.map_err(|_| RedisError::Io)?;
-        read_reply(&mut self.io).await
+        read_reply(&mut self.io, 0).await
     }
 }
 
-fn read_reply<'a>(
-    io: &'a mut BufReader<Box<dyn Stream>>,
+/// How deeply arrays may nest in a reply: the script answers a flat array, so anything deeper is a
+/// protocol error, not a reason to recurse (a hostile or broken server cannot exhaust the stack).
+const MAX_DEPTH: usize = 2;
+
+fn read_reply<'a, S: AsyncRead + Unpin + Send>(
+    io: &'a mut BufReader<S>,
+    depth: usize,
 ) -> Pin<Box<dyn Future<Output = Result<Reply, RedisError>> + Send + 'a>> {
     Box::pin(async move {
         let mut line = Vec::new();
@@ -235,10 +245,13 @@ fn read_reply<'a>(
                 if len < 0 {
                     return Ok(Reply::Array(None));
                 }
+                if depth >= MAX_DEPTH {
+                    return Err(RedisError::Protocol);
+                }
                 let len = usize::try_from(len).ok().filter(|l| *l <= 1024).ok_or(RedisError::Protocol)?;
                 let mut items = Vec::with_capacity(len);
                 for _ in 0..len {
-                    items.push(read_reply(io).await?);
+                    items.push(read_reply(io, depth + 1).await?);
                 }
                 Ok(Reply::Array(Some(items)))
             }
@@ -254,9 +267,17 @@ pub struct RedisRateLimiter {
     prefix: String,
     idle: Mutex<Vec<Conn>>,
     sha: Mutex<Option<String>>,
+    /// One permit per connection this process may hold at once (busy or idle).
+    permits: tokio::sync::Semaphore,
+    opened: AtomicU64,
 }
 
-const MAX_IDLE: usize = 16;
+/// The most connections one process holds to Redis: a flood of requests waits for one of these
+/// (up to `PERMIT_WAIT`) instead of opening a connection per request.
+pub const MAX_CONNECTIONS: usize = 32;
+const MAX_IDLE: usize = MAX_CONNECTIONS;
+/// How long a check waits for a free connection; then it is decided in memory, this once.
+pub const PERMIT_WAIT: Duration = Duration::from_millis(100);
 
 impl RedisRateLimiter {
     /// For `url` (`redis://` or `rediss://`, `[user:password@]host[:port][/db]`), with every key
@@ -267,7 +288,14 @@ impl RedisRateLimiter {
             prefix: prefix.to_owned(),
             idle: Mutex::new(Vec::new()),
             sha: Mutex::new(None),
+            permits: tokio::sync::Semaphore::new(MAX_CONNECTIONS),
+            opened: AtomicU64::new(0),
         })
+    }
+
+    /// How many connections this limiter has opened since it was made.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     fn key(&self, key: &str) -> String {
@@ -283,12 +311,19 @@ impl RedisRateLimiter {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match idle {
             Some(c) => Ok(c),
-            None => Conn::open(&self.target).await,
+            None => {
+                self.opened.fetch_add(1, Ordering::Relaxed);
+                Conn::open(&self.target).await
+            }
         }
     }
 
     /// Runs the script: `EVALSHA`, or `EVAL` when the server does not know it (it then does).
     async fn eval(&self, key: &str, args: &[&[u8]]) -> Result<Vec<i64>, RedisError> {
+        let _permit = match tokio::time::timeout(PERMIT_WAIT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return Err(RedisError::Busy),
+        };
         let mut conn = self.conn().await?;
         let key = self.key(key);
         let sha = self.sha.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -411,6 +446,23 @@ mod tests {
         assert!(Target::parse("rediss://:secret@cache.internal").unwrap().tls.is_some());
         assert_eq!(Target::parse("http://cache.internal").err(), Some(RedisError::BadUrl));
         assert_eq!(Target::parse("redis://h/notanumber").err(), Some(RedisError::BadUrl));
+    }
+
+    async fn parse(bytes: &[u8]) -> Result<Reply, RedisError> {
+        read_reply(&mut BufReader::new(bytes), 0).await
+    }
+
+    #[tokio::test]
+    async fn replies_nest_no_deeper_than_the_script_answers() {
+        assert_eq!(
+            parse(b"*3\r\n:1\r\n:-2\r\n$-1\r\n").await,
+            Ok(Reply::Array(Some(vec![Reply::Int(1), Reply::Int(-2), Reply::Bulk(None)])))
+        );
+        assert_eq!(parse(b"*1\r\n*1\r\n:1\r\n").await, Ok(Reply::Array(Some(vec![Reply::Array(Some(vec![Reply::Int(1)]))]))));
+        assert_eq!(parse(b"*1\r\n*1\r\n*1\r\n:1\r\n").await, Err(RedisError::Protocol));
+        // A hostile server's endless nesting is refused at the third level, not followed down.
+        let deep = b"*1\r\n".repeat(100_000);
+        assert_eq!(parse(&deep).await, Err(RedisError::Protocol));
     }
 
     #[test]

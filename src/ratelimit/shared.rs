@@ -1,7 +1,9 @@
 //! The limiter every instance shares when Redis is configured, fail-safe: when Redis errors or
 //! does not answer within `REDIS_TIMEOUT`, the check is made by this process's in-memory limiter
 //! instead (the limits still hold per instance; never fail-open), a warning is logged once per
-//! outage, and Redis is tried again by itself `RETRY_AFTER` later, with no restart.
+//! outage, and Redis is tried again by itself `RETRY_AFTER` later, with no restart. At most
+//! `redis::MAX_CONNECTIONS` connections are held; a check that finds them all busy for
+//! `redis::PERMIT_WAIT` is made in memory, that once, without calling it an outage.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -27,6 +29,8 @@ pub struct SharedRateLimiter {
     /// Outages begun and ended (each logged once), for tests and the operator's metrics.
     outages: AtomicU64,
     recoveries: AtomicU64,
+    /// Checks made in memory because every Redis connection was busy (not an outage).
+    busy: AtomicU64,
 }
 
 impl SharedRateLimiter {
@@ -38,7 +42,14 @@ impl SharedRateLimiter {
             retry_at: Mutex::new(None),
             outages: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
         }
+    }
+
+    /// How many checks were made in memory because every Redis connection was in use, and how
+    /// many connections to Redis were opened, since start.
+    pub fn busy_checks(&self) -> (u64, u64) {
+        (self.busy.load(Ordering::Relaxed), self.redis.connections_opened())
     }
 
     /// How many outages began and how many ended since start (one warning was logged for each).
@@ -71,6 +82,12 @@ impl SharedRateLimiter {
         }
         let outcome = match tokio::time::timeout(REDIS_TIMEOUT, op).await {
             Ok(Ok(v)) => Ok(v),
+            // This process had no free connection (a flood here, not an outage there): this one
+            // check is made in memory, and Redis stays in use for the next.
+            Ok(Err(RedisError::Busy)) => {
+                self.busy.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".to_owned()),
         };

@@ -470,3 +470,28 @@ async fn readyz_is_degraded_when_redis_answers_but_refuses_the_limiter() {
     assert_eq!(ready["checks"]["redis"], "degraded", "{ready}");
     redis_cli(&url, &["ACL", "DELUSER", &user]);
 }
+
+#[tokio::test]
+async fn a_flood_of_checks_holds_a_bounded_number_of_redis_connections_and_is_no_outage() {
+    let Some(url) = redis_url("a_flood_of_checks_holds_a_bounded_number_of_redis_connections_and_is_no_outage") else {
+        return;
+    };
+    let l = std::sync::Arc::new(SharedRateLimiter::new(RedisRateLimiter::new(&url, &namespace()).unwrap()));
+    let q = Quota { limit: 100, period: Duration::from_secs(600) };
+    let checks: Vec<_> = (0..400)
+        .map(|_| {
+            let l = l.clone();
+            tokio::spawn(async move { l.hit("flood", q).await.is_allowed() })
+        })
+        .collect();
+    let mut allowed = 0;
+    for c in checks {
+        allowed += usize::from(c.await.unwrap());
+    }
+    let (busy, opened) = l.busy_checks();
+    assert!(opened <= tollgate::ratelimit::MAX_REDIS_CONNECTIONS as u64, "{opened} connections opened");
+    assert!(!l.is_degraded(), "a flood in this process is not a Redis outage");
+    assert_eq!(l.outages(), (0, 0));
+    // Redis let exactly 100 through; a check decided in memory (all connections busy) may add one.
+    assert!(allowed >= 100 && allowed as u64 <= 100 + busy, "{allowed} allowed, {busy} decided in memory");
+}
