@@ -34,7 +34,8 @@ use crate::stripe::Provider;
 pub fn rate_limiter(config: &Config) -> anyhow::Result<Arc<dyn RateLimiter>> {
     Ok(match &config.redis_url {
         Some(url) => {
-            let redis = RedisRateLimiter::new(url.expose_secret(), &config.redis_key_prefix).context("REDIS_URL")?;
+            let redis = RedisRateLimiter::with_ca(url.expose_secret(), &config.redis_key_prefix, config.redis_ca_file.as_deref())
+                .context("REDIS_URL")?;
             Arc::new(SharedRateLimiter::new(redis))
         }
         None => Arc::new(MemoryRateLimiter::new()),

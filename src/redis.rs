@@ -7,7 +7,12 @@ pub use crate::ratelimit::RedisError as PingError;
 
 /// `PING`s the server at `url` (`redis[s]://[user:password@]host[:port][/db]`) within `timeout`.
 pub async fn ping(url: &str, timeout: Duration) -> Result<(), PingError> {
-    match tokio::time::timeout(timeout, crate::ratelimit::ping(url)).await {
+    ping_with_ca(url, None, timeout).await
+}
+
+/// As [`ping`], with `rediss://` trusting only the CA certificate(s) in the PEM file `ca`.
+pub async fn ping_with_ca(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> Result<(), PingError> {
+    match tokio::time::timeout(timeout, crate::ratelimit::ping(url, ca)).await {
         Ok(r) => r,
         Err(_) => Err(PingError::TimedOut),
     }

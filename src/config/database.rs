@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use super::layer::Raw;
@@ -42,6 +42,19 @@ pub(super) fn redis_url(raw: &Raw, errors: &mut Vec<String>) -> Option<SecretStr
         }
     }
     redis_url.map(SecretString::from)
+}
+
+/// The CA file for `rediss://` (PEM, at least one certificate); only with a `rediss://` URL.
+pub(super) fn redis_ca_file(raw: &Raw, redis_url: Option<&SecretString>, errors: &mut Vec<String>) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(raw.get("redis_ca_file")?.trim());
+    if !redis_url.is_some_and(|u| u.expose_secret().starts_with("rediss://")) {
+        errors.push(raw.bad("redis_ca_file", "is only used with a rediss:// REDIS_URL"));
+    }
+    match crate::ratelimit::load_ca(&path) {
+        Ok(_) => {}
+        Err(why) => errors.push(raw.bad("redis_ca_file", &why)),
+    }
+    Some(path)
 }
 
 /// The prefix of every key the Redis rate limiter writes (`<prefix>rl:…`), so one Redis can

@@ -57,6 +57,7 @@ impl Config {
         let database = database::parse(&raw, &mut errors);
         let redis_url = database::redis_url(&raw, &mut errors);
         let redis_key_prefix = database::redis_key_prefix(&raw, &mut errors);
+        let redis_ca_file = database::redis_ca_file(&raw, redis_url.as_ref(), &mut errors);
         let http = http::parse(&raw, &mut errors);
         let tls = tls::parse(&raw, &mut errors);
         let log_filter = logging::filter(&raw, &mut errors);
@@ -73,6 +74,7 @@ impl Config {
             database,
             redis_url,
             redis_key_prefix,
+            redis_ca_file,
             http,
             tls,
             log_filter,

@@ -75,6 +75,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "redis://HOST:PORT or rediss:// (TLS); when set, rate limits are kept there, shared by every instance, and /readyz checks it",
     },
     Setting {
+        key: "redis_ca_file",
+        env: &["TOLLGATE_REDIS_CA_FILE"],
+        default: None,
+        secret: false,
+        meaning: "PEM file of the CA certificate(s) a rediss:// server must present a chain to, instead of the public web roots",
+    },
+    Setting {
         key: "redis_key_prefix",
         env: &["TOLLGATE_REDIS_KEY_PREFIX"],
         default: Some("tollgate:"),

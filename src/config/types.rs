@@ -101,6 +101,9 @@ pub struct Config {
     pub redis_url: Option<SecretString>,
     /// The rate limiter's keys on Redis start with this (`tollgate:` by default).
     pub redis_key_prefix: String,
+    /// For `rediss://`: the CA certificate(s) the server's certificate must chain to, instead of
+    /// the public web roots (a private CA, a self-hosted Redis).
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub http: HttpConfig,
     pub tls: Option<TlsConfig>,
     pub log_filter: String,

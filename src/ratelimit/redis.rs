@@ -126,13 +126,39 @@ struct Target {
     db: Option<u32>,
 }
 
+/// The certificates of a PEM file (at least one), for `rediss://` with a private CA. The error
+/// says what is wrong with the file, for the configuration check.
+pub fn load_ca(path: &std::path::Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (added, _) = store.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 {
+        return Err(format!("{} holds no usable CA certificate", path.display()));
+    }
+    Ok(certs)
+}
+
 impl Target {
-    fn parse(raw: &str) -> Result<Target, RedisError> {
+    fn parse(raw: &str, ca: Option<&std::path::Path>) -> Result<Target, RedisError> {
         let url = url::Url::parse(raw).map_err(|_| RedisError::BadUrl)?;
         let tls = match url.scheme() {
             "redis" => None,
             "rediss" => {
-                let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+                let roots = match ca {
+                    None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+                    Some(path) => {
+                        let mut store = rustls::RootCertStore::empty();
+                        store.add_parsable_certificates(load_ca(path).map_err(|_| RedisError::Tls)?);
+                        store
+                    }
+                };
                 let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                     .with_safe_default_protocol_versions()
                     .map_err(|_| RedisError::Tls)?
@@ -283,8 +309,13 @@ impl RedisRateLimiter {
     /// For `url` (`redis://` or `rediss://`, `[user:password@]host[:port][/db]`), with every key
     /// under `prefix` (e.g. `tollgate:`). Connects lazily.
     pub fn new(url: &str, prefix: &str) -> Result<RedisRateLimiter, RedisError> {
+        RedisRateLimiter::with_ca(url, prefix, None)
+    }
+
+    /// As `new`, with `rediss://` trusting only the CA certificate(s) in the PEM file `ca`.
+    pub fn with_ca(url: &str, prefix: &str, ca: Option<&std::path::Path>) -> Result<RedisRateLimiter, RedisError> {
         Ok(RedisRateLimiter {
-            target: Target::parse(url)?,
+            target: Target::parse(url, ca)?,
             prefix: prefix.to_owned(),
             idle: Mutex::new(Vec::new()),
             sha: Mutex::new(None),
@@ -399,9 +430,10 @@ impl RedisRateLimiter {
     }
 }
 
-/// Connects to `url` and `PING`s (for `/readyz`; the caller bounds the time).
-pub async fn ping(url: &str) -> Result<(), RedisError> {
-    let mut conn = Conn::open(&Target::parse(url)?).await?;
+/// Connects to `url` and `PING`s (for `/readyz`; the caller bounds the time). `ca` as for
+/// [`RedisRateLimiter::with_ca`].
+pub async fn ping(url: &str, ca: Option<&std::path::Path>) -> Result<(), RedisError> {
+    let mut conn = Conn::open(&Target::parse(url, ca)?).await?;
     match conn.call(&[b"PING"]).await? {
         Reply::Simple(s) if s == "PONG" => Ok(()),
         Reply::Error(e) => Err(server_error(e)),
@@ -435,17 +467,23 @@ fn decision(v: &[i64], quota: Quota) -> Decision {
 mod tests {
     use super::*;
 
+    impl Target {
+        fn parse_test(raw: &str) -> Result<Target, RedisError> {
+            Target::parse(raw, None)
+        }
+    }
+
     #[test]
     fn urls_are_parsed_without_keeping_them() {
-        let t = Target::parse("redis://user:p%40ss@cache.internal:6380/2").unwrap();
+        let t = Target::parse_test("redis://user:p%40ss@cache.internal:6380/2").unwrap();
         assert_eq!(
             (t.host.as_str(), t.port, t.user.as_deref(), t.password.as_deref(), t.db),
             ("cache.internal", 6380, Some("user"), Some("p@ss"), Some(2))
         );
         assert!(t.tls.is_none());
-        assert!(Target::parse("rediss://:secret@cache.internal").unwrap().tls.is_some());
-        assert_eq!(Target::parse("http://cache.internal").err(), Some(RedisError::BadUrl));
-        assert_eq!(Target::parse("redis://h/notanumber").err(), Some(RedisError::BadUrl));
+        assert!(Target::parse_test("rediss://:secret@cache.internal").unwrap().tls.is_some());
+        assert_eq!(Target::parse_test("http://cache.internal").err(), Some(RedisError::BadUrl));
+        assert_eq!(Target::parse_test("redis://h/notanumber").err(), Some(RedisError::BadUrl));
     }
 
     async fn parse(bytes: &[u8]) -> Result<Reply, RedisError> {

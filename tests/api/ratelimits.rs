@@ -495,3 +495,126 @@ async fn a_flood_of_checks_holds_a_bounded_number_of_redis_connections_and_is_no
     // Redis let exactly 100 through; a check decided in memory (all connections busy) may add one.
     assert!(allowed >= 100 && allowed as u64 <= 100 + busy, "{allowed} allowed, {busy} decided in memory");
 }
+
+/// A CA, and a certificate for localhost and 127.0.0.1 signed by it, made with the openssl CLI in
+/// `dir` (ca.pem, server.pem, server.key); `false` when openssl is not installed.
+fn private_ca(dir: &std::path::Path) -> bool {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=tollgate test CA", "-days", "2"]]
+        .concat())
+        && run(&[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat())
+        && run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ])
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_shares_limits_and_an_untrusted_certificate_is_refused() {
+    let test = "rediss_with_a_private_ca_shares_limits_and_an_untrusted_certificate_is_refused";
+    let dir = tempfile::tempdir().unwrap();
+    if !private_ca(dir.path()) {
+        assert!(!in_ci(), "openssl must be installed in CI");
+        return skip(test, "no openssl CLI to make a CA");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = |f: &str| dir.path().join(f).to_string_lossy().into_owned();
+    let Ok(child) = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-cert-file", &path("server.pem"), "--tls-key-file", &path("server.key")])
+        .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        assert!(!in_ci(), "redis-server must be installed in CI");
+        return skip(test, "no redis-server");
+    };
+    let redis = OwnRedis { port, child };
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca = dir.path().join("ca.pem");
+    let mut up = false;
+    for _ in 0..200 {
+        if tollgate::redis::ping_with_ca(&url, Some(&ca), Duration::from_secs(1)).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(up, "redis-server with TLS did not come up (built without TLS?)");
+
+    // Trusting the private CA: the checks are made on Redis, over TLS.
+    let ns = namespace();
+    let q = Quota { limit: 2, period: Duration::from_secs(60) };
+    let one = SharedRateLimiter::new(RedisRateLimiter::with_ca(&url, &ns, Some(&ca)).unwrap());
+    let two = SharedRateLimiter::new(RedisRateLimiter::with_ca(&url, &ns, Some(&ca)).unwrap());
+    assert!(one.hit("k", q).await.is_allowed());
+    assert!(two.hit("k", q).await.is_allowed());
+    assert!(!one.hit("k", q).await.is_allowed(), "the second instance's hit counted: one budget on Redis");
+    assert!(!one.is_degraded() && !two.is_degraded());
+    assert_eq!((one.outages(), two.outages()), ((0, 0), (0, 0)));
+
+    // The same server with only the public web roots: its certificate is refused, nothing is sent
+    // to it, and the limits are kept in memory (fail-safe), never skipped.
+    let untrusting = SharedRateLimiter::new(RedisRateLimiter::new(&url, &ns).unwrap());
+    assert!(untrusting.hit("k", q).await.is_allowed(), "memory has its own budget");
+    assert!(untrusting.is_degraded(), "an untrusted certificate is an outage, not a connection");
+    assert_eq!(tollgate::redis::ping(&url, Duration::from_secs(2)).await, Err(tollgate::redis::PingError::Tls));
+
+    // The server: TOLLGATE_REDIS_CA_FILE makes /readyz's check and the limiter trust the CA.
+    let app = spawn_app_with(&[("REDIS_URL", &url), ("TOLLGATE_REDIS_CA_FILE", &ca.to_string_lossy())]).await;
+    let ready: serde_json::Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["checks"]["redis"], "ok", "{ready}");
+    redis.stop();
+}
+
+#[test]
+fn a_redis_ca_file_is_checked_with_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let errors = |vars: &[(&str, &str)]| {
+        let sources = tollgate::config::Sources {
+            env: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        tollgate::config::Config::parse_all(&sources).1.into_iter().filter(|e| e.contains("REDIS_CA_FILE")).collect::<Vec<_>>()
+    };
+    let ca = not_pem.to_string_lossy();
+    assert_eq!(errors(&[("REDIS_URL", "rediss://cache.internal:6380"), ("TOLLGATE_REDIS_CA_FILE", &ca)]).len(), 1, "not PEM");
+    let missing = dir.path().join("missing.pem");
+    assert_eq!(
+        errors(&[("REDIS_URL", "rediss://cache.internal:6380"), ("TOLLGATE_REDIS_CA_FILE", &missing.to_string_lossy())]).len(),
+        1,
+        "missing file"
+    );
+    let plain = errors(&[("REDIS_URL", "redis://cache.internal:6379"), ("TOLLGATE_REDIS_CA_FILE", &ca)]);
+    assert!(plain.iter().any(|e| e.contains("rediss://")), "{plain:?}");
+}

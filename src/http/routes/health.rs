@@ -75,19 +75,20 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<ReadyOut>> 
         // Redis down is not "not ready": the rate limits fall back to each instance's memory and
         // every request is still served, so taking every instance out of the load balancer at once
         // would turn a Redis outage into a full one. The check says so, and the answer stays 200.
-        let redis = match crate::redis::ping(url.expose_secret(), CHECK_TIMEOUT).await {
-            // Redis answers PING, but the limiter's own checks fail (scripts refused, a read-only
-            // replica, a full Redis): the limits are per instance all the same.
-            Ok(()) if state.limiter.degraded() => {
-                tracing::warn!("readiness: redis answers but the rate limiter is using memory");
-                "degraded".to_owned()
-            }
-            Ok(()) => "ok".to_owned(),
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness: redis check failed; rate limits are per instance");
-                "degraded".to_owned()
-            }
-        };
+        let redis =
+            match crate::redis::ping_with_ca(url.expose_secret(), state.config.redis_ca_file.as_deref(), CHECK_TIMEOUT).await {
+                // Redis answers PING, but the limiter's own checks fail (scripts refused, a read-only
+                // replica, a full Redis): the limits are per instance all the same.
+                Ok(()) if state.limiter.degraded() => {
+                    tracing::warn!("readiness: redis answers but the rate limiter is using memory");
+                    "degraded".to_owned()
+                }
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "readiness: redis check failed; rate limits are per instance");
+                    "degraded".to_owned()
+                }
+            };
         checks.insert("redis".to_owned(), redis);
     }
     if checks.iter().all(|(k, v)| v == "ok" || (k == "redis" && v == "degraded")) {
