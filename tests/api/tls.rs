@@ -483,3 +483,35 @@ async fn a_foreign_host_cannot_steer_the_redirect_listener() {
     let answer = raw_http(&redirect, "GET //evil.example/x HTTP/1.1\r\nHost: evil.example\r\n\r\n").await;
     assert!(answer.to_ascii_lowercase().contains(&format!("location: {PUBLIC_URL}//evil.example/x")), "{answer}");
 }
+
+#[tokio::test]
+async fn the_curl_command_cert_dev_prints_works_against_the_served_certificate() {
+    // curl over OpenSSL is the reference: a client other than rustls trusting the certificate alone.
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        assert!(!crate::helpers::skip::in_ci(), "curl is missing in CI");
+        crate::helpers::skip::skip("the_curl_command_cert_dev_prints_works_against_the_served_certificate", "no curl");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let written = binary::tollgate(dir.path(), &[]).args(["cert", "dev", "--out", out.to_str().unwrap()]).output().unwrap();
+    assert!(written.status.success(), "{}", binary::output_text(&written));
+    let printed = String::from_utf8(written.stdout).unwrap();
+    let command = printed.lines().map(str::trim).find(|l| l.starts_with("curl --cacert ")).expect("a curl command");
+    let server = serve_tls(dir.path(), &out.join("tollgate-dev-cert.pem"), &out.join("tollgate-dev-key.pem"), &[]);
+    let port = server.addr.rsplit(':').next().unwrap();
+    let args: Vec<String> =
+        command.replace("localhost:8080", &format!("localhost:{port}")).split(' ').skip(1).map(String::from).collect();
+
+    let curl = |args: &[String]| {
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["--silent", "--show-error", "--noproxy", "*", "--resolve", &format!("localhost:{port}:127.0.0.1")]);
+        cmd.args(args).output().unwrap()
+    };
+    let trusted = curl(&args);
+    assert!(trusted.status.success(), "{}", binary::output_text(&trusted));
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout), r#"{"status":"ok"}"#);
+    // Without the certificate, curl refuses the server (exit 60: the peer cannot be verified).
+    let untrusted = curl(&args[2..]);
+    assert_eq!(untrusted.status.code(), Some(60), "{}", binary::output_text(&untrusted));
+}
