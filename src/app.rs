@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, PaymentProvider, TlsConfig};
@@ -23,6 +21,7 @@ use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
 use crate::http::state::{AppState, CookieSettings};
+use crate::http::tls::{reload_on_sighup, server_config, ReloadableCert};
 use crate::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter, SharedRateLimiter};
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
@@ -133,6 +132,10 @@ pub struct App {
     local_addr: SocketAddr,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificate in use, reloaded on SIGHUP.
+    certs: Option<Arc<ReloadableCert>>,
+    /// The plain-http listener that only redirects to https, when configured.
+    redirect: Option<std::net::TcpListener>,
     state: AppState,
     limits: Limits,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
@@ -165,10 +168,11 @@ impl App {
                 .push(secrecy::SecretString::from(format!("whsec_{}", crate::domain::crypto::random_token())));
         }
         // Everything that can be refused without side effects is checked before the database.
-        let tls = match &config.tls {
-            Some(t) => Some(load_tls(t)?),
+        let certs = match &config.tls {
+            Some(t) => Some(Arc::new(ReloadableCert::load(t)?)),
             None => None,
         };
+        let tls = certs.clone().map(server_config).transpose()?;
         LicenceKeys::configured(&config.licence)?;
         let store = store::connect(&config.database).await.context("cannot open the database")?;
         if config.database.migrate_on_start {
@@ -180,6 +184,15 @@ impl App {
         let listener = std::net::TcpListener::bind(config.bind).with_context(|| format!("cannot listen on {}", config.bind))?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
+        let redirect = match config.tls.as_ref().and_then(|t| t.redirect_bind) {
+            Some(addr) => {
+                let l = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on {addr} (TOLLGATE_HTTP_REDIRECT_BIND)"))?;
+                l.set_nonblocking(true)?;
+                Some(l)
+            }
+            None => None,
+        };
         // One limiter for every service (their keys are namespaced), so one outage warning.
         let limiter = rate_limiter(&config)?;
         let webhook_url = own_webhook_url(local_addr, tls.is_some())?;
@@ -214,7 +227,7 @@ impl App {
             shutdown_timeout: http.shutdown_timeout,
         };
         let (stop, _) = tokio::sync::watch::channel(false);
-        Ok(App { listener, local_addr, router, tls, state, limits, stop: Arc::new(stop) })
+        Ok(App { listener, local_addr, router, tls, certs, redirect, state, limits, stop: Arc::new(stop) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -223,6 +236,11 @@ impl App {
 
     pub fn port(&self) -> u16 {
         self.local_addr.port()
+    }
+
+    /// Where the plain-http redirect listener listens, when configured.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -249,6 +267,26 @@ impl App {
             shutdown.shutdown();
         });
         let config = &self.state.config;
+        if let Some(certs) = &self.certs {
+            let summary = certs.summary();
+            tracing::info!(
+                fingerprint_sha256 = %summary.fingerprint_sha256,
+                not_after = summary.not_after.as_deref().unwrap_or("unknown"),
+                "TLS certificate loaded (reloaded on SIGHUP)"
+            );
+            tokio::spawn(reload_on_sighup(certs.clone())?);
+        }
+        let redirect = match self.redirect {
+            Some(listener) => {
+                let origin = config.public_url.origin().ascii_serialization();
+                tracing::info!(addr = %listener.local_addr()?, to = %origin, "redirecting http to https");
+                let router = crate::http::redirect::router(origin);
+                let stop = self.stop.subscribe();
+                let limits = self.limits;
+                Some(tokio::spawn(crate::http::server::serve(listener, None, router, limits, stop)))
+            }
+            None => None,
+        };
         tracing::info!(
             addr = %self.local_addr,
             env = config.env.as_str(),
@@ -286,6 +324,13 @@ impl App {
         });
         let served = crate::http::server::serve(self.listener, self.tls, self.router, self.limits, self.stop.subscribe()).await;
         sweeper.abort();
+        if let Some(redirect) = redirect {
+            match redirect.await {
+                Ok(Err(e)) => tracing::warn!(error = %e, "the redirect listener failed"),
+                Err(e) => tracing::warn!(error = %e, "the redirect listener panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
         self.state.store.close().await;
         served.context("server error")
     }
@@ -313,20 +358,8 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static
     })
 }
 
-/// A rustls server config on the ring provider (no second crypto stack), HTTP/2 and HTTP/1.1.
+/// A rustls server config on the ring provider (no second crypto stack), TLS 1.3 and 1.2, HTTP/2
+/// and HTTP/1.1, over the certificate and key at `t` (`check-config` reads them as `serve` does).
 pub fn load_tls(t: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let certs = CertificateDer::pem_file_iter(&t.cert_path)
-        .with_context(|| format!("TOLLGATE_TLS_CERT: cannot read {}", t.cert_path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("TOLLGATE_TLS_CERT: {} is not a PEM certificate chain", t.cert_path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "TOLLGATE_TLS_CERT: {} holds no certificate", t.cert_path.display());
-    let key = PrivateKeyDer::from_pem_file(&t.key_path)
-        .with_context(|| format!("TOLLGATE_TLS_KEY: {} is not a PEM private key", t.key_path.display()))?;
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not match")?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(server))
+    server_config(Arc::new(ReloadableCert::load(t)?))
 }

@@ -3,6 +3,7 @@
 //! `App::build(config)` binds and returns the running application; `main.rs` is a thin CLI.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -70,6 +70,28 @@ enum Command {
         #[command(subcommand)]
         command: LicenceCommand,
     },
+    /// TLS certificates.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate for localhost, 127.0.0.1 and ::1 (and every --host) with
+    /// its private key (mode 0600), and print how to serve with it and trust it. Development only.
+    Dev {
+        /// Directory to write tollgate-dev-cert.pem and tollgate-dev-key.pem into.
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out: PathBuf,
+        /// Another name or address the certificate covers (repeat for more).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -525,6 +547,18 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             licence_verify(&config, &file, jwks.as_deref())
+        }
+        Command::Cert { command: CertCommand::Dev { out, hosts, force } } => {
+            match tollgate::cli::cert::dev(&out, &hosts, force) {
+                Ok(written) => {
+                    print!("{}", tollgate::cli::cert::instructions(&written));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.

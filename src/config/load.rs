@@ -59,7 +59,7 @@ impl Config {
         let redis_key_prefix = database::redis_key_prefix(&raw, &mut errors);
         let redis_ca_file = database::redis_ca_file(&raw, redis_url.as_ref(), &mut errors);
         let http = http::parse(&raw, &mut errors);
-        let tls = tls::parse(&raw, &mut errors);
+        let tls = tls::parse(&raw, &server, &mut errors);
         let log_filter = logging::filter(&raw, &mut errors);
         let log_format = logging::format(&raw, &mut errors);
         let stripe = stripe::parse(&raw, &mut errors);

@@ -166,6 +166,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "PEM private key file for tls_cert",
     },
     Setting {
+        key: "http_redirect_bind",
+        env: &["TOLLGATE_HTTP_REDIRECT_BIND"],
+        default: None,
+        secret: false,
+        meaning: "address and port of a plain-http listener that answers every request 308 to public_url's https origin (needs TLS)",
+    },
+    Setting {
         key: "log",
         env: &["TOLLGATE_LOG"],
         default: Some("info"),

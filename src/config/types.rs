@@ -67,6 +67,8 @@ pub struct HttpConfig {
 pub struct TlsConfig {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// A plain-http listener that only redirects to `public_url`'s https origin.
+    pub redirect_bind: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

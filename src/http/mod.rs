@@ -11,10 +11,12 @@ pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
 pub mod pagination;
+pub mod redirect;
 pub mod responses;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 
 use std::sync::Arc;
 
