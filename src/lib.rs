@@ -8,6 +8,8 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod meters;
+pub mod ops;
+pub mod pem;
 pub mod ratelimit;
 pub mod redis;
 pub mod store;

@@ -75,6 +75,23 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Asks the running server's /readyz once, for a container's HEALTHCHECK (no curl needed):
+    /// exit 0 on 200, 1 otherwise (refused, timed out, 503), with one line on stdout or stderr.
+    /// The URL comes from the configuration the server reads: TOLLGATE_BIND (0.0.0.0 becomes
+    /// 127.0.0.1), https when TOLLGATE_TLS_CERT is set, trusting only that certificate.
+    Healthcheck {
+        /// Ask this URL instead, such as http://127.0.0.1:8080/healthz (then also public roots).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+        timeout: u64,
+    },
+    /// The database file.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +108,17 @@ enum CertCommand {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Writes a consistent copy of the SQLite database to PATH while the server keeps running
+    /// (VACUUM INTO), then checks the copy's integrity. Never overwrites: PATH must not exist.
+    /// PostgreSQL: refused, use pg_dump (RUNBOOK.md).
+    Backup {
+        /// Where to write the copy (a new file, mode 0600).
+        path: PathBuf,
     },
 }
 
@@ -559,6 +587,45 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Healthcheck { url, timeout } => {
+            let config = if url.is_some() {
+                Config::parse_all(&sources).0
+            } else {
+                match Config::parse(&sources) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("unhealthy: the configuration has {} problem(s); run tollgate check-config", e.0.len());
+                        return ExitCode::FAILURE;
+                    }
+                }
+            };
+            let timeout = std::time::Duration::from_secs(timeout);
+            let checked =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string()).and_then(|rt| {
+                    let probe = tollgate::ops::probe(&config, url.as_deref(), timeout).map_err(|e| format!("{e:#}"))?;
+                    rt.block_on(tollgate::ops::healthcheck(&probe))
+                });
+            match checked {
+                Ok(line) => {
+                    println!("healthy: {line}");
+                    ExitCode::SUCCESS
+                }
+                Err(line) => {
+                    eprintln!("unhealthy: {line}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Db { command: DbCommand::Backup { path } } => {
+            let config = match parse_config(&sources) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            run(async move {
+                println!("{}", tollgate::ops::backup(&config, &path).await?);
+                Ok(())
+            })
         }
         Command::Migrate => {
             // Migrating needs only the database settings, not the production secrets.

@@ -50,7 +50,7 @@ pub(super) fn redis_ca_file(raw: &Raw, redis_url: Option<&SecretString>, errors:
     if !redis_url.is_some_and(|u| u.expose_secret().starts_with("rediss://")) {
         errors.push(raw.bad("redis_ca_file", "is only used with a rediss:// REDIS_URL"));
     }
-    match crate::ratelimit::load_ca(&path) {
+    match crate::pem::load_ca(&path) {
         Ok(_) => {}
         Err(why) => errors.push(raw.bad("redis_ca_file", &why)),
     }

@@ -11,5 +11,5 @@ mod shared;
 pub use limiter::{client_key, Decision, Quota, RateLimiter};
 pub use memory::MemoryRateLimiter;
 pub use observe::{observed, Allowance};
-pub use redis::{load_ca, ping, RedisError, RedisRateLimiter, MAX_CONNECTIONS as MAX_REDIS_CONNECTIONS};
+pub use redis::{ping, RedisError, RedisRateLimiter, MAX_CONNECTIONS as MAX_REDIS_CONNECTIONS};
 pub use shared::{SharedRateLimiter, REDIS_TIMEOUT, RETRY_AFTER};

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod apikeys;
 pub mod audit;
+pub mod backup;
 pub mod credits;
 mod error;
 pub mod health;

@@ -15,6 +15,7 @@ mod faults;
 mod fulfilment;
 mod hardening;
 mod health;
+mod healthcheck;
 mod helpers;
 mod licences;
 mod metrics;

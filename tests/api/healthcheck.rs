@@ -1,0 +1,212 @@
+//! The operations commands of the binary: `tollgate healthcheck` (a container's HEALTHCHECK) and
+//! `tollgate db backup` (an online SQLite copy a server can start on).
+
+use std::process::Output;
+
+use crate::helpers::accounts::{tokens, PASSWORD};
+use crate::helpers::binary::{output_text, serve_with, tollgate};
+use crate::helpers::shop::shop;
+use crate::helpers::spawn_app_with;
+use crate::helpers::stripe::WHSEC;
+
+/// Runs the binary off the runtime's threads (the server under test shares them), in an empty
+/// directory with only `env`.
+async fn run(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        tollgate(dir.path(), &env).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn healthcheck_exits_0_against_a_live_server_found_from_its_own_configuration() {
+    let app = spawn_app_with(&[]).await;
+    let bind = app.addr.to_string();
+    let out = run(&[("TOLLGATE_BIND", &bind), ("DATABASE_URL", &app.database_url)], &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let line = stdout(&out);
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    assert!(line.starts_with(&format!("healthy: http://{bind}/readyz: 200 OK")), "{line}");
+    assert!(line.contains("database ok"), "{line}");
+
+    // A server bound to every address is asked on loopback.
+    let any = format!("0.0.0.0:{}", app.addr.port());
+    let out = run(&[("TOLLGATE_BIND", &any)], &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).contains(&format!("http://127.0.0.1:{}/readyz", app.addr.port())), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_against_a_dead_port_and_a_server_that_never_answers() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let out = run(&[("TOLLGATE_BIND", &dead)], &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let line = stderr(&out);
+    assert!(line.starts_with("unhealthy: ") && line.contains("cannot connect"), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    assert!(stdout(&out).is_empty());
+
+    // Accepted by the kernel, never answered: the probe gives up after --timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let out = run(&[("TOLLGATE_BIND", &silent_addr)], &["healthcheck", "--timeout", "1"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("timed out"), "{}", stderr(&out));
+    drop(silent);
+}
+
+#[tokio::test]
+async fn healthcheck_exits_1_when_readyz_is_503_though_the_process_is_alive() {
+    // A server started without its migrations: alive (/healthz 200) but not ready (/readyz 503).
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let server = tokio::task::spawn_blocking({
+        let (dir, url) = (dir.path().to_owned(), database_url.clone());
+        move || serve_with(&dir, &[("DATABASE_URL", &url), ("TOLLGATE_LOG_FORMAT", "json")], &["--no-migrate"])
+    })
+    .await
+    .unwrap();
+    let out = run(&[("TOLLGATE_BIND", &server.addr)], &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let line = stderr(&out);
+    assert!(line.contains("503 Service Unavailable") && line.contains("migration(s) pending"), "{line}");
+
+    // Liveness is one --url away, and answers 200 on the same server.
+    let live = format!("http://{}/healthz", server.addr);
+    let out = run(&[], &["healthcheck", "--url", &live]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).starts_with(&format!("healthy: {live}: 200 OK")), "{}", stdout(&out));
+
+    // A configuration the server itself would refuse is unhealthy, whatever listens.
+    let out = run(&[("TOLLGATE_BIND", "not an address")], &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("run tollgate check-config"), "{}", stderr(&out));
+}
+
+/// A self-signed certificate for `name` marked as a CA, as `openssl req -x509` makes them (webpki
+/// refuses such a certificate as a server's), and its key, written to `dir`: (cert path, key path).
+fn certificate(dir: &std::path::Path, name: &str) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key_pair = rcgen::KeyPair::generate().unwrap();
+    let certified = params.self_signed(&key_pair).unwrap();
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    std::fs::write(&cert, certified.pem()).unwrap();
+    std::fs::write(&key, key_pair.serialize_pem()).unwrap();
+    (cert.to_str().unwrap().to_owned(), key.to_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn healthcheck_over_tls_accepts_the_servers_own_certificate_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate(dir.path(), "pay.example.test");
+    let app = spawn_app_with(&[("TOLLGATE_TLS_CERT", &cert), ("TOLLGATE_TLS_KEY", &key)]).await;
+    let bind = app.addr.to_string();
+    let port = app.addr.port();
+
+    // Pinned: neither the name (not localhost) nor the CA flag matter, only that it is this one.
+    let env = [("TOLLGATE_BIND", bind.as_str()), ("TOLLGATE_TLS_CERT", &cert), ("TOLLGATE_TLS_KEY", &key)];
+    let out = run(&env, &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).starts_with(&format!("healthy: https://localhost:{port}/readyz: 200 OK")), "{}", stdout(&out));
+
+    // Another certificate in TOLLGATE_TLS_CERT than the one served (same name): refused.
+    let other = tempfile::tempdir().unwrap();
+    let (other_cert, other_key) = certificate(other.path(), "pay.example.test");
+    let env = [("TOLLGATE_BIND", bind.as_str()), ("TOLLGATE_TLS_CERT", &other_cert), ("TOLLGATE_TLS_KEY", &other_key)];
+    let out = run(&env, &["healthcheck"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("the server's certificate is not the one in TOLLGATE_TLS_CERT"), "{}", stderr(&out));
+
+    // Plain http to the TLS port is no answer either.
+    let out = run(&[], &["healthcheck", "--url", &format!("http://{bind}/readyz")]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+}
+
+#[tokio::test]
+async fn a_backup_of_a_live_sqlite_database_starts_a_server_that_has_its_orders() {
+    // SQLite on both runs: the command is SQLite's online backup.
+    let dir = tempfile::tempdir().unwrap();
+    let live_url = format!("sqlite://{}", dir.path().join("live.db").display());
+    let s = shop(&[("DATABASE_URL", &live_url)]).await;
+    let product = s.credits_product(1999, 500).await;
+    let checkout = s.checkout(&product).await;
+    assert_eq!(s.sandbox(&checkout, "pay").await, 200);
+    let order_id = checkout["order_id"].as_str().unwrap();
+    assert_eq!(s.order(order_id).await["status"], "paid");
+
+    // Taken while the server runs (its last commits still in the WAL).
+    let copy = dir.path().join("backup.db");
+    let copy_text = copy.to_str().unwrap().to_owned();
+    let out = run(&[("DATABASE_URL", &live_url)], &["db", "backup", &copy_text]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).starts_with(&format!("backed up to {copy_text} (")) && stdout(&out).contains("integrity ok"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600, "the owner's only");
+    }
+    assert_eq!(s.app.get("/readyz").await.status(), 200, "the live server never noticed");
+
+    // A server on the copy: the buyer logs in and finds the order paid and the credits granted.
+    let copy_url = format!("sqlite://{copy_text}");
+    let restored = spawn_app_with(&[("DATABASE_URL", &copy_url), ("STRIPE_WEBHOOK_SECRET", WHSEC)]).await;
+    let (token, _) = tokens(&restored, "buyer@example.com", PASSWORD).await;
+    let order =
+        restored.client.get(restored.url(&format!("/api/v1/orders/{order_id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(order.status(), 200);
+    let order: serde_json::Value = order.json().await.unwrap();
+    assert_eq!(order["status"], "paid");
+    assert_eq!(order["amount"], 1999);
+    let me = restored.client.get(restored.url("/api/v1/me/entitlements")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(me.json::<serde_json::Value>().await.unwrap()["credit_balance"], 500);
+}
+
+#[tokio::test]
+async fn db_backup_never_overwrites_and_refuses_postgresql_naming_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let live_url = format!("sqlite://{}", dir.path().join("live.db").display());
+    let out = run(&[("DATABASE_URL", &live_url)], &["migrate"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // Something already at the path stays as it was.
+    let taken = dir.path().join("important.txt");
+    std::fs::write(&taken, "not a database").unwrap();
+    let out = run(&[("DATABASE_URL", &live_url)], &["db", "backup", taken.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("already exists; a backup never overwrites"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "not a database");
+
+    // A database that does not exist is not created by backing it up.
+    let missing = dir.path().join("missing.db");
+    let target = dir.path().join("copy.db");
+    let out =
+        run(&[("DATABASE_URL", &format!("sqlite://{}", missing.display()))], &["db", "backup", target.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(!missing.exists() && !target.exists(), "neither the source nor the copy was created");
+
+    // PostgreSQL: refused before connecting, with the command to use instead.
+    let pg = "postgres://tollgate:secret-password@127.0.0.1:1/tollgate";
+    let out = run(&[("DATABASE_URL", pg)], &["db", "backup", target.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("pg_dump --format=custom"), "{}", stderr(&out));
+    assert!(!output_text(&out).contains("secret-password"), "the URL's password is never printed");
+    assert!(!target.exists());
+}
