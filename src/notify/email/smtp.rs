@@ -89,9 +89,10 @@ impl Mailer for SmtpMailer {
     }
 }
 
-/// 4xx replies, refused or dropped connections, timeouts and TLS failures may pass (the server
-/// comes back, the operator fixes the certificate): transient. 5xx replies and mails lettre
-/// cannot write: permanent.
+/// 5xx replies: permanent. Everything else may pass: 4xx replies, refused or dropped
+/// connections, timeouts, TLS failures and a server that offers no STARTTLS or no usable AUTH
+/// (the server comes back, the operator fixes the certificate or the relay; a man in the middle
+/// stripping STARTTLS goes away): transient, so the outbox retries until its deadline.
 fn classify(e: &lettre::transport::smtp::Error) -> MailError {
     let text = shorten(&e.to_string());
     if e.is_permanent() {
@@ -99,7 +100,7 @@ fn classify(e: &lettre::transport::smtp::Error) -> MailError {
     } else if e.is_transient() {
         MailError::Transient(format!("SMTP server deferred: {text}"))
     } else if e.is_client() {
-        MailError::Permanent(format!("SMTP client: {text}"))
+        MailError::Transient(format!("SMTP client: {text}"))
     } else if e.is_timeout() {
         MailError::Transient(format!("SMTP timeout: {text}"))
     } else {
