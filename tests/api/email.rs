@@ -67,6 +67,12 @@ async fn a_real_smtp_server_receives_the_receipt_with_product_and_amount_in_text
         }
     }
     assert!(m["html"].as_str().unwrap().contains("<table"), "the HTML part is HTML");
+
+    // Beyond ASCII: encoded by lettre, decoded by Python's email package to the same text.
+    mailer.send(&receipt("Café ☕ Größe L")).await.unwrap();
+    let m = &server.received()[1];
+    assert_eq!(m["headers"]["subject"], "Your receipt from Example Shop: Café ☕ Größe L");
+    assert!(m["text"].as_str().unwrap().contains("Café ☕ Größe L") && m["html"].as_str().unwrap().contains("Café ☕ Größe L"));
 }
 
 #[tokio::test]

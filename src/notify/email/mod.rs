@@ -50,3 +50,34 @@ impl Mailer for Unusable {
         Err(MailError::Transient(format!("mail transport unusable: {}", self.0)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Sources;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::load(&Sources { env: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Default::default() })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_cannot_be_built_fails_every_send_transiently() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        let c = config(&[
+            ("TOLLGATE_MAIL_TRANSPORT", "smtp"),
+            ("TOLLGATE_SMTP_URL", "smtps://localhost:1"),
+            ("TOLLGATE_SMTP_CA_FILE", &ca.to_string_lossy()),
+        ]);
+        // The CA file vanishes between the check and the start.
+        std::fs::remove_file(&ca).unwrap();
+        let mail = OutgoingMail { to: "b@example.com".into(), subject: "s".into(), text: "t".into(), html: "h".into() };
+        let err = mailer_from_config(&c).send(&mail).await.unwrap_err();
+        assert!(matches!(&err, MailError::Transient(why) if why.contains("TOLLGATE_SMTP_CA_FILE")), "{err}");
+        // The log transport always builds.
+        mailer_from_config(&config(&[])).send(&mail).await.unwrap();
+    }
+}
