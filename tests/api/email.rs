@@ -117,6 +117,20 @@ async fn starttls_with_auth_and_implicit_tls_deliver_to_a_server_with_a_test_cer
     assert!(!err.to_string().contains("guess") && !err.to_string().contains("s3cret"), "{err}");
     assert_eq!(server.received().len(), 1, "nothing more was accepted");
 
+    // A certificate the CA file trusts, for another name: hostname verification refuses it.
+    let other = TestCertificate::for_names(&["smtp.other.example"]);
+    let mut args = other.args();
+    args.extend(["--tls".into(), "implicit".into()]);
+    let Some(impostor) = SmtpServer::start("email::implicit_tls_wrong_name", &args) else { return };
+    let url = format!("smtps://127.0.0.1:{}", impostor.port);
+    let other_ca = other.cert.to_string_lossy().into_owned();
+    let err = mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url), ("TOLLGATE_SMTP_CA_FILE", &other_ca)])
+        .send(&receipt("Pro plan"))
+        .await
+        .unwrap_err();
+    assert!(err.is_transient() && err.to_string().contains("not valid for name"), "{err}");
+    assert!(impostor.received().is_empty());
+
     let mut args = cert.args();
     args.extend(["--tls".into(), "implicit".into()]);
     let Some(implicit) = SmtpServer::start("email::implicit_tls", &args) else { return };

@@ -41,8 +41,13 @@ pub struct TestCertificate {
 
 impl TestCertificate {
     pub fn generate() -> TestCertificate {
+        TestCertificate::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    /// A certificate for other names only (a server that is not the one configured).
+    pub fn for_names(names: &[&str]) -> TestCertificate {
         let dir = tempfile::tempdir().unwrap();
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        let certified = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let (cert, key) = (dir.path().join("smtp-cert.pem"), dir.path().join("smtp-key.pem"));
         std::fs::write(&cert, certified.cert.pem()).unwrap();
         std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
