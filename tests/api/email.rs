@@ -346,3 +346,39 @@ fn amounts_match_node_intl_number_format() {
     assert_eq!(String::from_utf8_lossy(&idr.stdout).trim(), "0", "CLDR: no decimals");
     assert_eq!(tollgate::notify::email::format_amount(1_500_000, "idr"), "15,000.00 IDR", "Stripe: hundredths");
 }
+
+/// `check-config` in production: the log transport is a warning, not a refusal; smtp without a
+/// From, or in clear to another machine, is refused naming the variable and never the password.
+#[test]
+fn production_check_config_warns_of_the_log_transport_and_refuses_unsafe_mail() {
+    use crate::helpers::binary::{output_text, tollgate};
+    let dir = tempfile::tempdir().unwrap();
+    let production = vec![
+        ("TOLLGATE_ENV", "production"),
+        ("TOLLGATE_PUBLIC_URL", "https://pay.example.org"),
+        ("TOLLGATE_TRUSTED_PROXIES", "10.0.0.0/8"),
+        ("TOLLGATE_BIND", "127.0.0.1:0"),
+        ("TOLLGATE_JWT_SECRET", "jwt-5e1f0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f"),
+        ("TOLLGATE_LICENCE_KEY", "MC4CAQAwBQYDK2VwBCIEIDATgY59DYsMR8dfBlCFR+Y/7F2uHRFOFUD8x89rrUA4"),
+        ("STRIPE_SECRET_KEY", "sk_live_51H8qwertyuiopasdfghjklzxcvbnm0123456789QWERTY"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a"),
+    ];
+    let out = tollgate(dir.path(), &production).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("warning: TOLLGATE_MAIL_TRANSPORT is log") && text.contains("verdict: ok"), "{text}");
+
+    let mut env = production.clone();
+    env.extend([("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", "smtp://mailer:relay-password-123@mail.example.com")]);
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("TOLLGATE_MAIL_FROM is missing") && text.contains("TOLLGATE_SMTP_URL is plain smtp://"), "{text}");
+    assert!(!text.contains("relay-password-123") && !text.contains("TOLLGATE_MAIL_TRANSPORT is log"), "{text}");
+
+    env.retain(|(k, _)| *k != "TOLLGATE_SMTP_URL");
+    env.extend([("TOLLGATE_SMTP_URL", "smtps://mailer:relay-password-123@mail.example.com"), ("TOLLGATE_MAIL_FROM", FROM)]);
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert!(out.status.success() && text.contains("verdict: ok") && !text.contains("relay-password-123"), "{text}");
+}
