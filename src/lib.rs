@@ -8,6 +8,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod meters;
+pub mod notify;
 pub mod ops;
 pub mod pem;
 pub mod ratelimit;

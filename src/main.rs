@@ -661,6 +661,9 @@ fn main() -> ExitCode {
             if let Some(warning) = config.development_exposed() {
                 tracing::warn!(env = config.env.as_str(), bind = %config.bind, "{warning}");
             }
+            for notice in config.notices() {
+                tracing::warn!(env = config.env.as_str(), "{notice}");
+            }
             run(async move {
                 let app = App::build(config).await?;
                 app.run_until_stopped().await?;
@@ -692,6 +695,9 @@ fn check_config(sources: &Sources) -> ExitCode {
         println!("warning: {w} (refused in production)");
     }
     if let Some(w) = config.development_exposed().filter(|_| config.env_explicit) {
+        println!("warning: {w}");
+    }
+    for w in config.notices() {
         println!("warning: {w}");
     }
     if problems.is_empty() {

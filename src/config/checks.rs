@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::environment::Environment;
-use super::types::{Config, CorsOrigins, PaymentProvider};
+use super::types::{Config, CorsOrigins, MailTransport, PaymentProvider, SmtpTls};
 
 /// Values that are obviously not real secrets, whatever their length.
 const PLACEHOLDER_WORDS: &[&str] =
@@ -114,8 +114,53 @@ impl Config {
                 ));
             }
         }
+        out.extend(self.mail_findings());
         if self.tls.is_none() && self.http.trusted_proxies.is_empty() {
             out.push("neither TLS (TOLLGATE_TLS_CERT/TOLLGATE_TLS_KEY) nor a TLS-terminating proxy (TOLLGATE_TRUSTED_PROXIES) is configured".to_owned());
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Mail that would leave unprotected, or without a sender.
+    fn mail_findings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        match &self.mail.transport {
+            MailTransport::Log => {}
+            MailTransport::Smtp(smtp) => {
+                if smtp.tls == SmtpTls::Plain && !smtp.is_loopback() {
+                    out.push(
+                        "TOLLGATE_SMTP_URL is plain smtp:// to another machine; use smtps:// or smtp+starttls:// (mail and \
+                         the relay's password would travel in clear)"
+                            .to_owned(),
+                    );
+                }
+            }
+            MailTransport::SendGrid { api_key, api_base } => {
+                out.extend(weak_secret("SENDGRID_API_KEY", api_key));
+                if api_base.scheme() != "https" {
+                    out.push("SENDGRID_API_BASE is not https; the SendGrid API key would travel in clear".to_owned());
+                }
+            }
+        }
+        if !matches!(self.mail.transport, MailTransport::Log) && self.mail.from.is_none() {
+            out.push(
+                "TOLLGATE_MAIL_FROM is missing (the address mail is sent from, e.g. `Shop <receipts@shop.example>`)".to_owned(),
+            );
+        }
+        out
+    }
+
+    /// Worth saying in every environment, refused in none: production mailing to the log.
+    pub fn notices(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.is_production() && matches!(self.mail.transport, MailTransport::Log) {
+            out.push(
+                "TOLLGATE_MAIL_TRANSPORT is log: receipts and security notices are written to the log, not sent \
+                 (set smtp or sendgrid)"
+                    .to_owned(),
+            );
         }
         out
     }

@@ -8,7 +8,7 @@
 //! This file only declares the parts and re-exports their public items: `settings` (every
 //! variable, its default and meaning), `sources` and `layer` (where values come from and how
 //! they stack), one parser per section (`server`, `database`, `http`, `tls`, `logging`, `stripe`,
-//! `auth`, `payments`, `licence`) composed by `load`, the shapes in `types`, and the production `checks`.
+//! `auth`, `payments`, `licence`, `mail`) composed by `load`, the shapes in `types`, and the production `checks`.
 //! The parts import each other directly, never through this file.
 
 mod auth;
@@ -20,6 +20,7 @@ mod layer;
 mod licence;
 mod load;
 mod logging;
+mod mail;
 mod payments;
 mod server;
 mod settings;
@@ -38,4 +39,5 @@ pub use self::types::{
     AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, PaymentProvider, PaymentsConfig,
     StripeConfig, TlsConfig,
 };
+pub use self::types::{MailConfig, MailTransport, SmtpConfig, SmtpTls};
 pub use self::values::parse_duration;

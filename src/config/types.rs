@@ -114,6 +114,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub payments: PaymentsConfig,
     pub licence: LicenceConfig,
+    pub mail: MailConfig,
 }
 
 /// Licences: the Ed25519 key that signs them, the previous one still published, their lifetime.
@@ -154,5 +155,68 @@ pub struct AuthConfig {
 impl Config {
     pub fn is_production(&self) -> bool {
         self.env == Environment::Production
+    }
+}
+
+/// Email: how it leaves, who it is from, what it signs with.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub transport: MailTransport,
+    /// A parsed mailbox (`Name <addr>` or `addr`); `None` in development means a default.
+    pub from: Option<String>,
+    pub reply_to: Option<String>,
+    pub product_name: String,
+    /// Mail a notice of each new sign-in (off by default).
+    pub new_sign_in: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    /// Recipient and subject to the log at INFO; nothing is sent (development).
+    Log,
+    Smtp(SmtpConfig),
+    SendGrid {
+        api_key: SecretString,
+        api_base: Url,
+    },
+}
+
+impl MailTransport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MailTransport::Log => "log",
+            MailTransport::Smtp(_) => "smtp",
+            MailTransport::SendGrid { .. } => "sendgrid",
+        }
+    }
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// TLS from the first byte (`smtps://`, port 465).
+    Implicit,
+    /// STARTTLS, required: a server that does not offer it is refused (port 587).
+    StartTls,
+    /// No TLS: only to this machine, or in development.
+    Plain,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub user: Option<String>,
+    pub password: Option<SecretString>,
+    /// Extra CA certificate(s) trusted for the relay, besides the web roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl SmtpConfig {
+    /// The relay is this machine (a plain connection never leaves it).
+    pub fn is_loopback(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 }

@@ -10,6 +10,7 @@ mod contract;
 mod cors;
 mod credits;
 mod durability;
+mod email;
 mod errors;
 mod faults;
 mod fulfilment;

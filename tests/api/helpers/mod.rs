@@ -11,6 +11,7 @@
 //! - [`shop`]: an app with a catalog, a buyer and an admin, and the order events payments tests send.
 //! - [`keys`]: API keys made through the admin API.
 //! - [`binary`]: the real `tollgate` binary as a child process.
+//! - [`smtp`]: a real SMTP server (aiosmtpd) as a child process, and a test certificate for it.
 
 pub mod accounts;
 pub mod app;
@@ -20,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod shop;
 pub mod skip;
+pub mod smtp;
 pub mod stripe;
 pub mod stripe_api;
 
