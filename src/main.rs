@@ -587,6 +587,13 @@ fn check_config(sources: &Sources) -> ExitCode {
         store::Engine::from_url(secrecy::ExposeSecret::expose_secret(&config.database.url)).map(|e| e.as_str()).unwrap_or("?")
     );
     println!("payments:    {:?}", config.stripe.provider);
+    let nowpayments = match (&config.nowpayments.api_key, &config.nowpayments.ipn_secret) {
+        (Some(_), Some(_)) => "enabled",
+        (None, None) if config.stripe.provider == tollgate::config::PaymentProvider::Sandbox => "sandbox",
+        (None, None) => "off",
+        _ => "off (needs both NOWPAYMENTS_API_KEY and NOWPAYMENTS_IPN_SECRET)",
+    };
+    println!("nowpayments: {nowpayments}");
     for w in config.warnings() {
         println!("warning: {w} (refused in production)");
     }

@@ -20,6 +20,7 @@ mod layer;
 mod licence;
 mod load;
 mod logging;
+mod nowpayments;
 mod payments;
 mod server;
 mod settings;
@@ -35,7 +36,7 @@ pub use self::load::ConfigErrors;
 pub use self::settings::{Setting, SETTINGS};
 pub use self::sources::Sources;
 pub use self::types::{
-    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, PaymentProvider, PaymentsConfig,
-    StripeConfig, TlsConfig,
+    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, NowPaymentsConfig, PaymentProvider,
+    PaymentsConfig, StripeConfig, TlsConfig,
 };
 pub use self::values::parse_duration;
