@@ -95,7 +95,16 @@ pub fn payments_service(
             }
         };
     let key_live = key_is_live(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
-    let service = PaymentsService::new(store, provider, limiter, config.payments.clone(), key_live);
+    let mut service = PaymentsService::new(store, provider, limiter, config.payments.clone(), key_live);
+    if let Some((key, ipn_secret)) = config.nowpayments.credentials() {
+        let api = crate::nowpayments::client::NowPaymentsClient::new(config.nowpayments.api_base.clone(), key.clone())?;
+        let ipn_callback_url = format!("{}api/v1/webhooks/nowpayments", config.public_url.as_str());
+        service = service.with_nowpayments(crate::domain::payments::NowPaymentsLink {
+            api: Arc::new(api),
+            ipn_secret: ipn_secret.clone(),
+            ipn_callback_url,
+        });
+    }
     Ok((service, sandbox))
 }
 

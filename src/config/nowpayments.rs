@@ -22,7 +22,7 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use crate::config::sources::fixtures::*;
-    use crate::config::Config;
+    use crate::config::types::Config;
 
     const KEY: &str = "NP0KEY1-ABCDEF2-GHIJKL3-MNOPQR4";
     const IPN: &str = "ipn-secret-0123456789abcdefghijklmnop";

@@ -21,6 +21,8 @@ pub enum IpnError {
     Mismatch,
     #[error(transparent)]
     Body(#[from] CanonicalError),
+    #[error("NOWPayments is not enabled: there is no IPN secret to verify with")]
+    Disabled,
 }
 
 /// The hex HMAC-SHA512 of `canonical` with `secret`.
