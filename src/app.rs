@@ -90,7 +90,7 @@ pub fn payments_service(
                     .first()
                     .cloned()
                     .unwrap_or_else(|| crate::domain::crypto::random_token().into());
-                let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url, secret)?);
+                let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url.clone(), secret)?);
                 (sandbox.clone(), Some(sandbox))
             }
         };
@@ -103,6 +103,25 @@ pub fn payments_service(
             api: Arc::new(api),
             ipn_secret: ipn_secret.clone(),
             ipn_callback_url,
+            sandbox: None,
+        });
+    } else if config.stripe.provider == PaymentProvider::Sandbox
+        && config.nowpayments.api_key.is_none()
+        && config.nowpayments.ipn_secret.is_none()
+    {
+        // Development without keys: NOWPayments' stand-in, signing its IPNs with a secret of its own.
+        let ipn_url = webhook_url.join("/api/v1/webhooks/nowpayments")?;
+        let ipn_secret: secrecy::SecretString = crate::domain::crypto::random_token().into();
+        let sandbox = Arc::new(crate::nowpayments::sandbox::NowPaymentsSandbox::new(
+            config.public_url.clone(),
+            ipn_url.clone(),
+            ipn_secret.clone(),
+        )?);
+        service = service.with_nowpayments(crate::domain::payments::NowPaymentsLink {
+            api: sandbox.clone(),
+            ipn_secret,
+            ipn_callback_url: ipn_url.to_string(),
+            sandbox: Some(sandbox),
         });
     }
     Ok((service, sandbox))

@@ -138,6 +138,8 @@ pub struct NowPaymentsLink {
     pub api: Arc<dyn NowPayments>,
     pub ipn_secret: secrecy::SecretString,
     pub ipn_callback_url: String,
+    /// The same object as `api` when it is the development sandbox (its pages need it).
+    pub sandbox: Option<Arc<crate::nowpayments::sandbox::NowPaymentsSandbox>>,
 }
 
 /// The ledger's and the orders' names for the providers.
@@ -172,6 +174,11 @@ impl PaymentsService {
     pub fn with_nowpayments(mut self, link: NowPaymentsLink) -> PaymentsService {
         self.nowpayments = Some(link);
         self
+    }
+
+    /// NOWPayments' development stand-in, when it is the one in use.
+    pub fn nowpayments_sandbox(&self) -> Option<&Arc<crate::nowpayments::sandbox::NowPaymentsSandbox>> {
+        self.nowpayments.as_ref().and_then(|n| n.sandbox.as_ref())
     }
 
     /// The secret NOWPayments' IPNs are verified with; `None` while NOWPayments is off.

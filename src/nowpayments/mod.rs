@@ -6,6 +6,7 @@
 pub mod canonical;
 pub mod client;
 pub mod ipn;
+pub mod sandbox;
 
 pub mod signature;
 

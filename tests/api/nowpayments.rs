@@ -725,3 +725,45 @@ fn the_canonical_form_is_byte_for_byte_what_node_json_stringify_writes() {
     // The generator did reach the cases that matter.
     assert!(awkward_numbers > 200 && escapes > 200, "{awkward_numbers} {escapes}");
 }
+
+/// Opens the sandbox's invoice page of `checkout` and presses `choice`; the page's text and the
+/// status the choice answered.
+async fn sandbox_invoice(s: &Shop, checkout: &Value, choice: &str) -> (String, u16) {
+    let page = url::Url::parse(checkout["checkout_url"].as_str().unwrap()).unwrap();
+    assert!(page.path().starts_with("/sandbox/nowpayments/"), "{page}");
+    let text = s.app.client.get(s.app.url(page.path())).send().await.unwrap().text().await.unwrap();
+    let form = s.app.client.post(s.app.url(page.path())).header("content-type", "application/x-www-form-urlencoded");
+    (text, form.body(format!("choice={choice}")).send().await.unwrap().status().as_u16())
+}
+
+#[tokio::test]
+async fn the_sandbox_sells_in_crypto_end_to_end_with_signed_ipns_and_its_own_status_api() {
+    // Development without NOWPayments keys: the sandbox stands in for it.
+    let s = shop(&[]).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    let (page, status) = sandbox_invoice(&s, &checkout, "pay").await;
+    assert!(page.contains("12.99 USD") && page.contains(order_id), "{page}");
+    assert_eq!(status, 200);
+    assert_eq!(s.order(order_id).await["status"], "paid");
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+    // The IPNs came over HTTP, signed, into the ledger: confirming, then finished (re-checked
+    // with the sandbox's GET /v1/payment before it fulfilled).
+    let rows = ledger(&s, Some("nowpayments")).await;
+    let kinds: Vec<(&str, &str)> = rows.iter().rev().map(|r| (r.kind.as_str(), r.status.as_str())).collect();
+    assert_eq!(kinds, [("payment.confirming", "processed"), ("payment.finished", "processed")]);
+    assert!(!rows[0].livemode);
+    // Paid once: the page says so and refuses a second choice.
+    let (page, status) = sandbox_invoice(&s, &checkout, "pay").await;
+    assert!(page.contains("finished"), "{page}");
+    assert_eq!(status, 409);
+
+    let partial = crypto_checkout(&s, &product).await;
+    assert_eq!(sandbox_invoice(&s, &partial, "partial").await.1, 200);
+    assert_eq!(s.order(partial["order_id"].as_str().unwrap()).await["status"], "processing");
+    let expired = crypto_checkout(&s, &product).await;
+    assert_eq!(sandbox_invoice(&s, &expired, "expire").await.1, 200);
+    assert_eq!(s.order(expired["order_id"].as_str().unwrap()).await["status"], "expired");
+    assert_eq!(s.entitlements().await["credit_balance"], 500, "only the paid invoice granted");
+}
