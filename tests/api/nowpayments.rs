@@ -14,6 +14,7 @@ use tollgate::nowpayments::signature::sign;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use crate::helpers::binary::{output_text, tollgate};
 use crate::helpers::shop::{shop, stripe_shop, Shop};
 use crate::helpers::{assert_problem, in_ci, skip};
 
@@ -766,4 +767,42 @@ async fn the_sandbox_sells_in_crypto_end_to_end_with_signed_ipns_and_its_own_sta
     assert_eq!(sandbox_invoice(&s, &expired, "expire").await.1, 200);
     assert_eq!(s.order(expired["order_id"].as_str().unwrap()).await["status"], "expired");
     assert_eq!(s.entitlements().await["credit_balance"], 500, "only the paid invoice granted");
+}
+
+#[tokio::test]
+async fn the_nowpayments_sync_command_applies_what_the_api_says() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    assert_eq!(deliver_ipn(&s, &ipn(&checkout, 81, "confirming")).await, 200);
+    api_says(&mock, &checkout, 81, "finished").await;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = mock.uri();
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let env = [
+        ("DATABASE_URL", s.app.database_url.as_str()),
+        ("NOWPAYMENTS_API_KEY", NP_KEY),
+        ("NOWPAYMENTS_IPN_SECRET", IPN_SECRET),
+        ("NOWPAYMENTS_API_BASE", uri.as_str()),
+    ];
+    for (run, expected) in ["1 open payments asked, 1 stored", "0 open payments asked, 0 stored"].into_iter().enumerate() {
+        let out = tollgate(dir.path(), &env).args(["nowpayments", "sync", "--since", &since]).output().unwrap();
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains(expected), "run {run}: {text}");
+        assert!(!text.contains(NP_KEY) && !text.contains(IPN_SECRET), "{text}");
+    }
+    assert_eq!(s.order(order_id).await["status"], "paid");
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+    let asked = mock.received_requests().await.unwrap().into_iter().filter(|r| r.url.path() == "/v1/payment/81").count();
+    assert_eq!(asked, 1, "the sync asked once (its answer is the confirmation)");
+    // Without keys it says what it needs.
+    let out = tollgate(dir.path(), &[("DATABASE_URL", s.app.database_url.as_str())])
+        .args(["nowpayments", "sync", "--since", &since])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(output_text(&out).contains("needs NOWPAYMENTS_API_KEY"), "{}", output_text(&out));
 }
