@@ -174,6 +174,13 @@ async fn a_crypto_purchase_goes_from_invoice_to_grant_through_verified_ipns() {
     assert_eq!(replay.status(), 200);
     assert_eq!(s.entitlements().await["credit_balance"], 500);
     assert_eq!(ledger(&s, None).await.len(), 3);
+    // Counted under their provider on /metrics.
+    let metrics = s.app.get("/metrics").await.text().await.unwrap();
+    let processed = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"tollgate_webhook_events_total{provider="nowpayments",outcome="processed"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(processed.is_some_and(|n| n >= 2.0), "{metrics}");
     // Refunds of crypto orders happen at NOWPayments; its refunded IPN revokes.
     let r = s.post(&s.admin, &format!("/api/v1/admin/orders/{order_id}/refunds"), json!({})).await;
     assert_problem(r, 409).await;

@@ -129,13 +129,13 @@ pub async fn receive_nowpayments(
         Ok(Ok(payment)) => payment,
         Ok(Err(reason)) => {
             tracing::warn!(security = true, client_ip = %client.ip, reason = %reason, "signed nowpayments IPN is not a payment");
-            state.meters.webhook(WebhookOutcome::Rejected);
+            state.meters.webhook_from("nowpayments", WebhookOutcome::Rejected);
             return Err(ApiError::BadRequest("the body is not a NOWPayments payment notification".to_owned()));
         }
         Err(reason) => {
             // A security event: who and why, never the body or the header.
             tracing::warn!(security = true, reason = %reason, client_ip = %client.ip, bytes = body.len(), "nowpayments IPN refused");
-            state.meters.webhook(WebhookOutcome::Rejected);
+            state.meters.webhook_from("nowpayments", WebhookOutcome::Rejected);
             let quota = Quota { limit: state.config.http.webhook_limit, period: std::time::Duration::from_secs(60) };
             let key = format!("webhook:unverified:{}", client_key(&client.ip.to_string()));
             if let Decision::Limited { limit, retry_after } = state.limiter.hit(&key, quota).await {
@@ -149,16 +149,19 @@ pub async fn receive_nowpayments(
         }
     };
     let recorded = state.payments.ingest_ipn(&payment, &body, None).await;
-    state.meters.webhook(match &recorded {
-        Ok(Recorded::Stored { status, .. }) => match status {
-            EventStatus::Processed => WebhookOutcome::Processed,
-            EventStatus::Ignored => WebhookOutcome::Ignored,
-            EventStatus::Unmatched => WebhookOutcome::Unmatched,
-            EventStatus::Failed | EventStatus::Received => WebhookOutcome::Failed,
+    state.meters.webhook_from(
+        "nowpayments",
+        match &recorded {
+            Ok(Recorded::Stored { status, .. }) => match status {
+                EventStatus::Processed => WebhookOutcome::Processed,
+                EventStatus::Ignored => WebhookOutcome::Ignored,
+                EventStatus::Unmatched => WebhookOutcome::Unmatched,
+                EventStatus::Failed | EventStatus::Received => WebhookOutcome::Failed,
+            },
+            Ok(Recorded::Duplicate { .. }) => WebhookOutcome::Duplicate,
+            Err(_) => WebhookOutcome::Failed,
         },
-        Ok(Recorded::Duplicate { .. }) => WebhookOutcome::Duplicate,
-        Err(_) => WebhookOutcome::Failed,
-    });
+    );
     let event_id = payment.event_id();
     match recorded? {
         Recorded::Stored { status: EventStatus::Failed, detail, .. } => {
