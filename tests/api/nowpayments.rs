@@ -813,3 +813,53 @@ async fn the_nowpayments_sync_command_applies_what_the_api_says() {
     assert!(!out.status.success());
     assert!(output_text(&out).contains("needs NOWPAYMENTS_API_KEY"), "{}", output_text(&out));
 }
+
+#[tokio::test]
+async fn an_ipn_signed_by_node_as_nowpayments_signs_verifies_awkward_numbers_and_all() {
+    const TEST: &str = "an_ipn_signed_by_node_as_nowpayments_signs_verifies_awkward_numbers_and_all";
+    let node_ok = std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !node_ok {
+        assert!(!in_ci(), "node is required in CI");
+        skip(TEST, "node is not installed");
+        return;
+    }
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    // Raw text with what a float printer could get wrong: 1e-7, 0.000001, an integer beyond 2^53,
+    // a unicode escape and U+2028, keys out of order, whitespace.
+    let body = format!(
+        "{{ \"updated_at\": 1764583200000, \"payment_status\": \"confirming\", \"pay_amount\": 1E-7,\n \"actually_paid\": 0.0000010,\
+         \"outcome_amount\": 12345678901234567890, \"order_description\": \"caf\\u00e9 \u{2028} \\ud83d\\ude00\",\
+         \"invoice_id\": {}, \"order_id\": \"{}\", \"payment_id\": 91, \"price_amount\": 12.990, \"price_currency\": \"usd\",\
+         \"pay_currency\": \"btc\", \"fee\": {{\"serviceFee\": 0, \"currency\": \"btc\"}} }}",
+        checkout["checkout_session_id"].as_str().unwrap(),
+        checkout["order_id"].as_str().unwrap()
+    );
+    let script = r#"
+const crypto = require('crypto');
+const sortObject = (o) => (o && typeof o === 'object')
+  ? (Array.isArray(o) ? o.map(sortObject) : Object.keys(o).sort().reduce((r, k) => { r[k] = sortObject(o[k]); return r; }, {}))
+  : o;
+const body = require('fs').readFileSync(0, 'utf8');
+process.stdout.write(crypto.createHmac('sha512', process.argv[1]).update(JSON.stringify(sortObject(JSON.parse(body)))).digest('hex'));
+"#;
+    let mut child = std::process::Command::new("node")
+        .arg("-e")
+        .arg(script)
+        .arg(IPN_SECRET)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let node_sig = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(node_sig.len(), 128);
+    let r = post_ipn(&s, body.as_bytes(), Some(&node_sig)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
+    assert_eq!(ledger(&s, Some("nowpayments")).await[0].payload, body.as_bytes());
+}
