@@ -90,12 +90,40 @@ pub fn payments_service(
                     .first()
                     .cloned()
                     .unwrap_or_else(|| crate::domain::crypto::random_token().into());
-                let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url, secret)?);
+                let sandbox = Arc::new(Sandbox::new(config.public_url.clone(), webhook_url.clone(), secret)?);
                 (sandbox.clone(), Some(sandbox))
             }
         };
     let key_live = key_is_live(config.stripe.secret_key.as_ref().map(secrecy::ExposeSecret::expose_secret));
-    let service = PaymentsService::new(store, provider, limiter, config.payments.clone(), key_live);
+    let mut service = PaymentsService::new(store, provider, limiter, config.payments.clone(), key_live);
+    if let Some((key, ipn_secret)) = config.nowpayments.credentials() {
+        let api = crate::nowpayments::client::NowPaymentsClient::new(config.nowpayments.api_base.clone(), key.clone())?;
+        let ipn_callback_url = format!("{}api/v1/webhooks/nowpayments", config.public_url.as_str());
+        service = service.with_nowpayments(crate::domain::payments::NowPaymentsLink {
+            api: Arc::new(api),
+            ipn_secret: ipn_secret.clone(),
+            ipn_callback_url,
+            sandbox: None,
+        });
+    } else if config.stripe.provider == PaymentProvider::Sandbox
+        && config.nowpayments.api_key.is_none()
+        && config.nowpayments.ipn_secret.is_none()
+    {
+        // Development without keys: NOWPayments' stand-in, signing its IPNs with a secret of its own.
+        let ipn_url = webhook_url.join("/api/v1/webhooks/nowpayments")?;
+        let ipn_secret: secrecy::SecretString = crate::domain::crypto::random_token().into();
+        let sandbox = Arc::new(crate::nowpayments::sandbox::NowPaymentsSandbox::new(
+            config.public_url.clone(),
+            ipn_url.clone(),
+            ipn_secret.clone(),
+        )?);
+        service = service.with_nowpayments(crate::domain::payments::NowPaymentsLink {
+            api: sandbox.clone(),
+            ipn_secret,
+            ipn_callback_url: ipn_url.to_string(),
+            sandbox: Some(sandbox),
+        });
+    }
     Ok((service, sandbox))
 }
 

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod http;
 pub mod meters;
 pub mod notify;
+pub mod nowpayments;
 pub mod ops;
 pub mod pem;
 pub mod ratelimit;

@@ -60,6 +60,11 @@ enum Command {
         #[command(subcommand)]
         command: StripeCommand,
     },
+    /// Talking to NOWPayments (crypto invoices).
+    Nowpayments {
+        #[command(subcommand)]
+        command: NowPaymentsCommand,
+    },
     /// The credit ledger.
     Credits {
         #[command(subcommand)]
@@ -360,6 +365,18 @@ enum StripeCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum NowPaymentsCommand {
+    /// Re-reads, with GET /v1/payment/{id}, every crypto payment the ledger has heard of since
+    /// --since whose order is still pending or processing, and applies what NOWPayments says
+    /// (IPNs lost while tollgate was down; NOWPayments has no events API). Idempotent.
+    Sync {
+        /// An RFC 3339 time or a duration such as 6h or 7d (at most 30d).
+        #[arg(long, value_name = "TIME")]
+        since: String,
+    },
+}
+
 /// `--since`: a time, or a duration back from now; never more than Stripe's 30 days.
 fn parse_since(value: Option<&str>, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     let oldest = now - chrono::Duration::days(30);
@@ -533,6 +550,30 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Nowpayments { command: NowPaymentsCommand::Sync { since } } => {
+            let config = match parse_config(&sources) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            telemetry::init(&config.log_filter, config.log_format);
+            run(async move {
+                let since = parse_since(Some(&since), chrono::Utc::now())?;
+                anyhow::ensure!(
+                    config.nowpayments.credentials().is_some(),
+                    "nowpayments sync needs NOWPAYMENTS_API_KEY and NOWPAYMENTS_IPN_SECRET (the sandbox delivers every IPN as it happens)"
+                );
+                let (store, service) = payments(&config).await?;
+                eprintln!("syncing open NOWPayments orders since {}", since.to_rfc3339());
+                let report = service.sync_nowpayments(since).await;
+                store.close().await;
+                let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
+                println!(
+                    "synced: {} open payments asked, {} stored, {} already in the ledger",
+                    report.seen, report.stored, report.already_had
+                );
+                Ok(())
+            })
+        }
         Command::Credits { command: CreditsCommand::Check } => {
             let config = match parse_config(&sources) {
                 Ok(c) => c,
@@ -691,6 +732,13 @@ fn check_config(sources: &Sources) -> ExitCode {
         store::Engine::from_url(secrecy::ExposeSecret::expose_secret(&config.database.url)).map(|e| e.as_str()).unwrap_or("?")
     );
     println!("payments:    {:?}", config.stripe.provider);
+    let nowpayments = match (&config.nowpayments.api_key, &config.nowpayments.ipn_secret) {
+        (Some(_), Some(_)) => "enabled",
+        (None, None) if config.stripe.provider == tollgate::config::PaymentProvider::Sandbox => "sandbox",
+        (None, None) => "off",
+        _ => "off (needs both NOWPAYMENTS_API_KEY and NOWPAYMENTS_IPN_SECRET)",
+    };
+    println!("nowpayments: {nowpayments}");
     for w in config.warnings() {
         println!("warning: {w} (refused in production)");
     }

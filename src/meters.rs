@@ -119,7 +119,12 @@ impl Meters {
     }
 
     pub fn webhook(&self, outcome: WebhookOutcome) {
-        self.counter(WEBHOOK_EVENTS, vec![Label::new("provider", "stripe"), Label::new("outcome", outcome.as_str())])
+        self.webhook_from("stripe", outcome);
+    }
+
+    /// A delivery from `provider` (`stripe`, `nowpayments`).
+    pub fn webhook_from(&self, provider: &'static str, outcome: WebhookOutcome) {
+        self.counter(WEBHOOK_EVENTS, vec![Label::new("provider", provider), Label::new("outcome", outcome.as_str())])
             .increment(1);
     }
 

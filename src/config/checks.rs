@@ -95,6 +95,18 @@ impl Config {
                     .to_owned(),
             );
         }
+        match (&self.nowpayments.api_key, &self.nowpayments.ipn_secret) {
+            (Some(_), None) => {
+                out.push("NOWPAYMENTS_API_KEY is set but NOWPAYMENTS_IPN_SECRET is not: IPNs could not be verified (NOWPayments stays off)".to_owned())
+            }
+            (None, Some(_)) => {
+                out.push("NOWPAYMENTS_IPN_SECRET is set but NOWPAYMENTS_API_KEY is not set: no invoice could be made (NOWPayments stays off)".to_owned())
+            }
+            _ => {}
+        }
+        if self.nowpayments.api_base.scheme() != "https" {
+            out.push("NOWPAYMENTS_API_BASE is not https; the NOWPayments API key would travel in clear".to_owned());
+        }
         if self.http.cors_origins == CorsOrigins::Any {
             out.push("TOLLGATE_CORS_ORIGINS allows every origin (*); list the exact origins".to_owned());
         }

@@ -5,7 +5,7 @@ use std::fmt;
 use super::layer::layer;
 use super::sources::Sources;
 use super::types::Config;
-use super::{auth, database, http, licence, logging, mail, payments, server, stripe, tls};
+use super::{auth, database, http, licence, logging, mail, nowpayments, payments, server, stripe, tls};
 
 /// Everything wrong with a configuration, each line naming the variable and never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,7 @@ impl Config {
         let log_filter = logging::filter(&raw, &mut errors);
         let log_format = logging::format(&raw, &mut errors);
         let stripe = stripe::parse(&raw, &mut errors);
+        let nowpayments = nowpayments::parse(&raw, &mut errors);
         let auth = auth::parse(&raw, &mut errors);
         let payments = payments::parse(&raw, &server.public_url, &mut errors);
         let licence = licence::parse(&raw, &mut errors);
@@ -81,6 +82,7 @@ impl Config {
             log_filter,
             log_format,
             stripe,
+            nowpayments,
             auth,
             payments,
             licence,

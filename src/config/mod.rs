@@ -21,6 +21,7 @@ mod licence;
 mod load;
 mod logging;
 mod mail;
+mod nowpayments;
 mod payments;
 mod server;
 mod settings;
@@ -36,8 +37,8 @@ pub use self::load::ConfigErrors;
 pub use self::settings::{Setting, SETTINGS};
 pub use self::sources::Sources;
 pub use self::types::{
-    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, PaymentProvider, PaymentsConfig,
-    StripeConfig, TlsConfig,
+    AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, NowPaymentsConfig, PaymentProvider,
+    PaymentsConfig, StripeConfig, TlsConfig,
 };
 pub use self::types::{MailConfig, MailTransport, SmtpConfig, SmtpTls};
 pub use self::values::parse_duration;

@@ -447,6 +447,27 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
         meaning: "email users a notice of each new sign-in to their account (when, from which IP and user agent)",
     },
+    Setting {
+        key: "nowpayments_api_key",
+        env: &["NOWPAYMENTS_API_KEY"],
+        default: None,
+        secret: true,
+        meaning: "NOWPayments API key (crypto invoices); NOWPayments is enabled when this and NOWPAYMENTS_IPN_SECRET are set",
+    },
+    Setting {
+        key: "nowpayments_ipn_secret",
+        env: &["NOWPAYMENTS_IPN_SECRET"],
+        default: None,
+        secret: true,
+        meaning: "NOWPayments IPN secret: verifies x-nowpayments-sig on /api/v1/webhooks/nowpayments",
+    },
+    Setting {
+        key: "nowpayments_api_base",
+        env: &["NOWPAYMENTS_API_BASE"],
+        default: Some("https://api.nowpayments.io"),
+        secret: false,
+        meaning: "NOWPayments API base URL (https://api-sandbox.nowpayments.io for their sandbox; tests point it at a mock)",
+    },
 ];
 
 /// The setting with TOML key `key`; every key the parsers name is in [`SETTINGS`].

@@ -82,6 +82,21 @@ pub struct StripeConfig {
     pub webhook_tolerance: Duration,
 }
 
+/// NOWPayments (crypto invoices); enabled when both secrets are set.
+#[derive(Debug, Clone)]
+pub struct NowPaymentsConfig {
+    pub api_key: Option<SecretString>,
+    pub ipn_secret: Option<SecretString>,
+    pub api_base: Url,
+}
+
+impl NowPaymentsConfig {
+    /// The API key and IPN secret, when both are set (NOWPayments is enabled).
+    pub fn credentials(&self) -> Option<(&SecretString, &SecretString)> {
+        self.api_key.as_ref().zip(self.ipn_secret.as_ref())
+    }
+}
+
 /// Checkout: where buyers return, how long sessions stay open, how often a user may start one.
 #[derive(Debug, Clone)]
 pub struct PaymentsConfig {
@@ -111,6 +126,7 @@ pub struct Config {
     pub log_filter: String,
     pub log_format: LogFormat,
     pub stripe: StripeConfig,
+    pub nowpayments: NowPaymentsConfig,
     pub auth: AuthConfig,
     pub payments: PaymentsConfig,
     pub licence: LicenceConfig,

@@ -113,6 +113,68 @@ pub fn validate_quantity(field: &str, quantity: i64, errors: &mut Vec<FieldError
     }
 }
 
+/// How many decimal places `currency`'s minor unit has (ISO 4217, as Stripe counts them): 0 for
+/// the zero-decimal currencies, 3 for the three-decimal ones, 2 for the rest. Amounts are stored
+/// in minor units; a provider that wants a decimal number gets [`to_decimal`].
+pub fn minor_unit_exponent(currency: &str) -> u32 {
+    const ZERO: &[&str] =
+        &["bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
+    const THREE: &[&str] = &["bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"];
+    if ZERO.contains(&currency) {
+        0
+    } else if THREE.contains(&currency) {
+        3
+    } else {
+        2
+    }
+}
+
+/// `amount` minor units of `currency` as a decimal number's text (`1299` usd → `12.99`,
+/// `5` usd → `0.05`, `500` jpy → `500`), by integer arithmetic only.
+pub fn to_decimal(amount: i64, currency: &str) -> String {
+    let exponent = minor_unit_exponent(currency);
+    let sign = if amount < 0 { "-" } else { "" };
+    let abs = amount.unsigned_abs();
+    if exponent == 0 {
+        return format!("{sign}{abs}");
+    }
+    let scale = 10u64.pow(exponent);
+    format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exponent as usize)
+}
+
+/// A decimal number's text (`12.99`, `12.990`, `13`, `1.5e1`) as minor units of `currency`, by
+/// integer arithmetic; `None` when it is not a plain non-negative decimal, has a non-zero digit
+/// below the minor unit, or exceeds [`MAX_AMOUNT`].
+pub fn from_decimal(text: &str, currency: &str) -> Option<i64> {
+    let exponent = i64::from(minor_unit_exponent(currency));
+    let (mantissa, e10) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i64>().ok()?),
+        None => (text, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    // value = digits × 10^(e10 − len(fraction)); minor units = value × 10^exponent.
+    let shift = e10 - fraction.len() as i64 + exponent;
+    if digits.is_empty() {
+        return Some(0);
+    }
+    let (kept, dropped) = if shift >= 0 {
+        (format!("{digits}{}", "0".repeat(usize::try_from(shift).ok().filter(|s| *s <= 18)?)), "")
+    } else {
+        let cut = digits.len().saturating_sub(usize::try_from(-shift).ok()?);
+        (digits[..cut].to_owned(), &digits[cut..])
+    };
+    if dropped.bytes().any(|b| b != b'0') {
+        return None;
+    }
+    let kept = if kept.is_empty() { "0".to_owned() } else { kept };
+    kept.parse::<i64>().ok().filter(|a| *a <= MAX_AMOUNT)
+}
+
 /// The total for `quantity` units, or None when it would exceed [`MAX_AMOUNT`].
 pub fn total(unit_amount: i64, quantity: i64) -> Option<i64> {
     unit_amount.checked_mul(quantity).filter(|t| *t <= MAX_AMOUNT)
@@ -137,6 +199,40 @@ mod tests {
         Grant::Credits { amount: 0 }.validate("grant", &mut errors);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["grant.feature", "grant.duration_days", "grant.amount"]);
+    }
+
+    #[test]
+    fn decimals_from_minor_units_and_back_without_floats() {
+        assert_eq!(to_decimal(1299, "usd"), "12.99");
+        assert_eq!(to_decimal(5, "eur"), "0.05");
+        assert_eq!(to_decimal(500, "jpy"), "500");
+        assert_eq!(to_decimal(1234, "kwd"), "1.234");
+        assert_eq!(to_decimal(99_999_999, "usd"), "999999.99");
+        for (text, currency, minor) in [
+            ("12.99", "usd", Some(1299)),
+            ("12.990", "usd", Some(1299)),
+            ("13", "usd", Some(1300)),
+            ("1.5e1", "usd", Some(1500)),
+            ("1e-2", "usd", Some(1)),
+            ("0.05", "eur", Some(5)),
+            ("500", "jpy", Some(500)),
+            ("1.234", "kwd", Some(1234)),
+            ("12.991", "usd", None),
+            ("0.5", "jpy", None),
+            ("-1", "usd", None),
+            ("1e30", "usd", None),
+            ("abc", "usd", None),
+            ("", "usd", None),
+            (".5", "usd", None),
+            ("0", "usd", Some(0)),
+        ] {
+            assert_eq!(from_decimal(text, currency), minor, "{text} {currency}");
+        }
+        for amount in [1, 9, 10, 99, 100, 101, 1299, 99_999_999] {
+            for currency in ["usd", "jpy", "kwd"] {
+                assert_eq!(from_decimal(&to_decimal(amount, currency), currency), Some(amount));
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,13 @@ pub enum EventPlan {
     Apply(OrderRef, PaymentFact),
     /// Record Stripe's word on one of our refunds (found by `metadata.refund_id`).
     SettleRefund { refund_id: String, stripe_refund_id: String, status: RefundStatus },
+    /// As [`EventPlan::Apply`], with a remark for the history line (an overpayment, a partial
+    /// payment: what an admin should see).
+    ApplyNoted(OrderRef, PaymentFact, String),
+    /// Not applied yet, for this reason (the provider's API does not confirm what the
+    /// notification says, or cannot be asked): stored as `failed`, so a redelivery, a replay or a
+    /// sync processes it again.
+    Hold(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +107,11 @@ pub fn ignored_outcome(why: &str) -> (EventStatus, String) {
 /// The status and history line of an event planned as [`EventPlan::Unmatched`].
 pub fn unmatched_outcome(why: &str) -> (EventStatus, String) {
     (EventStatus::Unmatched, why.to_owned())
+}
+
+/// The status and history line of an event planned as [`EventPlan::Hold`].
+pub fn held_outcome(why: &str) -> (EventStatus, String) {
+    (EventStatus::Failed, format!("not applied: {why}"))
 }
 
 /// The status and history line of an event applied to an order.

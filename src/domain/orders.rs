@@ -316,6 +316,10 @@ pub struct OrderRef {
     pub checkout_session_id: Option<String>,
     pub payment_intent_id: Option<String>,
     pub charge_id: Option<String>,
+    /// The notification names the order and its checkout both, and both must be that order's
+    /// (NOWPayments: `order_id` and `invoice_id`); otherwise an id that names no order is ignored
+    /// when another id finds one.
+    pub both_named: bool,
 }
 
 impl OrderRef {

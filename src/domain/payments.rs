@@ -14,6 +14,8 @@ use super::ledger::{EventPlan, EventStatus, Recorded};
 use super::orders::{GrantKind, GrantState, OrderFlow, OrderStatus, RefundRefused, RefundStatus};
 use super::FieldError;
 use crate::config::PaymentsConfig;
+use crate::nowpayments::ipn::{plan as ipn_plan, Payment};
+use crate::nowpayments::{InvoiceCreated, InvoiceRequest, NowPayments};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundPick, RefundRow, Reserved};
 use crate::store::{NewEvent, Store, StoreError};
@@ -127,7 +129,22 @@ pub struct PaymentsService {
     limiter: Arc<dyn RateLimiter>,
     config: PaymentsConfig,
     key_live: bool,
+    nowpayments: Option<NowPaymentsLink>,
 }
+
+/// NOWPayments, when enabled: its API (or the sandbox), the secret IPNs are verified with, and
+/// where its IPNs are sent.
+pub struct NowPaymentsLink {
+    pub api: Arc<dyn NowPayments>,
+    pub ipn_secret: secrecy::SecretString,
+    pub ipn_callback_url: String,
+    /// The same object as `api` when it is the development sandbox (its pages need it).
+    pub sandbox: Option<Arc<crate::nowpayments::sandbox::NowPaymentsSandbox>>,
+}
+
+/// The ledger's and the orders' names for the providers.
+pub const STRIPE: &str = "stripe";
+pub const NOWPAYMENTS: &str = "nowpayments";
 
 fn validate_product_fields(p: &NewProduct, errors: &mut Vec<FieldError>) {
     catalog::validate_name("name", &p.name, errors);
@@ -150,7 +167,23 @@ impl PaymentsService {
         config: PaymentsConfig,
         key_live: bool,
     ) -> PaymentsService {
-        PaymentsService { store, provider, limiter, config, key_live }
+        PaymentsService { store, provider, limiter, config, key_live, nowpayments: None }
+    }
+
+    /// Enables NOWPayments (crypto invoices) beside the Stripe provider.
+    pub fn with_nowpayments(mut self, link: NowPaymentsLink) -> PaymentsService {
+        self.nowpayments = Some(link);
+        self
+    }
+
+    /// NOWPayments' development stand-in, when it is the one in use.
+    pub fn nowpayments_sandbox(&self) -> Option<&Arc<crate::nowpayments::sandbox::NowPaymentsSandbox>> {
+        self.nowpayments.as_ref().and_then(|n| n.sandbox.as_ref())
+    }
+
+    /// The secret NOWPayments' IPNs are verified with; `None` while NOWPayments is off.
+    pub fn nowpayments_ipn_secret(&self) -> Option<&secrecy::SecretString> {
+        self.nowpayments.as_ref().map(|n| &n.ipn_secret)
     }
 
     pub async fn create_product(&self, p: NewProduct) -> Result<ProductRow, PaymentError> {
@@ -235,7 +268,7 @@ impl PaymentsService {
         product_id: &str,
         quantity: i64,
     ) -> Result<(String, CheckoutCreated), PaymentError> {
-        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::Checkout).await?;
+        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::Checkout, STRIPE).await?;
         let created = self.open_checkout(&order, &product, user).await?;
         let expires_at = DateTime::from_timestamp(created.expires_at, 0);
         self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), expires_at).await?;
@@ -249,9 +282,41 @@ impl PaymentsService {
         product_id: &str,
         quantity: i64,
     ) -> Result<(String, PaymentIntentCreated), PaymentError> {
-        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::PaymentIntent).await?;
+        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::PaymentIntent, STRIPE).await?;
         let created = self.open_intent(&order, &product).await?;
         self.record_provider_ids(&order.id, None, Some(&created.id), None, None).await?;
+        Ok((order.id, created))
+    }
+
+    /// Like [`start_checkout`](Self::start_checkout), paid in crypto through a NOWPayments
+    /// invoice (whose id is the order's `checkout_session_id`). Refused (422 on `provider`) while
+    /// NOWPayments is off. If NOWPayments fails, the order stays pending with nothing that can pay it.
+    pub async fn start_crypto_checkout(
+        &self,
+        user: &User,
+        product_id: &str,
+        quantity: i64,
+    ) -> Result<(String, InvoiceCreated), PaymentError> {
+        let Some(np) = &self.nowpayments else {
+            return Err(vec![FieldError::new(
+                "provider",
+                "nowpayments is not enabled on this server (NOWPAYMENTS_API_KEY and NOWPAYMENTS_IPN_SECRET)",
+            )]
+            .into());
+        };
+        let (order, product) = self.new_order(user, product_id, quantity, OrderFlow::Checkout, NOWPAYMENTS).await?;
+        let fill = |template: &str| template.replace("{ORDER_ID}", &order.id);
+        let request = InvoiceRequest {
+            order_id: order.id.clone(),
+            amount: order.amount,
+            currency: order.currency.clone(),
+            description: format!("{} x{}", product.name, order.quantity),
+            ipn_callback_url: np.ipn_callback_url.clone(),
+            success_url: fill(&self.config.success_url),
+            cancel_url: fill(&self.config.cancel_url),
+        };
+        let created = np.api.create_invoice(&request).await?;
+        self.record_provider_ids(&order.id, Some(&created.id), None, Some(&created.url), None).await?;
         Ok((order.id, created))
     }
 
@@ -263,6 +328,7 @@ impl PaymentsService {
         product_id: &str,
         quantity: i64,
         flow: OrderFlow,
+        provider: &str,
     ) -> Result<(OrderRow, ProductRow), PaymentError> {
         let mut errors = Vec::new();
         catalog::validate_quantity("quantity", quantity, &mut errors);
@@ -319,6 +385,7 @@ impl PaymentsService {
             credits_unrecoverable: 0,
             created_at: now,
             updated_at: now,
+            provider: provider.to_owned(),
         };
         self.store.insert_order(&order).await?;
         Ok((order, product))
@@ -377,7 +444,8 @@ impl PaymentsService {
         // A declined card leaves a Checkout order open; `failed` here is an async failure, which
         // a later look at the session cannot undo, but asking costs nothing wrong.
         let open = matches!(order.status(), OrderStatus::Pending | OrderStatus::Processing | OrderStatus::Failed);
-        let Some(session_id) = order.checkout_session_id.clone().filter(|_| open) else {
+        // A NOWPayments order's session id is its invoice: its IPNs (and `nowpayments sync`) move it.
+        let Some(session_id) = order.checkout_session_id.clone().filter(|_| open && order.provider == STRIPE) else {
             return Ok(order);
         };
         // Each look is a call to Stripe, whose rate limit checkout and refunds share: bounded per
@@ -446,6 +514,12 @@ impl PaymentsService {
         reason: Option<String>,
         idempotency_key: Option<&str>,
     ) -> Result<RefundRow, PaymentError> {
+        if self.store.order(order_id).await?.is_some_and(|o| o.provider != STRIPE) {
+            return Err(PaymentError::Conflict(
+                "a NOWPayments order is refunded from the NOWPayments dashboard; its refunded IPN then revokes the grant"
+                    .to_owned(),
+            ));
+        }
         let mut errors = Vec::new();
         if let Some(r) = &reason {
             if !matches!(r.as_str(), "duplicate" | "fraudulent" | "requested_by_customer") {
@@ -570,28 +644,136 @@ impl PaymentsService {
             api_version: event.api_version.clone(),
             created: event.created,
             payload: payload.to_vec(),
+            provider: "stripe",
         };
         let plan = plan(event, self.key_live);
-        match self.store.record_event(&new, &plan, Utc::now()).await {
+        self.record(&new, &plan).await
+    }
+
+    /// Stores `new` and carries out `plan` in one transaction; on failure keeps it as `failed`.
+    async fn record(&self, new: &NewEvent, plan: &EventPlan) -> Result<Recorded, PaymentError> {
+        let event = new;
+        match self.store.record_event(new, plan, Utc::now()).await {
             Ok(recorded) => Ok(recorded),
             // Nothing was stored, and trying to record that would only wait on the database again.
             Err(e) if e.is_unavailable() => Err(e.into()),
             Err(e) => {
                 let detail = format!("processing failed: {e}");
-                if let Err(mark) = self.store.mark_event_failed(&new, &detail, Utc::now()).await {
-                    tracing::error!(event_id = %event.id, error = %mark, "cannot record the failure either; Stripe will retry");
+                if let Err(mark) = self.store.mark_event_failed(new, &detail, Utc::now()).await {
+                    tracing::error!(event_id = %event.event_id, error = %mark, "cannot record the failure either; the provider will retry");
                 }
-                Err(anyhow::Error::from(e).context(format!("processing event {} failed", event.id)).into())
+                Err(anyhow::Error::from(e).context(format!("processing event {} failed", event.event_id)).into())
             }
         }
+    }
+
+    /// What a NOWPayments payment (a verified IPN, or the API's own answer) means: a `finished`
+    /// one is first confirmed with `GET /v1/payment/{id}` unless `confirmed` already is the API's
+    /// answer.
+    async fn plan_payment(&self, payment: &Payment, confirmed: Option<Payment>) -> EventPlan {
+        let answer = match (&self.nowpayments, confirmed) {
+            (_, Some(api)) => Some(Ok(api)),
+            (_, None) if !payment.needs_confirmation() => None,
+            (None, None) => Some(Err("NOWPayments is not enabled".to_owned())),
+            (Some(np), None) => Some(match np.api.payment(&payment.payment_id).await {
+                Ok(bytes) => Payment::parse(&bytes).map_err(|e| format!("unreadable answer: {e}")),
+                Err(e) => Err(e.to_string()),
+            }),
+        };
+        ipn_plan(payment, answer)
+    }
+
+    /// Stores a verified NOWPayments IPN (the raw bytes as received) in the ledger, deduplicated
+    /// by (payment id, status, updated_at), and applies it to its order in the same transaction.
+    /// `confirmed`: the API's answer about the payment, when it is the source (a sync).
+    pub async fn ingest_ipn(
+        &self,
+        payment: &Payment,
+        payload: &[u8],
+        confirmed: Option<Payment>,
+    ) -> Result<Recorded, PaymentError> {
+        let live = self.nowpayments.as_ref().is_some_and(|n| n.api.live());
+        let new = NewEvent {
+            event_id: payment.event_id(),
+            kind: payment.kind(),
+            livemode: live,
+            api_version: None,
+            created: payment.created(Utc::now().timestamp()),
+            payload: payload.to_vec(),
+            provider: NOWPAYMENTS,
+        };
+        // A redelivery of what is already done costs no call to the API.
+        if let Some((row, _)) = self.store.event(&new.event_id).await? {
+            if !row.status.needs_processing() {
+                return Ok(Recorded::Duplicate { status: row.status });
+            }
+        }
+        let plan = self.plan_payment(payment, confirmed).await;
+        self.record(&new, &plan).await
+    }
+
+    /// Re-reads, with `GET /v1/payment/{id}`, every NOWPayments payment the ledger has heard of
+    /// since `since` whose order is still open (pending or processing), and stores and applies
+    /// what the API says (NOWPayments has no events API to page through). An IPN that never
+    /// arrived at all leaves no payment id to ask about.
+    pub async fn sync_nowpayments(&self, since: DateTime<Utc>) -> Result<SyncReport, PaymentError> {
+        let Some(np) = &self.nowpayments else {
+            return Err(PaymentError::Conflict("NOWPayments is not enabled".to_owned()));
+        };
+        let mut report = SyncReport::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut after: Option<String> = None;
+        'pages: loop {
+            let rows = self.store.list_provider_events(Some(NOWPAYMENTS), None, None, 100, after.as_deref()).await?;
+            for row in &rows {
+                if row.received_at < since {
+                    break 'pages;
+                }
+                let Ok(ipn) = Payment::parse(&row.payload) else { continue };
+                if !seen.insert(ipn.payment_id.clone()) {
+                    continue;
+                }
+                let open = match ipn.order_id.as_deref() {
+                    Some(id) => self.store.order(id).await?.is_some_and(|o| {
+                        o.provider == NOWPAYMENTS && matches!(o.status(), OrderStatus::Pending | OrderStatus::Processing)
+                    }),
+                    None => false,
+                };
+                if !open {
+                    continue;
+                }
+                report.seen += 1;
+                let bytes = np.api.payment(&ipn.payment_id).await?;
+                let Ok(current) = Payment::parse(&bytes) else {
+                    tracing::warn!(payment_id = %ipn.payment_id, "nowpayments sync: unreadable payment; skipped");
+                    continue;
+                };
+                match self.ingest_ipn(&current, &bytes, Some(current.clone())).await? {
+                    Recorded::Stored { .. } => report.stored += 1,
+                    Recorded::Duplicate { .. } => report.already_had += 1,
+                }
+            }
+            match rows.last() {
+                Some(last) if rows.len() == 100 => after = Some(last.event_id.clone()),
+                _ => break,
+            }
+        }
+        Ok(report)
     }
 
     /// Processes a stored event again (idempotent: facts only accumulate, the grant is unique).
     pub async fn replay(&self, event_id: &str, who: &str) -> Result<(EventStatus, String), PaymentError> {
         let (row, _) = self.store.event(event_id).await?.ok_or(PaymentError::NotFound)?;
-        let plan = match Event::parse(&row.payload) {
-            Some(event) => plan(&event, self.key_live),
-            None => EventPlan::Ignore("the stored payload is not an event".to_owned()),
+        let plan = if row.provider == NOWPAYMENTS {
+            match Payment::parse(&row.payload) {
+                Ok(payment) => self.plan_payment(&payment, None).await,
+                Err(_) => EventPlan::Ignore("the stored payload is not a NOWPayments payment".to_owned()),
+            }
+        } else {
+            match Event::parse(&row.payload) {
+                Some(event) => plan(&event, self.key_live),
+                None => EventPlan::Ignore("the stored payload is not an event".to_owned()),
+            }
         };
         self.store.replay_event(event_id, &plan, &format!("replayed by {who}"), Utc::now()).await?.ok_or(PaymentError::NotFound)
     }

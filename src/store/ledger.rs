@@ -17,6 +17,8 @@ pub struct NewEvent {
     pub api_version: Option<String>,
     pub created: i64,
     pub payload: Vec<u8>,
+    /// `stripe` or `nowpayments`.
+    pub provider: &'static str,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -31,6 +33,8 @@ pub struct EventRow {
     pub updated_at: DateTime<Utc>,
     pub status: EventStatus,
     pub payload: Vec<u8>,
+    /// `stripe` or `nowpayments`.
+    pub provider: String,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
@@ -66,10 +70,20 @@ pub trait LedgerStore: Send + Sync {
         limit: i64,
         starting_after: Option<&str>,
     ) -> Result<Vec<EventRow>, StoreError>;
+    /// As [`list_events`](Self::list_events), of one provider's events only when `provider` is set.
+    async fn list_provider_events(
+        &self,
+        provider: Option<&str>,
+        kind: Option<&str>,
+        status: Option<EventStatus>,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<EventRow>, StoreError>;
     async fn event(&self, event_id: &str) -> Result<Option<(EventRow, Vec<HistoryRow>)>, StoreError>;
 }
 
-pub(crate) const EVENT_COLUMNS: &str = "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload";
+pub(crate) const EVENT_COLUMNS: &str =
+    "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider";
 
 macro_rules! impl_ledger_store {
     ($store:ty, $db:ty) => {
@@ -173,14 +187,25 @@ macro_rules! impl_ledger_store {
                 limit: i64,
                 starting_after: Option<&str>,
             ) -> Result<Vec<$crate::store::ledger::EventRow>, $crate::store::error::StoreError> {
+                self.list_provider_events(None, kind, status, limit, starting_after).await
+            }
+
+            async fn list_provider_events(
+                &self,
+                provider: Option<&str>,
+                kind: Option<&str>,
+                status: Option<$crate::domain::ledger::EventStatus>,
+                limit: i64,
+                starting_after: Option<&str>,
+            ) -> Result<Vec<$crate::store::ledger::EventRow>, $crate::store::error::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM stripe_events
-                     WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR status = $2)
+                     WHERE ($1 IS NULL OR type = $1) AND ($2 IS NULL OR status = $2) AND ($5 IS NULL OR provider = $5)
                        AND seq < COALESCE((SELECT seq FROM stripe_events WHERE event_id = $3), 9223372036854775807)
                      ORDER BY seq DESC LIMIT $4",
                     $crate::store::ledger::EVENT_COLUMNS
                 );
-                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(kind).bind(status).bind(starting_after).bind(limit).bind(provider).fetch_all(&mut *c).await)?)
             }
 
             async fn event(
@@ -209,8 +234,8 @@ macro_rules! impl_ledger_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::store::error::StoreError> {
                 Ok(sqlx::query(
-                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING",
+                    "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8, $9) ON CONFLICT (event_id) DO NOTHING",
                 )
                 .bind(&e.event_id)
                 .bind(&e.kind)
@@ -220,6 +245,7 @@ macro_rules! impl_ledger_store {
                 .bind(now)
                 .bind(status)
                 .bind(&e.payload)
+                .bind(e.provider)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected())
@@ -232,7 +258,7 @@ macro_rules! impl_ledger_store {
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<($crate::domain::ledger::EventStatus, String), $crate::store::error::StoreError> {
-                use $crate::domain::ledger::{applied_outcome, ignored_outcome, refund_outcome, unmatched_outcome, EventPlan};
+                use $crate::domain::ledger::{applied_outcome, held_outcome, ignored_outcome, refund_outcome, unmatched_outcome, EventPlan};
                 Ok(match plan {
                     EventPlan::Ignore(why) => ignored_outcome(why),
                     EventPlan::Unmatched(why) => unmatched_outcome(why),
@@ -249,6 +275,11 @@ macro_rules! impl_ledger_store {
                         refund_outcome(refund_id, *status, settled > 0)
                     }
                     EventPlan::Apply(order, fact) => applied_outcome(&Self::apply_locked(tx, order, fact, now).await?),
+                    EventPlan::ApplyNoted(order, fact, remark) => {
+                        let (status, detail) = applied_outcome(&Self::apply_locked(tx, order, fact, now).await?);
+                        (status, format!("{detail}; {remark}"))
+                    }
+                    EventPlan::Hold(why) => held_outcome(why),
                 })
             }
 

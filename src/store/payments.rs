@@ -56,6 +56,8 @@ pub struct OrderRow {
     pub credits_unrecoverable: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `stripe` or `nowpayments` (whose invoice id is kept in `checkout_session_id`).
+    pub provider: String,
 }
 
 impl OrderRow {
@@ -90,7 +92,8 @@ impl OrderRow {
             Some(theirs) => self.checkout_session_id.as_deref() == Some(theirs.as_str()),
             None => true,
         };
-        session_ok && same(&self.payment_intent_id, &r.payment_intent_id) && same(&self.charge_id, &r.charge_id)
+        let order_ok = !r.both_named || r.order_id.as_deref() == Some(self.id.as_str());
+        order_ok && session_ok && same(&self.payment_intent_id, &r.payment_intent_id) && same(&self.charge_id, &r.charge_id)
     }
 
     pub fn status(&self) -> OrderStatus {
@@ -221,7 +224,7 @@ pub(crate) const PRODUCT_COLUMNS: &str =
     "id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at";
 pub(crate) const ORDER_COLUMNS: &str = "id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, \
      checkout_session_id, payment_intent_id, charge_id, checkout_url, expires_at, paid_at, processing, failed, expired, canceled, \
-     amount_refunded, dispute, flag, credits_unrecoverable, created_at, updated_at";
+     amount_refunded, dispute, flag, credits_unrecoverable, created_at, updated_at, provider";
 pub(crate) const GRANT_COLUMNS: &str =
     "id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at";
 pub(crate) const REFUND_COLUMNS: &str =
@@ -458,8 +461,8 @@ macro_rules! impl_payment_store {
 
             async fn insert_order(&self, o: &$crate::store::payments::OrderRow) -> Result<(), $crate::store::error::StoreError> {
                 $crate::store::pool::on_conn!(self, c => sqlx::query(
-                    "INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                    "INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, created_at, updated_at, provider)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 )
                 .bind(&o.id)
                 .bind(&o.user_id)
@@ -473,6 +476,7 @@ macro_rules! impl_payment_store {
                 .bind(&o.status)
                 .bind(o.created_at)
                 .bind(o.updated_at)
+                .bind(&o.provider)
                 .execute(&mut *c)
                 .await)
                 .map_err($crate::store::accounts::conflict)?;

@@ -34,6 +34,7 @@ fn session_ref(session: &Value) -> OrderRef {
         checkout_session_id: str_field(session, "id"),
         payment_intent_id: id_field(session, "payment_intent"),
         charge_id: None,
+        both_named: false,
     }
 }
 

@@ -77,14 +77,14 @@ pub struct EventPage {
     pub has_more: bool,
 }
 
-/// Why a provider call failed. The text is for logs: it never holds the API key.
+/// Why a provider call failed (Stripe's or NOWPayments'). The text is for logs: it never holds the API key.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
-    #[error("network error talking to Stripe: {0}")]
+    #[error("network error talking to the payment provider: {0}")]
     Network(String),
-    #[error("Stripe answered {status}: {kind} {code}")]
+    #[error("the payment provider answered {status}: {kind} {code}")]
     Api { status: u16, kind: String, code: String, message: String },
-    #[error("unexpected answer from Stripe: {0}")]
+    #[error("unexpected answer from the payment provider: {0}")]
     Malformed(String),
     #[error("{0}")]
     Unsupported(&'static str),

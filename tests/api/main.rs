@@ -21,6 +21,7 @@ mod helpers;
 mod licences;
 mod metrics;
 mod network;
+mod nowpayments;
 mod openapi;
 mod ratelimits;
 mod refunds_disputes;

@@ -45,6 +45,23 @@ pub struct CheckoutIn {
     pub quantity: Option<i64>,
 }
 
+/// `POST /api/v1/checkout/sessions`: a product, and who takes the payment.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckoutSessionIn {
+    #[schema(example = "pr_018f3a2b4c5d6e7f8a9b0c1d")]
+    pub product_id: String,
+    /// Default 1.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "crate::domain::whole_number::option::deserialize")]
+    pub quantity: Option<i64>,
+    /// `stripe` (default: Stripe Checkout, or the sandbox in development) or `nowpayments` (a
+    /// crypto invoice; `checkout_url` is its payment page, `checkout_session_id` its invoice id).
+    #[schema(pattern = "^(stripe|nowpayments)$")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckoutOut {
     #[schema(example = "ord_018f3a2b4c5d6e7f8a9b0c1d")]
@@ -91,6 +108,8 @@ pub struct OrderOut {
     /// until someone looks.
     pub flagged: bool,
     pub flag_reason: Option<String>,
+    /// Who takes the payment: `stripe` or `nowpayments`.
+    pub provider: String,
     /// Credits a full refund or lost dispute could not claw back because they were already spent
     /// (0 otherwise, and again 0 once a won dispute restored the credits).
     pub credits_unrecoverable: i64,
@@ -119,6 +138,7 @@ impl From<OrderRow> for OrderOut {
             amount_refunded: o.amount_refunded,
             flagged: o.flag.is_some(),
             flag_reason: o.flag,
+            provider: o.provider,
             credits_unrecoverable: o.credits_unrecoverable,
             created_at: o.created_at,
             updated_at: o.updated_at,
@@ -188,9 +208,10 @@ impl From<RefundRow> for RefundOut {
     }
 }
 
-/// Creates a pending order and a Stripe Checkout Session for it. The amount comes from the
-/// catalog; the client names only the product and a quantity.
-#[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutIn, security(("bearer" = []), ("session" = [])),
+/// Creates a pending order and a Stripe Checkout Session for it (or, with `provider:
+/// "nowpayments"`, a NOWPayments crypto invoice). The amount comes from the catalog; the client
+/// names only the product, a quantity and the provider.
+#[utoipa::path(post, path = "/api/v1/checkout/sessions", tag = "checkout", request_body = CheckoutSessionIn, security(("bearer" = []), ("session" = [])),
     params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The order and where to send the buyer", body = CheckoutOut),
@@ -200,16 +221,28 @@ pub async fn create_checkout_session(
     State(state): State<AppState>,
     current: CurrentUser,
     headers: HeaderMap,
-    Json(input): Json<CheckoutIn>,
+    Json(input): Json<CheckoutSessionIn>,
 ) -> ApiResult<Response> {
+    let crypto = match input.provider.as_deref() {
+        None | Some("stripe") => false,
+        Some("nowpayments") => true,
+        Some(_) => {
+            return Err(vec![crate::domain::FieldError::new("provider", "must be stripe or nowpayments")].into());
+        }
+    };
     idempotent(&state, &current.user.id, &headers, "checkout", &input, || async {
-        let (order_id, created) =
-            state.payments.start_checkout(&current.user, &input.product_id, input.quantity.unwrap_or(1)).await?;
-        let out = CheckoutOut {
-            order_id,
-            checkout_url: created.url,
-            checkout_session_id: created.id,
-            expires_at: DateTime::from_timestamp(created.expires_at, 0),
+        let quantity = input.quantity.unwrap_or(1);
+        let out = if crypto {
+            let (order_id, invoice) = state.payments.start_crypto_checkout(&current.user, &input.product_id, quantity).await?;
+            CheckoutOut { order_id, checkout_url: invoice.url, checkout_session_id: invoice.id, expires_at: None }
+        } else {
+            let (order_id, created) = state.payments.start_checkout(&current.user, &input.product_id, quantity).await?;
+            CheckoutOut {
+                order_id,
+                checkout_url: created.url,
+                checkout_session_id: created.id,
+                expires_at: DateTime::from_timestamp(created.expires_at, 0),
+            }
         };
         Ok((StatusCode::CREATED, out))
     })

@@ -28,6 +28,10 @@ pub struct EventListParams {
     #[serde(rename = "type", default, deserialize_with = "non_empty")]
     #[param(rename = "type")]
     pub kind: Option<String>,
+    /// Only this provider's events: `stripe` or `nowpayments`.
+    #[serde(default, deserialize_with = "event_provider")]
+    #[param(value_type = Option<String>, pattern = "^(stripe|nowpayments)$")]
+    pub provider: Option<String>,
     /// Only events in this state.
     #[serde(default, deserialize_with = "event_status")]
     #[param(value_type = Option<String>, pattern = "^(received|processed|ignored|unmatched|failed)$")]
@@ -39,6 +43,14 @@ pub struct EventListParams {
     /// The last event id of the previous page.
     #[serde(default, deserialize_with = "non_empty")]
     pub starting_after: Option<String>,
+}
+
+fn event_provider<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let provider = String::deserialize(deserializer)?;
+    match provider.as_str() {
+        "stripe" | "nowpayments" => Ok(Some(provider)),
+        _ => Err(serde::de::Error::custom("must be stripe or nowpayments")),
+    }
 }
 
 fn event_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<EventStatus>, D::Error> {
@@ -62,6 +74,8 @@ pub struct EventOut {
     pub updated_at: DateTime<Utc>,
     /// `received`, `processed`, `ignored`, `unmatched` or `failed`.
     pub status: String,
+    /// Who sent it: `stripe` or `nowpayments` (an IPN, whose id is `np_<payment>_<status>_<updated_at>`).
+    pub provider: String,
 }
 
 impl From<&EventRow> for EventOut {
@@ -75,6 +89,7 @@ impl From<&EventRow> for EventOut {
             received_at: r.received_at,
             updated_at: r.updated_at,
             status: r.status.as_str().to_owned(),
+            provider: r.provider.clone(),
         }
     }
 }
@@ -107,8 +122,16 @@ pub async fn list_events(
     _admin: AdminUser,
     Query(list): Query<EventListParams>,
 ) -> ApiResult<axum::Json<EventList>> {
-    let rows =
-        state.store.list_events(list.kind.as_deref(), list.status, list.limit.fetch(), list.starting_after.as_deref()).await?;
+    let rows = state
+        .store
+        .list_provider_events(
+            list.provider.as_deref(),
+            list.kind.as_deref(),
+            list.status,
+            list.limit.fetch(),
+            list.starting_after.as_deref(),
+        )
+        .await?;
     let (rows, has_more) = page(rows, list.limit);
     Ok(axum::Json(EventList { data: rows.iter().map(EventOut::from).collect(), has_more }))
 }
@@ -165,6 +188,9 @@ mod tests {
         let p: EventListParams = parse_query("status=failed&type=charge.refunded").unwrap();
         assert_eq!((p.status, p.kind.as_deref()), (Some(EventStatus::Failed), Some("charge.refunded")));
         assert_eq!(parse_query::<EventListParams>("type=").unwrap().kind, None);
+        assert_eq!(parse_query::<EventListParams>("provider=nowpayments").unwrap().provider.as_deref(), Some("nowpayments"));
+        let Err(ApiError::Validation(errors)) = parse_query::<EventListParams>("provider=paypal") else { panic!() };
+        assert_eq!(errors, [FieldError::new("provider", "must be stripe or nowpayments")]);
         for bad in ["status=lost", "status=", "status=Failed"] {
             let Err(ApiError::Validation(errors)) = parse_query::<EventListParams>(bad) else { panic!("{bad} accepted") };
             assert_eq!(errors, [FieldError::new("status", "must be received, processed, ignored, unmatched or failed")], "{bad}");
