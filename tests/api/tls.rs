@@ -148,9 +148,10 @@ async fn cert_dev_writes_a_certificate_that_is_served_and_trusted_by_a_client_tr
     assert!(first.status.success(), "{text}");
     let (cert_path, key_path) = (out.join("tollgate-dev-cert.pem"), out.join("tollgate-dev-key.pem"));
     for expected in [
-        format!("TOLLGATE_TLS_CERT={}", cert_path.display()),
-        format!("TOLLGATE_TLS_KEY={}", key_path.display()),
-        format!("curl --cacert {}", cert_path.display()),
+        // Paths in commands are shell-quoted.
+        format!("TOLLGATE_TLS_CERT='{}'", cert_path.display()),
+        format!("TOLLGATE_TLS_KEY='{}'", key_path.display()),
+        format!("curl --cacert '{}'", cert_path.display()),
         "update-ca-certificates".to_owned(),
         "security add-trusted-cert".to_owned(),
         "Firefox".to_owned(),
@@ -493,25 +494,28 @@ async fn the_curl_command_cert_dev_prints_works_against_the_served_certificate()
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("certs");
+    // A directory with a space, a quote and a command substitution: the printed command is run by
+    // sh as printed, so each path must be one shell word and nothing in it may run.
+    let out = dir.path().join("dev certs/it's $(touch pwned)");
     let written = binary::tollgate(dir.path(), &[]).args(["cert", "dev", "--out", out.to_str().unwrap()]).output().unwrap();
     assert!(written.status.success(), "{}", binary::output_text(&written));
     let printed = String::from_utf8(written.stdout).unwrap();
     let command = printed.lines().map(str::trim).find(|l| l.starts_with("curl --cacert ")).expect("a curl command");
     let server = serve_tls(dir.path(), &out.join("tollgate-dev-cert.pem"), &out.join("tollgate-dev-key.pem"), &[]);
     let port = server.addr.rsplit(':').next().unwrap();
-    let args: Vec<String> =
-        command.replace("localhost:8080", &format!("localhost:{port}")).split(' ').skip(1).map(String::from).collect();
+    let command = command.replace("localhost:8080", &format!("localhost:{port}"));
 
-    let curl = |args: &[String]| {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["--silent", "--show-error", "--noproxy", "*", "--resolve", &format!("localhost:{port}:127.0.0.1")]);
-        cmd.args(args).output().unwrap()
+    let curl = |command: &str| {
+        let options = format!("--silent --show-error --noproxy '*' --resolve localhost:{port}:127.0.0.1");
+        let line = command.replacen("curl ", &format!("curl {options} "), 1);
+        std::process::Command::new("sh").current_dir(dir.path()).args(["-c", &line]).output().unwrap()
     };
-    let trusted = curl(&args);
-    assert!(trusted.status.success(), "{}", binary::output_text(&trusted));
+    let trusted = curl(&command);
+    assert!(trusted.status.success(), "{command}: {}", binary::output_text(&trusted));
     assert_eq!(String::from_utf8_lossy(&trusted.stdout), r#"{"status":"ok"}"#);
+    assert!(!dir.path().join("pwned").exists() && !out.join("pwned").exists(), "nothing in the path ran");
     // Without the certificate, curl refuses the server (exit 60: the peer cannot be verified).
-    let untrusted = curl(&args[2..]);
+    let url = command.split(' ').next_back().unwrap();
+    let untrusted = curl(&format!("curl {url}"));
     assert_eq!(untrusted.status.code(), Some(60), "{}", binary::output_text(&untrusted));
 }
