@@ -447,8 +447,8 @@ async fn the_redirect_listener_answers_308_to_the_public_https_origin_and_serves
         assert_eq!(r.bytes().await.unwrap().len(), 0, "{method} {path}: nothing of the API is served");
     }
 
-    // The listener has the main listener's connection limits: a silent client is closed after
-    // the header-read timeout (1 s here).
+    // The listener has the main listener's timeouts (its connection bound is its own, smaller:
+    // see connections.rs): a silent client is closed after the header-read timeout (1 s here).
     let mut silent = TcpStream::connect(&redirect).await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte)).await.expect("the silent client is closed");
