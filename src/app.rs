@@ -21,7 +21,7 @@ use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
 use crate::http::state::{AppState, CookieSettings};
-use crate::http::tls::{reload_on_sighup, server_config, ReloadableCert};
+use crate::http::tls::{reload_on_sighup, server_config, Hangups, ReloadableCert};
 use crate::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter, SharedRateLimiter};
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
@@ -261,14 +261,20 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
-    /// within the shutdown timeout.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    /// within the shutdown timeout. Every SIGHUP (`hangups`, installed by the caller before
+    /// [`App::build`]) reloads the TLS certificate, or is logged when there is none.
+    pub async fn run_until_stopped(self, hangups: Hangups) -> anyhow::Result<()> {
         let stop = shutdown_signal()?;
-        self.run_until(stop).await
+        self.run(stop, Some(hangups)).await
     }
 
-    /// Serves until `stop` completes, then shuts down gracefully.
+    /// Serves until `stop` completes, then shuts down gracefully (SIGHUP is left alone: tests run
+    /// the server in their own process).
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        self.run(stop, None).await
+    }
+
+    async fn run(self, stop: impl Future<Output = ()> + Send + 'static, hangups: Option<Hangups>) -> anyhow::Result<()> {
         let shutdown = self.shutdown_handle();
         tokio::spawn(async move {
             stop.await;
@@ -283,7 +289,9 @@ impl App {
                 not_after = summary.not_after.as_deref().unwrap_or("unknown"),
                 "TLS certificate loaded (reloaded on SIGHUP)"
             );
-            tokio::spawn(reload_on_sighup(certs.clone())?);
+        }
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_sighup(hangups, self.certs.clone()));
         }
         let redirect = match self.redirect {
             Some(listener) => {

@@ -519,3 +519,66 @@ async fn the_curl_command_cert_dev_prints_works_against_the_served_certificate()
     let untrusted = curl(&format!("curl {url}"));
     assert_eq!(untrusted.status.code(), Some(60), "{}", binary::output_text(&untrusted));
 }
+
+// ---- SIGHUP at any time, with or without TLS ----
+
+#[tokio::test]
+async fn sighup_on_a_server_without_tls_is_logged_and_it_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = binary::serve(dir.path(), &[]);
+    for _ in 0..2 {
+        hang_up(&server);
+        let logged = wait_for_log(&server, "SIGHUP: no TLS certificate to reload");
+        assert_eq!(logged["level"], "WARN");
+        assert!(server.child.try_wait().unwrap().is_none(), "the server is still running");
+        let r = crate::helpers::client().get(format!("http://{}/healthz", server.addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// SIGHUP while `serve` is still opening its database (a PostgreSQL server that never answers) does
+/// not end the process: it fails later, on its own, with an exit code and its reason.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_while_the_database_is_being_opened_does_not_end_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let silent_db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://tollgate@{}/tollgate", silent_db.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary::tollgate(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("TOLLGATE_DATABASE_ACQUIRE_TIMEOUT", "2s"), ("TOLLGATE_BIND", "127.0.0.1:0")],
+    )
+    .arg("serve")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Once tollgate connects to the database, `serve` has started: SIGHUP now.
+    silent_db.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let _held = loop {
+        match silent_db.accept() {
+            Ok((held, _)) => break held,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("tollgate never connected to the database: {e}");
+            }
+        }
+    };
+    let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output();
+        out.unwrap()
+    })
+    .await
+    .unwrap();
+    let text = binary::output_text(&out);
+    assert_eq!(out.status.signal(), None, "not ended by SIGHUP: {text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot open the database"), "{text}");
+}
