@@ -21,7 +21,7 @@ use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
 use crate::http::state::{AppState, CookieSettings};
-use crate::http::tls::{reload_on_sighup, server_config, ReloadableCert};
+use crate::http::tls::{reload_on_sighup, server_config, Hangups, ReloadableCert};
 use crate::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter, SharedRateLimiter};
 use crate::store::{self, Store};
 use crate::stripe::client::StripeClient;
@@ -166,6 +166,8 @@ pub struct App {
     redirect: Option<std::net::TcpListener>,
     state: AppState,
     limits: Limits,
+    /// The redirect listener's: its own small bound, the main listener's timeouts.
+    redirect_limits: Limits,
     stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -243,19 +245,26 @@ impl App {
         };
         let router = crate::http::router(state.clone(), routes.merge(extra), tls.is_some());
         let http = &state.config.http;
+        let wanted = usize::try_from(http.max_connections).unwrap_or(usize::MAX);
+        // The redirect listener has a small bound of its own, and the descriptors it can hold are
+        // kept free beside the database's, so that it can never starve the main listener.
+        let redirect_connections = crate::http::redirect::max_connections(wanted);
+        let mut reserved = reserved_descriptors(state.config.database.max_connections);
+        if redirect.is_some() {
+            reserved = reserved.saturating_add(crate::http::redirect::descriptors(redirect_connections));
+        }
         let limits = Limits {
-            max_connections: fit_open_file_limit(
-                usize::try_from(http.max_connections).unwrap_or(usize::MAX),
-                reserved_descriptors(state.config.database.max_connections),
-            ),
+            listener: "main",
+            max_connections: fit_open_file_limit(wanted, reserved),
             header_read_timeout: http.header_read_timeout,
             idle_timeout: http.idle_timeout,
             // A handler has the request timeout to answer; after that, a response must keep moving.
             stall_timeout: http.request_timeout + http.idle_timeout,
             shutdown_timeout: http.shutdown_timeout,
         };
+        let redirect_limits = Limits { listener: "redirect", max_connections: redirect_connections, ..limits };
         let (stop, _) = tokio::sync::watch::channel(false);
-        Ok(App { listener, local_addr, router, tls, certs, redirect, state, limits, stop: Arc::new(stop) })
+        Ok(App { listener, local_addr, router, tls, certs, redirect, state, limits, redirect_limits, stop: Arc::new(stop) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -280,14 +289,20 @@ impl App {
     }
 
     /// Serves until SIGTERM or SIGINT, then stops accepting and lets in-flight requests finish
-    /// within the shutdown timeout.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    /// within the shutdown timeout. Every SIGHUP (`hangups`, installed by the caller before
+    /// [`App::build`]) reloads the TLS certificate, or is logged when there is none.
+    pub async fn run_until_stopped(self, hangups: Hangups) -> anyhow::Result<()> {
         let stop = shutdown_signal()?;
-        self.run_until(stop).await
+        self.run(stop, Some(hangups)).await
     }
 
-    /// Serves until `stop` completes, then shuts down gracefully.
+    /// Serves until `stop` completes, then shuts down gracefully (SIGHUP is left alone: tests run
+    /// the server in their own process).
     pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        self.run(stop, None).await
+    }
+
+    async fn run(self, stop: impl Future<Output = ()> + Send + 'static, hangups: Option<Hangups>) -> anyhow::Result<()> {
         let shutdown = self.shutdown_handle();
         tokio::spawn(async move {
             stop.await;
@@ -302,15 +317,22 @@ impl App {
                 not_after = summary.not_after.as_deref().unwrap_or("unknown"),
                 "TLS certificate loaded (reloaded on SIGHUP)"
             );
-            tokio::spawn(reload_on_sighup(certs.clone())?);
+        }
+        if let Some(hangups) = hangups {
+            tokio::spawn(reload_on_sighup(hangups, self.certs.clone()));
         }
         let redirect = match self.redirect {
             Some(listener) => {
                 let origin = config.public_url.origin().ascii_serialization();
-                tracing::info!(addr = %listener.local_addr()?, to = %origin, "redirecting http to https");
+                let limits = self.redirect_limits;
+                tracing::info!(
+                    addr = %listener.local_addr()?,
+                    to = %origin,
+                    max_connections = limits.max_connections,
+                    "redirecting http to https"
+                );
                 let router = crate::http::redirect::router(origin);
                 let stop = self.stop.subscribe();
-                let limits = self.limits;
                 Some(tokio::spawn(crate::http::server::serve(listener, None, router, limits, stop)))
             }
             None => None,

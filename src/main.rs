@@ -706,8 +706,11 @@ fn main() -> ExitCode {
                 tracing::warn!(env = config.env.as_str(), "{notice}");
             }
             run(async move {
+                // First of all: a SIGHUP while the database is opened and migrated, or on a server
+                // without TLS, is handled (logged), never the default action of ending the process.
+                let hangups = tollgate::http::tls::Hangups::install()?;
                 let app = App::build(config).await?;
-                app.run_until_stopped().await?;
+                app.run_until_stopped(hangups).await?;
                 tracing::info!("stopped");
                 Ok(())
             })

@@ -2,11 +2,30 @@
 //! `308 Permanent Redirect` to the same path and query on `TOLLGATE_PUBLIC_URL`'s https origin. The
 //! request's `Host` (or an absolute request target) never chooses where the client is sent, so the
 //! listener cannot be made an open redirect or poison a cache; it serves no API route.
+//!
+//! It runs the same accept loop as the main listener (its own instance, with the same timeouts)
+//! under a small bound of its own, [`max_connections`], which the open-file budget includes: clients
+//! holding connections to it cannot take the descriptors the https listener and the database need.
 
 use axum::http::header::{CONTENT_LENGTH, LOCATION};
 use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+
+/// The most connections the redirect listener serves at once, whatever `TOLLGATE_MAX_CONNECTIONS`.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// The redirect listener's connection bound for a main bound of `main`: an eighth of it, at least 1
+/// and at most [`MAX_CONNECTIONS`]. A 308 takes one round trip, so a few slots serve many clients.
+pub fn max_connections(main: usize) -> usize {
+    (main / 8).clamp(1, MAX_CONNECTIONS)
+}
+
+/// The file descriptors the redirect listener can hold with a bound of `max`: its connections, the
+/// one client the accept loop takes beyond the bound, and its listening socket.
+pub fn descriptors(max: usize) -> u64 {
+    u64::try_from(max).unwrap_or(u64::MAX).saturating_add(2)
+}
 
 /// A router that redirects everything to `origin` (`https://host[:port]`, no trailing slash).
 pub fn router(origin: String) -> Router {
@@ -36,6 +55,14 @@ fn redirect(location: String) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_redirect_bound_is_an_eighth_of_the_main_one_between_1_and_64() {
+        for (main, redirect) in [(1, 1), (8, 1), (100, 12), (512, 64), (1024, 64), (usize::MAX, 64)] {
+            assert_eq!(max_connections(main), redirect, "{main}");
+        }
+        assert_eq!(descriptors(64), 66);
+    }
 
     #[test]
     fn the_location_keeps_path_and_query_and_never_the_requests_authority() {

@@ -58,6 +58,8 @@ const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How connections are bounded.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Which listener these limits are for, as logged (`main` or `redirect`).
+    pub listener: &'static str,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -123,6 +125,7 @@ pub async fn serve(
                 if last_limit_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_EVERY) {
                     last_limit_warning = Some(Instant::now());
                     tracing::warn!(
+                        listener = limits.listener,
                         open_connections = limits.max_connections - slots.available_permits(),
                         max_connections = limits.max_connections,
                         "connection limit reached; new connections wait for a free slot (TOLLGATE_MAX_CONNECTIONS)"
@@ -165,6 +168,7 @@ async fn accept_failed(e: &io::Error, limits: &Limits, slots: &Semaphore, last_w
     if last_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_EVERY) {
         *last_warning = Some(Instant::now());
         tracing::warn!(
+            listener = limits.listener,
             error = %e,
             open_connections = limits.max_connections - slots.available_permits(),
             "cannot accept connections"

@@ -2,7 +2,6 @@
 //! re-read from its files on SIGHUP. A handshake takes whatever pair is current when it starts; a
 //! connection keeps the certificate it was opened with, so a reload drops nobody.
 
-use std::future::Future;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::Context;
@@ -131,10 +130,12 @@ pub fn not_after(der: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
     let (0x30, validity, _) = der_item(rest)? else { return None };
     let (_, _, rest) = der_item(validity)?; // notBefore
     let (tag, time, _) = der_item(rest)?;
-    let text = std::str::from_utf8(time).ok()?;
+    // Both time types are ASCII digits and `Z`; anything else (a forged or broken certificate) is
+    // unreadable, never sliced inside a character.
+    let text = std::str::from_utf8(time).ok().filter(|t| t.is_ascii())?;
     let full = match tag {
         // UTCTime: YYMMDDHHMMSSZ, years 1950-2049 (RFC 5280 4.1.2.5.1)
-        0x17 if text.len() == 13 => format!("{}{text}", if text[..2].parse::<u8>().ok()? >= 50 { "19" } else { "20" }),
+        0x17 if text.len() == 13 => format!("{}{text}", if text.get(..2)?.parse::<u8>().ok()? >= 50 { "19" } else { "20" }),
         // GeneralizedTime: YYYYMMDDHHMMSSZ
         0x18 if text.len() == 15 => text.to_owned(),
         _ => return None,
@@ -160,33 +161,67 @@ fn der_item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
-/// Reloads `certs` on every SIGHUP: logs the new certificate's fingerprint and expiry, or the error
-/// (keeping the pair in use). The handler is registered now, before the server says it listens.
-#[cfg(unix)]
-pub fn reload_on_sighup(certs: Arc<ReloadableCert>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-    Ok(async move {
-        while hangup.recv().await.is_some() {
-            match certs.reload() {
-                Ok(s) => tracing::info!(
-                    fingerprint_sha256 = %s.fingerprint_sha256,
-                    not_after = s.not_after.as_deref().unwrap_or("unknown"),
-                    "TLS certificate reloaded"
-                ),
-                Err(e) => tracing::error!(
-                    error = %format!("{e:#}"),
-                    fingerprint_sha256 = %certs.summary().fingerprint_sha256,
-                    "cannot reload the TLS certificate; still serving the previous one"
-                ),
-            }
-        }
-    })
+/// SIGHUP, listened for from the very start of `serve` (before the database is opened), so that a
+/// SIGHUP at any point is handled rather than ending the process (its default action). Signals that
+/// arrive before [`reload_on_sighup`] runs are kept and handled then.
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-pub fn reload_on_sighup(_certs: Arc<ReloadableCert>) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    Ok(std::future::pending::<()>())
+impl Hangups {
+    /// Registers the handler; needs a running tokio runtime.
+    #[cfg(unix)]
+    pub fn install() -> anyhow::Result<Hangups> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Hangups { signal: signal(SignalKind::hangup()).context("cannot handle SIGHUP")? })
+    }
+
+    #[cfg(not(unix))]
+    pub fn install() -> anyhow::Result<Hangups> {
+        Ok(Hangups {})
+    }
+
+    async fn recv(&mut self) -> Option<()> {
+        #[cfg(unix)]
+        return self.signal.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+}
+
+/// Handles every SIGHUP: reloads `certs` (see [`reload_logged`]), or, without TLS, logs that there
+/// is nothing to reload and goes on serving.
+pub async fn reload_on_sighup(mut hangups: Hangups, certs: Option<Arc<ReloadableCert>>) {
+    while hangups.recv().await.is_some() {
+        match &certs {
+            Some(certs) => reload_logged(certs),
+            None => tracing::warn!("SIGHUP: no TLS certificate to reload"),
+        }
+    }
+}
+
+/// Reloads `certs` and logs the new certificate's fingerprint and expiry, or the error (keeping the
+/// pair in use). A panic while reading the new pair is caught and logged the same way, so the
+/// SIGHUP task never dies and later reloads are still handled.
+pub fn reload_logged(certs: &ReloadableCert) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| certs.reload())) {
+        Ok(Ok(s)) => tracing::info!(
+            fingerprint_sha256 = %s.fingerprint_sha256,
+            not_after = s.not_after.as_deref().unwrap_or("unknown"),
+            "TLS certificate reloaded"
+        ),
+        Ok(Err(e)) => tracing::error!(
+            error = %format!("{e:#}"),
+            fingerprint_sha256 = %certs.summary().fingerprint_sha256,
+            "cannot reload the TLS certificate; still serving the previous one"
+        ),
+        Err(_) => tracing::error!(
+            error = "internal error while reading the new certificate (a panic, caught)",
+            fingerprint_sha256 = %certs.summary().fingerprint_sha256,
+            "cannot reload the TLS certificate; still serving the previous one"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -243,5 +278,39 @@ mod tests {
         assert_eq!(after.fingerprint_sha256, fingerprint_sha256(other.cert.der()));
         assert_eq!(after.not_after.as_deref(), Some("2032-01-01T00:00:00+00:00"));
         assert_eq!(certs.summary(), after);
+    }
+
+    /// `cert` with the notAfter time's contents replaced by `time` (same length).
+    fn with_not_after(cert: &[u8], old: &[u8], time: &[u8]) -> Vec<u8> {
+        assert_eq!(old.len(), time.len());
+        let at = cert.windows(old.len()).position(|w| w == old).expect("the notAfter time");
+        let mut der = cert.to_vec();
+        der[at..at + old.len()].copy_from_slice(time);
+        der
+    }
+
+    #[test]
+    fn a_non_ascii_time_is_unreadable_not_a_panic_and_reload_survives_it() {
+        let pair = cert_until(2031, 5, 17);
+        // "1é517000000Z" is 13 bytes, like a UTCTime, and byte 2 falls inside the `é`.
+        let forged = with_not_after(pair.cert.der(), b"310517000000Z", "1é517000000Z".as_bytes());
+        assert_eq!(not_after(&forged), None);
+
+        // Served as the new certificate (its key still matches, or cannot be checked): the reload
+        // is refused or taken, and it never panics.
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TlsConfig { cert_path: dir.path().join("c.pem"), key_path: dir.path().join("k.pem"), redirect_bind: None };
+        std::fs::write(&paths.cert_path, pair.cert.pem()).unwrap();
+        std::fs::write(&paths.key_path, pair.key_pair.serialize_pem()).unwrap();
+        let certs = ReloadableCert::load(&paths).unwrap();
+        let forged_pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &forged)
+        );
+        std::fs::write(&paths.cert_path, forged_pem).unwrap();
+        let reloaded = certs.reload().expect("the key still matches the forged certificate");
+        assert_eq!(reloaded.fingerprint_sha256, fingerprint_sha256(&forged));
+        assert_eq!(reloaded.not_after, None);
+        reload_logged(&certs);
     }
 }

@@ -371,3 +371,75 @@ async fn a_low_soft_open_file_limit_is_raised_to_fit_the_bound() {
     assert_eq!(open_files, ["1128", "4096"], "{limits}");
     assert!(!server.startup.join("\n").contains("does not fit the open-file limit"), "{:?}", server.startup);
 }
+
+/// The fault: the redirect listener (`TOLLGATE_HTTP_REDIRECT_BIND`) had the main listener's bound
+/// and was left out of the open-file budget, so unauthenticated clients holding silent connections
+/// to it took the descriptors the https listener needed (accept failed with EMFILE). It now has a
+/// bound of its own (an eighth of the main one, at most 64) that the budget includes.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn clients_holding_the_redirect_listener_cannot_starve_the_https_listener() {
+    let _ = crate::helpers::client(); // installs the crypto provider
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let env = [
+        ("TOLLGATE_TLS_CERT", cert_path.to_str().unwrap()),
+        ("TOLLGATE_TLS_KEY", key_path.to_str().unwrap()),
+        ("TOLLGATE_PUBLIC_URL", "https://localhost:8443"),
+        ("TOLLGATE_HTTP_REDIRECT_BIND", "127.0.0.1:0"),
+        ("TOLLGATE_MAX_CONNECTIONS", "200"),
+        ("TOLLGATE_HEADER_READ_TIMEOUT", "60s"),
+    ];
+    // 200 connections + 64 + 4 × 10 (the database pool) fit exactly: before the fix nothing was
+    // lowered and the redirect listener could take 201 descriptors of the 304.
+    let server = serve_with_open_file_limit(dir.path(), &env, 304, 304);
+    let startup = server.startup.join("\n");
+    let redirect = server
+        .startup
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "redirecting http to https")
+        .unwrap_or_else(|| panic!("the redirect listener is logged:\n{startup}"));
+    assert_eq!(redirect["max_connections"], 25, "{redirect}");
+    let redirect_addr: std::net::SocketAddr = redirect["addr"].as_str().unwrap().parse().unwrap();
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+
+    // 150 silent clients on the redirect port (26 accepted, the rest in its listen backlog)…
+    let connect = |to: std::net::SocketAddr| async move {
+        tokio::time::timeout(CLOSED_WITHIN, TcpStream::connect(to)).await.expect("connected").unwrap()
+    };
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(connect(redirect_addr).await);
+    }
+    // …and 150 on the https port, within its bound (before the fix, 150 + 150 and the process's
+    // own descriptors did not fit in 304)…
+    for _ in 0..150 {
+        silent.push(connect(addr).await);
+    }
+    // …and a real https client is still served, at once, not after the silent ones time out.
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .no_proxy()
+        .timeout(CLOSED_WITHIN)
+        .add_root_certificate(reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let r = client.get(format!("https://localhost:{}/healthz", addr.port())).send().await.expect("https is served");
+    assert_eq!(r.status(), 200);
+
+    let logs: Vec<String> = server.startup.iter().cloned().chain(drain(&server.lines, Duration::from_millis(300))).collect();
+    let all = logs.join("\n");
+    assert!(!all.contains("cannot accept connections"), "never out of descriptors:\n{all}");
+    let lowered = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"].as_str().is_some_and(|m| m.contains("does not fit the open-file limit")))
+        .unwrap_or_else(|| panic!("the main bound makes room for the redirect listener's:\n{all}"));
+    // 304 − (64 + 4 × 10 + 25 + 2).
+    assert_eq!(lowered["max_connections"], 173, "{lowered}");
+    drop(silent);
+}

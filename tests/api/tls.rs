@@ -148,9 +148,10 @@ async fn cert_dev_writes_a_certificate_that_is_served_and_trusted_by_a_client_tr
     assert!(first.status.success(), "{text}");
     let (cert_path, key_path) = (out.join("tollgate-dev-cert.pem"), out.join("tollgate-dev-key.pem"));
     for expected in [
-        format!("TOLLGATE_TLS_CERT={}", cert_path.display()),
-        format!("TOLLGATE_TLS_KEY={}", key_path.display()),
-        format!("curl --cacert {}", cert_path.display()),
+        // Paths in commands are shell-quoted.
+        format!("TOLLGATE_TLS_CERT='{}'", cert_path.display()),
+        format!("TOLLGATE_TLS_KEY='{}'", key_path.display()),
+        format!("curl --cacert '{}'", cert_path.display()),
         "update-ca-certificates".to_owned(),
         "security add-trusted-cert".to_owned(),
         "Firefox".to_owned(),
@@ -446,8 +447,8 @@ async fn the_redirect_listener_answers_308_to_the_public_https_origin_and_serves
         assert_eq!(r.bytes().await.unwrap().len(), 0, "{method} {path}: nothing of the API is served");
     }
 
-    // The listener has the main listener's connection limits: a silent client is closed after
-    // the header-read timeout (1 s here).
+    // The listener has the main listener's timeouts (its connection bound is its own, smaller:
+    // see connections.rs): a silent client is closed after the header-read timeout (1 s here).
     let mut silent = TcpStream::connect(&redirect).await.unwrap();
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut byte)).await.expect("the silent client is closed");
@@ -493,25 +494,91 @@ async fn the_curl_command_cert_dev_prints_works_against_the_served_certificate()
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("certs");
+    // A directory with a space, a quote and a command substitution: the printed command is run by
+    // sh as printed, so each path must be one shell word and nothing in it may run.
+    let out = dir.path().join("dev certs/it's $(touch pwned)");
     let written = binary::tollgate(dir.path(), &[]).args(["cert", "dev", "--out", out.to_str().unwrap()]).output().unwrap();
     assert!(written.status.success(), "{}", binary::output_text(&written));
     let printed = String::from_utf8(written.stdout).unwrap();
     let command = printed.lines().map(str::trim).find(|l| l.starts_with("curl --cacert ")).expect("a curl command");
     let server = serve_tls(dir.path(), &out.join("tollgate-dev-cert.pem"), &out.join("tollgate-dev-key.pem"), &[]);
     let port = server.addr.rsplit(':').next().unwrap();
-    let args: Vec<String> =
-        command.replace("localhost:8080", &format!("localhost:{port}")).split(' ').skip(1).map(String::from).collect();
+    let command = command.replace("localhost:8080", &format!("localhost:{port}"));
 
-    let curl = |args: &[String]| {
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["--silent", "--show-error", "--noproxy", "*", "--resolve", &format!("localhost:{port}:127.0.0.1")]);
-        cmd.args(args).output().unwrap()
+    let curl = |command: &str| {
+        let options = format!("--silent --show-error --noproxy '*' --resolve localhost:{port}:127.0.0.1");
+        let line = command.replacen("curl ", &format!("curl {options} "), 1);
+        std::process::Command::new("sh").current_dir(dir.path()).args(["-c", &line]).output().unwrap()
     };
-    let trusted = curl(&args);
-    assert!(trusted.status.success(), "{}", binary::output_text(&trusted));
+    let trusted = curl(&command);
+    assert!(trusted.status.success(), "{command}: {}", binary::output_text(&trusted));
     assert_eq!(String::from_utf8_lossy(&trusted.stdout), r#"{"status":"ok"}"#);
+    assert!(!dir.path().join("pwned").exists() && !out.join("pwned").exists(), "nothing in the path ran");
     // Without the certificate, curl refuses the server (exit 60: the peer cannot be verified).
-    let untrusted = curl(&args[2..]);
+    let url = command.split(' ').next_back().unwrap();
+    let untrusted = curl(&format!("curl {url}"));
     assert_eq!(untrusted.status.code(), Some(60), "{}", binary::output_text(&untrusted));
+}
+
+// ---- SIGHUP at any time, with or without TLS ----
+
+#[tokio::test]
+async fn sighup_on_a_server_without_tls_is_logged_and_it_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = binary::serve(dir.path(), &[]);
+    for _ in 0..2 {
+        hang_up(&server);
+        let logged = wait_for_log(&server, "SIGHUP: no TLS certificate to reload");
+        assert_eq!(logged["level"], "WARN");
+        assert!(server.child.try_wait().unwrap().is_none(), "the server is still running");
+        let r = crate::helpers::client().get(format!("http://{}/healthz", server.addr)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
+/// SIGHUP while `serve` is still opening its database (a PostgreSQL server that never answers) does
+/// not end the process: it fails later, on its own, with an exit code and its reason.
+#[cfg(unix)]
+#[tokio::test]
+async fn sighup_while_the_database_is_being_opened_does_not_end_the_process() {
+    use std::os::unix::process::ExitStatusExt;
+    let silent_db = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("postgres://tollgate@{}/tollgate", silent_db.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = binary::tollgate(
+        dir.path(),
+        &[("DATABASE_URL", &url), ("TOLLGATE_DATABASE_ACQUIRE_TIMEOUT", "2s"), ("TOLLGATE_BIND", "127.0.0.1:0")],
+    )
+    .arg("serve")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Once tollgate connects to the database, `serve` has started: SIGHUP now.
+    silent_db.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let _held = loop {
+        match silent_db.accept() {
+            Ok((held, _)) => break held,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("tollgate never connected to the database: {e}");
+            }
+        }
+    };
+    let status = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output();
+        out.unwrap()
+    })
+    .await
+    .unwrap();
+    let text = binary::output_text(&out);
+    assert_eq!(out.status.signal(), None, "not ended by SIGHUP: {text}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("cannot open the database"), "{text}");
 }
