@@ -221,9 +221,10 @@ PURE_DOMAIN += ["domain/credits.rs"]
 
 # (files the rule is about, what they must not import), as paths under src/ (a trailing / is a folder).
 RULES = [
-    (PURE_DOMAIN, ["store/", "http/", "stripe/", "app.rs", "config/", "ratelimit/"] + SERVICES),
-    (["store/"], ["http/", "stripe/", "app.rs", "ratelimit/"] + SERVICES),
+    (PURE_DOMAIN, ["store/", "http/", "stripe/", "nowpayments/", "app.rs", "config/", "ratelimit/"] + SERVICES),
+    (["store/"], ["http/", "stripe/", "nowpayments/", "app.rs", "ratelimit/"] + SERVICES),
     (["stripe/"], ["store/", "http/", "app.rs"] + SERVICES),
+    (["nowpayments/"], ["store/", "http/", "app.rs"] + SERVICES),
     (["http/"], ["app.rs"]),
     (["config/"], ["domain/", "store/", "http/", "stripe/", "app.rs", "ratelimit/"]),
     (["ratelimit/"], ["domain/", "store/", "http/", "stripe/", "app.rs", "config/"]),
