@@ -83,6 +83,8 @@ def main():
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/debug/tollgate"))
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
+    # Absolute: the binary runs with another working directory (a temporary one).
+    args.binary = os.path.abspath(args.binary)
 
     compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
     known = settings()
