@@ -207,5 +207,5 @@ pub async fn backup(config: &Config, dest: &Path) -> anyhow::Result<String> {
         store::StoreError::Rule(why) => anyhow::anyhow!(why),
         other => anyhow::anyhow!("backup to {} failed: {other}", dest.display()),
     })?;
-    Ok(format!("backed up to {} ({} bytes, {} tables, integrity ok)", dest.display(), done.bytes, done.tables))
+    Ok(format!("backed up to {} ({} bytes, {} tables, integrity ok)", done.path.display(), done.bytes, done.tables))
 }
