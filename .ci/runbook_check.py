@@ -68,6 +68,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/debug/tollgate"))
     args = parser.parse_args()
+    # Absolute: the binary runs with another working directory (a temporary one).
+    args.binary = os.path.abspath(args.binary)
     text = open(os.path.join(ROOT, "RUNBOOK.md")).read()
     problems, seen = [], set()
     for line in command_lines(text):

@@ -79,6 +79,7 @@ pub fn probe(config: &Config, url: Option<&str>, timeout: Duration) -> anyhow::R
                 pinned,
                 algorithms: provider.signature_verification_algorithms,
                 mismatch: AtomicBool::new(false),
+                bad_signature: AtomicBool::new(false),
             });
             let tls_config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
@@ -106,6 +107,20 @@ struct PinnedCertificate {
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
     /// Set when a server presented another certificate, to say so in words.
     mismatch: AtomicBool,
+    /// Set when the handshake was not signed by the presented certificate's key.
+    bad_signature: AtomicBool,
+}
+
+impl PinnedCertificate {
+    fn signature(
+        &self,
+        verdict: Result<HandshakeSignatureValid, rustls::Error>,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if verdict.is_err() {
+            self.bad_signature.store(true, Ordering::SeqCst);
+        }
+        verdict
+    }
 }
 
 impl ServerCertVerifier for PinnedCertificate {
@@ -131,7 +146,7 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signature(rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms))
     }
 
     fn verify_tls13_signature(
@@ -140,7 +155,7 @@ impl ServerCertVerifier for PinnedCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signature(rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms))
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -155,6 +170,11 @@ pub async fn healthcheck(probe: &Probe) -> Result<String, String> {
     let response = probe.client.get(url.clone()).send().await.map_err(|e| {
         let why = if probe.pinned.as_ref().is_some_and(|p| p.mismatch.load(Ordering::SeqCst)) {
             "the server's certificate is not the one in TOLLGATE_TLS_CERT".to_owned()
+        } else if probe.pinned.as_ref().is_some_and(|p| p.bad_signature.load(Ordering::SeqCst)) {
+            format!(
+                "the server presents the certificate in TOLLGATE_TLS_CERT but did not sign the handshake with its key ({})",
+                root_cause(&e)
+            )
         } else if e.is_timeout() {
             "timed out".to_owned()
         } else if e.is_connect() {
@@ -207,5 +227,5 @@ pub async fn backup(config: &Config, dest: &Path) -> anyhow::Result<String> {
         store::StoreError::Rule(why) => anyhow::anyhow!(why),
         other => anyhow::anyhow!("backup to {} failed: {other}", dest.display()),
     })?;
-    Ok(format!("backed up to {} ({} bytes, {} tables, integrity ok)", dest.display(), done.bytes, done.tables))
+    Ok(format!("backed up to {} ({} bytes, {} tables, integrity ok)", done.path.display(), done.bytes, done.tables))
 }

@@ -210,3 +210,205 @@ async fn db_backup_never_overwrites_and_refuses_postgresql_naming_pg_dump() {
     assert!(!output_text(&out).contains("secret-password"), "the URL's password is never printed");
     assert!(!target.exists());
 }
+
+/// Like `run`, in the directory `dir`.
+async fn run_in(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        tollgate(&dir, &env).args(&args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn db_backup_to_a_name_starting_with_file_colon_writes_that_file_not_a_sqlite_uri() {
+    // SQLite opens with URI filenames on: given as is, `file:copy.db` would be the URI of
+    // ./copy.db (and `?mode=…` its options) while the file claimed 0600 stayed empty.
+    let dir = tempfile::tempdir().unwrap();
+    let canonical = std::fs::canonicalize(dir.path()).unwrap();
+    let live_url = format!("sqlite://{}", dir.path().join("live.db").display());
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["migrate"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    for name in ["file:copy.db", "file:other.db?mode=memory"] {
+        let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", name]).await;
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", output_text(&out));
+        let written = canonical.join(name);
+        assert!(
+            stdout(&out).starts_with(&format!("backed up to {} (", written.display())) && stdout(&out).contains("integrity ok"),
+            "the absolute path of the file written: {}",
+            stdout(&out)
+        );
+        let bytes = std::fs::read(&written).unwrap();
+        assert!(bytes.len() > 4096 && bytes.starts_with(b"SQLite format 3\0"), "{name} holds the copy");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&written).unwrap().permissions().mode() & 0o777, 0o600, "the owner's only");
+        }
+    }
+    // Those two files beside the live database (and its -wal and -shm) and nothing else: no
+    // copy.db or other.db, no temporary file left.
+    let written: Vec<String> = names_in(dir.path()).into_iter().filter(|n| !n.starts_with("live.db")).collect();
+    assert_eq!(written, ["file:copy.db", "file:other.db?mode=memory"]);
+
+    // The copy is a database a server starts on.
+    let copy_url = format!("sqlite://{}", canonical.join("file:copy.db").display());
+    let out = run_in(dir.path(), &[("DATABASE_URL", &copy_url)], &["migrate"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // A relative name in a subdirectory is reported absolute.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", "sub/copy.db"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    assert!(stdout(&out).starts_with(&format!("backed up to {} (", canonical.join("sub/copy.db").display())), "{}", stdout(&out));
+    assert_eq!(names_in(&dir.path().join("sub")), ["copy.db"]);
+}
+
+#[tokio::test]
+async fn db_backup_never_writes_through_an_existing_name_or_a_dangling_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let live_url = format!("sqlite://{}", dir.path().join("live.db").display());
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["migrate"]).await;
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    // An existing file under a `file:` name stays as it was.
+    std::fs::write(dir.path().join("file:taken.db"), "not a database").unwrap();
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", "file:taken.db"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("already exists; a backup never overwrites"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(dir.path().join("file:taken.db")).unwrap(), "not a database");
+
+    // A symbolic link to a file that does not exist (yet): not followed, nothing created there.
+    #[cfg(unix)]
+    {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let target = elsewhere.path().join("stolen.db");
+        std::os::unix::fs::symlink(&target, dir.path().join("link.db")).unwrap();
+        let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", "link.db"]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+        assert!(stderr(&out).contains("already exists; a backup never overwrites"), "{}", stderr(&out));
+        assert!(!target.exists(), "nothing written where the link points");
+        assert!(names_in(elsewhere.path()).is_empty());
+    }
+
+    // A directory that does not exist, and a name that is a directory: refused, nothing left.
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", "nowhere/copy.db"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(stderr(&out).contains("cannot use the directory nowhere"), "{}", stderr(&out));
+    let out = run_in(dir.path(), &[("DATABASE_URL", &live_url)], &["db", "backup", "."]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let left: Vec<String> = names_in(dir.path()).into_iter().filter(|n| n.contains("tollgate-backup")).collect();
+    assert!(left.is_empty(), "no temporary file left: {left:?}");
+}
+
+/// Serves the certificate chain `cert` with the private key `key` (whichever key that is: rustls
+/// checks the pair only in `with_single_cert`, not for a resolver), at one TLS version, answering
+/// every request `200 {"checks":{"database":"ok"}}`. Its address.
+async fn tls_server_with_key(cert: &str, key: &rcgen::KeyPair, version: &'static rustls::SupportedProtocolVersion) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Debug)]
+    struct Always(Arc<rustls::sign::CertifiedKey>);
+    impl rustls::server::ResolvesServerCert for Always {
+        fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<_, _>>().unwrap();
+    let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let signing = provider.key_provider.load_private_key(der).unwrap();
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Always(certified)));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"status":"ready","checks":{"database":"ok"}}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn healthcheck_over_tls_refuses_the_pinned_certificate_served_with_another_key() {
+    // The pinned certificate is public (anyone who connects gets it): what proves the server is
+    // this one is the handshake signed by the certificate's key. Same certificate, another key:
+    // refused, at both TLS versions (TLS 1.2 and 1.3 sign differently).
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["pay.example.test".to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let own_key = rcgen::KeyPair::generate().unwrap();
+    let cert = dir.path().join("pay.crt");
+    let key = dir.path().join("pay.key");
+    std::fs::write(&cert, params.self_signed(&own_key).unwrap().pem()).unwrap();
+    std::fs::write(&key, own_key.serialize_pem()).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // The impostor's key: the same algorithm (ECDSA P-256), so only the signature can tell.
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    assert_eq!(other_key.algorithm(), own_key.algorithm());
+
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        // The control: this test server with the certificate's own key is healthy.
+        let honest = tls_server_with_key(cert, &own_key, version).await;
+        let env = [("TOLLGATE_BIND", honest.as_str()), ("TOLLGATE_TLS_CERT", cert), ("TOLLGATE_TLS_KEY", key)];
+        let out = run(&env, &["healthcheck"]).await;
+        assert_eq!(out.status.code(), Some(0), "{:?}: {}", version.version, output_text(&out));
+
+        let impostor = tls_server_with_key(cert, &other_key, version).await;
+        let env = [("TOLLGATE_BIND", impostor.as_str()), ("TOLLGATE_TLS_CERT", cert), ("TOLLGATE_TLS_KEY", key)];
+        let out = run(&env, &["healthcheck"]).await;
+        assert_eq!(out.status.code(), Some(1), "{:?}: {}", version.version, output_text(&out));
+        let line = stderr(&out);
+        assert!(
+            line.starts_with("unhealthy: ")
+                && line.contains("presents the certificate in TOLLGATE_TLS_CERT but did not sign the handshake with its key")
+                && line.contains("BadSignature"),
+            "{:?}: {line}",
+            version.version
+        );
+        assert!(!line.contains("not the one in TOLLGATE_TLS_CERT"), "it is the pinned certificate: {line}");
+        assert!(stdout(&out).is_empty());
+    }
+}
