@@ -16,6 +16,7 @@ mod fulfilment;
 mod hardening;
 mod health;
 mod helpers;
+mod instances;
 mod licences;
 mod metrics;
 mod network;
