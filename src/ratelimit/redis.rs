@@ -256,7 +256,10 @@ pub struct RedisRateLimiter {
     sha: Mutex<Option<String>>,
 }
 
-const MAX_IDLE: usize = 16;
+/// Connections kept for reuse. A check beyond them opens a connection and closes it after: with 16,
+/// 32 concurrent clients on a budgeted route (two checks a request) opened about 1 200 new Redis
+/// connections a second (`bench/limiter.py`, BENCHMARKS.md); 64 covers the default pool sizes.
+const MAX_IDLE: usize = 64;
 
 impl RedisRateLimiter {
     /// For `url` (`redis://` or `rediss://`, `[user:password@]host[:port][/db]`), with every key
