@@ -6,6 +6,9 @@
 //! cargo run --release --example loadgen -- webhook URL CONCURRENCY SECONDS WHSEC
 //!   (every request is a new, uniquely-identified Stripe event, signed like Stripe signs it)
 //!
+//! URL may be a comma-separated list (several instances behind no load balancer): worker `w`
+//! sends to the `w % n`-th, so the load is spread evenly.
+//!
 //! With `LOADGEN_BEARER` set, `get` requests carry `Authorization: Bearer $LOADGEN_BEARER` (an API
 //! key, say: taken from the environment so it is not on the command line).
 
@@ -24,7 +27,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: loadgen get|webhook URL CONCURRENCY SECONDS [WHSEC]";
     let mode = args.get(1).expect(usage).clone();
-    let url = args.get(2).expect(usage).clone();
+    let urls: Vec<String> = args.get(2).expect(usage).split(',').map(str::to_owned).collect();
     let concurrency: usize = args.get(3).and_then(|s| s.parse().ok()).expect(usage);
     let seconds: u64 = args.get(4).and_then(|s| s.parse().ok()).expect(usage);
     let secret = args.get(5).cloned().unwrap_or_default();
@@ -34,7 +37,8 @@ async fn main() {
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|w| {
-            let (client, url, mode, secret, bearer) = (client.clone(), url.clone(), mode.clone(), secret.clone(), bearer.clone());
+            let url = urls[w % urls.len()].clone();
+            let (client, mode, secret, bearer) = (client.clone(), mode.clone(), secret.clone(), bearer.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;

@@ -18,6 +18,7 @@ mod hardening;
 mod health;
 mod healthcheck;
 mod helpers;
+mod instances;
 mod licences;
 mod metrics;
 mod network;

@@ -38,7 +38,8 @@ pub struct TestApp {
     pub echo_calls: Arc<AtomicUsize>,
     pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
-    _pg: Option<PgTestDb>,
+    /// Shared by every instance [`spawn_apps`] started on one database.
+    _pg: Option<Arc<PgTestDb>>,
 }
 
 impl TestApp {
@@ -66,6 +67,11 @@ pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> (Has
         Some(db) => db.url.clone(),
         None => format!("sqlite://{}", dir.join("tollgate.db").display()),
     };
+    (env_on(database_url, overrides), pg)
+}
+
+/// The environment of a test app on `database_url`; `overrides` win.
+fn env_on(database_url: String, overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("TOLLGATE_BIND", "127.0.0.1:0".to_owned()),
         ("DATABASE_URL", database_url),
@@ -81,7 +87,7 @@ pub async fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> (Has
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
-    (env, pg)
+    env
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -91,6 +97,35 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("tempdir");
     let (env, pg) = test_env(dir.path(), overrides).await;
+    start(env, dir, pg.map(Arc::new)).await
+}
+
+/// `n` instances of the application on ONE fresh PostgreSQL database and ONE Redis (both
+/// `TEST_DATABASE_URL` and `TEST_REDIS_URL` must be set; callers skip otherwise), started at once
+/// as a rolling deploy would: the same secrets (a random `TOLLGATE_JWT_SECRET` shared by all),
+/// `REDIS_URL`, and a `TOLLGATE_REDIS_KEY_PREFIX` of their own so that no other test shares their
+/// limiter keys. `overrides` win. Each is a separate `App`: its own pool, limiter, password queue,
+/// meters and caches (tests/api/instances.rs says why in-process is faithful).
+pub async fn spawn_apps(n: usize, overrides: &[(&str, &str)]) -> Vec<TestApp> {
+    let redis_url = std::env::var("TEST_REDIS_URL").expect("spawn_apps needs TEST_REDIS_URL");
+    let pg = Arc::new(fresh_postgres_database().await.expect("spawn_apps needs TEST_DATABASE_URL"));
+    let jwt_secret = tollgate::domain::crypto::random_token();
+    let prefix = format!("tollgate-test:{}:", uuid::Uuid::new_v4().simple());
+    let mut shared: Vec<(&str, &str)> =
+        vec![("TOLLGATE_JWT_SECRET", &jwt_secret), ("REDIS_URL", &redis_url), ("TOLLGATE_REDIS_KEY_PREFIX", &prefix)];
+    shared.extend_from_slice(overrides);
+    let starts = (0..n).map(|_| {
+        let (pg, shared) = (pg.clone(), &shared);
+        async move {
+            let env = env_on(pg.url.clone(), shared);
+            start(env, tempfile::tempdir().expect("tempdir"), Some(pg)).await
+        }
+    });
+    futures_util::future::join_all(starts).await
+}
+
+/// Builds and starts the application with `env`.
+async fn start(env: HashMap<String, String>, dir: tempfile::TempDir, pg: Option<Arc<PgTestDb>>) -> TestApp {
     let database_url = env["DATABASE_URL"].clone();
     let config = Config::load(&Sources { env, ..Default::default() }).expect("test configuration is valid");
     let echo_calls = Arc::new(AtomicUsize::new(0));
