@@ -117,6 +117,27 @@ pub async fn licence_service(
     Ok(service)
 }
 
+/// The outbox's dispatcher for `config`: webhooks (private addresses as configured) and email
+/// through the configured mailer.
+pub fn dispatcher(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<crate::notify::dispatcher::Dispatcher> {
+    let mailer = crate::notify::email::mailer_from_config(config);
+    let host = config.public_url.host_str().unwrap_or("localhost");
+    let mail = crate::notify::email::MailSettings {
+        from: format!("tollgate@{host}"),
+        reply_to: None,
+        product_name: "tollgate".to_owned(),
+        public_url: config.public_url.clone(),
+    };
+    crate::notify::dispatcher::Dispatcher::new(
+        store,
+        config.is_production(),
+        config.webhooks.allow_private,
+        config.webhooks.retry_schedule.clone(),
+        mailer,
+        mail,
+    )
+}
+
 /// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).
 fn own_webhook_url(addr: SocketAddr, tls: bool) -> anyhow::Result<url::Url> {
     let ip = match addr.ip() {
@@ -284,8 +305,14 @@ impl App {
                 }
             }
         });
+        // The outbox is delivered while serving; on shutdown the batch in hand is finished.
+        let dispatcher = dispatcher(&self.state.config, self.state.store.clone())?.spawn(self.stop.subscribe());
         let served = crate::http::server::serve(self.listener, self.tls, self.router, self.limits, self.stop.subscribe()).await;
         sweeper.abort();
+        self.stop.send_replace(true);
+        if tokio::time::timeout(self.limits.shutdown_timeout, dispatcher).await.is_err() {
+            tracing::warn!("the outbox dispatcher did not stop in time; its leases expire and another instance takes over");
+        }
         self.state.store.close().await;
         served.context("server error")
     }

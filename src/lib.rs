@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod meters;
+pub mod notify;
 pub mod ratelimit;
 pub mod redis;
 pub mod store;

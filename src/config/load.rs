@@ -5,7 +5,7 @@ use std::fmt;
 use super::layer::layer;
 use super::sources::Sources;
 use super::types::Config;
-use super::{auth, database, http, licence, logging, payments, server, stripe, tls};
+use super::{auth, database, http, licence, logging, payments, server, stripe, tls, webhooks};
 
 /// Everything wrong with a configuration, each line naming the variable and never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,7 @@ impl Config {
         let auth = auth::parse(&raw, &mut errors);
         let payments = payments::parse(&raw, &server.public_url, &mut errors);
         let licence = licence::parse(&raw, &mut errors);
+        let webhooks = webhooks::parse(&raw, server.env, &mut errors);
         let config = Config {
             env: server.env,
             env_explicit: server.env_explicit,
@@ -83,6 +84,7 @@ impl Config {
             auth,
             payments,
             licence,
+            webhooks,
         };
         (config, errors)
     }
