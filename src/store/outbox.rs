@@ -587,7 +587,8 @@ macro_rules! impl_outbox_store {
             async fn enqueue_ping(&self, endpoint_id: &str, now: chrono::DateTime<chrono::Utc>) -> Result<Option<String>, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 let id = $crate::store::pool::transaction!(self, tx => {
-                    let found: Option<String> = sqlx::query_scalar("SELECT id FROM webhook_endpoints WHERE id = $1")
+                    // A write first: it takes SQLite's write lock at once (see `debit_credits`).
+                    let found: Option<String> = sqlx::query_scalar("UPDATE webhook_endpoints SET updated_at = updated_at WHERE id = $1 RETURNING id")
                         .bind(endpoint_id)
                         .fetch_optional(&mut *tx)
                         .await?;

@@ -20,6 +20,7 @@ mod licences;
 mod metrics;
 mod network;
 mod openapi;
+mod outbound_webhooks;
 mod ratelimits;
 mod refunds_disputes;
 mod security_headers;
