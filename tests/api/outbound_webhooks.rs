@@ -485,3 +485,114 @@ async fn endpoints_are_validated_admin_only_and_audited() {
     assert_eq!(again.status(), 404);
     assert_eq!(s.app.audit_count().await, audit_before + 3);
 }
+
+#[tokio::test]
+async fn sigkill_and_restart_between_five_deliveries_still_make_one_order_paid() {
+    use crate::helpers::binary::serve;
+    use crate::helpers::stripe::WHSEC;
+    let dir = tempfile::tempdir().unwrap();
+    let pg = crate::helpers::fresh_postgres_database().await;
+    let database_url = match &pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("tollgate.db").display()),
+    };
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("STRIPE_WEBHOOK_SECRET", WHSEC),
+        ("TOLLGATE_JWT_SECRET", "a-test-jwt-secret-that-is-long-enough-0123456789"),
+    ];
+    let (url, r) = receiver(Receiver::default()).await;
+    let client = crate::helpers::client();
+
+    let mut server = serve(dir.path(), &env);
+    let store = tollgate::store::connect(&tollgate::config::DatabaseConfig {
+        url: secrecy::SecretString::from(database_url.clone()),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        migrate_on_start: false,
+    })
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    store
+        .insert_endpoint(&tollgate::store::outbox::EndpointRow {
+            id: "we_crash".into(),
+            url,
+            events: r#"["order.paid"]"#.into(),
+            description: None,
+            disabled: false,
+            secret: tollgate::notify::webhook::new_secret(),
+            previous_secret: None,
+            previous_until: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    let grant: tollgate::domain::catalog::Grant = serde_json::from_value(json!({"kind": "access", "feature": "pro"})).unwrap();
+    store
+        .insert_product(&tollgate::store::payments::ProductRow {
+            id: "pr_crash".into(),
+            name: "Pro".into(),
+            description: None,
+            active: true,
+            version: 1,
+            amount: 1500,
+            currency: "usd".into(),
+            stripe_price_id: None,
+            grant_spec: grant.to_json(),
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.addr);
+    let pw = crate::helpers::accounts::PASSWORD;
+    let reg = client.post(format!("{base}/api/v1/auth/register")).json(&json!({"email": "crash@example.com", "password": pw})).send().await.unwrap();
+    assert_eq!(reg.status(), 201);
+    let tok: Value = client.post(format!("{base}/api/v1/auth/token")).json(&json!({"email": "crash@example.com", "password": pw})).send().await.unwrap().json().await.unwrap();
+    let checkout: Value = client
+        .post(format!("{base}/api/v1/checkout/sessions"))
+        .bearer_auth(tok["access_token"].as_str().unwrap())
+        .json(&json!({"product_id": "pr_crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, body) = completed(&checkout, 1500);
+
+    for round in 0..5 {
+        if round > 0 {
+            server = serve(dir.path(), &env);
+        }
+        let header = tollgate::stripe::webhook::sign(&body, WHSEC, chrono::Utc::now().timestamp());
+        let url = format!("http://{}/api/v1/webhooks/stripe", server.addr);
+        let answer = client.post(&url).header("stripe-signature", header).body(body.clone()).send().await.unwrap();
+        assert_eq!(answer.status(), 200, "round {round}");
+        if round < 4 {
+            server.child.kill().unwrap(); // SIGKILL, whatever the dispatcher was doing
+            server.child.wait().unwrap();
+        }
+    }
+    // The last one runs; a message leased by a killed process comes back when its lease (60 s) ends.
+    for _ in 0..900 {
+        let m = store.endpoint_messages("we_crash", 10, None).await.unwrap();
+        if m.len() == 1 && m[0].status == "delivered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let messages = store.endpoint_messages("we_crash", 10, None).await.unwrap();
+    assert_eq!(messages.len(), 1, "one order.paid message");
+    assert_eq!(messages[0].status, "delivered");
+    let mut ids: Vec<String> = r.of_type("order.paid").into_iter().map(|g| g.id).collect();
+    assert!(!ids.is_empty());
+    ids.dedup();
+    assert_eq!(ids, vec![messages[0].id.clone()], "every delivery the receiver saw was that one message");
+    drop(server);
+    store.close().await;
+}
