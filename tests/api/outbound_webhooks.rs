@@ -596,3 +596,81 @@ async fn sigkill_and_restart_between_five_deliveries_still_make_one_order_paid()
     drop(server);
     store.close().await;
 }
+
+#[tokio::test]
+async fn refunds_disputes_and_credits_each_tell_the_merchant_once_in_order() {
+    use crate::helpers::shop::{dispute, refunded};
+    let s = shop(&[]).await;
+    let (url, r) = receiver(Receiver::default()).await;
+    let all = [
+        "order.paid",
+        "order.partially_refunded",
+        "order.refunded",
+        "order.disputed",
+        "order.dispute_closed",
+        "entitlement.granted",
+        "entitlement.suspended",
+        "entitlement.restored",
+        "entitlement.revoked",
+        "credits.changed",
+    ];
+    endpoint(&s, &url, &all).await;
+    let product = s.credits_product(1000, 50).await;
+    let checkout = s.checkout(&product).await;
+    let steps: Vec<Vec<u8>> = vec![
+        completed(&checkout, 1000).1,
+        refunded(&checkout, 1000, 300).1,
+        dispute(&checkout, "charge.dispute.created", "needs_response").1,
+        dispute(&checkout, "charge.dispute.closed", "won").1,
+        refunded(&checkout, 1000, 1000).1,
+    ];
+    let want: Vec<Vec<&str>> = vec![
+        vec!["order.paid", "entitlement.granted", "credits.changed"],
+        vec!["order.partially_refunded"],
+        vec!["order.disputed", "entitlement.suspended", "credits.changed"],
+        vec!["order.dispute_closed", "entitlement.restored", "credits.changed"],
+        vec!["order.refunded", "entitlement.revoked", "credits.changed"],
+    ];
+    let mut expected: Vec<&str> = Vec::new();
+    for (body, types) in steps.iter().zip(&want) {
+        assert_eq!(s.deliver(body).await, 200);
+        expected.extend(types);
+        let n = expected.len();
+        until("the step's messages", || r.got().len() >= n).await;
+    }
+    // Every event again (Stripe's redelivery): nothing new.
+    for body in &steps {
+        assert_eq!(s.deliver(body).await, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got: Vec<Value> = r.got().iter().map(|g| serde_json::from_str(&g.body).unwrap()).collect();
+    let mut by_sequence = got.clone();
+    by_sequence.sort_by_key(|v| v["data"]["sequence"].as_i64().unwrap());
+    let types: Vec<&str> = by_sequence.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(types, expected, "each fact once, numbered in the order it happened");
+    let balances: Vec<i64> =
+        by_sequence.iter().filter(|v| v["type"] == "credits.changed").map(|v| v["data"]["credits"]["balance"].as_i64().unwrap()).collect();
+    assert_eq!(balances, vec![50, 0, 50, 0]);
+    let refund = by_sequence.iter().find(|v| v["type"] == "order.partially_refunded").unwrap();
+    assert_eq!((refund["data"]["refunded_now"].as_i64(), refund["data"]["order"]["amount_refunded"].as_i64()), (Some(300), Some(300)));
+    let closed = by_sequence.iter().find(|v| v["type"] == "order.dispute_closed").unwrap();
+    assert_eq!(closed["data"]["outcome"], "won");
+    // The buyer: a receipt and two refund notices.
+    let rows = outbox_rows(&s).await;
+    let mails: Vec<&str> = rows.iter().filter(|r| r.0 == "email").map(|r| r.2.as_str()).collect();
+    assert_eq!(mails, vec!["receipt", "refund", "refund"]);
+}
+
+#[tokio::test]
+async fn a_password_change_writes_one_notice_email_in_its_transaction() {
+    use crate::helpers::accounts::{change_password, login, register, NEW_PASSWORD, PASSWORD};
+    let s = shop(&[]).await;
+    register(&s.app, "changer@example.com").await;
+    let b = login(&s.app, "changer@example.com", PASSWORD).await;
+    assert_eq!(change_password(&s.app, &b, PASSWORD, NEW_PASSWORD).await.status(), 204);
+    assert_eq!(change_password(&s.app, &b, PASSWORD, NEW_PASSWORD).await.status().as_u16() / 100, 4, "the old password no longer works");
+    let rows = outbox_rows(&s).await;
+    let mails: Vec<_> = rows.iter().filter(|r| r.0 == "email" && r.2 == "password_changed").collect();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].1, "changer@example.com");
+}
