@@ -286,6 +286,8 @@ async fn a_message_that_exhausts_the_schedule_fails_and_retry_now_delivers_it() 
     let id = ping.json::<Value>().await.unwrap()["message_id"].as_str().unwrap().to_owned();
     let m = until_messages(&s, &ep, "failed", |m| m.len() == 1 && m[0]["status"] == "failed").await;
     assert_eq!(m[0]["attempts"].as_array().unwrap().len(), 2);
+    let metrics = s.app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("tollgate_outbox_messages{status=\"failed\"} 1"), "{metrics}");
     let retry = s.post(&s.admin, &format!("/api/v1/admin/webhook-messages/{id}/retry"), json!({})).await;
     assert_eq!(retry.status(), 202);
     until_messages(&s, &ep, "delivered on retry", |m| m[0]["status"] == "delivered").await;
