@@ -148,7 +148,14 @@ pub fn grant_notice(g: &GrantView<'_>, from: Option<GrantState>, to: GrantState,
 }
 
 /// A movement of the user's credit balance (one per movement id).
-pub fn credits_notice(movement_id: &str, kind: &str, amount: i64, balance_after: i64, reason: &str, order_id: Option<&str>) -> Notice {
+pub fn credits_notice(
+    movement_id: &str,
+    kind: &str,
+    amount: i64,
+    balance_after: i64,
+    reason: &str,
+    order_id: Option<&str>,
+) -> Notice {
     Notice {
         event_type: "credits.changed",
         fact_key: format!("credits.changed:{movement_id}"),
@@ -286,9 +293,18 @@ mod tests {
         };
         let f = paid();
         assert_eq!(grant_notice(&g, None, GrantState::Active, &f).unwrap().event_type, "entitlement.granted");
-        assert_eq!(grant_notice(&g, Some(GrantState::Active), GrantState::Suspended, &f).unwrap().event_type, "entitlement.suspended");
-        assert_eq!(grant_notice(&g, Some(GrantState::Suspended), GrantState::Active, &f).unwrap().event_type, "entitlement.restored");
-        assert_eq!(grant_notice(&g, Some(GrantState::Active), GrantState::Revoked, &f).unwrap().event_type, "entitlement.revoked");
+        assert_eq!(
+            grant_notice(&g, Some(GrantState::Active), GrantState::Suspended, &f).unwrap().event_type,
+            "entitlement.suspended"
+        );
+        assert_eq!(
+            grant_notice(&g, Some(GrantState::Suspended), GrantState::Active, &f).unwrap().event_type,
+            "entitlement.restored"
+        );
+        assert_eq!(
+            grant_notice(&g, Some(GrantState::Active), GrantState::Revoked, &f).unwrap().event_type,
+            "entitlement.revoked"
+        );
         assert!(grant_notice(&g, Some(GrantState::Active), GrantState::Active, &f).is_none());
     }
 

@@ -88,7 +88,9 @@ pub fn check_url(url: &str, production: bool, allow_private: bool) -> Result<url
     };
     if let Some(ip) = ip {
         if !allow_private && is_forbidden(ip) {
-            return Err(format!("{ip} is a private, loopback, link-local or metadata address (TOLLGATE_WEBHOOK_ALLOW_PRIVATE is off)"));
+            return Err(format!(
+                "{ip} is a private, loopback, link-local or metadata address (TOLLGATE_WEBHOOK_ALLOW_PRIVATE is off)"
+            ));
         }
     }
     Ok(u)
@@ -107,7 +109,9 @@ impl Resolve for FilteringResolver {
             let allowed: Vec<SocketAddr> = found.iter().copied().filter(|a| !is_forbidden(a.ip())).collect();
             if allowed.is_empty() {
                 let refused: Vec<String> = found.iter().map(|a| a.ip().to_string()).collect();
-                return Err(format!("refused: {host} resolves only to private or reserved addresses ({})", refused.join(", ")).into());
+                return Err(
+                    format!("refused: {host} resolves only to private or reserved addresses ({})", refused.join(", ")).into()
+                );
             }
             let addrs: Addrs = Box::new(allowed.into_iter());
             Ok(addrs)

@@ -125,7 +125,13 @@ pub async fn deliver(client: &reqwest::Client, url: &url::Url, msg_id: &str, bod
 
 /// A transport error in words, with its causes (the resolver's refusal among them), never the URL.
 fn describe(e: &reqwest::Error) -> String {
-    let mut out = if e.is_timeout() { "timed out".to_owned() } else if e.is_connect() { "cannot connect".to_owned() } else { "request failed".to_owned() };
+    let mut out = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let line = s.to_string();

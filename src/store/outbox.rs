@@ -126,19 +126,41 @@ pub trait OutboxStore: Send + Sync {
     /// Removes the endpoint and its messages; false when absent.
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
     /// The new secret signs from now on, the old one beside it until `previous_until`.
-    async fn rotate_endpoint_secret(&self, id: &str, secret: &str, previous_until: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn rotate_endpoint_secret(
+        &self,
+        id: &str,
+        secret: &str,
+        previous_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Leases up to `limit` due messages to `owner` until `lease_until`: pending, due, and not
     /// leased (or the lease expired: its dispatcher died). Concurrent callers never get one row both.
-    async fn claim_outbox(&self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>, limit: i64) -> Result<Vec<MessageRow>, StoreError>;
+    async fn claim_outbox(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<MessageRow>, StoreError>;
     /// Records the attempt and moves the message on (if `owner` still holds its lease); a
     /// webhook's endpoint learns whether it is failing. Whether the message moved.
     async fn finish_attempt(&self, done: &AttemptDone) -> Result<bool, StoreError>;
     /// Disables `id` when it has failed continuously since before `failing_before`, and in the
     /// same transaction writes an `endpoint_disabled` email to every admin. Whether it was disabled.
-    async fn disable_failing_endpoint(&self, id: &str, failing_before: DateTime<Utc>, now: DateTime<Utc>) -> Result<bool, StoreError>;
+    async fn disable_failing_endpoint(
+        &self,
+        id: &str,
+        failing_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     async fn outbox_message(&self, id: &str) -> Result<Option<MessageRow>, StoreError>;
     /// An endpoint's messages, newest first.
-    async fn endpoint_messages(&self, endpoint_id: &str, limit: i64, starting_after: Option<&str>) -> Result<Vec<MessageRow>, StoreError>;
+    async fn endpoint_messages(
+        &self,
+        endpoint_id: &str,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<MessageRow>, StoreError>;
     async fn message_attempts(&self, message_id: &str) -> Result<Vec<AttemptRow>, StoreError>;
     /// Sends again (same message, same id) every message for the endpoint that occurred at or
     /// after `since` and is not being sent right now; how many.
@@ -153,7 +175,8 @@ pub trait OutboxStore: Send + Sync {
 
 pub(crate) const ENDPOINT_COLUMNS: &str =
     "id, url, events, description, disabled, secret, previous_secret, previous_until, failing_since, created_at, updated_at";
-pub(crate) const MESSAGE_COLUMNS: &str = "id, kind, recipient, event_type, payload, fact_key, user_id, user_seq, occurred_at, status, \
+pub(crate) const MESSAGE_COLUMNS: &str =
+    "id, kind, recipient, event_type, payload, fact_key, user_id, user_seq, occurred_at, status, \
      attempts, next_attempt_at, lease_owner, lease_until, delivered_at, last_error, created_at";
 
 /// Messages written since the dispatchers were last woken (see [`wake_after_commit`]).
@@ -296,8 +319,7 @@ macro_rules! impl_outbox_store {
                 .bind(e.created_at)
                 .bind(e.updated_at)
                 .execute(&mut *c)
-                .await)
-                .map_err($crate::store::accounts::conflict)?;
+                .await)?;
                 Ok(())
             }
 

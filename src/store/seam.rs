@@ -48,7 +48,17 @@ pub struct MigrationStatus {
 
 #[async_trait]
 pub trait Store:
-    AccountStore + ApiKeyStore + AuditStore + CreditStore + LedgerStore + LicenceStore + OutboxStore + PaymentStore + Send + Sync + 'static
+    AccountStore
+    + ApiKeyStore
+    + AuditStore
+    + CreditStore
+    + LedgerStore
+    + LicenceStore
+    + OutboxStore
+    + PaymentStore
+    + Send
+    + Sync
+    + 'static
 {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.

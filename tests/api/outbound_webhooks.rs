@@ -47,7 +47,11 @@ impl Receiver {
     }
 }
 
-async fn receive(axum::extract::State(r): axum::extract::State<Receiver>, headers: HeaderMap, body: String) -> axum::response::Response {
+async fn receive(
+    axum::extract::State(r): axum::extract::State<Receiver>,
+    headers: HeaderMap,
+    body: String,
+) -> axum::response::Response {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let got = Got { id: h("webhook-id"), timestamp: h("webhook-timestamp"), signature: h("webhook-signature"), body };
     {
@@ -181,7 +185,9 @@ print(json.dumps(counts))
 }
 
 async fn paid_order(s: &Shop) -> (Value, Vec<u8>) {
-    let product = s.product(json!({"name": "Pro <b>", "amount": 1500, "currency": "usd", "grant": {"kind": "access", "feature": "pro"}})).await;
+    let product = s
+        .product(json!({"name": "Pro <b>", "amount": 1500, "currency": "usd", "grant": {"kind": "access", "feature": "pro"}}))
+        .await;
     let checkout = s.checkout(&product).await;
     let (_, body) = completed(&checkout, 1500);
     (checkout, body)
@@ -334,7 +340,12 @@ async fn a_message_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expir
         s.app.store.enqueue_ping(&ep, now - chrono::Duration::seconds(1)).await.unwrap().unwrap()
     };
     // (the live dispatcher may have claimed it already; then the dead one gets nothing)
-    let dead = s.app.store.claim_outbox("dsp_dead", chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::seconds(2), 10).await.unwrap();
+    let dead = s
+        .app
+        .store
+        .claim_outbox("dsp_dead", chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::seconds(2), 10)
+        .await
+        .unwrap();
     if dead.iter().any(|m| m.id == id) {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(r.got().is_empty(), "leased to the dead dispatcher");
@@ -349,7 +360,9 @@ async fn a_message_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expir
 #[tokio::test]
 async fn private_addresses_are_refused_on_save_and_on_the_address_connected_to() {
     let s = shop(&[("TOLLGATE_WEBHOOK_ALLOW_PRIVATE", "false")]).await;
-    for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://[::ffff:10.0.0.1]/", "http://10.1.2.3/"] {
+    for url in
+        ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data", "http://[::ffff:10.0.0.1]/", "http://10.1.2.3/"]
+    {
         let r = s.post(&s.admin, "/api/v1/admin/webhook-endpoints", json!({"url": url, "events": ["ping"]})).await;
         let p = crate::helpers::assert_problem(r, 422).await;
         assert_eq!(p["errors"][0]["field"], "url", "{url}: {p}");
@@ -379,11 +392,17 @@ async fn private_addresses_are_refused_on_save_and_on_the_address_connected_to()
     for e in [ep.as_str(), "we_metadata"] {
         assert_eq!(s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{e}/ping"), json!({})).await.status(), 202);
     }
-    let m = until_messages(&s, &ep, "a refused attempt", |m| m.first().is_some_and(|m| !m["attempts"].as_array().unwrap().is_empty())).await;
+    let m = until_messages(&s, &ep, "a refused attempt", |m| {
+        m.first().is_some_and(|m| !m["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
     let err = m[0]["attempts"][0]["error"].as_str().unwrap();
     assert!(err.contains("refused") && err.contains("127.0.0.1"), "{err}");
     assert!(m[0]["attempts"][0]["status_code"].is_null());
-    let m = until_messages(&s, "we_metadata", "a refused attempt", |m| m.first().is_some_and(|m| !m["attempts"].as_array().unwrap().is_empty())).await;
+    let m = until_messages(&s, "we_metadata", "a refused attempt", |m| {
+        m.first().is_some_and(|m| !m["attempts"].as_array().unwrap().is_empty())
+    })
+    .await;
     assert!(m[0]["attempts"][0]["error"].as_str().unwrap().contains("169.254.169.254"));
     assert!(r.got().is_empty(), "the receiver on loopback was never reached");
 }
@@ -419,7 +438,9 @@ async fn after_a_rotation_both_secrets_verify_for_24_hours() {
     until("the ping", || !r.got().is_empty()).await;
     let got = r.got();
     assert_eq!(got[0].signature.split(' ').count(), 2, "two signatures during the overlap");
-    if let Some(counts) = verify_with_library("after_a_rotation", &got, &[&old, &new, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="]) {
+    if let Some(counts) =
+        verify_with_library("after_a_rotation", &got, &[&old, &new, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="])
+    {
         assert_eq!(counts, vec![1, 1, 0]);
     }
     // The secret is never listed.
@@ -432,7 +453,13 @@ async fn replay_since_t_sends_again_exactly_the_messages_since_t() {
     let s = shop(&[]).await;
     let (url, r) = receiver(Receiver::default()).await;
     let (ep, _) = endpoint(&s, &url, &["ping"]).await;
-    let ping = || async { s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/ping"), json!({})).await.json::<Value>().await.unwrap()["message_id"].as_str().unwrap().to_owned() };
+    let ping = || async {
+        s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/ping"), json!({})).await.json::<Value>().await.unwrap()
+            ["message_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     let before = ping().await;
     until("the first ping", || r.got().len() == 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -462,7 +489,8 @@ async fn replay_since_t_sends_again_exactly_the_messages_since_t() {
 #[tokio::test]
 async fn endpoints_are_validated_admin_only_and_audited() {
     let s = shop(&[]).await;
-    let bad = s.post(&s.admin, "/api/v1/admin/webhook-endpoints", json!({"url": "ftp://x", "events": ["order.paid", "nope"]})).await;
+    let bad =
+        s.post(&s.admin, "/api/v1/admin/webhook-endpoints", json!({"url": "ftp://x", "events": ["order.paid", "nope"]})).await;
     let p = crate::helpers::assert_problem(bad, 422).await;
     let fields: Vec<&str> = p["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
     assert_eq!(fields, vec!["url", "events[1]"]);
@@ -470,13 +498,19 @@ async fn endpoints_are_validated_admin_only_and_audited() {
     crate::helpers::assert_problem(none, 422).await;
     assert!(s.app.store.endpoints().await.unwrap().is_empty());
 
-    let as_user = s.post(&s.user, "/api/v1/admin/webhook-endpoints", json!({"url": "https://example.com/h", "events": ["ping"]})).await;
+    let as_user =
+        s.post(&s.user, "/api/v1/admin/webhook-endpoints", json!({"url": "https://example.com/h", "events": ["ping"]})).await;
     assert_eq!(as_user.status(), 403);
 
     let audit_before = s.app.audit_count().await;
     let (ep, _) = endpoint(&s, "https://example.com/h", &["ping"]).await;
     let patched = s
-        .send(reqwest::Method::PATCH, &s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}"), Some(json!({"events": ["order.paid"], "disabled": true})))
+        .send(
+            reqwest::Method::PATCH,
+            &s.admin,
+            &format!("/api/v1/admin/webhook-endpoints/{ep}"),
+            Some(json!({"events": ["order.paid"], "disabled": true})),
+        )
         .await;
     assert_eq!(patched.status(), 200);
     let v: Value = patched.json().await.unwrap();
@@ -551,9 +585,22 @@ async fn sigkill_and_restart_between_five_deliveries_still_make_one_order_paid()
         .unwrap();
     let base = format!("http://{}", server.addr);
     let pw = crate::helpers::accounts::PASSWORD;
-    let reg = client.post(format!("{base}/api/v1/auth/register")).json(&json!({"email": "crash@example.com", "password": pw})).send().await.unwrap();
+    let reg = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": "crash@example.com", "password": pw}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reg.status(), 201);
-    let tok: Value = client.post(format!("{base}/api/v1/auth/token")).json(&json!({"email": "crash@example.com", "password": pw})).send().await.unwrap().json().await.unwrap();
+    let tok: Value = client
+        .post(format!("{base}/api/v1/auth/token"))
+        .json(&json!({"email": "crash@example.com", "password": pw}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let checkout: Value = client
         .post(format!("{base}/api/v1/checkout/sessions"))
         .bearer_auth(tok["access_token"].as_str().unwrap())
@@ -650,11 +697,17 @@ async fn refunds_disputes_and_credits_each_tell_the_merchant_once_in_order() {
     by_sequence.sort_by_key(|v| v["data"]["sequence"].as_i64().unwrap());
     let types: Vec<&str> = by_sequence.iter().map(|v| v["type"].as_str().unwrap()).collect();
     assert_eq!(types, expected, "each fact once, numbered in the order it happened");
-    let balances: Vec<i64> =
-        by_sequence.iter().filter(|v| v["type"] == "credits.changed").map(|v| v["data"]["credits"]["balance"].as_i64().unwrap()).collect();
+    let balances: Vec<i64> = by_sequence
+        .iter()
+        .filter(|v| v["type"] == "credits.changed")
+        .map(|v| v["data"]["credits"]["balance"].as_i64().unwrap())
+        .collect();
     assert_eq!(balances, vec![50, 0, 50, 0]);
     let refund = by_sequence.iter().find(|v| v["type"] == "order.partially_refunded").unwrap();
-    assert_eq!((refund["data"]["refunded_now"].as_i64(), refund["data"]["order"]["amount_refunded"].as_i64()), (Some(300), Some(300)));
+    assert_eq!(
+        (refund["data"]["refunded_now"].as_i64(), refund["data"]["order"]["amount_refunded"].as_i64()),
+        (Some(300), Some(300))
+    );
     let closed = by_sequence.iter().find(|v| v["type"] == "order.dispute_closed").unwrap();
     assert_eq!(closed["data"]["outcome"], "won");
     // The buyer: a receipt and two refund notices.
@@ -670,7 +723,11 @@ async fn a_password_change_writes_one_notice_email_in_its_transaction() {
     register(&s.app, "changer@example.com").await;
     let b = login(&s.app, "changer@example.com", PASSWORD).await;
     assert_eq!(change_password(&s.app, &b, PASSWORD, NEW_PASSWORD).await.status(), 204);
-    assert_eq!(change_password(&s.app, &b, PASSWORD, NEW_PASSWORD).await.status().as_u16() / 100, 4, "the old password no longer works");
+    assert_eq!(
+        change_password(&s.app, &b, PASSWORD, NEW_PASSWORD).await.status().as_u16() / 100,
+        4,
+        "the old password no longer works"
+    );
     let rows = outbox_rows(&s).await;
     let mails: Vec<_> = rows.iter().filter(|r| r.0 == "email" && r.2 == "password_changed").collect();
     assert_eq!(mails.len(), 1);

@@ -261,7 +261,15 @@ pub async fn create_endpoint(
         updated_at: now,
     };
     state.store.insert_endpoint(&row).await?;
-    audit(&state, &meta, &admin.user.id, "webhook_endpoint.create", &row.id, serde_json::json!({"url": row.url, "events": events})).await;
+    audit(
+        &state,
+        &meta,
+        &admin.user.id,
+        "webhook_endpoint.create",
+        &row.id,
+        serde_json::json!({"url": row.url, "events": events}),
+    )
+    .await;
     Ok((StatusCode::CREATED, axum::Json(EndpointCreated { endpoint: EndpointOut::from(&row), secret: row.secret.clone() })))
 }
 
@@ -373,7 +381,8 @@ pub async fn rotate_secret(
     if !state.store.rotate_endpoint_secret(&id, &secret, until, now).await? {
         return Err(ApiError::NotFound);
     }
-    audit(&state, &meta, &admin.user.id, "webhook_endpoint.rotate_secret", &id, serde_json::json!({"previous_until": until})).await;
+    audit(&state, &meta, &admin.user.id, "webhook_endpoint.rotate_secret", &id, serde_json::json!({"previous_until": until}))
+        .await;
     Ok(axum::Json(SecretOut { secret, previous_secret_expires_at: until }))
 }
 
@@ -396,7 +405,15 @@ pub async fn replay(
 ) -> ApiResult<(StatusCode, axum::Json<ReplayOut>)> {
     found(&state, &id).await?;
     let replayed = state.store.replay_endpoint(&id, input.since, Utc::now()).await?;
-    audit(&state, &meta, &admin.user.id, "webhook_endpoint.replay", &id, serde_json::json!({"since": input.since, "replayed": replayed})).await;
+    audit(
+        &state,
+        &meta,
+        &admin.user.id,
+        "webhook_endpoint.replay",
+        &id,
+        serde_json::json!({"since": input.since, "replayed": replayed}),
+    )
+    .await;
     Ok((StatusCode::ACCEPTED, axum::Json(ReplayOut { replayed })))
 }
 
