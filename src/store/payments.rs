@@ -330,7 +330,7 @@ macro_rules! impl_payment_store {
                             .bind(now)
                             .execute(&mut **tx)
                             .await?;
-                        Self::write_grant_notice(tx, &g, Some(g.status), want, facts).await?;
+                        Self::write_grant_notice(tx, &g, Some(g.status), want, facts, now).await?;
                         let mut note = format!("grant {} {}", g.id, want.as_str());
                         if g.kind == $crate::domain::orders::GrantKind::Credits {
                             if let Some(credits) = Self::credits_on_grant(tx, order, &g.id, g.credits, Some(g.status), want, now).await? {
@@ -376,7 +376,7 @@ macro_rules! impl_payment_store {
                             created_at: now,
                             updated_at: now,
                         };
-                        Self::write_grant_notice(tx, &created, None, state, facts).await?;
+                        Self::write_grant_notice(tx, &created, None, state, facts, now).await?;
                         let mut note = format!("granted {id}");
                         if terms.kind == $crate::domain::orders::GrantKind::Credits {
                             if let Some(credits) = Self::credits_on_grant(tx, order, &id, terms.credits, None, state, now).await? {
@@ -425,6 +425,7 @@ macro_rules! impl_payment_store {
                 from: Option<$crate::domain::orders::GrantState>,
                 to: $crate::domain::orders::GrantState,
                 facts: &$crate::domain::orders::OrderFacts,
+                now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::domain::notifications::{grant_notice, GrantView};
                 let view = GrantView {
@@ -437,7 +438,7 @@ macro_rules! impl_payment_store {
                     expires_at: g.expires_at,
                 };
                 if let Some(n) = grant_notice(&view, from, to, facts) {
-                    Self::write_notices(tx, &g.user_id, vec![n], g.updated_at).await?;
+                    Self::write_notices(tx, &g.user_id, vec![n], now).await?;
                 }
                 Ok(())
             }
