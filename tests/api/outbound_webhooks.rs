@@ -733,3 +733,51 @@ async fn a_password_change_writes_one_notice_email_in_its_transaction() {
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].1, "changer@example.com");
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() {
+    let s = shop(&[]).await;
+    let r = Receiver { script: Arc::new(Mutex::new([500, 500, 500].into())), ..Receiver::default() };
+    let (url, _r) = receiver(r).await;
+    let (ep, _) = endpoint(&s, &url, &["ping"]).await;
+    // Its deliveries have failed since six days ago (as the database would have it).
+    {
+        use sqlx::Connection;
+        let since = chrono::Utc::now() - chrono::Duration::days(6);
+        const SQL: &str = "UPDATE webhook_endpoints SET failing_since = $1 WHERE id = $2";
+        match s.app.store.engine() {
+            tollgate::store::Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(since).bind(&ep).execute(&mut c).await.unwrap();
+            }
+            tollgate::store::Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(since).bind(&ep).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+    assert_eq!(s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/ping"), json!({})).await.status(), 202);
+    for _ in 0..300 {
+        if s.app.store.endpoint(&ep).await.unwrap().unwrap().disabled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = s.app.store.endpoint(&ep).await.unwrap().unwrap();
+    assert!(e.disabled, "disabled after 5 days of failures");
+    let rows = outbox_rows(&s).await;
+    let mails: Vec<_> = rows.iter().filter(|r| r.0 == "email" && r.2 == "endpoint_disabled").collect();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].1, "admin@example.com");
+    // A delivery that succeeds ends a failing run; enabling it again forgets it.
+    let enabled = s
+        .send(
+            reqwest::Method::PATCH,
+            &s.admin,
+            &format!("/api/v1/admin/webhook-endpoints/{ep}"),
+            Some(json!({"disabled": false})),
+        )
+        .await;
+    assert_eq!(enabled.status(), 200);
+    assert!(enabled.json::<Value>().await.unwrap()["failing_since"].is_null());
+}
