@@ -184,6 +184,46 @@ print(json.dumps(counts))
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
+/// The same with the `standardwebhooks` npm package (target/standardwebhooks-node), when present.
+fn verify_with_node(test: &str, got: &[Got], secrets: &[&str]) -> Option<Vec<usize>> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/standardwebhooks-node");
+    let present = std::path::Path::new(dir).join("node_modules/standardwebhooks/package.json").exists()
+        && std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(!in_ci(), "the standardwebhooks npm package is needed in CI (npm install --prefix target/standardwebhooks-node standardwebhooks@1)");
+        skip(test, "node with standardwebhooks not found (npm install --prefix target/standardwebhooks-node standardwebhooks@1)");
+        return None;
+    }
+    let cases: Vec<Value> = got
+        .iter()
+        .map(|g| json!({"body": g.body, "headers": {"webhook-id": g.id, "webhook-timestamp": g.timestamp, "webhook-signature": g.signature}}))
+        .collect();
+    let input = json!({"cases": cases, "secrets": secrets}).to_string();
+    let script = r#"
+const { Webhook } = require("standardwebhooks");
+let text = "";
+process.stdin.on("data", (d) => (text += d));
+process.stdin.on("end", () => {
+  const spec = JSON.parse(text);
+  const counts = spec.secrets.map((secret) =>
+    spec.cases.filter((c) => { try { new Webhook(secret).verify(c.body, c.headers); return true; } catch (e) { return false; } }).length);
+  console.log(JSON.stringify(counts));
+});
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new("node")
+        .args(["-e", script])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
 async fn paid_order(s: &Shop) -> (Value, Vec<u8>) {
     let product = s
         .product(json!({"name": "Pro <b>", "amount": 1500, "currency": "usd", "grant": {"kind": "access", "feature": "pro"}}))
@@ -253,6 +293,9 @@ async fn one_checkout_delivered_five_times_at_once_makes_one_signed_order_paid_p
     }
     if let Some(counts) = verify_with_library("one_checkout_delivered_five_times", &b.got(), &[&secret_b]) {
         assert_eq!(counts, vec![1]);
+    }
+    if let Some(counts) = verify_with_node("one_checkout_delivered_five_times", &a.got(), &[&secret_a, &secret_b]) {
+        assert_eq!(counts, vec![2, 0]);
     }
 }
 
@@ -440,6 +483,11 @@ async fn after_a_rotation_both_secrets_verify_for_24_hours() {
     assert_eq!(got[0].signature.split(' ').count(), 2, "two signatures during the overlap");
     if let Some(counts) =
         verify_with_library("after_a_rotation", &got, &[&old, &new, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="])
+    {
+        assert_eq!(counts, vec![1, 1, 0]);
+    }
+    if let Some(counts) =
+        verify_with_node("after_a_rotation", &got, &[&old, &new, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="])
     {
         assert_eq!(counts, vec![1, 1, 0]);
     }
