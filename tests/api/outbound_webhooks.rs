@@ -134,6 +134,22 @@ async fn outbox_rows(s: &Shop) -> Vec<(String, String, String)> {
     }
 }
 
+/// The status of every email row, read straight from the database.
+async fn email_statuses(s: &Shop) -> Vec<String> {
+    use sqlx::Connection;
+    const SQL: &str = "SELECT status FROM outbox WHERE kind = 'email' ORDER BY id";
+    match s.app.store.engine() {
+        tollgate::store::Engine::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
+        }
+        tollgate::store::Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
+        }
+    }
+}
+
 /// A Python with the `standardwebhooks` library: target/standardwebhooks-venv's, or python3's.
 fn standardwebhooks_python() -> Option<String> {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/target/standardwebhooks-venv/bin/python3");
@@ -262,6 +278,14 @@ async fn one_checkout_delivered_five_times_at_once_makes_one_signed_order_paid_p
     assert_eq!(count("webhook", "order.paid"), 2);
     assert_eq!(count("email", "receipt"), 1);
     assert!(rows.iter().any(|r| r.0 == "email" && r.1 == "buyer@example.com"));
+    // The receipt goes through the mailer (the development `log` transport) and is delivered.
+    for _ in 0..100 {
+        if email_statuses(&s).await == vec!["delivered".to_owned()] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(email_statuses(&s).await, vec!["delivered".to_owned()]);
 
     // What the merchant needs without calling back.
     let paid: Value = serde_json::from_str(&a.of_type("order.paid")[0].body).unwrap();
