@@ -218,6 +218,7 @@ PURE_DOMAIN = ["domain/mod.rs", "domain/account.rs", "domain/password.rs", "doma
                "domain/catalog.rs", "domain/orders.rs", "domain/ledger.rs", "domain/apikeys.rs", "domain/licence.rs"]
 SERVICES = ["domain/auth.rs", "domain/payments.rs", "domain/keys.rs", "domain/licensing.rs"]
 PURE_DOMAIN += ["domain/credits.rs"]
+PURE_DOMAIN += ["domain/notifications.rs"]
 
 # (files the rule is about, what they must not import), as paths under src/ (a trailing / is a folder).
 RULES = [

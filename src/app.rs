@@ -144,6 +144,21 @@ pub async fn licence_service(
     Ok(service)
 }
 
+/// The outbox's dispatcher for `config`: webhooks (private addresses as configured) and email
+/// through the configured mailer.
+pub fn dispatcher(config: &Config, store: Arc<dyn Store>) -> anyhow::Result<crate::notify::dispatcher::Dispatcher> {
+    let mailer = crate::notify::email::mailer_from_config(config);
+    let mail = crate::notify::email::MailSettings::from_config(config);
+    crate::notify::dispatcher::Dispatcher::new(
+        store,
+        config.is_production(),
+        config.webhooks.allow_private,
+        config.webhooks.retry_schedule.clone(),
+        mailer,
+        mail,
+    )
+}
+
 /// Our own webhook endpoint as seen from this host (the sandbox delivers its events there).
 fn own_webhook_url(addr: SocketAddr, tls: bool) -> anyhow::Result<url::Url> {
     let ip = match addr.ip() {
@@ -372,8 +387,14 @@ impl App {
                 }
             }
         });
+        // The outbox is delivered while serving; on shutdown the batch in hand is finished.
+        let dispatcher = dispatcher(&self.state.config, self.state.store.clone())?.spawn(self.stop.subscribe());
         let served = crate::http::server::serve(self.listener, self.tls, self.router, self.limits, self.stop.subscribe()).await;
         sweeper.abort();
+        self.stop.send_replace(true);
+        if tokio::time::timeout(self.limits.shutdown_timeout, dispatcher).await.is_err() {
+            tracing::warn!("the outbox dispatcher did not stop in time; its leases expire and another instance takes over");
+        }
         if let Some(redirect) = redirect {
             match redirect.await {
                 Ok(Err(e)) => tracing::warn!(error = %e, "the redirect listener failed"),

@@ -5,7 +5,7 @@ use std::fmt;
 use super::layer::layer;
 use super::sources::Sources;
 use super::types::Config;
-use super::{auth, database, http, licence, logging, mail, nowpayments, payments, server, stripe, tls};
+use super::{auth, database, http, licence, logging, mail, nowpayments, payments, server, stripe, tls, webhooks};
 
 /// Everything wrong with a configuration, each line naming the variable and never its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,7 @@ impl Config {
         let payments = payments::parse(&raw, &server.public_url, &mut errors);
         let licence = licence::parse(&raw, &mut errors);
         let mail = mail::parse(&raw, &mut errors);
+        let webhooks = webhooks::parse(&raw, server.env, &mut errors);
         let config = Config {
             env: server.env,
             env_explicit: server.env_explicit,
@@ -87,6 +88,7 @@ impl Config {
             payments,
             licence,
             mail,
+            webhooks,
         };
         (config, errors)
     }

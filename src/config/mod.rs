@@ -30,6 +30,7 @@ mod stripe;
 mod tls;
 mod types;
 mod values;
+mod webhooks;
 
 pub use self::checks::{weak_secret, MIN_SECRET_BYTES, MIN_TRUSTED_PREFIX_V4, MIN_TRUSTED_PREFIX_V6};
 pub use self::environment::Environment;
@@ -38,7 +39,7 @@ pub use self::settings::{Setting, SETTINGS};
 pub use self::sources::Sources;
 pub use self::types::{
     AuthConfig, Config, CorsOrigins, DatabaseConfig, HttpConfig, LicenceConfig, LogFormat, NowPaymentsConfig, PaymentProvider,
-    PaymentsConfig, StripeConfig, TlsConfig,
+    PaymentsConfig, StripeConfig, TlsConfig, WebhooksConfig,
 };
 pub use self::types::{MailConfig, MailTransport, SmtpConfig, SmtpTls};
 pub use self::values::parse_duration;

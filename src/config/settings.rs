@@ -468,6 +468,20 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
         meaning: "NOWPayments API base URL (https://api-sandbox.nowpayments.io for their sandbox; tests point it at a mock)",
     },
+    Setting {
+        key: "webhook_allow_private",
+        env: &["TOLLGATE_WEBHOOK_ALLOW_PRIVATE"],
+        default: None,
+        secret: false,
+        meaning: "outbound webhooks may reach loopback, private, link-local and metadata addresses (unset: true in development, false in production)",
+    },
+    Setting {
+        key: "webhook_retry_schedule",
+        env: &["TOLLGATE_WEBHOOK_RETRY_SCHEDULE"],
+        default: Some("0s,5s,5m,30m,2h,5h,10h,10h"),
+        secret: false,
+        meaning: "waits before each outbound webhook attempt (the first, then one per failure); after the last the message fails",
+    },
 ];
 
 /// The setting with TOML key `key`; every key the parsers name is in [`SETTINGS`].

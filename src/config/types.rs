@@ -131,6 +131,17 @@ pub struct Config {
     pub payments: PaymentsConfig,
     pub licence: LicenceConfig,
     pub mail: MailConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Outbound webhooks to the merchant's app.
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Deliveries may reach loopback, private, link-local… addresses (development default).
+    pub allow_private: bool,
+    /// Waits before each attempt: the first is the first attempt's (normally 0), then one per
+    /// failure; after the last the message fails.
+    pub retry_schedule: Vec<std::time::Duration>,
 }
 
 /// Licences: the Ed25519 key that signs them, the previous one still published, their lifetime.

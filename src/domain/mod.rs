@@ -29,6 +29,7 @@ pub mod keys;
 pub mod ledger;
 pub mod licence;
 pub mod licensing;
+pub mod notifications;
 pub mod orders;
 pub mod password;
 pub mod payments;

@@ -367,9 +367,18 @@ macro_rules! impl_account_store {
                         .bind(user_id)
                         .execute(&mut *tx)
                         .await?;
+                    // "Your password was changed", born with the change (one per change: its epoch).
+                    let to: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *tx).await?;
+                    if let Some(to) = to {
+                        let data = serde_json::json!({ "to": to, "at": now }).to_string();
+                        let fact = format!("password_changed:{user_id}:{epoch}");
+                        let n = Self::insert_message(&mut tx, "email", &to, "password_changed", &data, &fact, Some(user_id), None, now).await?;
+                        $crate::store::outbox::note_written(n);
+                    }
                     tx.commit().await?;
                     Ok(PasswordChanged::Changed { sessions_ended, families_revoked })
                 })
+                .inspect(|_| $crate::store::outbox::wake_after_commit())
             }
 
             async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::error::StoreError> {

@@ -189,6 +189,15 @@ macro_rules! impl_credit_store {
                 .execute(&mut **tx)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
+                let notice = $crate::domain::notifications::credits_notice(
+                    &m.id,
+                    m.kind.as_str(),
+                    m.amount,
+                    m.balance_after,
+                    &m.reason,
+                    m.order_id.as_deref(),
+                );
+                Self::write_notices(tx, &m.user_id, vec![notice], m.created_at).await?;
                 Ok(())
             }
 
@@ -375,6 +384,7 @@ macro_rules! impl_credit_store {
                         Ok(Some(CreditOutcome::Moved(m)))
                     })?
                 };
+                $crate::store::outbox::wake_after_commit();
                 if let Some(outcome) = written {
                     return Ok(outcome);
                 }
@@ -423,6 +433,7 @@ macro_rules! impl_credit_store {
                     tx.commit().await?;
                     Ok(CreditOutcome::Moved(m))
                 })
+                .inspect(|_| $crate::store::outbox::wake_after_commit())
             }
 
             async fn credit_movements(

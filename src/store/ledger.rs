@@ -119,6 +119,7 @@ macro_rules! impl_ledger_store {
                     tx.commit().await?;
                     Ok(Recorded::Stored { status, detail, retried })
                 })
+                .inspect(|_| $crate::store::outbox::wake_after_commit())
             }
 
             async fn mark_event_failed(
@@ -178,6 +179,7 @@ macro_rules! impl_ledger_store {
                     tx.commit().await?;
                     Ok(Some((status, detail)))
                 })
+                .inspect(|_| $crate::store::outbox::wake_after_commit())
             }
 
             async fn list_events(

@@ -271,6 +271,7 @@ macro_rules! impl_payment_store {
                     return Ok(Applied::Disagrees { order_id: order.id });
                 }
                 let before = order.status();
+                let before_facts = order.facts();
                 let mut facts = order.facts();
                 let note = facts.apply(fact, now);
                 let after = before.transition(facts.status()).map_err(|e| $crate::store::error::StoreError::Rule(e.to_string()))?;
@@ -295,6 +296,7 @@ macro_rules! impl_payment_store {
                 .execute(&mut **tx)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
+                Self::write_order_notices(tx, &order, &before_facts, &facts, now).await?;
                 let grant_note = Self::reconcile_grant(tx, &order, &facts, now).await?;
                 let note = match grant_note {
                     Some(g) => format!("{note}; {g}"),
@@ -331,6 +333,7 @@ macro_rules! impl_payment_store {
                             .bind(now)
                             .execute(&mut **tx)
                             .await?;
+                        Self::write_grant_notice(tx, &g, Some(g.status), want, facts, now).await?;
                         let mut note = format!("grant {} {}", g.id, want.as_str());
                         if g.kind == $crate::domain::orders::GrantKind::Credits {
                             if let Some(credits) = Self::credits_on_grant(tx, order, &g.id, g.credits, Some(g.status), want, now).await? {
@@ -363,6 +366,20 @@ macro_rules! impl_payment_store {
                         if inserted != 1 {
                             return Ok(None);
                         }
+                        let created = GrantRow {
+                            id: id.clone(),
+                            order_id: order.id.clone(),
+                            user_id: order.user_id.clone(),
+                            kind: terms.kind,
+                            feature: terms.feature.clone(),
+                            credits: terms.credits,
+                            status: state,
+                            starts_at: terms.starts_at,
+                            expires_at: terms.expires_at,
+                            created_at: now,
+                            updated_at: now,
+                        };
+                        Self::write_grant_notice(tx, &created, None, state, facts, now).await?;
                         let mut note = format!("granted {id}");
                         if terms.kind == $crate::domain::orders::GrantKind::Credits {
                             if let Some(credits) = Self::credits_on_grant(tx, order, &id, terms.credits, None, state, now).await? {
@@ -372,6 +389,61 @@ macro_rules! impl_payment_store {
                         Ok(Some(note))
                     }
                 }
+            }
+        }
+
+        impl $store {
+            /// The outbox rows an order's change makes (`domain::notifications` decides which).
+            async fn write_order_notices(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                order: &$crate::store::payments::OrderRow,
+                before: &$crate::domain::orders::OrderFacts,
+                after: &$crate::domain::orders::OrderFacts,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                use $crate::domain::notifications::{order_notices, OrderView};
+                let mut view = OrderView {
+                    id: &order.id,
+                    product_id: &order.product_id,
+                    product_name: None,
+                    amount: order.amount,
+                    currency: &order.currency,
+                };
+                if order_notices(&view, before, after).is_empty() {
+                    return Ok(());
+                }
+                let name: Option<String> = sqlx::query_scalar("SELECT name FROM products WHERE id = $1")
+                    .bind(&order.product_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                view.product_name = name.as_deref();
+                Self::write_notices(tx, &order.user_id, order_notices(&view, before, after), now).await?;
+                Ok(())
+            }
+
+            /// The outbox rows a grant's change of state makes.
+            async fn write_grant_notice(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                g: &$crate::store::payments::GrantRow,
+                from: Option<$crate::domain::orders::GrantState>,
+                to: $crate::domain::orders::GrantState,
+                facts: &$crate::domain::orders::OrderFacts,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                use $crate::domain::notifications::{grant_notice, GrantView};
+                let view = GrantView {
+                    id: &g.id,
+                    order_id: &g.order_id,
+                    kind: g.kind.as_str(),
+                    feature: g.feature.as_deref(),
+                    credits: g.credits,
+                    starts_at: g.starts_at,
+                    expires_at: g.expires_at,
+                };
+                if let Some(n) = grant_notice(&view, from, to, facts) {
+                    Self::write_notices(tx, &g.user_id, vec![n], now).await?;
+                }
+                Ok(())
             }
         }
 
@@ -534,11 +606,13 @@ macro_rules! impl_payment_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::domain::orders::Applied, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
-                $crate::store::pool::transaction!(self, tx => {
+                let applied = $crate::store::pool::transaction!(self, tx => {
                     let applied = Self::apply_locked(&mut tx, r, fact, now).await?;
                     tx.commit().await?;
                     Ok(applied)
-                })
+                });
+                $crate::store::outbox::wake_after_commit();
+                applied
             }
 
             async fn grants_for_user(&self, user_id: &str) -> Result<Vec<$crate::store::payments::GrantRow>, $crate::store::error::StoreError> {

@@ -10,6 +10,7 @@ use super::credits::CreditStore;
 use super::error::StoreError;
 use super::ledger::LedgerStore;
 use super::licences::LicenceStore;
+use super::outbox::OutboxStore;
 use super::payments::PaymentStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,17 @@ pub struct MigrationStatus {
 
 #[async_trait]
 pub trait Store:
-    AccountStore + ApiKeyStore + AuditStore + CreditStore + LedgerStore + LicenceStore + PaymentStore + Send + Sync + 'static
+    AccountStore
+    + ApiKeyStore
+    + AuditStore
+    + CreditStore
+    + LedgerStore
+    + LicenceStore
+    + OutboxStore
+    + PaymentStore
+    + Send
+    + Sync
+    + 'static
 {
     fn engine(&self) -> Engine;
     /// Applies pending migrations; returns the versions applied now.

@@ -24,6 +24,7 @@ mod metrics;
 mod network;
 mod nowpayments;
 mod openapi;
+mod outbound_webhooks;
 mod ratelimits;
 mod refunds_disputes;
 mod security_headers;

@@ -114,7 +114,16 @@ pub async fn metrics(State(state): State<AppState>, client: ClientInfo, headers:
         ));
     }
     let (storage, unreachable) = state.store.fault_counts();
-    let body = state.meters.render(storage, unreachable);
+    let mut body = state.meters.render(storage, unreachable);
+    // The outbox as the database has it now (every instance's), not this process's counters.
+    if let Ok((pending, failed)) = state.store.outbox_backlog().await {
+        body.push_str(&format!(
+            "# HELP tollgate_outbox_messages Outbox messages (webhooks and email) by status: pending is the backlog, failed gave up\n\
+             # TYPE tollgate_outbox_messages gauge\n\
+             tollgate_outbox_messages{{status=\"pending\"}} {pending}\n\
+             tollgate_outbox_messages{{status=\"failed\"}} {failed}\n"
+        ));
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 

@@ -15,6 +15,7 @@ pub mod me;
 pub mod products;
 pub mod sandbox;
 pub mod users;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -38,4 +39,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(credits::router())
         .merge(sandbox::router())
         .merge(licences::router())
+        .merge(webhook_endpoints::router())
 }
