@@ -141,6 +141,10 @@ impl Config {
         match &self.mail.transport {
             MailTransport::Log => {}
             MailTransport::Smtp(smtp) => {
+                // The relay chose the password's length; a placeholder is still refused.
+                if let Some(password) = &smtp.password {
+                    out.extend(placeholder_secret("the password in TOLLGATE_SMTP_URL", password));
+                }
                 if smtp.tls == SmtpTls::Plain && !smtp.is_loopback() {
                     out.push(
                         "TOLLGATE_SMTP_URL is plain smtp:// to another machine; use smtps:// or smtp+starttls:// (mail and \
@@ -235,18 +239,23 @@ fn example_values() -> impl Iterator<Item = &'static str> {
         .filter(|v| !v.is_empty())
 }
 
-/// Why `value` is not acceptable as a production secret, naming `name` and never the value.
-pub fn weak_secret(name: &str, value: &SecretString) -> Vec<String> {
+/// `Some` when `value` is a placeholder (a known word, a value copied from `.env.example`, one
+/// character repeated), naming `name` and never the value. The half of [`weak_secret`] that also
+/// fits a secret someone else chose (an SMTP relay's password, whose length is the relay's).
+pub fn placeholder_secret(name: &str, value: &SecretString) -> Option<String> {
     let v = value.expose_secret();
     let lower = v.to_ascii_lowercase();
-    let mut out = Vec::new();
     let placeholder = PLACEHOLDER_EXACT.contains(&lower.as_str())
         || PLACEHOLDER_WORDS.iter().any(|w| lower.contains(w))
         || example_values().any(|e| e == v)
         || v.chars().all(|c| v.starts_with(c));
-    if placeholder {
-        out.push(format!("{name} is a known placeholder, not a real secret"));
-    }
+    placeholder.then(|| format!("{name} is a known placeholder, not a real secret"))
+}
+
+/// Why `value` is not acceptable as a production secret, naming `name` and never the value.
+pub fn weak_secret(name: &str, value: &SecretString) -> Vec<String> {
+    let v = value.expose_secret();
+    let mut out: Vec<String> = placeholder_secret(name, value).into_iter().collect();
     if v.len() < MIN_SECRET_BYTES {
         out.push(format!("{name} is shorter than {MIN_SECRET_BYTES} bytes"));
     }

@@ -255,6 +255,19 @@ mod tests {
         let c = Config::load(&sources(&env)).unwrap();
         assert!(c.notices().is_empty(), "a local relay in clear is fine: {:?}", c.notices());
 
+        // .env.example's placeholder password is refused, and not echoed; a real one of any
+        // length (the relay chose it) is not.
+        let mut env = production_ok();
+        env.push(("TOLLGATE_MAIL_TRANSPORT", "smtp"));
+        env.push(("TOLLGATE_SMTP_URL", "smtps://mailer:replace_me_with_the_relay_password@smtp.example.com"));
+        env.push(("TOLLGATE_MAIL_FROM", "Shop <receipts@shop.example>"));
+        let text = Config::load(&sources(&env)).unwrap_err().to_string();
+        assert!(text.contains("the password in TOLLGATE_SMTP_URL is a known placeholder"), "{text}");
+        assert!(!text.contains("replace_me_with"), "{text}");
+        env.retain(|(k, _)| *k != "TOLLGATE_SMTP_URL");
+        env.push(("TOLLGATE_SMTP_URL", "smtps://mailer:kq7Vw2pXr9Lm@smtp.example.com"));
+        Config::load(&sources(&env)).unwrap();
+
         let c = Config::load(&sources(&production_ok())).unwrap();
         assert!(c.notices().iter().any(|n| n.contains("TOLLGATE_MAIL_TRANSPORT is log")), "{:?}", c.notices());
         let dev = Config::load(&sources(&[])).unwrap();

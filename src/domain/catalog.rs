@@ -113,16 +113,27 @@ pub fn validate_quantity(field: &str, quantity: i64, errors: &mut Vec<FieldError
     }
 }
 
-/// How many decimal places `currency`'s minor unit has (ISO 4217, as Stripe counts them): 0 for
-/// the zero-decimal currencies, 3 for the three-decimal ones, 2 for the rest. Amounts are stored
-/// in minor units; a provider that wants a decimal number gets [`to_decimal`].
+/// Stripe's zero-decimal currencies: `amount` is whole units (docs.stripe.com/currencies,
+/// "Zero-decimal currencies"). UGX is in Stripe's list but not here: its "Special cases" row
+/// says it is still represented as a two-decimal value ("to charge 5 UGX, provide an `amount`
+/// value of `500`"), and that row governs `amount`.
+const ZERO_DECIMAL: &[&str] =
+    &["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "vnd", "vuv", "xaf", "xof", "xpf"];
+/// Stripe's three-decimal currencies (an `amount` of 5120 is 5.120 KWD), and IQD and LYD, which
+/// ISO 4217 gives three decimals and Stripe does not take at all (another provider may).
+const THREE_DECIMAL: &[&str] = &["bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"];
+
+/// How many decimal places `currency`'s minor unit has, with the meaning Stripe's API gives an
+/// `amount`: 0 for the zero-decimal currencies, 3 for the three-decimal ones, 2 for every other
+/// ("Currencies are two-decimal currencies unless otherwise specified"). Stripe's special cases
+/// stay two-decimal in `amount`: ISK and UGX became zero-decimal but are still sent as
+/// hundredths that end in `00` (`100` is 1 króna), and HUF and TWD are charged in hundredths
+/// (only their payouts are whole units). Case-insensitive. The one table: prices, receipts and
+/// the decimal numbers other providers want ([`to_decimal`]) all read it.
 pub fn minor_unit_exponent(currency: &str) -> u32 {
-    const ZERO: &[&str] =
-        &["bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
-    const THREE: &[&str] = &["bhd", "iqd", "jod", "kwd", "lyd", "omr", "tnd"];
-    if ZERO.contains(&currency) {
+    if ZERO_DECIMAL.iter().any(|c| c.eq_ignore_ascii_case(currency)) {
         0
-    } else if THREE.contains(&currency) {
+    } else if THREE_DECIMAL.iter().any(|c| c.eq_ignore_ascii_case(currency)) {
         3
     } else {
         2
@@ -233,6 +244,34 @@ mod tests {
                 assert_eq!(from_decimal(&to_decimal(amount, currency), currency), Some(amount));
             }
         }
+    }
+
+    #[test]
+    fn exponents_follow_stripes_meaning_of_amount_special_cases_included() {
+        for (currency, exponent) in [
+            ("usd", 2),
+            ("eur", 2),
+            ("jpy", 0),
+            ("JPY", 0),
+            ("krw", 0),
+            ("clp", 0),
+            ("kwd", 3),
+            ("bhd", 3),
+            ("tnd", 3),
+            // Stripe's special cases: still hundredths in `amount`.
+            ("isk", 2),
+            ("ugx", 2),
+            ("huf", 2),
+            ("twd", 2),
+            ("idr", 2),
+        ] {
+            assert_eq!(minor_unit_exponent(currency), exponent, "{currency}");
+        }
+        // 5 ISK is an `amount` of 500 (Stripe's own example), and so is 5 UGX.
+        assert_eq!(to_decimal(500, "isk"), "5.00");
+        assert_eq!(from_decimal("5", "isk"), Some(500));
+        assert_eq!(from_decimal("5", "ugx"), Some(500));
+        assert_eq!(to_decimal(80_000, "twd"), "800.00");
     }
 
     #[test]

@@ -107,13 +107,14 @@ async fn starttls_with_auth_and_implicit_tls_deliver_to_a_server_with_a_test_cer
     let untrusted = mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]);
     let err = untrusted.send(&receipt("Pro plan")).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
-    // A wrong password: the server's 535 is permanent.
+    // A wrong password (a rotation half done): the server's 535 is the relay's setting, not this
+    // mail's fault, so transient: once the password is right, every queued receipt goes.
     let wrong = format!("smtp+starttls://mailer:guess@127.0.0.1:{}", server.port);
     let err = mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &wrong), ("TOLLGATE_SMTP_CA_FILE", &ca)])
         .send(&receipt("Pro plan"))
         .await
         .unwrap_err();
-    assert!(matches!(&err, MailError::Permanent(why) if why.contains("535")), "{err}");
+    assert!(matches!(&err, MailError::Transient(why) if why.contains("535")), "{err}");
     assert!(!err.to_string().contains("guess") && !err.to_string().contains("s3cret"), "{err}");
     assert_eq!(server.received().len(), 1, "nothing more was accepted");
 
@@ -145,18 +146,35 @@ async fn starttls_with_auth_and_implicit_tls_deliver_to_a_server_with_a_test_cer
 #[tokio::test]
 async fn a_server_that_offers_no_starttls_gets_no_mail() {
     // The downgrade: STARTTLS is required, so a server (or a man in the middle) that does not
-    // offer it gets nothing, in clear or otherwise.
-    let Some(server) = SmtpServer::start("email::a_server_that_offers_no_starttls_gets_no_mail", &[]) else { return };
+    // offer it gets nothing, in clear or otherwise. This server would take both: it offers AUTH
+    // and accepts it in clear, and takes mail; it only lacks STARTTLS.
+    let test = "email::a_server_that_offers_no_starttls_gets_no_mail";
+    let args: Vec<String> = ["--tls", "plain", "--auth", "mailer:pw"].map(String::from).to_vec();
+    let Some(server) = SmtpServer::start(test, &args) else { return };
     let url = format!("smtp+starttls://mailer:pw@127.0.0.1:{}", server.port);
     let err =
         mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]).send(&receipt("Pro plan")).await.unwrap_err();
     assert!(err.is_transient(), "{err}");
+    assert!(server.auth_attempts().is_empty(), "the password was sent in clear: {:?}", server.auth_attempts());
     assert!(server.received().is_empty());
+    // The same server in clear, as the URL asks: the password and the mail go (so the refusal
+    // above is STARTTLS being required, not a server that takes nothing).
+    let plain = format!("smtp://mailer:pw@127.0.0.1:{}", server.port);
+    mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &plain)]).send(&receipt("Pro plan")).await.unwrap();
+    assert_eq!((server.auth_attempts(), server.received().len()), (vec!["mailer".to_owned()], 1));
+
+    // Without a user: no password to protect, and still no mail in clear.
+    let Some(open) = SmtpServer::start(test, &[]) else { return };
+    let url = format!("smtp+starttls://127.0.0.1:{}", open.port);
+    let err =
+        mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]).send(&receipt("Pro plan")).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(open.received().is_empty(), "a mail went in clear: {:?}", open.received());
 }
 
 #[tokio::test]
-async fn smtp_4xx_and_connection_refused_are_transient_5xx_is_permanent() {
-    let test = "email::smtp_4xx_and_connection_refused_are_transient_5xx_is_permanent";
+async fn smtp_4xx_sender_refusals_and_connection_refused_are_transient_recipient_and_data_5xx_permanent() {
+    let test = "email::smtp_4xx_sender_refusals_and_connection_refused_are_transient_recipient_and_data_5xx_permanent";
     let Some(deferring) = SmtpServer::start(test, &["--fail-rcpt".into(), "451 4.3.0 Mailbox busy, try later".into()]) else {
         return;
     };
@@ -173,6 +191,25 @@ async fn smtp_4xx_and_connection_refused_are_transient_5xx_is_permanent() {
         mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]).send(&receipt("Pro")).await.unwrap_err();
     assert!(matches!(&err, MailError::Permanent(why) if why.contains("550")), "{err}");
     assert!(deferring.received().is_empty() && refusing.received().is_empty());
+
+    // No such recipient: this mail will never go.
+    let Some(unknown) = SmtpServer::start(test, &["--fail-rcpt".into(), "550 5.1.1 No such user".into()]) else { return };
+    let url = smtp_plain(&unknown);
+    let err =
+        mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]).send(&receipt("Pro")).await.unwrap_err();
+    assert!(matches!(&err, MailError::Permanent(why) if why.contains("550")), "{err}");
+
+    // The relay refuses our sender (MAIL FROM), or wants AUTH first: its setting, not this mail.
+    for reply in
+        ["553 5.7.1 Sender address rejected: not owned by user", "550 5.7.1 Relaying denied", "530 5.7.0 Authentication required"]
+    {
+        let Some(sender) = SmtpServer::start(test, &["--fail-mail".into(), reply.into()]) else { return };
+        let url = smtp_plain(&sender);
+        let err =
+            mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]).send(&receipt("Pro")).await.unwrap_err();
+        assert!(matches!(&err, MailError::Transient(why) if why.contains(&reply[..3])), "{reply}: {err}");
+        assert!(sender.received().is_empty());
+    }
 
     // A server that defers once, then accepts: the next attempt delivers, once.
     let Some(flaky) = SmtpServer::start(test, &["--fail-first".into(), "1".into()]) else { return };
@@ -261,8 +298,12 @@ async fn sendgrid_receives_the_bearer_key_and_the_json_mail() {
 }
 
 #[tokio::test]
-async fn sendgrid_429_and_5xx_are_transient_400_to_403_permanent_and_never_show_the_key() {
-    for (status, transient) in [(429, true), (500, true), (503, true), (400, false), (401, false), (403, false)] {
+async fn sendgrid_401_403_404_429_and_5xx_are_transient_400_and_413_permanent_and_never_show_the_key() {
+    // 401, 403, 404: a rotated key, a key without the scope, a wrong base URL: fixed, every
+    // queued mail goes. 400, 413: this mail.
+    for (status, transient) in
+        [(429, true), (500, true), (503, true), (401, true), (403, true), (404, true), (400, false), (413, false)]
+    {
         let sendgrid = MockServer::start().await;
         Mock::given(method("POST"))
             .respond_with(
@@ -286,6 +327,52 @@ async fn sendgrid_429_and_5xx_are_transient_400_to_403_permanent_and_never_show_
     let base = format!("http://127.0.0.1:{port}");
     let m = mailer(&[("TOLLGATE_MAIL_TRANSPORT", "sendgrid"), ("SENDGRID_API_KEY", "SG.k"), ("SENDGRID_API_BASE", &base)]);
     assert!(m.send(&receipt("Pro")).await.unwrap_err().is_transient());
+}
+
+#[tokio::test]
+async fn a_sendgrid_error_body_is_read_to_4_kib_at_most() {
+    // A valid JSON error whose end lies past 4 KiB: read whole, its message would show; read to
+    // 4 KiB, it does not parse and the error names the status only.
+    let big = json!({"errors": [{"message": "the reason"}], "padding": "x".repeat(8 << 20)});
+    let sendgrid = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(500).set_body_json(big)).mount(&sendgrid).await;
+    let m =
+        mailer(&[("TOLLGATE_MAIL_TRANSPORT", "sendgrid"), ("SENDGRID_API_KEY", "SG.k"), ("SENDGRID_API_BASE", &sendgrid.uri())]);
+    let err = m.send(&receipt("Pro")).await.unwrap_err();
+    assert!(err.is_transient() && err.to_string().contains("500"), "{err}");
+    assert!(!err.to_string().contains("the reason"), "the whole body was read: {err}");
+}
+
+#[tokio::test]
+async fn one_mail_sent_twice_with_its_id_carries_one_message_id() {
+    // A retry after a lost 250 is the same message to the recipient's server.
+    let Some(server) = SmtpServer::start("email::one_mail_sent_twice_with_its_id_carries_one_message_id", &[]) else {
+        return;
+    };
+    let url = smtp_plain(&server);
+    let smtp = mailer(&[("TOLLGATE_MAIL_TRANSPORT", "smtp"), ("TOLLGATE_SMTP_URL", &url)]);
+    let mail = receipt("Pro plan").with_id("outbox-7f3a");
+    smtp.send(&mail).await.unwrap();
+    smtp.send(&mail).await.unwrap();
+    smtp.send(&receipt("Pro plan")).await.unwrap();
+    smtp.send(&receipt("Pro plan")).await.unwrap();
+    let ids: Vec<String> = server.received().iter().map(|m| m["headers"]["message-id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids[0], "<outbox-7f3a@shop.example>");
+    assert_eq!(ids[0], ids[1]);
+    assert!(ids[2] != ids[3] && ids[2] != ids[0], "without an id, each attempt its own: {ids:?}");
+
+    let sendgrid = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(202)).mount(&sendgrid).await;
+    let sg =
+        mailer(&[("TOLLGATE_MAIL_TRANSPORT", "sendgrid"), ("SENDGRID_API_KEY", "SG.k"), ("SENDGRID_API_BASE", &sendgrid.uri())]);
+    sg.send(&mail).await.unwrap();
+    sg.send(&mail).await.unwrap();
+    sg.send(&receipt("Pro plan")).await.unwrap();
+    let bodies: Vec<Value> =
+        sendgrid.received_requests().await.unwrap().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert_eq!(bodies[0]["headers"], json!({"Message-ID": "<outbox-7f3a@shop.example>"}));
+    assert_eq!(bodies[0]["headers"], bodies[1]["headers"]);
+    assert!(bodies[2].get("headers").is_none(), "without an id SendGrid makes its own: {}", bodies[2]);
 }
 
 #[tokio::test]
@@ -345,6 +432,18 @@ fn amounts_match_node_intl_number_format() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&idr.stdout).trim(), "0", "CLDR: no decimals");
     assert_eq!(tollgate::notify::email::format_amount(1_500_000, "idr"), "15,000.00 IDR", "Stripe: hundredths");
+
+    // Stripe's special cases (docs.stripe.com/currencies, "Special cases"): ISK and UGX became
+    // zero-decimal (CLDR: no decimals) but Stripe still takes them in hundredths ("to charge 5
+    // ISK, provide an `amount` value of `500`"); HUF and TWD are charged in hundredths.
+    for (code, stripe_amount, shown) in [
+        ("isk", 500_000, "5,000.00 ISK"),
+        ("ugx", 500, "5.00 UGX"),
+        ("huf", 599_000, "5,990.00 HUF"),
+        ("twd", 80_045, "800.45 TWD"),
+    ] {
+        assert_eq!(tollgate::notify::email::format_amount(stripe_amount, code), shown, "{code}");
+    }
 }
 
 /// `check-config` in production: the log transport is a warning, not a refusal; smtp without a
@@ -381,4 +480,13 @@ fn production_check_config_warns_of_the_log_transport_and_refuses_unsafe_mail() 
     let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
     let text = output_text(&out);
     assert!(out.status.success() && text.contains("verdict: ok") && !text.contains("relay-password-123"), "{text}");
+
+    // .env.example's placeholder, copied as it is: refused, and not echoed.
+    env.retain(|(k, _)| *k != "TOLLGATE_SMTP_URL");
+    env.push(("TOLLGATE_SMTP_URL", "smtps://mailer:replace_me_with_the_relay_password@smtp.example.com"));
+    let out = tollgate(dir.path(), &env).arg("check-config").output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("the password in TOLLGATE_SMTP_URL is a known placeholder"), "{text}");
+    assert!(!text.contains("replace_me_with"), "{text}");
 }

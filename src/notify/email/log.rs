@@ -53,6 +53,7 @@ mod tests {
             subject: "Your receipt from Shop: Pro".into(),
             text: "the body, the buyer's business".into(),
             html: "<p>the body</p>".into(),
+            message_id: None,
         };
         LogMailer.send(&mail).await.unwrap();
         let bad = OutgoingMail { subject: "Hi\r\nBcc: x@example.com".into(), ..mail.clone() };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use self::money::{exponent, format_amount};
+pub use self::money::format_amount;
 pub use self::render::{escape, render, KINDS};
 pub use self::types::{header_safe, MailError, MailSettings, Mailer, OutgoingMail};
 
@@ -74,7 +74,13 @@ mod tests {
         ]);
         // The CA file vanishes between the check and the start.
         std::fs::remove_file(&ca).unwrap();
-        let mail = OutgoingMail { to: "b@example.com".into(), subject: "s".into(), text: "t".into(), html: "h".into() };
+        let mail = OutgoingMail {
+            to: "b@example.com".into(),
+            subject: "s".into(),
+            text: "t".into(),
+            html: "h".into(),
+            message_id: None,
+        };
         let err = mailer_from_config(&c).send(&mail).await.unwrap_err();
         assert!(matches!(&err, MailError::Transient(why) if why.contains("TOLLGATE_SMTP_CA_FILE")), "{err}");
         // The log transport always builds.

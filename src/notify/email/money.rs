@@ -1,28 +1,12 @@
 //! Amounts in mails: integer minor units shown with their currency's exponent, never through a float.
+//! The exponent is the domain's one table ([`minor_unit_exponent`]: Stripe's meaning of `amount`).
 
-/// Stripe's zero-decimal currencies (the amount is whole units; docs.stripe.com/currencies),
-/// ISK included since Stripe made it zero-decimal.
-const ZERO_DECIMAL: &[&str] =
-    &["bif", "clp", "djf", "gnf", "isk", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
-/// Stripe's three-decimal currencies.
-const THREE_DECIMAL: &[&str] = &["bhd", "jod", "kwd", "omr", "tnd"];
+use crate::domain::catalog::minor_unit_exponent;
 
-/// Digits after the decimal point in `currency`'s minor unit, as Stripe counts them (every other
-/// currency has two).
-pub fn exponent(currency: &str) -> u32 {
-    let c = currency.to_ascii_lowercase();
-    if ZERO_DECIMAL.contains(&c.as_str()) {
-        0
-    } else if THREE_DECIMAL.contains(&c.as_str()) {
-        3
-    } else {
-        2
-    }
-}
-
-/// `amount` minor units of `currency` as people read it: `1,234.56 USD`, `500 JPY`, `1.500 KWD`.
+/// `amount` minor units of `currency` as people read it: `1,234.56 USD`, `500 JPY`, `1.500 KWD`,
+/// `5,000.00 ISK` (Stripe counts ISK in hundredths).
 pub fn format_amount(amount: i64, currency: &str) -> String {
-    let exp = exponent(currency);
+    let exp = minor_unit_exponent(currency);
     let scale = 10u128.pow(exp);
     let magnitude = u128::from(amount.unsigned_abs());
     let (major, minor) = (magnitude / scale, magnitude % scale);
@@ -57,5 +41,18 @@ mod tests {
         assert_eq!(format_amount(-250, "usd"), "-2.50 USD");
         assert_eq!(format_amount(i64::MIN, "usd"), "-92,233,720,368,547,758.08 USD");
         assert_eq!(format_amount(0, "usd"), "0.00 USD");
+    }
+
+    #[test]
+    fn stripes_special_cases_are_hundredths_not_whole_units() {
+        // Stripe: "to charge 5 ISK, provide an `amount` value of `500`"; the same for UGX; HUF and
+        // TWD are charged in hundredths. Shown as whole units these were 100 times too large.
+        assert_eq!(format_amount(500_000, "isk"), "5,000.00 ISK");
+        assert_eq!(format_amount(500, "ISK"), "5.00 ISK");
+        assert_eq!(format_amount(150_000, "ugx"), "1,500.00 UGX");
+        assert_eq!(format_amount(599_000, "huf"), "5,990.00 HUF");
+        assert_eq!(format_amount(80_045, "twd"), "800.45 TWD");
+        assert_eq!(format_amount(500, "JPY"), "500 JPY");
+        assert_eq!(format_amount(5120, "kwd"), "5.120 KWD");
     }
 }

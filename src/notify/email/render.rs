@@ -105,10 +105,23 @@ pub fn render(kind: &str, data: &Value, settings: &MailSettings) -> Option<Outgo
         }
         _ => return None,
     };
+    let subject = shorten_subject(subject);
     if !header_safe(&to) || !to.contains('@') || !header_safe(&subject) {
         return None;
     }
-    Some(OutgoingMail { text: body.text(settings), html: body.html(settings), to, subject })
+    Some(OutgoingMail { text: body.text(settings), html: body.html(settings), to, subject, message_id: None })
+}
+
+/// Subjects longer than this many characters are cut, ending in `…` (the body has the whole
+/// name). Characters, not bytes: a product name in Greek or Japanese is as long as in English.
+pub const MAX_SUBJECT_CHARS: usize = 200;
+
+fn shorten_subject(subject: String) -> String {
+    if subject.chars().count() <= MAX_SUBJECT_CHARS {
+        return subject;
+    }
+    let kept: String = subject.chars().take(MAX_SUBJECT_CHARS - 1).collect();
+    format!("{}…", kept.trim_end())
 }
 
 /// One message's parts, rendered once as text and once as HTML.
@@ -260,6 +273,27 @@ mod tests {
             &s
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_long_non_ascii_product_name_cuts_the_subject_and_keeps_the_mail() {
+        // A 100-character shop name and a 200-character product of 2, 3 and 4 bytes each: with
+        // emoji the subject was 1,220 bytes, over the 998-byte limit, and render gave None.
+        for c in ['ü', '日', '😀'] {
+            let product = c.to_string().repeat(200);
+            let mut s = settings();
+            s.product_name = c.to_string().repeat(100);
+            let mail = render("receipt", &receipt(&product), &s).unwrap_or_else(|| panic!("{c}: no mail"));
+            assert_eq!(mail.subject.chars().count(), MAX_SUBJECT_CHARS, "{}", mail.subject);
+            assert!(mail.subject.starts_with("Your receipt from ") && mail.subject.ends_with('…'), "{}", mail.subject);
+            assert!(mail.text.contains(&product) && mail.html.contains(&product), "the body has the whole name");
+        }
+        // A short one is untouched.
+        assert_eq!(render("receipt", &receipt("Café"), &settings()).unwrap().subject, "Your receipt from Example Shop: Café");
+        // Separators that break lines for some readers are no more welcome than CR/LF.
+        for sep in ['\u{2028}', '\u{2029}', '\u{85}'] {
+            assert!(render("receipt", &receipt(&format!("Pro{sep}Bcc: victim@example.com")), &settings()).is_none(), "{sep:?}");
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct SendGridMailer {
     key: SecretString,
     from: Value,
     reply_to: Option<Value>,
+    /// The right-hand side of our Message-IDs (the From address's domain).
+    id_domain: String,
 }
 
 impl SendGridMailer {
@@ -38,7 +40,8 @@ impl SendGridMailer {
             .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("SendGrid client: {e}"))?;
-        Ok(SendGridMailer { http, endpoint, key, from: address(&from), reply_to })
+        let id_domain = from.email.domain().to_owned();
+        Ok(SendGridMailer { http, endpoint, key, from: address(&from), reply_to, id_domain })
     }
 
     /// The request body for `mail`.
@@ -59,6 +62,11 @@ impl SendGridMailer {
         });
         if let Some(r) = &self.reply_to {
             body["reply_to"] = r.clone();
+        }
+        // A mail with an id (the outbox row's) names its Message-ID, the same on every attempt;
+        // without one, SendGrid makes its own.
+        if mail.message_id.is_some() {
+            body["headers"] = json!({"Message-ID": mail.message_id_at(&self.id_domain)});
         }
         Ok(body)
     }
@@ -92,16 +100,31 @@ impl Mailer for SendGridMailer {
         let detail = reason(response).await;
         let text = format!("SendGrid answered {}{detail}", status.as_u16());
         Err(match status.as_u16() {
-            408 | 429 | 500..=599 => MailError::Transient(text),
-            // 400-403 (a malformed mail, a revoked key, an unverified sender), 413 and the rest.
+            // 401 (a revoked or rotated key), 403 (a key without the mail.send scope, an
+            // unverified sender) and 404 (a wrong SENDGRID_API_BASE) are our configuration, not
+            // this mail: fixed, every queued mail goes.
+            401 | 403 | 404 | 408 | 429 | 500..=599 => MailError::Transient(text),
+            // 400 (this mail is malformed), 413 (too large) and the rest.
             _ => MailError::Permanent(text),
         })
     }
 }
 
-/// SendGrid's first error message (`{"errors":[{"message":…}]}`), cut short.
-async fn reason(response: reqwest::Response) -> String {
-    let Ok(body) = response.json::<Value>().await else { return String::new() };
+/// The most of an error body read: SendGrid's errors are a few hundred bytes; a proxy's page or
+/// a hostile server's endless body is not held in memory.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// SendGrid's first error message (`{"errors":[{"message":…}]}`) from the first
+/// [`MAX_ERROR_BODY`] bytes of the body, cut short.
+async fn reason(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(MAX_ERROR_BODY - body.len())]),
+            _ => break,
+        }
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else { return String::new() };
     match body.pointer("/errors/0/message").and_then(Value::as_str) {
         Some(m) => format!(": {}", m.chars().filter(|c| !c.is_control()).take(200).collect::<String>()),
         None => String::new(),

@@ -15,6 +15,44 @@ pub struct OutgoingMail {
     pub subject: String,
     pub text: String,
     pub html: String,
+    /// What makes this mail's `Message-ID` (`<id@from-domain>`): the same id, the same
+    /// Message-ID, so a send retried after a lost reply is the same message to the recipient's
+    /// server. `None` (what [`render`](super::render) gives): a fresh random one each attempt.
+    pub message_id: Option<String>,
+}
+
+impl OutgoingMail {
+    /// This mail with a stable id (the outbox row's), from which every attempt derives the
+    /// same `Message-ID`.
+    pub fn with_id(self, id: &str) -> Self {
+        OutgoingMail { message_id: Some(id.to_owned()), ..self }
+    }
+
+    /// `<id@domain>`: the id as it is when it is made of RFC 5322 atext and dots (a row id, a
+    /// UUID), hex-encoded after an `x` otherwise, so it is always a valid msg-id; a random UUID
+    /// without an id.
+    pub(super) fn message_id_at(&self, domain: &str) -> String {
+        let left = match self.message_id.as_deref() {
+            Some(id)
+                if !id.is_empty()
+                    && id.len() <= 128
+                    && id.bytes().all(is_id_char)
+                    && !id.starts_with('.')
+                    && !id.ends_with('.')
+                    && !id.contains("..") =>
+            {
+                id.to_owned()
+            }
+            Some(id) => format!("x{}", id.bytes().map(|b| format!("{b:02x}")).collect::<String>()),
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
+        format!("<{left}@{domain}>")
+    }
+}
+
+/// RFC 5322 atext without the characters some servers mishandle (`/`, `=`, quotes), or a dot.
+fn is_id_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&*+-?^_{|}~.".contains(&b)
 }
 
 /// Why a send failed. `Transient`: try again later (the outbox backs off); `Permanent`: this mail
@@ -82,9 +120,13 @@ fn default_from(product_name: &str, public_url: &Url) -> String {
 }
 
 /// A value that may go into a header: no control characters at all (CR/LF would start a new
-/// header: header injection), not empty, at most 998 bytes (RFC 5322's line limit).
+/// header: header injection; U+0085 NEL is a C1 control), no Unicode line or paragraph separator
+/// (U+2028, U+2029: line breaks to some readers), not empty, at most 998 characters (RFC 5322's line
+/// limit, counted in characters: a non-ASCII value is sent encoded and folded, RFC 2047).
 pub fn header_safe(value: &str) -> bool {
-    !value.trim().is_empty() && value.len() <= 998 && !value.chars().any(char::is_control)
+    !value.trim().is_empty()
+        && value.chars().count() <= 998
+        && !value.chars().any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
 }
 
 /// Refuses a mail whose `to` or `subject` could inject headers (every transport checks).
@@ -104,7 +146,17 @@ mod tests {
 
     #[test]
     fn header_values_with_cr_or_lf_are_refused() {
-        for bad in ["a@b.example\r\nBcc: x@y.example", "Receipt\nBcc: x@y.example", "x\ry", "", "  ", "tab\there"] {
+        for bad in [
+            "a@b.example\r\nBcc: x@y.example",
+            "Receipt\nBcc: x@y.example",
+            "x\ry",
+            "",
+            "  ",
+            "tab\there",
+            "Receipt\u{2028}Bcc: x@y.example",
+            "Receipt\u{2029}Bcc: x@y.example",
+            "Receipt\u{85}Bcc: x@y.example",
+        ] {
             assert!(!header_safe(bad), "{bad:?}");
         }
         assert!(header_safe("Your receipt from Café <Shop> & co"));
@@ -113,8 +165,33 @@ mod tests {
             subject: "Hi\r\nBcc: victim@example.com".into(),
             text: String::new(),
             html: String::new(),
+            message_id: None,
         };
         assert!(matches!(check_headers(&mail), Err(MailError::Permanent(_))));
+        for separator in ['\u{2028}', '\u{2029}', '\u{85}'] {
+            let mail = OutgoingMail { subject: format!("Hi{separator}Bcc: victim@example.com"), ..mail.clone() };
+            assert!(matches!(check_headers(&mail), Err(MailError::Permanent(_))), "{separator:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_id_gives_the_same_message_id_and_no_id_a_fresh_one() {
+        let mail = OutgoingMail {
+            to: "b@example.com".into(),
+            subject: "s".into(),
+            text: String::new(),
+            html: String::new(),
+            message_id: None,
+        };
+        assert_ne!(mail.message_id_at("shop.example"), mail.message_id_at("shop.example"));
+        let with = mail.clone().with_id("outbox-42");
+        assert_eq!(with.message_id_at("shop.example"), "<outbox-42@shop.example>");
+        assert_eq!(with.message_id_at("shop.example"), with.clone().message_id_at("shop.example"));
+        // An id that is not atext cannot break the header: hex, and still stable.
+        let odd = mail.with_id("a b>\r\nBcc: x@y");
+        let id = odd.message_id_at("shop.example");
+        assert_eq!(id, odd.message_id_at("shop.example"));
+        assert!(id.starts_with("<x") && header_safe(&id) && !id[1..id.len() - 1].contains(['<', '>', ' ']), "{id}");
     }
 
     #[test]

@@ -98,6 +98,13 @@ impl SmtpServer {
         Some(SmtpServer { child, port, out, _dir: dir })
     }
 
+    /// The user name of every AUTH attempt so far (successful or not), in order.
+    pub fn auth_attempts(&self) -> Vec<String> {
+        let mut path = self.out.clone().into_os_string();
+        path.push(".auth");
+        std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+    }
+
     /// Every message accepted so far, in order.
     pub fn received(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.out).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

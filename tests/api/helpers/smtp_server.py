@@ -2,13 +2,16 @@
 """A real SMTP server for the email tests (aiosmtpd, from PyPI): listens on 127.0.0.1, an ephemeral
 port, prints `PORT <n>` once it accepts connections, and runs until its stdin closes.
 
-Every accepted message is appended to --out as one JSON line, parsed by Python's own `email`
+Every AUTH attempt's user name is appended to --out + ".auth", one per line, whether or not
+it succeeds. Every accepted message is appended to --out as one JSON line, parsed by Python's own `email`
 package (the reference MIME reader): envelope, headers, and the decoded text/plain and text/html
 parts.
 
     --tls plain|starttls|implicit   (starttls: STARTTLS is required before MAIL)
     --cert PEM --key PEM            the server's certificate, for starttls and implicit
-    --auth USER:PASSWORD            AUTH required (over TLS unless --tls plain)
+    --auth USER:PASSWORD            AUTH required (over TLS unless --tls plain, where it is
+                                    offered and accepted in clear)
+    --fail-mail "553 5.7.1 ..."     answer every MAIL FROM with this
     --fail-rcpt "451 4.3.0 ..."     answer every RCPT TO with this
     --fail-data "550 5.7.1 ..."     answer every DATA with this
     --fail-first N                  answer the first N DATA with 451, then accept
@@ -30,6 +33,7 @@ def parse_args():
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--auth")
+    p.add_argument("--fail-mail")
     p.add_argument("--fail-rcpt")
     p.add_argument("--fail-data")
     p.add_argument("--fail-first", type=int, default=0)
@@ -41,6 +45,13 @@ class Handler:
     def __init__(self, args):
         self.args = args
         self.deferred = 0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if self.args.fail_mail:
+            return self.args.fail_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.args.fail_rcpt:
@@ -75,10 +86,13 @@ class Handler:
         return "250 2.0.0 Accepted"
 
 
-def authenticator(expected):
+def authenticator(expected, attempts):
     user, password = expected.split(":", 1)
 
     def check(server, session, envelope, mechanism, auth_data):
+        login = auth_data.login.decode(errors="replace") if isinstance(auth_data, LoginPassword) else "?"
+        with open(attempts, "a", encoding="utf-8") as f:
+            f.write(login + "\n")
         ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == user and auth_data.password.decode() == password
         # handled=False: aiosmtpd itself answers a failure with 535.
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
@@ -95,7 +109,7 @@ async def main():
     handler = Handler(args)
     options = {}
     if args.auth:
-        options.update(authenticator=authenticator(args.auth), auth_required=True, auth_require_tls=args.tls != "plain")
+        options.update(authenticator=authenticator(args.auth, args.out + ".auth"), auth_required=True, auth_require_tls=args.tls != "plain")
     if args.tls == "starttls":
         options.update(tls_context=context, require_starttls=True)
 
