@@ -114,6 +114,7 @@ impl Payment {
             order_id: Some(self.order_id.clone()?),
             checkout_session_id: Some(self.invoice_id.clone()?),
             both_named: true,
+            provider: Some("nowpayments"),
             ..Default::default()
         })
     }
@@ -204,11 +205,16 @@ fn finished(ipn: &Payment, order: OrderRef, confirmed: Option<Result<Payment, St
     if !matches!(api.status.as_str(), "finished" | "refunded") {
         return EventPlan::Hold(format!("the IPN says finished but GET /v1/payment says {}", api.status));
     }
-    if api.payment_id != ipn.payment_id || (api.order_id.is_some() && api.order_id != ipn.order_id) {
-        return EventPlan::Hold("GET /v1/payment describes another payment or order".to_owned());
+    // The API must name this very payment, order and invoice: a payment made without an order id
+    // (`"order_id": null`) or for another invoice pays for nothing of ours, whatever the IPN says.
+    if api.payment_id != ipn.payment_id || api.order_id != ipn.order_id || api.invoice_id != ipn.invoice_id {
+        return EventPlan::Hold("GET /v1/payment describes another payment, order or invoice".to_owned());
     }
+    // The payment id is kept on the order (`payment_intent_id`, UNIQUE): one payment pays one
+    // order, and an order once paid by a payment is not paid again by another.
+    let order = OrderRef { payment_intent_id: Some(ipn.payment_id.clone()), ..order };
     let (amount, currency) = api.price();
-    let fact = PaymentFact::Paid { amount, currency, payment_intent_id: None };
+    let fact = PaymentFact::Paid { amount, currency, payment_intent_id: Some(ipn.payment_id.clone()) };
     match (api.actually_paid.as_deref().or(ipn.actually_paid.as_deref()), api.pay_amount.as_deref().or(ipn.pay_amount.as_deref()))
     {
         (Some(paid), Some(asked)) if decimal_cmp(paid, asked) == Some(Ordering::Greater) => EventPlan::ApplyNoted(
@@ -240,6 +246,7 @@ mod tests {
             order_id: Some("ord_1".into()),
             checkout_session_id: Some("4522625843".into()),
             both_named: true,
+            provider: Some("nowpayments"),
             ..Default::default()
         };
         assert!(matches!(plan(&ipn("waiting"), None), EventPlan::Ignore(_)));
@@ -255,8 +262,9 @@ mod tests {
         let refund =
             PaymentFact::Refunded { amount_refunded: 1299, currency: "usd".into(), charge_id: None, payment_intent_id: None };
         assert_eq!(plan(&ipn("refunded"), None), EventPlan::Apply(order.clone(), refund));
-        let paid = PaymentFact::Paid { amount: 1299, currency: "usd".into(), payment_intent_id: None };
-        assert_eq!(plan(&ipn("finished"), Some(Ok(ipn("finished")))), EventPlan::Apply(order.clone(), paid));
+        let paid = PaymentFact::Paid { amount: 1299, currency: "usd".into(), payment_intent_id: Some("5077125051".into()) };
+        let paying = OrderRef { payment_intent_id: Some("5077125051".into()), ..order.clone() };
+        assert_eq!(plan(&ipn("finished"), Some(Ok(ipn("finished")))), EventPlan::Apply(paying, paid));
         assert!(matches!(plan(&ipn("finished"), None), EventPlan::Hold(_)));
         assert!(matches!(plan(&ipn("finished"), Some(Ok(ipn("waiting")))), EventPlan::Hold(w) if w.contains("says waiting")));
         assert!(matches!(plan(&ipn("finished"), Some(Err("down".into()))), EventPlan::Hold(_)));
@@ -268,6 +276,26 @@ mod tests {
         let mut stray = ipn("finished");
         stray.invoice_id = None;
         assert!(matches!(plan(&stray, None), EventPlan::Unmatched(_)));
+    }
+
+    #[test]
+    fn a_finished_ipn_is_applied_only_when_the_api_names_the_same_order_and_invoice() {
+        let held = |api: Payment| matches!(plan(&ipn("finished"), Some(Ok(api))), EventPlan::Hold(w) if w.contains("another payment, order or invoice"));
+        let mut no_order = ipn("finished");
+        no_order.order_id = None;
+        assert!(held(no_order), "a payment made without an order id pays for no order");
+        let mut other_order = ipn("finished");
+        other_order.order_id = Some("ord_2".into());
+        assert!(held(other_order));
+        let mut other_invoice = ipn("finished");
+        other_invoice.invoice_id = Some("1".into());
+        assert!(held(other_invoice));
+        let mut no_invoice = ipn("finished");
+        no_invoice.invoice_id = None;
+        assert!(held(no_invoice));
+        let mut other_payment = ipn("finished");
+        other_payment.payment_id = "1".into();
+        assert!(held(other_payment));
     }
 
     #[test]

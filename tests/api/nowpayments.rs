@@ -863,3 +863,127 @@ process.stdout.write(crypto.createHmac('sha512', process.argv[1]).update(JSON.st
     assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
     assert_eq!(ledger(&s, Some("nowpayments")).await[0].payload, body.as_bytes());
 }
+
+/// The API answers `body` for payment `payment_id` until the guard is dropped.
+async fn api_answers(mock: &MockServer, payment_id: u64, body: Value) -> wiremock::MockGuard {
+    Mock::given(method("GET"))
+        .and(path(format!("/v1/payment/{payment_id}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .with_priority(1)
+        .mount_as_scoped(mock)
+        .await
+}
+
+#[tokio::test]
+async fn a_finished_ipn_whose_payment_the_api_ties_to_another_order_or_to_none_grants_nothing() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    // With the IPN secret leaked: a real finished payment of the same price, made for another
+    // order of ours...
+    let other = crypto_checkout(&s, &product).await;
+    let _api = api_answers(&mock, 71, payment(&other, 71, "finished", 1_764_583_208_000)).await;
+    let r = post_ipn(&s, &ipn(&checkout, 71, "finished"), Some(&np_sig(&ipn(&checkout, 71, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    // ...or made with no order id at all (NOWPayments answers `"order_id": null`)...
+    let mut orderless = payment(&checkout, 72, "finished", 1_764_583_208_000);
+    orderless["order_id"] = Value::Null;
+    let _api = api_answers(&mock, 72, orderless).await;
+    let r = post_ipn(&s, &ipn(&checkout, 72, "finished"), Some(&np_sig(&ipn(&checkout, 72, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    // ...or for our order but another invoice: none of them fulfils the order the IPN names.
+    let mut elsewhere = payment(&checkout, 73, "finished", 1_764_583_208_000);
+    elsewhere["invoice_id"] = json!(1);
+    let _api = api_answers(&mock, 73, elsewhere).await;
+    let r = post_ipn(&s, &ipn(&checkout, 73, "finished"), Some(&np_sig(&ipn(&checkout, 73, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    assert_eq!(s.order(order_id).await["status"], "pending");
+    assert!(s.grants(order_id).await.is_empty());
+    assert!(s.grants(other["order_id"].as_str().unwrap()).await.is_empty());
+    assert_eq!(s.entitlements().await["credit_balance"], 0);
+    let held = ledger(&s, Some("nowpayments")).await;
+    assert_eq!(held.len(), 3);
+    assert!(held.iter().all(|row| row.status.as_str() == "failed"), "held, not applied");
+}
+
+#[tokio::test]
+async fn one_payment_pays_one_order_and_an_order_is_paid_by_one_payment() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let first = crypto_checkout(&s, &product).await;
+    let second = crypto_checkout(&s, &product).await;
+    let (first_id, second_id) = (first["order_id"].as_str().unwrap(), second["order_id"].as_str().unwrap());
+    Mock::given(method("GET"))
+        .and(path("/v1/payment/81"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(payment(&first, 81, "finished", 1_764_583_208_000)))
+        .with_priority(2)
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    assert_eq!(deliver_ipn(&s, &ipn(&first, 81, "finished")).await, 200);
+    assert_eq!(s.order(first_id).await["status"], "paid");
+    assert_eq!(s.order(first_id).await["payment_intent_id"], "81", "the payment id is kept on the order");
+    // The same payment id against the second order, even with an API that (wrongly) agrees:
+    // the id is already the first order's, so nothing is granted for the second.
+    let replayed = payment(&second, 81, "finished", 1_764_583_209_000);
+    let _lying = api_answers(&mock, 81, replayed.clone()).await;
+    let status = deliver_ipn(&s, &serde_json::to_vec(&replayed).unwrap()).await;
+    let rows = ledger(&s, Some("nowpayments")).await;
+    let histories: Vec<String> = futures_util::future::join_all(rows.iter().map(|r| s.app.store.event(&r.event_id)))
+        .await
+        .into_iter()
+        .map(|e| format!("{:?}", e.unwrap().unwrap().1))
+        .collect();
+    assert_eq!(status, 200, "{histories:?}");
+    assert_eq!(s.order(second_id).await["status"], "pending");
+    assert!(s.grants(second_id).await.is_empty());
+    assert_eq!(s.entitlements().await["credit_balance"], 500, "one payment, one grant");
+    // A second payment for the first order is not applied to it either.
+    let _api = api_answers(&mock, 82, payment(&first, 82, "finished", 1_764_583_210_000)).await;
+    assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&payment(&first, 82, "finished", 1_764_583_210_000)).unwrap()).await, 200);
+    let rows = ledger(&s, Some("nowpayments")).await;
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "unmatched").count(), 2, "{statuses:?}");
+    assert_eq!(s.order(first_id).await["payment_intent_id"], "81");
+    assert_eq!(s.grants(first_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_ipn_naming_a_stripe_order_changes_nothing_and_a_stripe_event_never_moves_a_crypto_order() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    // A Stripe order, paid and granted.
+    let card = s.checkout(&product).await;
+    let card_id = card["order_id"].as_str().unwrap();
+    let (_, body) = crate::helpers::shop::completed(&card, 1299);
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.order(card_id).await["status"], "paid");
+    // With the IPN secret: "refunded", "failed" and "expired" IPNs that name it, its session too.
+    for (n, status) in ["refunded", "failed", "expired"].into_iter().enumerate() {
+        let forged = json!({"payment_id": 90 + n, "invoice_id": card["checkout_session_id"], "order_id": card_id,
+            "payment_status": status, "price_amount": 12.99, "price_currency": "usd", "updated_at": 1_764_583_200_000u64});
+        assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&forged).unwrap()).await, 200);
+    }
+    let order = s.order(card_id).await;
+    assert_eq!((order["status"].as_str(), order["provider"].as_str()), (Some("paid"), Some("stripe")), "{order}");
+    assert_eq!(s.grants(card_id).await[0].status.as_str(), "active");
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+    let rows = ledger(&s, Some("nowpayments")).await;
+    assert!(rows.iter().all(|r| r.status.as_str() == "unmatched"), "{rows:?}");
+
+    // A crypto order: a Stripe event naming it (its order id, its invoice as the session) moves nothing.
+    let crypto = crypto_checkout(&s, &product).await;
+    let crypto_id = crypto["order_id"].as_str().unwrap();
+    let (paid_id, body) = crate::helpers::shop::completed(&crypto, 1299);
+    assert_eq!(s.deliver(&body).await, 200);
+    let (expired_id, body) = crate::helpers::shop::expired(&crypto);
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.order(crypto_id).await["status"], "pending");
+    assert!(s.grants(crypto_id).await.is_empty());
+    assert_eq!((s.event_status(&paid_id).await, s.event_status(&expired_id).await), ("unmatched".into(), "unmatched".into()));
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+}
