@@ -90,6 +90,11 @@ fn ipn(checkout: &Value, payment_id: u64, status: &str) -> Vec<u8> {
     serde_json::to_vec(&payment(checkout, payment_id, status, updated_at)).unwrap()
 }
 
+/// The ledger id of IPN `body`.
+fn np_id(body: &[u8]) -> String {
+    tollgate::nowpayments::ipn::Payment::parse(body).unwrap().event_id()
+}
+
 /// `x-nowpayments-sig` for `body` with `secret`.
 fn np_sig(body: &[u8], secret: &str) -> String {
     sign(&canonicalize(body).unwrap().1, &SecretString::from(secret))
@@ -156,13 +161,13 @@ async fn a_crypto_purchase_goes_from_invoice_to_grant_through_verified_ipns() {
     let rows = ledger(&s, Some("nowpayments")).await;
     assert_eq!(rows.len(), 3);
     assert!(ledger(&s, Some("stripe")).await.is_empty());
-    let (row, history) = s.app.store.event("np_5077125051_finished_1764583208000").await.unwrap().expect("stored");
+    let (row, history) = s.app.store.event(&np_id(&finished)).await.unwrap().expect("stored");
     assert_eq!(
         (row.payload.as_slice(), row.kind.as_str(), row.status.as_str()),
         (finished.as_slice(), "payment.finished", "processed")
     );
     assert!(history[0].detail.contains("granted ent_"), "{:?}", history);
-    assert_eq!(s.event_status("np_5077125051_waiting_1764583207000").await, "ignored");
+    assert_eq!(s.event_status(&np_id(&ipn(&checkout, 5077125051, "waiting"))).await, "ignored");
     let r = s.get(&s.admin, "/api/v1/admin/events?provider=nowpayments&type=payment.finished").await;
     let page: Value = r.json().await.unwrap();
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
@@ -170,7 +175,7 @@ async fn a_crypto_purchase_goes_from_invoice_to_grant_through_verified_ipns() {
     assert_eq!(s.get(&s.admin, "/api/v1/admin/events?provider=stripe").await.json::<Value>().await.unwrap()["data"], json!([]));
     // A re-sent IPN is a no-op, and so is a replay.
     assert_eq!(deliver_ipn(&s, &finished).await, 200);
-    let replay = s.post(&s.admin, "/api/v1/admin/events/np_5077125051_finished_1764583208000/replay", json!({})).await;
+    let replay = s.post(&s.admin, &format!("/api/v1/admin/events/{}/replay", np_id(&finished)), json!({})).await;
     assert_eq!(replay.status(), 200);
     assert_eq!(s.entitlements().await["credit_balance"], 500);
     assert_eq!(ledger(&s, None).await.len(), 3);
@@ -354,7 +359,7 @@ async fn a_finished_ipn_that_the_api_calls_waiting_fulfils_nothing_until_the_api
     assert_problem(r, 502).await;
     assert_eq!(s.order(order_id).await["status"], "pending");
     assert!(s.grants(order_id).await.is_empty());
-    let id = "np_41_finished_1764583208000";
+    let id = &np_id(&body);
     assert_eq!(s.event_status(id).await, "failed", "kept, not applied");
     let (_, history) = s.app.store.event(id).await.unwrap().unwrap();
     assert!(history[0].detail.contains("GET /v1/payment says waiting"), "{history:?}");
@@ -377,12 +382,12 @@ async fn ipns_for_no_order_of_ours_or_the_wrong_amount_are_stored_and_grant_noth
     stranger["order_id"] = json!("ord_not_ours");
     api_says(&mock, &stranger, 51, "finished").await;
     assert_eq!(deliver_ipn(&s, &ipn(&stranger, 51, "finished")).await, 200);
-    assert_eq!(s.event_status("np_51_finished_1764583208000").await, "unmatched");
+    assert_eq!(s.event_status(&np_id(&ipn(&stranger, 51, "finished"))).await, "unmatched");
     // Our order, another invoice.
     let mut other_invoice = checkout.clone();
     other_invoice["checkout_session_id"] = json!("999");
     assert_eq!(deliver_ipn(&s, &ipn(&other_invoice, 52, "confirming")).await, 200);
-    assert_eq!(s.event_status("np_52_confirming_1764583210000").await, "unmatched");
+    assert_eq!(s.event_status(&np_id(&ipn(&other_invoice, 52, "confirming"))).await, "unmatched");
     // Our order, paid 0.01 usd according to the API itself: flagged, nothing granted.
     let order_id = checkout["order_id"].as_str().unwrap();
     let mut cheap = payment(&checkout, 53, "finished", 1_764_583_208_000);
@@ -414,7 +419,7 @@ async fn an_overpayment_is_recorded_on_the_ledger_and_the_order_is_fulfilled() {
         .await;
     assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&over).unwrap()).await, 200);
     assert_eq!(s.entitlements().await["credit_balance"], 500);
-    let (_, history) = s.app.store.event("np_61_finished_1764583208000").await.unwrap().unwrap();
+    let (_, history) = s.app.store.event(&np_id(&serde_json::to_vec(&over).unwrap())).await.unwrap().unwrap();
     assert!(history[0].detail.contains("overpaid: 0.0003 btc arrived for 0.00021 asked"), "{history:?}");
 }
 
@@ -986,4 +991,25 @@ async fn an_ipn_naming_a_stripe_order_changes_nothing_and_a_stripe_event_never_m
     assert!(s.grants(crypto_id).await.is_empty());
     assert_eq!((s.event_status(&paid_id).await, s.event_status(&expired_id).await), ("unmatched".into(), "unmatched".into()));
     assert_eq!(s.entitlements().await["credit_balance"], 500);
+}
+
+#[tokio::test]
+async fn an_ipn_and_the_apis_answer_about_the_same_update_are_one_ledger_row() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let confirming = ipn(&checkout, 75, "confirming");
+    assert_eq!(deliver_ipn(&s, &confirming).await, 200);
+    // The API says the same (the IPN's milliseconds as ISO 8601 text, as the API writes them).
+    let ms = serde_json::from_slice::<Value>(&confirming).unwrap()["updated_at"].as_i64().unwrap();
+    let mut answer = payment(&checkout, 75, "confirming", 0);
+    answer["updated_at"] =
+        json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let _api = api_answers(&mock, 75, answer).await;
+    let report = s.app.state.payments.sync_nowpayments(since).await.unwrap();
+    assert_eq!((report.seen, report.stored, report.already_had), (1, 0, 1));
+    assert_eq!(ledger(&s, Some("nowpayments")).await.len(), 1, "one fact, one row");
+    assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
 }
