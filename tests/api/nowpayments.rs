@@ -869,12 +869,13 @@ process.stdout.write(crypto.createHmac('sha512', process.argv[1]).update(JSON.st
     assert_eq!(ledger(&s, Some("nowpayments")).await[0].payload, body.as_bytes());
 }
 
-/// The API answers `body` for payment `payment_id` until the guard is dropped.
+/// The API answers `body` for payment `payment_id` (until the guard is dropped, or [`api_says`]
+/// mounts an answer that takes precedence).
 async fn api_answers(mock: &MockServer, payment_id: u64, body: Value) -> wiremock::MockGuard {
     Mock::given(method("GET"))
         .and(path(format!("/v1/payment/{payment_id}")))
         .respond_with(ResponseTemplate::new(200).set_body_json(body))
-        .with_priority(1)
+        .with_priority(2)
         .mount_as_scoped(mock)
         .await
 }
@@ -1012,4 +1013,37 @@ async fn an_ipn_and_the_apis_answer_about_the_same_update_are_one_ledger_row() {
     assert_eq!((report.seen, report.stored, report.already_had), (1, 0, 1));
     assert_eq!(ledger(&s, Some("nowpayments")).await.len(), 1, "one fact, one row");
     assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
+}
+
+#[tokio::test]
+async fn a_held_ipn_resent_again_and_again_asks_the_api_at_most_three_times_a_minute() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let pid = 4_242_424_242u64;
+    let waiting = api_answers(&mock, pid, payment(&checkout, pid, "waiting", 1)).await;
+    let body = ipn(&checkout, pid, "finished");
+    for _ in 0..6 {
+        assert_problem(post_ipn(&s, &body, Some(&np_sig(&body, IPN_SECRET))).await, 502).await;
+    }
+    let replay = s.post(&s.admin, &format!("/api/v1/admin/events/{}/replay", np_id(&body)), json!({})).await;
+    assert_eq!(replay.status(), 200);
+    let asked = || async {
+        mock.received_requests().await.unwrap().iter().filter(|r| r.url.path() == format!("/v1/payment/{pid}")).count()
+    };
+    assert_eq!(asked().await, 3, "seven re-checks of one held payment, three questions");
+    let (row, history) = s.app.store.event(&np_id(&body)).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "failed");
+    assert!(history.iter().any(|h| h.detail.contains("already checked 3 times in the last minute")), "{history:?}");
+    assert_eq!(s.order(order_id).await["status"], "pending");
+    // Nothing is lost: the sync asks once more and applies what the API now says.
+    drop(waiting);
+    api_says(&mock, &checkout, pid, "finished").await;
+    let report = s.app.state.payments.sync_nowpayments(since).await.unwrap();
+    assert_eq!(report.seen, 1);
+    assert_eq!(s.order(order_id).await["status"], "paid", "{report:?}");
+    assert_eq!(asked().await, 4);
 }
