@@ -511,8 +511,11 @@ async fn sync_rereads_open_crypto_orders_from_the_api() {
     assert_eq!(s.entitlements().await["credit_balance"], 500);
 }
 
-/// NOWPayments' documented check, with arrays kept as arrays: keys sorted recursively, then
-/// `JSON.stringify`; each line of the input file a JSON string holding one payload's raw text.
+/// NOWPayments' check as their own Node SDK publishes it (`sortObjectDeep` in
+/// `NowPaymentsIO/nowpayments-sdk-nodejs`, `src/ipn.js`): arrays mapped and kept as arrays, objects'
+/// keys sorted recursively, then `JSON.stringify`. Written here to the same behaviour rather than
+/// pasted (it is not on npm to install). Each line of the input file a JSON string holding one
+/// payload's raw text.
 const NODE_CANONICAL: &str = r#"
 const crypto = require('crypto');
 const fs = require('fs');
@@ -842,6 +845,7 @@ async fn an_ipn_signed_by_node_as_nowpayments_signs_verifies_awkward_numbers_and
         checkout["checkout_session_id"].as_str().unwrap(),
         checkout["order_id"].as_str().unwrap()
     );
+    // NOWPayments' SDK's sortObjectDeep behaviour (see NODE_CANONICAL), then its HMAC.
     let script = r#"
 const crypto = require('crypto');
 const sortObject = (o) => (o && typeof o === 'object')
