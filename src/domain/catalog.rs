@@ -168,15 +168,16 @@ pub fn from_decimal(text: &str, currency: &str) -> Option<i64> {
     }
     let digits = format!("{whole}{fraction}");
     let digits = digits.trim_start_matches('0');
-    // value = digits × 10^(e10 − len(fraction)); minor units = value × 10^exponent.
-    let shift = e10 - fraction.len() as i64 + exponent;
     if digits.is_empty() {
         return Some(0);
     }
+    // value = digits × 10^(e10 − len(fraction)); minor units = value × 10^exponent. The exponent
+    // is the sender's (`1e9223372036854775807`): checked, so an absurd one is unreadable, not a panic.
+    let shift = e10.checked_sub(i64::try_from(fraction.len()).ok()?)?.checked_add(exponent)?;
     let (kept, dropped) = if shift >= 0 {
         (format!("{digits}{}", "0".repeat(usize::try_from(shift).ok().filter(|s| *s <= 18)?)), "")
     } else {
-        let cut = digits.len().saturating_sub(usize::try_from(-shift).ok()?);
+        let cut = digits.len().saturating_sub(usize::try_from(shift.unsigned_abs()).ok()?);
         (digits[..cut].to_owned(), &digits[cut..])
     };
     if dropped.bytes().any(|b| b != b'0') {

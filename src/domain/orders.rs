@@ -320,6 +320,10 @@ pub struct OrderRef {
     /// (NOWPayments: `order_id` and `invoice_id`); otherwise an id that names no order is ignored
     /// when another id finds one.
     pub both_named: bool,
+    /// The provider whose notification this is (`None`: Stripe, the first provider, which every
+    /// Stripe event's reference means). An order is moved only by its own provider's
+    /// notifications: an id that happens to name another provider's order changes nothing.
+    pub provider: Option<&'static str>,
 }
 
 impl OrderRef {
@@ -328,6 +332,11 @@ impl OrderRef {
             && self.checkout_session_id.is_none()
             && self.payment_intent_id.is_none()
             && self.charge_id.is_none()
+    }
+
+    /// The provider whose notification this is (`stripe` unless said otherwise).
+    pub fn provider(&self) -> &'static str {
+        self.provider.unwrap_or("stripe")
     }
 }
 

@@ -146,6 +146,10 @@ pub struct NowPaymentsLink {
 pub const STRIPE: &str = "stripe";
 pub const NOWPAYMENTS: &str = "nowpayments";
 
+/// How many times a minute tollgate asks `GET /v1/payment/{id}` about one payment before a held
+/// IPN that is re-sent (or replayed) is held again without asking.
+pub const NP_CHECKS_PER_MINUTE: u32 = 3;
+
 fn validate_product_fields(p: &NewProduct, errors: &mut Vec<FieldError>) {
     catalog::validate_name("name", &p.name, errors);
     if let Some(d) = &p.description {
@@ -670,17 +674,40 @@ impl PaymentsService {
     /// What a NOWPayments payment (a verified IPN, or the API's own answer) means: a `finished`
     /// one is first confirmed with `GET /v1/payment/{id}` unless `confirmed` already is the API's
     /// answer.
-    async fn plan_payment(&self, payment: &Payment, confirmed: Option<Payment>) -> EventPlan {
+    ///
+    /// Every question about a payment counts against [`NP_CHECKS_PER_MINUTE`] (per payment id);
+    /// a `recheck` (the IPN was held before: a re-sent one, a replay) over it is held again
+    /// without asking, so a payment NOWPayments keeps re-sending costs at most that many
+    /// `GET /v1/payment` a minute. First deliveries are never refused for it (concurrent
+    /// deliveries of one new IPN all get their answer).
+    async fn plan_payment(&self, payment: &Payment, confirmed: Option<Payment>, recheck: bool) -> EventPlan {
         let answer = match (&self.nowpayments, confirmed) {
             (_, Some(api)) => Some(Ok(api)),
             (_, None) if !payment.needs_confirmation() => None,
             (None, None) => Some(Err("NOWPayments is not enabled".to_owned())),
-            (Some(np), None) => Some(match np.api.payment(&payment.payment_id).await {
-                Ok(bytes) => Payment::parse(&bytes).map_err(|e| format!("unreadable answer: {e}")),
-                Err(e) => Err(e.to_string()),
+            (Some(np), None) => Some(match self.may_check(&payment.payment_id, recheck).await {
+                Err(retry_after) => Err(format!(
+                    "payment {} was already checked {NP_CHECKS_PER_MINUTE} times in the last minute; not asked again for {}s",
+                    payment.payment_id,
+                    retry_after.as_secs().max(1)
+                )),
+                Ok(()) => match np.api.payment(&payment.payment_id).await {
+                    Ok(bytes) => Payment::parse(&bytes).map_err(|e| format!("unreadable answer: {e}")),
+                    Err(e) => Err(e.to_string()),
+                },
             }),
         };
         ipn_plan(payment, answer)
+    }
+
+    /// Counts a `GET /v1/payment` about `payment_id`; `Err(retry_after)` when it is a `recheck`
+    /// over the per-payment quota.
+    async fn may_check(&self, payment_id: &str, recheck: bool) -> Result<(), std::time::Duration> {
+        let quota = Quota { limit: NP_CHECKS_PER_MINUTE, period: std::time::Duration::from_secs(60) };
+        match self.limiter.hit(&format!("nowpayments-check:{payment_id}"), quota).await {
+            Decision::Limited { retry_after, .. } if recheck => Err(retry_after),
+            _ => Ok(()),
+        }
     }
 
     /// Stores a verified NOWPayments IPN (the raw bytes as received) in the ledger, deduplicated
@@ -703,12 +730,12 @@ impl PaymentsService {
             provider: NOWPAYMENTS,
         };
         // A redelivery of what is already done costs no call to the API.
-        if let Some((row, _)) = self.store.event(&new.event_id).await? {
-            if !row.status.needs_processing() {
-                return Ok(Recorded::Duplicate { status: row.status });
-            }
-        }
-        let plan = self.plan_payment(payment, confirmed).await;
+        let held_before = match self.store.event(&new.event_id).await? {
+            Some((row, _)) if !row.status.needs_processing() => return Ok(Recorded::Duplicate { status: row.status }),
+            Some(_) => true,
+            None => false,
+        };
+        let plan = self.plan_payment(payment, confirmed, held_before).await;
         self.record(&new, &plan).await
     }
 
@@ -766,7 +793,7 @@ impl PaymentsService {
         let (row, _) = self.store.event(event_id).await?.ok_or(PaymentError::NotFound)?;
         let plan = if row.provider == NOWPAYMENTS {
             match Payment::parse(&row.payload) {
-                Ok(payment) => self.plan_payment(&payment, None).await,
+                Ok(payment) => self.plan_payment(&payment, None, true).await,
                 Err(_) => EventPlan::Ignore("the stored payload is not a NOWPayments payment".to_owned()),
             }
         } else {

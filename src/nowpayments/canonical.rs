@@ -1,5 +1,8 @@
 //! The form NOWPayments signs: the IPN body's JSON with every object's keys sorted and no
-//! whitespace, exactly as Node writes `JSON.stringify(sortObject(JSON.parse(body)))`.
+//! whitespace, exactly as Node writes `JSON.stringify(sortObjectDeep(JSON.parse(body)))` with the
+//! `sortObjectDeep` of NOWPayments' own Node SDK (`NowPaymentsIO/nowpayments-sdk-nodejs`,
+//! `src/ipn.js`), which keeps arrays as arrays (the widely copied `sortObject` snippet that recurses
+//! with `typeof === 'object'` would turn `[a,b]` into `{"0":a,"1":b}`; IPNs carry no arrays).
 //!
 //! A small parser of our own rather than serde_json: the bytes must be re-written as JavaScript
 //! would write them, so numbers are read as doubles and printed in JavaScript's shortest form

@@ -82,7 +82,7 @@ impl OrderRow {
     /// Whether the ids `r` carries agree with the ids this order already holds. An event found by
     /// `metadata.order_id` or `client_reference_id` must also be about this order's own session or
     /// PaymentIntent, so a payment made elsewhere (a Payment Link, another session) that names an
-    /// order cannot touch it.
+    /// order cannot touch it; and it must come from the order's own provider.
     pub fn agrees_with(&self, r: &OrderRef) -> bool {
         let same = |ours: &Option<String>, theirs: &Option<String>| match (ours, theirs) {
             (Some(a), Some(b)) => a == b,
@@ -93,7 +93,12 @@ impl OrderRow {
             None => true,
         };
         let order_ok = !r.both_named || r.order_id.as_deref() == Some(self.id.as_str());
-        order_ok && session_ok && same(&self.payment_intent_id, &r.payment_intent_id) && same(&self.charge_id, &r.charge_id)
+        let provider_ok = self.provider == r.provider();
+        provider_ok
+            && order_ok
+            && session_ok
+            && same(&self.payment_intent_id, &r.payment_intent_id)
+            && same(&self.charge_id, &r.charge_id)
     }
 
     pub fn status(&self) -> OrderStatus {
@@ -269,6 +274,18 @@ macro_rules! impl_payment_store {
                 };
                 if !order.agrees_with(r) {
                     return Ok(Applied::Disagrees { order_id: order.id });
+                }
+                // A payment another order already holds pays nothing here (the column is UNIQUE;
+                // asking first keeps the transaction usable and the answer a plain "not applied").
+                if let (None, Some(theirs)) = (&order.payment_intent_id, &r.payment_intent_id) {
+                    let holder: Option<(String,)> = sqlx::query_as("SELECT id FROM orders WHERE payment_intent_id = $1 AND id <> $2")
+                        .bind(theirs)
+                        .bind(&order.id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    if holder.is_some() {
+                        return Ok(Applied::Disagrees { order_id: order.id });
+                    }
                 }
                 let before = order.status();
                 let before_facts = order.facts();

@@ -35,6 +35,7 @@ fn session_ref(session: &Value) -> OrderRef {
         payment_intent_id: id_field(session, "payment_intent"),
         charge_id: None,
         both_named: false,
+        provider: None,
     }
 }
 

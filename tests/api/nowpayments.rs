@@ -90,6 +90,11 @@ fn ipn(checkout: &Value, payment_id: u64, status: &str) -> Vec<u8> {
     serde_json::to_vec(&payment(checkout, payment_id, status, updated_at)).unwrap()
 }
 
+/// The ledger id of IPN `body`.
+fn np_id(body: &[u8]) -> String {
+    tollgate::nowpayments::ipn::Payment::parse(body).unwrap().event_id()
+}
+
 /// `x-nowpayments-sig` for `body` with `secret`.
 fn np_sig(body: &[u8], secret: &str) -> String {
     sign(&canonicalize(body).unwrap().1, &SecretString::from(secret))
@@ -156,13 +161,13 @@ async fn a_crypto_purchase_goes_from_invoice_to_grant_through_verified_ipns() {
     let rows = ledger(&s, Some("nowpayments")).await;
     assert_eq!(rows.len(), 3);
     assert!(ledger(&s, Some("stripe")).await.is_empty());
-    let (row, history) = s.app.store.event("np_5077125051_finished_1764583208000").await.unwrap().expect("stored");
+    let (row, history) = s.app.store.event(&np_id(&finished)).await.unwrap().expect("stored");
     assert_eq!(
         (row.payload.as_slice(), row.kind.as_str(), row.status.as_str()),
         (finished.as_slice(), "payment.finished", "processed")
     );
     assert!(history[0].detail.contains("granted ent_"), "{:?}", history);
-    assert_eq!(s.event_status("np_5077125051_waiting_1764583207000").await, "ignored");
+    assert_eq!(s.event_status(&np_id(&ipn(&checkout, 5077125051, "waiting"))).await, "ignored");
     let r = s.get(&s.admin, "/api/v1/admin/events?provider=nowpayments&type=payment.finished").await;
     let page: Value = r.json().await.unwrap();
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
@@ -170,7 +175,7 @@ async fn a_crypto_purchase_goes_from_invoice_to_grant_through_verified_ipns() {
     assert_eq!(s.get(&s.admin, "/api/v1/admin/events?provider=stripe").await.json::<Value>().await.unwrap()["data"], json!([]));
     // A re-sent IPN is a no-op, and so is a replay.
     assert_eq!(deliver_ipn(&s, &finished).await, 200);
-    let replay = s.post(&s.admin, "/api/v1/admin/events/np_5077125051_finished_1764583208000/replay", json!({})).await;
+    let replay = s.post(&s.admin, &format!("/api/v1/admin/events/{}/replay", np_id(&finished)), json!({})).await;
     assert_eq!(replay.status(), 200);
     assert_eq!(s.entitlements().await["credit_balance"], 500);
     assert_eq!(ledger(&s, None).await.len(), 3);
@@ -354,7 +359,7 @@ async fn a_finished_ipn_that_the_api_calls_waiting_fulfils_nothing_until_the_api
     assert_problem(r, 502).await;
     assert_eq!(s.order(order_id).await["status"], "pending");
     assert!(s.grants(order_id).await.is_empty());
-    let id = "np_41_finished_1764583208000";
+    let id = &np_id(&body);
     assert_eq!(s.event_status(id).await, "failed", "kept, not applied");
     let (_, history) = s.app.store.event(id).await.unwrap().unwrap();
     assert!(history[0].detail.contains("GET /v1/payment says waiting"), "{history:?}");
@@ -377,12 +382,12 @@ async fn ipns_for_no_order_of_ours_or_the_wrong_amount_are_stored_and_grant_noth
     stranger["order_id"] = json!("ord_not_ours");
     api_says(&mock, &stranger, 51, "finished").await;
     assert_eq!(deliver_ipn(&s, &ipn(&stranger, 51, "finished")).await, 200);
-    assert_eq!(s.event_status("np_51_finished_1764583208000").await, "unmatched");
+    assert_eq!(s.event_status(&np_id(&ipn(&stranger, 51, "finished"))).await, "unmatched");
     // Our order, another invoice.
     let mut other_invoice = checkout.clone();
     other_invoice["checkout_session_id"] = json!("999");
     assert_eq!(deliver_ipn(&s, &ipn(&other_invoice, 52, "confirming")).await, 200);
-    assert_eq!(s.event_status("np_52_confirming_1764583210000").await, "unmatched");
+    assert_eq!(s.event_status(&np_id(&ipn(&other_invoice, 52, "confirming"))).await, "unmatched");
     // Our order, paid 0.01 usd according to the API itself: flagged, nothing granted.
     let order_id = checkout["order_id"].as_str().unwrap();
     let mut cheap = payment(&checkout, 53, "finished", 1_764_583_208_000);
@@ -414,7 +419,7 @@ async fn an_overpayment_is_recorded_on_the_ledger_and_the_order_is_fulfilled() {
         .await;
     assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&over).unwrap()).await, 200);
     assert_eq!(s.entitlements().await["credit_balance"], 500);
-    let (_, history) = s.app.store.event("np_61_finished_1764583208000").await.unwrap().unwrap();
+    let (_, history) = s.app.store.event(&np_id(&serde_json::to_vec(&over).unwrap())).await.unwrap().unwrap();
     assert!(history[0].detail.contains("overpaid: 0.0003 btc arrived for 0.00021 asked"), "{history:?}");
 }
 
@@ -506,8 +511,11 @@ async fn sync_rereads_open_crypto_orders_from_the_api() {
     assert_eq!(s.entitlements().await["credit_balance"], 500);
 }
 
-/// NOWPayments' documented check, with arrays kept as arrays: keys sorted recursively, then
-/// `JSON.stringify`; each line of the input file a JSON string holding one payload's raw text.
+/// NOWPayments' check as their own Node SDK publishes it (`sortObjectDeep` in
+/// `NowPaymentsIO/nowpayments-sdk-nodejs`, `src/ipn.js`): arrays mapped and kept as arrays, objects'
+/// keys sorted recursively, then `JSON.stringify`. Written here to the same behaviour rather than
+/// pasted (it is not on npm to install). Each line of the input file a JSON string holding one
+/// payload's raw text.
 const NODE_CANONICAL: &str = r#"
 const crypto = require('crypto');
 const fs = require('fs');
@@ -837,6 +845,7 @@ async fn an_ipn_signed_by_node_as_nowpayments_signs_verifies_awkward_numbers_and
         checkout["checkout_session_id"].as_str().unwrap(),
         checkout["order_id"].as_str().unwrap()
     );
+    // NOWPayments' SDK's sortObjectDeep behaviour (see NODE_CANONICAL), then its HMAC.
     let script = r#"
 const crypto = require('crypto');
 const sortObject = (o) => (o && typeof o === 'object')
@@ -862,4 +871,183 @@ process.stdout.write(crypto.createHmac('sha512', process.argv[1]).update(JSON.st
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
     assert_eq!(ledger(&s, Some("nowpayments")).await[0].payload, body.as_bytes());
+}
+
+/// The API answers `body` for payment `payment_id` (until the guard is dropped, or [`api_says`]
+/// mounts an answer that takes precedence).
+async fn api_answers(mock: &MockServer, payment_id: u64, body: Value) -> wiremock::MockGuard {
+    Mock::given(method("GET"))
+        .and(path(format!("/v1/payment/{payment_id}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .with_priority(2)
+        .mount_as_scoped(mock)
+        .await
+}
+
+#[tokio::test]
+async fn a_finished_ipn_whose_payment_the_api_ties_to_another_order_or_to_none_grants_nothing() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    // With the IPN secret leaked: a real finished payment of the same price, made for another
+    // order of ours...
+    let other = crypto_checkout(&s, &product).await;
+    let _api = api_answers(&mock, 71, payment(&other, 71, "finished", 1_764_583_208_000)).await;
+    let r = post_ipn(&s, &ipn(&checkout, 71, "finished"), Some(&np_sig(&ipn(&checkout, 71, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    // ...or made with no order id at all (NOWPayments answers `"order_id": null`)...
+    let mut orderless = payment(&checkout, 72, "finished", 1_764_583_208_000);
+    orderless["order_id"] = Value::Null;
+    let _api = api_answers(&mock, 72, orderless).await;
+    let r = post_ipn(&s, &ipn(&checkout, 72, "finished"), Some(&np_sig(&ipn(&checkout, 72, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    // ...or for our order but another invoice: none of them fulfils the order the IPN names.
+    let mut elsewhere = payment(&checkout, 73, "finished", 1_764_583_208_000);
+    elsewhere["invoice_id"] = json!(1);
+    let _api = api_answers(&mock, 73, elsewhere).await;
+    let r = post_ipn(&s, &ipn(&checkout, 73, "finished"), Some(&np_sig(&ipn(&checkout, 73, "finished"), IPN_SECRET))).await;
+    assert_problem(r, 502).await;
+    assert_eq!(s.order(order_id).await["status"], "pending");
+    assert!(s.grants(order_id).await.is_empty());
+    assert!(s.grants(other["order_id"].as_str().unwrap()).await.is_empty());
+    assert_eq!(s.entitlements().await["credit_balance"], 0);
+    let held = ledger(&s, Some("nowpayments")).await;
+    assert_eq!(held.len(), 3);
+    assert!(held.iter().all(|row| row.status.as_str() == "failed"), "held, not applied");
+}
+
+#[tokio::test]
+async fn one_payment_pays_one_order_and_an_order_is_paid_by_one_payment() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let first = crypto_checkout(&s, &product).await;
+    let second = crypto_checkout(&s, &product).await;
+    let (first_id, second_id) = (first["order_id"].as_str().unwrap(), second["order_id"].as_str().unwrap());
+    Mock::given(method("GET"))
+        .and(path("/v1/payment/81"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(payment(&first, 81, "finished", 1_764_583_208_000)))
+        .with_priority(2)
+        .up_to_n_times(1)
+        .mount(&mock)
+        .await;
+    assert_eq!(deliver_ipn(&s, &ipn(&first, 81, "finished")).await, 200);
+    assert_eq!(s.order(first_id).await["status"], "paid");
+    assert_eq!(s.order(first_id).await["payment_intent_id"], "81", "the payment id is kept on the order");
+    // The same payment id against the second order, even with an API that (wrongly) agrees:
+    // the id is already the first order's, so nothing is granted for the second.
+    let replayed = payment(&second, 81, "finished", 1_764_583_209_000);
+    let _lying = api_answers(&mock, 81, replayed.clone()).await;
+    let status = deliver_ipn(&s, &serde_json::to_vec(&replayed).unwrap()).await;
+    let rows = ledger(&s, Some("nowpayments")).await;
+    let histories: Vec<String> = futures_util::future::join_all(rows.iter().map(|r| s.app.store.event(&r.event_id)))
+        .await
+        .into_iter()
+        .map(|e| format!("{:?}", e.unwrap().unwrap().1))
+        .collect();
+    assert_eq!(status, 200, "{histories:?}");
+    assert_eq!(s.order(second_id).await["status"], "pending");
+    assert!(s.grants(second_id).await.is_empty());
+    assert_eq!(s.entitlements().await["credit_balance"], 500, "one payment, one grant");
+    // A second payment for the first order is not applied to it either.
+    let _api = api_answers(&mock, 82, payment(&first, 82, "finished", 1_764_583_210_000)).await;
+    assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&payment(&first, 82, "finished", 1_764_583_210_000)).unwrap()).await, 200);
+    let rows = ledger(&s, Some("nowpayments")).await;
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == "unmatched").count(), 2, "{statuses:?}");
+    assert_eq!(s.order(first_id).await["payment_intent_id"], "81");
+    assert_eq!(s.grants(first_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_ipn_naming_a_stripe_order_changes_nothing_and_a_stripe_event_never_moves_a_crypto_order() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    // A Stripe order, paid and granted.
+    let card = s.checkout(&product).await;
+    let card_id = card["order_id"].as_str().unwrap();
+    let (_, body) = crate::helpers::shop::completed(&card, 1299);
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.order(card_id).await["status"], "paid");
+    // With the IPN secret: "refunded", "failed" and "expired" IPNs that name it, its session too.
+    for (n, status) in ["refunded", "failed", "expired"].into_iter().enumerate() {
+        let forged = json!({"payment_id": 90 + n, "invoice_id": card["checkout_session_id"], "order_id": card_id,
+            "payment_status": status, "price_amount": 12.99, "price_currency": "usd", "updated_at": 1_764_583_200_000u64});
+        assert_eq!(deliver_ipn(&s, &serde_json::to_vec(&forged).unwrap()).await, 200);
+    }
+    let order = s.order(card_id).await;
+    assert_eq!((order["status"].as_str(), order["provider"].as_str()), (Some("paid"), Some("stripe")), "{order}");
+    assert_eq!(s.grants(card_id).await[0].status.as_str(), "active");
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+    let rows = ledger(&s, Some("nowpayments")).await;
+    assert!(rows.iter().all(|r| r.status.as_str() == "unmatched"), "{rows:?}");
+
+    // A crypto order: a Stripe event naming it (its order id, its invoice as the session) moves nothing.
+    let crypto = crypto_checkout(&s, &product).await;
+    let crypto_id = crypto["order_id"].as_str().unwrap();
+    let (paid_id, body) = crate::helpers::shop::completed(&crypto, 1299);
+    assert_eq!(s.deliver(&body).await, 200);
+    let (expired_id, body) = crate::helpers::shop::expired(&crypto);
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.order(crypto_id).await["status"], "pending");
+    assert!(s.grants(crypto_id).await.is_empty());
+    assert_eq!((s.event_status(&paid_id).await, s.event_status(&expired_id).await), ("unmatched".into(), "unmatched".into()));
+    assert_eq!(s.entitlements().await["credit_balance"], 500);
+}
+
+#[tokio::test]
+async fn an_ipn_and_the_apis_answer_about_the_same_update_are_one_ledger_row() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let confirming = ipn(&checkout, 75, "confirming");
+    assert_eq!(deliver_ipn(&s, &confirming).await, 200);
+    // The API says the same (the IPN's milliseconds as ISO 8601 text, as the API writes them).
+    let ms = serde_json::from_slice::<Value>(&confirming).unwrap()["updated_at"].as_i64().unwrap();
+    let mut answer = payment(&checkout, 75, "confirming", 0);
+    answer["updated_at"] =
+        json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let _api = api_answers(&mock, 75, answer).await;
+    let report = s.app.state.payments.sync_nowpayments(since).await.unwrap();
+    assert_eq!((report.seen, report.stored, report.already_had), (1, 0, 1));
+    assert_eq!(ledger(&s, Some("nowpayments")).await.len(), 1, "one fact, one row");
+    assert_eq!(s.order(checkout["order_id"].as_str().unwrap()).await["status"], "processing");
+}
+
+#[tokio::test]
+async fn a_held_ipn_resent_again_and_again_asks_the_api_at_most_three_times_a_minute() {
+    let mock = MockServer::start().await;
+    let (s, _) = np_shop(&mock).await;
+    let product = s.credits_product(1299, 500).await;
+    let checkout = crypto_checkout(&s, &product).await;
+    let order_id = checkout["order_id"].as_str().unwrap();
+    let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let pid = 4_242_424_242u64;
+    let waiting = api_answers(&mock, pid, payment(&checkout, pid, "waiting", 1)).await;
+    let body = ipn(&checkout, pid, "finished");
+    for _ in 0..6 {
+        assert_problem(post_ipn(&s, &body, Some(&np_sig(&body, IPN_SECRET))).await, 502).await;
+    }
+    let replay = s.post(&s.admin, &format!("/api/v1/admin/events/{}/replay", np_id(&body)), json!({})).await;
+    assert_eq!(replay.status(), 200);
+    let asked = || async {
+        mock.received_requests().await.unwrap().iter().filter(|r| r.url.path() == format!("/v1/payment/{pid}")).count()
+    };
+    assert_eq!(asked().await, 3, "seven re-checks of one held payment, three questions");
+    let (row, history) = s.app.store.event(&np_id(&body)).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "failed");
+    assert!(history.iter().any(|h| h.detail.contains("already checked 3 times in the last minute")), "{history:?}");
+    assert_eq!(s.order(order_id).await["status"], "pending");
+    // Nothing is lost: the sync asks once more and applies what the API now says.
+    drop(waiting);
+    api_says(&mock, &checkout, pid, "finished").await;
+    let report = s.app.state.payments.sync_nowpayments(since).await.unwrap();
+    assert_eq!(report.seen, 1);
+    assert_eq!(s.order(order_id).await["status"], "paid", "{report:?}");
+    assert_eq!(asked().await, 4);
 }
