@@ -158,6 +158,8 @@ impl Dispatcher {
         let (attempt, permanent) = match render(&row.event_type, &data, &self.mail) {
             None => (Attempt::refused(format!("no mail template for {}", row.event_type)), true),
             Some(mail) => {
+                // The row's id makes the Message-ID: a retry after a lost reply is the same mail.
+                let mail = mail.with_id(&row.id);
                 let sent = self.mailer.send(&mail).await;
                 let (error, permanent) = match sent {
                     Ok(()) => (None, false),
