@@ -53,7 +53,7 @@ pub fn auth_service(config: &Config, store: Arc<dyn Store>, limiter: Arc<dyn Rat
     let device_key = crate::domain::crypto::derive_key(secret.expose_secret().as_bytes(), "tollgate device cookie v1");
     let jwt = JwtKeys::new(secret, config.auth.jwt_previous_secret.clone(), issuer, "tollgate".to_owned(), ttl);
     let hasher = PasswordHasherPool::with_queue(usize::try_from(config.auth.password_queue).unwrap_or(32));
-    AuthService::new(store, hasher, limiter, jwt, config.auth.clone(), device_key)
+    AuthService::new(store, hasher, limiter, jwt, config.auth.clone(), device_key).with_new_sign_in_mail(config.mail.new_sign_in)
 }
 
 /// The API-key service for `config`: keys of the server's mode (live with a live Stripe key, else

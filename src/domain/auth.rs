@@ -152,6 +152,8 @@ struct Authenticated {
     /// The nonce of a device cookie valid for this account at its current password.
     device: Option<String>,
     ip_key: String,
+    /// The account knew this client (a device cookie, or an address it signed in from lately).
+    known: bool,
 }
 
 /// The limiter windows a login attempt was counted in, to give back when the attempt turns out
@@ -192,6 +194,8 @@ pub struct AuthService {
     cfg: AuthConfig,
     /// Signs device cookies.
     device_key: [u8; 32],
+    /// Whether a sign-in from a client the account does not know writes a `new_sign_in` email.
+    new_sign_in_mail: bool,
 }
 
 /// Session activity is written at most this often (or a quarter of the idle timeout, if shorter),
@@ -223,7 +227,7 @@ impl AuthService {
         cfg: AuthConfig,
         device_key: [u8; 32],
     ) -> AuthService {
-        AuthService { store, hasher, limiter, jwt, cfg, device_key }
+        AuthService { store, hasher, limiter, jwt, cfg, device_key, new_sign_in_mail: false }
     }
 
     async fn audit(
@@ -334,6 +338,13 @@ impl AuthService {
         }
         self.audit(meta, Some(&user.id), "user.register", Some(&user.id), serde_json::json!({ "role": role.as_str() })).await;
         Ok(user)
+    }
+
+    /// Sign-ins from clients the account does not know write a `new_sign_in` email
+    /// (`TOLLGATE_MAIL_NEW_SIGN_IN`).
+    pub fn with_new_sign_in_mail(mut self, on: bool) -> AuthService {
+        self.new_sign_in_mail = on;
+        self
     }
 
     /// What a device cookie says, if it is genuine.
@@ -471,14 +482,21 @@ impl AuthService {
             // Only if the hash is still the one we verified: a password change in between wins.
             self.store.upgrade_password_hash(&user.id, &user.password_hash, &upgraded, Utc::now()).await?;
         }
-        Ok(Authenticated { user, device, ip_key: ip_key.to_owned() })
+        Ok(Authenticated { user, device, ip_key: ip_key.to_owned(), known })
     }
 
     /// After a credential was stored for a successful login: its address becomes known to the
     /// account, and the success is audited.
     async fn logged_in(&self, who: &Authenticated, meta: &RequestMeta) -> Result<(), AuthError> {
-        if !meta.ip.is_empty() {
-            self.store.remember_client(&who.user.id, &who.ip_key, who.user.credential_epoch, Utc::now()).await?;
+        let now = Utc::now();
+        if self.new_sign_in_mail && !who.known {
+            // "A new sign-in to your account", born with the client's first remembered success.
+            let ip = if meta.ip.is_empty() { "unknown" } else { meta.ip.as_str() };
+            let agent = meta.user_agent.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or("unknown");
+            let notice = serde_json::json!({ "at": now, "ip": ip, "user_agent": agent });
+            self.store.remember_new_client(&who.user.id, &who.ip_key, who.user.credential_epoch, &notice, now).await?;
+        } else if !meta.ip.is_empty() {
+            self.store.remember_client(&who.user.id, &who.ip_key, who.user.credential_epoch, now).await?;
         }
         self.audit(meta, Some(&who.user.id), "login.success", Some(&who.user.id), serde_json::json!({})).await;
         Ok(())

@@ -209,6 +209,17 @@ pub trait AccountStore: Send + Sync {
     /// credential epoch and the user enabled (a login racing a password change or a disable must
     /// not leave its address known to the new password).
     async fn remember_client(&self, user_id: &str, client_key: &str, epoch: i64, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// As `remember_client`, for a sign-in from a client the account did not know: in the same
+    /// transaction, a `new_sign_in` email to the account (`notice`: the mail's data besides `to`),
+    /// once per (account, client, sign-in time).
+    async fn remember_new_client(
+        &self,
+        user_id: &str,
+        client_key: &str,
+        epoch: i64,
+        notice: &serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Deletes sessions past their lifetime or idle since before `idle_cutoff`, or of an old
     /// credential epoch; refresh tokens past their expiry; families created before
@@ -655,6 +666,48 @@ macro_rules! impl_account_store {
                 .execute(&mut *c)
                 .await)?;
                 Ok(())
+            }
+
+            async fn remember_new_client(
+                &self,
+                user_id: &str,
+                client_key: &str,
+                epoch: i64,
+                notice: &serde_json::Value,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                let _turn = self.write_turn().await;
+                $crate::store::pool::transaction!(self, tx => {
+                    let remembered = sqlx::query(
+                        "INSERT INTO login_clients (user_id, client_key, last_success_at)
+                         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1 AND credential_epoch = $4 AND disabled = $5)
+                         ON CONFLICT (user_id, client_key) DO UPDATE SET last_success_at = excluded.last_success_at",
+                    )
+                    .bind(user_id)
+                    .bind(client_key)
+                    .bind(now)
+                    .bind(epoch)
+                    .bind(false)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let to: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1 AND disabled = $2")
+                        .bind(user_id)
+                        .bind(false)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let (1, Some(to)) = (remembered, to) {
+                        let mut data = notice.clone();
+                        if let Some(map) = data.as_object_mut() {
+                            map.insert("to".to_owned(), serde_json::Value::String(to.clone()));
+                        }
+                        let fact = format!("new_sign_in:{user_id}:{client_key}:{}", now.timestamp_micros());
+                        let n = Self::insert_message(&mut tx, "email", &to, "new_sign_in", &data.to_string(), &fact, Some(user_id), None, now).await?;
+                        $crate::store::outbox::note_written(n);
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                })
             }
 
             async fn purge_expired(

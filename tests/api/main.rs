@@ -28,6 +28,7 @@ mod outbound_webhooks;
 mod ratelimits;
 mod refunds_disputes;
 mod security_headers;
+mod sign_in_notice;
 mod storage;
 mod tls;
 mod webhooks;
