@@ -26,6 +26,7 @@ mod nowpayments;
 mod openapi;
 mod outbound_webhooks;
 mod ratelimits;
+mod receipts;
 mod refunds_disputes;
 mod security_headers;
 mod sign_in_notice;
