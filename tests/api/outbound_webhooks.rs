@@ -853,3 +853,41 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() 
     assert_eq!(enabled.status(), 200);
     assert!(enabled.json::<Value>().await.unwrap()["failing_since"].is_null());
 }
+
+/// Debits (balance row, then the user's outbox sequence) racing the payment of credits packs
+/// (order, sequence, balance) for one user: one lock order everywhere, so PostgreSQL never
+/// aborts one of them with a deadlock (40P01): no 5xx, no failed event, the balance adds up.
+#[tokio::test]
+async fn debits_racing_credits_packs_being_paid_never_deadlock() {
+    use crate::helpers::keys::api_key;
+    use futures_util::future::join_all;
+    let s = shop(&[]).await;
+    let (url, _r) = receiver(Receiver::default()).await;
+    endpoint(&s, &url, &["credits.changed"]).await;
+    let key = api_key(&s.app, &s.admin, &["credits:write"]).await;
+    let product = s.credits_product(1000, 100).await;
+    // A starting balance that covers every debit.
+    let first = s.checkout(&product).await;
+    assert_eq!(s.deliver(&completed(&first, 1000).1).await, 200);
+    let mut packs = Vec::new();
+    for _ in 0..8 {
+        packs.push(completed(&s.checkout(&product).await, 1000));
+    }
+    let debits = join_all((0..40).map(|i| {
+        let (s, key) = (&s, &key);
+        async move {
+            let path = format!("/api/v1/users/{}/credits/debits", s.user_id);
+            let r = s.app.client.post(s.app.url(&path)).bearer_auth(key).header("Idempotency-Key", format!("race-{i}"));
+            r.json(&json!({"amount": 1, "reason": "x"})).send().await.unwrap().status().as_u16()
+        }
+    }));
+    let paid = join_all(packs.iter().map(|(_, body)| s.deliver(body)));
+    let (debited, paid) = tokio::join!(debits, paid);
+    assert!(debited.iter().all(|st| *st == 201), "{debited:?}");
+    assert!(paid.iter().all(|st| *st == 200), "{paid:?}");
+    for (event, _) in &packs {
+        assert_eq!(s.event_status(event).await, "processed", "{event}");
+    }
+    assert_eq!(s.app.store.credit_balance(&s.user_id).await.unwrap(), 100 + 8 * 100 - 40);
+    assert_eq!(s.app.store.check_credits().await.unwrap(), vec![]);
+}
