@@ -203,7 +203,7 @@ pub fn wakeup() -> &'static tokio::sync::Notify {
 }
 
 macro_rules! impl_outbox_store {
-    ($store:ty, $db:ty, $lock:literal) => {
+    ($store:ty, $db:ty, $lock:literal, $pg:literal) => {
         impl $store {
             /// Writes the messages `notices` make, in the caller's transaction: one per subscribed,
             /// enabled endpoint and, for a receipt or refund notice, one email to the buyer. Each
@@ -406,12 +406,16 @@ macro_rules! impl_outbox_store {
                     return Ok(Vec::new());
                 }
                 let _turn = self.write_turn().await;
+                // PostgreSQL: leases are set and compared with the database's clock (the lease's
+                // length is `$2 - $3`), so instances whose clocks disagree cannot both hold one.
+                // SQLite: one machine, one clock.
+                let (until, clock) = if $pg { ("now() + ($2 - $3)", "now()") } else { ("$2", "$3") };
                 let sql = format!(
-                    "UPDATE outbox SET lease_owner = $1, lease_until = $2
+                    "UPDATE outbox SET lease_owner = $1, lease_until = {until}
                       WHERE id IN (SELECT id FROM outbox
-                                    WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
+                                    WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < {clock})
                                     ORDER BY next_attempt_at, id LIMIT $4 {})
-                        AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3)
+                        AND status = 'pending' AND (lease_until IS NULL OR lease_until < {clock})
                      RETURNING {MESSAGE_COLUMNS}",
                     $lock
                 );
