@@ -165,7 +165,8 @@ pub trait OutboxStore: Send + Sync {
     /// Sends again (same message, same id) every message for the endpoint that occurred at or
     /// after `since` and is not being sent right now; how many.
     async fn replay_endpoint(&self, endpoint_id: &str, since: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError>;
-    /// Makes the message due now (a failed one gets a new round); false when absent or in flight.
+    /// Makes the webhook message due now (a failed one gets a new round); false when absent, an
+    /// email, delivered, or in flight.
     async fn retry_message(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Writes a `ping` message for the endpoint; its id.
     async fn enqueue_ping(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Option<String>, StoreError>;
@@ -597,7 +598,7 @@ macro_rules! impl_outbox_store {
                     $crate::store::pool::on_conn!(self, c => sqlx::query(
                         "UPDATE outbox SET attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END, status = 'pending',
                                 next_attempt_at = $2, delivered_at = NULL, lease_owner = NULL, lease_until = NULL
-                          WHERE id = $1 AND (lease_until IS NULL OR lease_until < $2)",
+                          WHERE id = $1 AND kind = 'webhook' AND status <> 'delivered' AND (lease_until IS NULL OR lease_until < $2)",
                     )
                     .bind(id)
                     .bind(now)

@@ -368,6 +368,11 @@ async fn a_message_that_exhausts_the_schedule_fails_and_retry_now_delivers_it() 
     assert!(r.got().iter().all(|g| g.id == id));
     let missing = s.post(&s.admin, "/api/v1/admin/webhook-messages/msg_nope/retry", json!({})).await;
     assert_eq!(missing.status(), 404);
+    // A delivered message is not sent again by retry (replay does that): 409, nothing sent.
+    let again = s.post(&s.admin, &format!("/api/v1/admin/webhook-messages/{id}/retry"), json!({})).await;
+    assert_eq!(again.status(), 409);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.got().len(), 3);
 }
 
 #[tokio::test]
@@ -841,6 +846,26 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() 
     let mails: Vec<_> = rows.iter().filter(|r| r.0 == "email" && r.2 == "endpoint_disabled").collect();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].1, "admin@example.com");
+    // Replaying a disabled endpoint would send nothing: 409.
+    let replay = s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/replay"), json!({"since": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(replay.status(), 409);
+    // An email row is not a webhook message: retry does not know it.
+    let email_id: String = {
+        use sqlx::Connection;
+        const SQL: &str = "SELECT id FROM outbox WHERE kind = 'email' AND event_type = 'endpoint_disabled'";
+        match s.app.store.engine() {
+            tollgate::store::Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query_scalar(SQL).fetch_one(&mut c).await.unwrap()
+            }
+            tollgate::store::Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query_scalar(SQL).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    };
+    let retry = s.post(&s.admin, &format!("/api/v1/admin/webhook-messages/{email_id}/retry"), json!({})).await;
+    assert_eq!(retry.status(), 404);
     // A delivery that succeeds ends a failing run; enabling it again forgets it.
     let enabled = s
         .send(

@@ -394,6 +394,7 @@ pub async fn rotate_secret(
         (status = 202, description = "Made due again", body = ReplayOut),
         Unauthenticated, AdminOnlyWithCsrf, JsonBody,
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled: re-enable it first", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replay(
@@ -403,7 +404,10 @@ pub async fn replay(
     Path(id): Path<String>,
     Json(input): Json<ReplayIn>,
 ) -> ApiResult<(StatusCode, axum::Json<ReplayOut>)> {
-    found(&state, &id).await?;
+    if found(&state, &id).await?.disabled {
+        // Its messages would only fail at once: nothing would be sent.
+        return Err(ApiError::Conflict("the endpoint is disabled: re-enable it (PATCH disabled=false), then replay".to_owned()));
+    }
     let replayed = state.store.replay_endpoint(&id, input.since, Utc::now()).await?;
     audit(
         &state,
@@ -475,14 +479,15 @@ fn message_out(m: MessageRow, attempts: Vec<AttemptRow>) -> MessageOut {
     }
 }
 
-/// Attempts the message now (a failed one gets a new round of retries).
+/// Attempts the webhook message now (a failed one gets a new round of retries). Emails are not
+/// retried here (404), and a delivered message is not sent again (409: use replay for that).
 #[utoipa::path(post, path = "/api/v1/admin/webhook-messages/{id}/retry", tag = "admin", security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "A message id (`msg_…`)")),
     responses(
         (status = 202, description = "Due now", body = RetryOut),
         Unauthenticated, AdminOnlyWithCsrf,
-        (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Being sent right now", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook message", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Being sent right now, or delivered already", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn retry_message(
     State(state): State<AppState>,
@@ -490,9 +495,12 @@ pub async fn retry_message(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, axum::Json<RetryOut>)> {
-    state.store.outbox_message(&id).await?.ok_or(ApiError::NotFound)?;
+    let message = state.store.outbox_message(&id).await?.filter(|m| m.kind == "webhook").ok_or(ApiError::NotFound)?;
+    if message.status == "delivered" {
+        return Err(ApiError::Conflict("the message was delivered; replay the endpoint to send it again".to_owned()));
+    }
     if !state.store.retry_message(&id, Utc::now()).await? {
-        return Err(ApiError::Conflict("the message is being sent right now".to_owned()));
+        return Err(ApiError::Conflict("the message is being sent right now, or was just delivered".to_owned()));
     }
     audit(&state, &meta, &admin.user.id, "webhook_message.retry", &id, serde_json::json!({})).await;
     Ok((StatusCode::ACCEPTED, axum::Json(RetryOut { id, status: "pending".to_owned() })))
