@@ -122,6 +122,11 @@ impl Dispatcher {
     async fn send_webhook(&self, row: &MessageRow) -> anyhow::Result<()> {
         let now = Utc::now();
         let endpoint = self.store.endpoint(&row.recipient).await?;
+        if endpoint.as_ref().is_some_and(|e| e.disabled) {
+            // Not sent, not failed: held until the endpoint is enabled again.
+            self.store.hold_message(&row.id, &self.owner).await?;
+            return Ok(());
+        }
         let attempt = match &endpoint {
             None => Attempt::refused("the endpoint no longer exists".to_owned()),
             Some(e) if e.disabled => Attempt::refused("the endpoint is disabled".to_owned()),

@@ -916,3 +916,34 @@ async fn debits_racing_credits_packs_being_paid_never_deadlock() {
     assert_eq!(s.app.store.credit_balance(&s.user_id).await.unwrap(), 100 + 8 * 100 - 40);
     assert_eq!(s.app.store.check_credits().await.unwrap(), vec![]);
 }
+
+/// While an endpoint is disabled its facts are kept, `held` (neither sent nor failed); enabling
+/// it again sends them. A PATCH changes only the fields it carries (a description change does
+/// not re-enable an endpoint the dispatcher disabled meanwhile).
+#[tokio::test]
+async fn facts_of_a_disabled_period_are_held_and_sent_once_the_endpoint_is_enabled_again() {
+    let s = shop(&[]).await;
+    let (url, r) = receiver(Receiver::default()).await;
+    let (ep, _) = endpoint(&s, &url, &["order.paid"]).await;
+    let path = format!("/api/v1/admin/webhook-endpoints/{ep}");
+    let patch = |body: Value| s.send(reqwest::Method::PATCH, &s.admin, &path, Some(body));
+    assert_eq!(patch(json!({"disabled": true})).await.status(), 200);
+    let (checkout, body) = paid_order(&s).await;
+    assert_eq!(s.deliver(&body).await, 200);
+    let m = until_messages(&s, &ep, "a held message", |m| m.len() == 1).await;
+    assert_eq!(m[0]["status"], "held");
+    // Only the description: still disabled.
+    let changed = patch(json!({"description": "billing"})).await;
+    assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!((changed["disabled"].as_bool(), changed["description"].as_str()), (Some(true), Some("billing")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.got().is_empty(), "nothing is sent while disabled");
+    assert_eq!(messages(&s, &ep).await[0]["status"], "held", "and nothing failed");
+
+    assert_eq!(patch(json!({"disabled": false})).await.status(), 200);
+    until("the held order.paid", || r.of_type("order.paid").len() == 1).await;
+    let got: Value = serde_json::from_str(&r.got()[0].body).unwrap();
+    assert_eq!(got["data"]["order"]["id"], checkout["order_id"]);
+    until_messages(&s, &ep, "delivered", |m| m[0]["status"] == "delivered").await;
+}

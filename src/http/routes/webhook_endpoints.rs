@@ -22,7 +22,7 @@ use crate::http::responses::{AdminOnly, AdminOnlyWithCsrf, BadListParameters, Js
 use crate::http::state::AppState;
 use crate::notify::ssrf::check_url;
 use crate::notify::webhook::new_secret;
-use crate::store::outbox::{AttemptRow, EndpointRow, MessageRow};
+use crate::store::outbox::{AttemptRow, EndpointPatch, EndpointRow, MessageRow};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
@@ -310,21 +310,13 @@ pub async fn update_endpoint(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut row = found(&state, &id).await?;
-    if let Some(url) = &input.url {
-        row.url = url.trim().to_owned();
-    }
-    if let Some(events) = &events {
-        row.events = serde_json::to_string(events).map_err(anyhow::Error::from)?;
-    }
-    if let Some(d) = input.description {
-        row.description = Some(d).filter(|d| !d.is_empty());
-    }
-    if let Some(disabled) = input.disabled {
-        row.disabled = disabled;
-    }
-    row.updated_at = Utc::now();
-    if !state.store.update_endpoint(&row).await? {
+    let patch = EndpointPatch {
+        url: input.url.as_deref().map(|u| u.trim().to_owned()),
+        events: events.as_ref().map(serde_json::to_string).transpose().map_err(anyhow::Error::from)?,
+        description: input.description.map(|d| Some(d).filter(|d| !d.is_empty())),
+        disabled: input.disabled,
+    };
+    if !state.store.update_endpoint(&id, &patch, Utc::now()).await? {
         return Err(ApiError::NotFound);
     }
     let row = found(&state, &id).await?;
