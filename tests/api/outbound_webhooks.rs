@@ -406,27 +406,39 @@ async fn a_message_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expir
     let s = shop(&[]).await;
     let (url, r) = receiver(Receiver::default()).await;
     let (ep, _) = endpoint(&s, &url, &["ping"]).await;
-    // A dispatcher that claims and dies before sending: its lease (1 s here) holds the row...
-    let id = {
-        let now = chrono::Utc::now();
-        s.app.store.enqueue_ping(&ep, now - chrono::Duration::seconds(1)).await.unwrap().unwrap()
-    };
-    // (the live dispatcher may have claimed it already; then the dead one gets nothing)
-    let dead = s
-        .app
-        .store
-        .claim_outbox("dsp_dead", chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::seconds(2), 10)
-        .await
-        .unwrap();
-    if dead.iter().any(|m| m.id == id) {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        assert!(r.got().is_empty(), "leased to the dead dispatcher");
+    // A dispatcher that claimed the message and died before sending it: the row and its lease
+    // (3 s from now) written in one statement, with no wake-up, so the live dispatcher can never
+    // claim it first.
+    let now = chrono::Utc::now();
+    let lease_until = now + chrono::Duration::seconds(3);
+    {
+        use sqlx::Connection;
+        const SQL: &str = "INSERT INTO outbox (id, kind, recipient, event_type, payload, fact_key, occurred_at, status, attempts,
+                                               next_attempt_at, lease_owner, lease_until, created_at)
+                           VALUES ('msg_dead', 'webhook', $1, 'ping', $2, 'ping:dead', $3, 'pending', 0, $3, 'dsp_dead', $4, $3)";
+        let body = json!({"type": "ping", "timestamp": now, "data": {"endpoint_id": ep}}).to_string();
+        match s.app.store.engine() {
+            tollgate::store::Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(&ep).bind(&body).bind(now).bind(lease_until).execute(&mut c).await.unwrap();
+            }
+            tollgate::store::Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(&ep).bind(&body).bind(now).bind(lease_until).execute(&mut c).await.unwrap();
+            }
+        }
     }
-    // ...then the live one sends it, once.
+    // The live dispatcher polls every second: during the lease it leaves the row alone...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.got().is_empty(), "leased to the dead dispatcher");
+    // ...then sends it, once, and only after the lease ended.
     until("the message", || !r.got().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.got().len(), 1);
-    assert_eq!(r.got()[0].id, id);
+    assert_eq!(r.got()[0].id, "msg_dead");
+    let attempts = s.app.store.message_attempts("msg_dead").await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].at >= lease_until, "attempted at {} under a lease that ran until {lease_until}", attempts[0].at);
 }
 
 #[tokio::test]
