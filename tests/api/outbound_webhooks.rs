@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
 use crate::helpers::shop::{completed, shop, Shop};
-use crate::helpers::{in_ci, skip, spawn_app_with};
+use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -958,4 +958,33 @@ async fn facts_of_a_disabled_period_are_held_and_sent_once_the_endpoint_is_enabl
     let got: Value = serde_json::from_str(&r.got()[0].body).unwrap();
     assert_eq!(got["data"]["order"]["id"], checkout["order_id"]);
     until_messages(&s, &ep, "delivered", |m| m[0]["status"] == "delivered").await;
+}
+
+/// An admin's browser session changes webhook endpoints only with its CSRF token: without it
+/// (what a forged cross-site request carries) 403 and nothing changes.
+#[tokio::test]
+async fn a_session_without_the_csrf_token_cannot_change_webhook_endpoints() {
+    use crate::helpers::accounts::{login, PASSWORD};
+    let s = shop(&[]).await;
+    let (ep, _) = endpoint(&s, "http://127.0.0.1:9/hook", &["ping"]).await;
+    let b = login(&s.app, "admin@example.com", PASSWORD).await;
+    let send = |method: reqwest::Method, path: String, csrf: bool| {
+        let mut r = s.app.client.request(method, s.app.url(&path)).header("cookie", &b.cookie).json(&json!({"disabled": true}));
+        if csrf {
+            r = r.header("x-csrf-token", &b.csrf);
+        }
+        r.send()
+    };
+    let create = s.app.client.post(s.app.url("/api/v1/admin/webhook-endpoints")).header("cookie", &b.cookie);
+    let create = create.json(&json!({"url": "http://127.0.0.1:9/other", "events": ["ping"]})).send().await.unwrap();
+    assert_problem(create, 403).await;
+    let path = format!("/api/v1/admin/webhook-endpoints/{ep}");
+    assert_problem(send(reqwest::Method::PATCH, path.clone(), false).await.unwrap(), 403).await;
+    assert_problem(send(reqwest::Method::POST, format!("{path}/rotate-secret"), false).await.unwrap(), 403).await;
+    assert_problem(send(reqwest::Method::DELETE, path.clone(), false).await.unwrap(), 403).await;
+    let e = s.app.store.endpoint(&ep).await.unwrap().expect("not deleted");
+    assert!(!e.disabled, "not changed");
+    assert_eq!(s.app.store.endpoints().await.unwrap().len(), 1, "none created");
+    // With the token the same session may.
+    assert_eq!(send(reqwest::Method::PATCH, path, true).await.unwrap().status(), 200);
 }
