@@ -138,7 +138,8 @@ pub trait OutboxStore: Send + Sync {
     async fn update_endpoint(&self, id: &str, patch: &EndpointPatch, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Removes the endpoint and its messages; false when absent.
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
-    /// The new secret signs from now on, the old one beside it until `previous_until`.
+    /// The new secret signs from now on, the old one beside it until `previous_until`; false when
+    /// absent or while an earlier rotation's old secret still signs (its overlap is never cut short).
     async fn rotate_endpoint_secret(
         &self,
         id: &str,
@@ -459,7 +460,8 @@ macro_rules! impl_outbox_store {
             ) -> Result<bool, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 let n = $crate::store::pool::on_conn!(self, c => sqlx::query(
-                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $3, secret = $2, updated_at = $4 WHERE id = $1",
+                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $3, secret = $2, updated_at = $4
+                      WHERE id = $1 AND (previous_until IS NULL OR previous_until <= $4)",
                 )
                 .bind(id)
                 .bind(secret)

@@ -518,6 +518,9 @@ async fn after_a_rotation_both_secrets_verify_for_24_hours() {
     let until_at = chrono::DateTime::parse_from_rfc3339(v["previous_secret_expires_at"].as_str().unwrap()).unwrap();
     let hours = (until_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes();
     assert!((23 * 60..=24 * 60).contains(&hours));
+    // A second rotation inside the overlap would end the old secret's 24 h early: refused.
+    let again = s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/rotate-secret"), json!({})).await;
+    assert_problem(again, 409).await;
     assert_eq!(s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/ping"), json!({})).await.status(), 202);
     until("the ping", || !r.got().is_empty()).await;
     let got = r.got();

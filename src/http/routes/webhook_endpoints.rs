@@ -353,13 +353,15 @@ pub async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A new secret; the old one keeps signing beside it for 24 h.
+/// A new secret; the old one keeps signing beside it for 24 h. A second rotation while the
+/// previous one's 24 h run is refused (409): it would end that old secret's promised overlap early.
 #[utoipa::path(post, path = "/api/v1/admin/webhook-endpoints/{id}/rotate-secret", tag = "admin", security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "An endpoint id (`we_…`)")),
     responses(
         (status = 200, description = "The new secret, shown this once", body = SecretOut),
         Unauthenticated, AdminOnlyWithCsrf,
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A rotation is still in its 24 h overlap", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
@@ -371,7 +373,13 @@ pub async fn rotate_secret(
     let until = now + chrono::Duration::hours(ROTATION_OVERLAP_HOURS);
     let secret = new_secret();
     if !state.store.rotate_endpoint_secret(&id, &secret, until, now).await? {
-        return Err(ApiError::NotFound);
+        return Err(match found(&state, &id).await {
+            Ok(e) => ApiError::Conflict(format!(
+                "the previous rotation's old secret signs until {}; rotate again after that",
+                e.previous_until.map_or_else(String::new, |t| t.to_rfc3339())
+            )),
+            Err(e) => e,
+        });
     }
     audit(&state, &meta, &admin.user.id, "webhook_endpoint.rotate_secret", &id, serde_json::json!({"previous_until": until}))
         .await;
