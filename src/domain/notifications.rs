@@ -96,7 +96,9 @@ pub fn order_notices(o: &OrderView<'_>, before: &OrderFacts, after: &OrderFacts)
             email: None,
         });
     }
-    if let (None | Some(DisputeState::Open), Some(closed @ (DisputeState::Won | DisputeState::Lost))) = (before.dispute, after.dispute) {
+    if let (None | Some(DisputeState::Open), Some(closed @ (DisputeState::Won | DisputeState::Lost))) =
+        (before.dispute, after.dispute)
+    {
         out.push(Notice {
             event_type: "order.dispute_closed",
             fact_key: format!("order.dispute_closed:{}", o.id),

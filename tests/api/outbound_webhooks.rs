@@ -862,7 +862,8 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() 
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].1, "admin@example.com");
     // Replaying a disabled endpoint would send nothing: 409.
-    let replay = s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/replay"), json!({"since": "2020-01-01T00:00:00Z"})).await;
+    let replay =
+        s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/replay"), json!({"since": "2020-01-01T00:00:00Z"})).await;
     assert_eq!(replay.status(), 409);
     // An email row is not a webhook message: retry does not know it.
     let email_id: String = {
