@@ -166,7 +166,7 @@ pub struct MessageOut {
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `held` (its endpoint is disabled: sent once it is enabled again), `delivered` or `failed`.
     pub status: String,
     pub occurred_at: DateTime<Utc>,
     /// The user's sequence number of the fact (orders what arrives out of order).
