@@ -35,7 +35,8 @@ CREATE TABLE outbox (
     user_id         TEXT,
     user_seq        BIGINT,
     occurred_at     TIMESTAMPTZ NOT NULL,
-    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    -- held: for a disabled endpoint; made pending again when it is enabled.
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'held', 'delivered', 'failed')),
     attempts        BIGINT NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ NOT NULL,
     lease_owner     TEXT,

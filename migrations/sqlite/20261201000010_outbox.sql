@@ -35,7 +35,8 @@ CREATE TABLE outbox (
     user_id         TEXT,
     user_seq        INTEGER,
     occurred_at     TEXT NOT NULL,
-    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    -- held: for a disabled endpoint; made pending again when it is enabled.
+    status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'held', 'delivered', 'failed')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TEXT NOT NULL,
     lease_owner     TEXT,

@@ -86,20 +86,25 @@ pub fn order_notices(o: &OrderView<'_>, before: &OrderFacts, after: &OrderFacts)
             email: Some("refund"),
         });
     }
-    match (before.dispute, after.dispute) {
-        (None, Some(_)) => out.push(Notice {
+    // A dispute can go from none straight to won/lost (Stripe's close arrived first): the
+    // merchant is told it was disputed, then that it closed.
+    if before.dispute.is_none() && after.dispute.is_some() {
+        out.push(Notice {
             event_type: "order.disputed",
             fact_key: format!("order.disputed:{}", o.id),
             data: json!({ "order": order }),
             email: None,
-        }),
-        (Some(DisputeState::Open), Some(closed @ (DisputeState::Won | DisputeState::Lost))) => out.push(Notice {
+        });
+    }
+    if let (None | Some(DisputeState::Open), Some(closed @ (DisputeState::Won | DisputeState::Lost))) =
+        (before.dispute, after.dispute)
+    {
+        out.push(Notice {
             event_type: "order.dispute_closed",
             fact_key: format!("order.dispute_closed:{}", o.id),
             data: json!({ "order": order, "outcome": closed.as_str() }),
             email: None,
-        }),
-        _ => {}
+        });
     }
     out
 }
@@ -278,6 +283,20 @@ mod tests {
         won.dispute = Some(DisputeState::Won);
         let n = order_notices(&view(), &open, &won);
         assert_eq!((n[0].event_type, n[0].data["outcome"].as_str()), ("order.dispute_closed", Some("won")));
+    }
+
+    #[test]
+    fn a_dispute_closed_before_it_was_seen_open_is_disputed_then_closed() {
+        for outcome in [DisputeState::Won, DisputeState::Lost] {
+            let mut closed = paid();
+            closed.dispute = Some(outcome);
+            let n = order_notices(&view(), &paid(), &closed);
+            let types: Vec<&str> = n.iter().map(|n| n.event_type).collect();
+            assert_eq!(types, ["order.disputed", "order.dispute_closed"]);
+            assert_eq!(n[1].data["outcome"], outcome.as_str());
+            // Its open event arriving late changes nothing (orders.rs keeps a closed dispute closed).
+            assert!(order_notices(&view(), &closed, &closed).is_empty());
+        }
     }
 
     #[test]

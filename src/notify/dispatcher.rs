@@ -22,6 +22,10 @@ use crate::store::Store;
 /// Longer than any one delivery (15 s timeout) by a wide margin: a live dispatcher never loses
 /// its lease mid-send, a dead one's rows come back within a minute.
 pub const LEASE: Duration = Duration::from_secs(60);
+/// The most one send (a webhook, or a mail through the mailer: lettre's own per-command timeout
+/// is 60 s) may take: half the lease, so a live dispatcher never sends under an expired lease.
+/// Running out is a transient failure, retried on the schedule.
+pub const SEND_LIMIT: Duration = Duration::from_secs(LEASE.as_secs() / 2);
 const BATCH: i64 = 32;
 const POLL: Duration = Duration::from_secs(1);
 
@@ -118,12 +122,30 @@ impl Dispatcher {
     async fn send_webhook(&self, row: &MessageRow) -> anyhow::Result<()> {
         let now = Utc::now();
         let endpoint = self.store.endpoint(&row.recipient).await?;
+        if endpoint.as_ref().is_some_and(|e| e.disabled) {
+            // Not sent, not failed: held until the endpoint is enabled again.
+            self.store.hold_message(&row.id, &self.owner).await?;
+            return Ok(());
+        }
         let attempt = match &endpoint {
             None => Attempt::refused("the endpoint no longer exists".to_owned()),
             Some(e) if e.disabled => Attempt::refused("the endpoint is disabled".to_owned()),
             Some(e) => match check_url(&e.url, self.production, self.allow_private) {
                 Err(why) => Attempt::refused(format!("refused: {why}")),
-                Ok(url) => webhook::deliver(&self.client, &url, &row.id, &row.payload, &e.signing_secrets(now)).await,
+                Ok(url) => {
+                    let started = std::time::Instant::now();
+                    let secrets = e.signing_secrets(now);
+                    let sending = webhook::deliver(&self.client, &url, &row.id, &row.payload, &secrets);
+                    match tokio::time::timeout(SEND_LIMIT, sending).await {
+                        Ok(attempt) => attempt,
+                        Err(_) => Attempt {
+                            status_code: None,
+                            error: Some(format!("timed out after {} s", SEND_LIMIT.as_secs())),
+                            response: None,
+                            duration: started.elapsed(),
+                        },
+                    }
+                }
             },
         };
         let next = if attempt.delivered() {
@@ -160,11 +182,12 @@ impl Dispatcher {
             Some(mail) => {
                 // The row's id makes the Message-ID: a retry after a lost reply is the same mail.
                 let mail = mail.with_id(&row.id);
-                let sent = self.mailer.send(&mail).await;
+                let sent = tokio::time::timeout(SEND_LIMIT, self.mailer.send(&mail)).await;
                 let (error, permanent) = match sent {
-                    Ok(()) => (None, false),
-                    Err(MailError::Transient(e)) => (Some(format!("transient: {e}")), false),
-                    Err(MailError::Permanent(e)) => (Some(format!("permanent: {e}")), true),
+                    Err(_) => (Some(format!("transient: timed out after {} s", SEND_LIMIT.as_secs())), false),
+                    Ok(Ok(())) => (None, false),
+                    Ok(Err(MailError::Transient(e))) => (Some(format!("transient: {e}")), false),
+                    Ok(Err(MailError::Permanent(e))) => (Some(format!("permanent: {e}")), true),
                 };
                 (Attempt { status_code: None, error, response: None, duration: started.elapsed() }, permanent)
             }

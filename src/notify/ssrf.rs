@@ -1,6 +1,7 @@
 //! Keeping outbound webhooks off addresses that are not the merchant's public app: loopback,
 //! private, link-local, unique-local, CGNAT, "this network", multicast, reserved and the cloud
-//! metadata services, also when written as IPv4-mapped (or NAT64) IPv6. The check is made on the
+//! metadata services, also when written as IPv4-mapped, IPv4-translated, NAT64 or 6to4 IPv6
+//! (local-use NAT64, 64:ff9b:1::/48, is refused whole). The check is made on the
 //! address actually connected to: [`FilteringResolver`] drops forbidden addresses from every DNS
 //! answer (so a name that resolves to a public address when saved and to 10.0.0.1 when sent —
 //! DNS rebinding — cannot slip through), and a URL with a literal address is checked before
@@ -44,6 +45,7 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
         || (first & 0xfe00) == 0xfc00 // fc00::/7 unique-local (fd00:ec2::254: AWS metadata)
         || (first & 0xff00) == 0xff00 // multicast
         || (first & 0xffc0) == 0xfec0 // fec0::/10 site-local (deprecated)
+        || ip.segments()[..3] == [0x64, 0xff9b, 1] // 64:ff9b:1::/48 local-use NAT64 (RFC 8215): never public
 }
 
 /// The IPv4 address inside an IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d) or
@@ -59,6 +61,14 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return Some(tail);
+    }
+    // ::ffff:0:a.b.c.d, IPv4-translated (SIIT, RFC 2765).
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return Some(tail);
+    }
+    // 2002:a.b.c.d::/48, 6to4 (RFC 3056): the relay delivers to a.b.c.d.
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8));
     }
     None
 }
@@ -148,10 +158,26 @@ mod tests {
             "::ffff:169.254.169.254",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:7f00:1::",
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::",
+            "2002:a00:1:1::1",
         ] {
             assert!(is_forbidden(bad.parse().unwrap()), "{bad} should be refused");
         }
-        for ok in ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ok in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
+            "2002:808:808::1",
+        ] {
             assert!(!is_forbidden(ok.parse().unwrap()), "{ok} should pass");
         }
     }

@@ -121,6 +121,7 @@ macro_rules! impl_credit_store {
                 delta: i64,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<(i64, i64)>, $crate::store::error::StoreError> {
+                Self::lock_sequence(tx, user_id).await?;
                 let row: Option<(i64, i64)> = if delta >= 0 {
                     sqlx::query_as(
                         "INSERT INTO credit_balances (user_id, balance, seq, updated_at) VALUES ($1, $2, 1, $3)
@@ -147,11 +148,31 @@ macro_rules! impl_credit_store {
                 Ok(row)
             }
 
+            /// Locks the user's outbox sequence row (`write_notices` numbers their facts under it)
+            /// until the transaction ends. Every path takes it BEFORE the balance row: the Stripe
+            /// event path locks order → sequence → balance, so a debit or adjustment that locked
+            /// the balance and then the sequence would deadlock with it on PostgreSQL (40P01).
+            /// A write that changes nothing (seq 0 for a user with no facts yet: the first fact is 1).
+            pub(crate) async fn lock_sequence(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                user_id: &str,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                sqlx::query(
+                    "INSERT INTO outbox_sequences (user_id, seq) VALUES ($1, 0)
+                     ON CONFLICT (user_id) DO UPDATE SET seq = outbox_sequences.seq",
+                )
+                .bind(user_id)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+
             /// The user's balance, locking its row until the transaction ends (0: no row yet).
             pub(crate) async fn lock_balance(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: &str,
             ) -> Result<i64, $crate::store::error::StoreError> {
+                Self::lock_sequence(tx, user_id).await?;
                 let balance: Option<i64> =
                     sqlx::query_scalar("UPDATE credit_balances SET updated_at = updated_at WHERE user_id = $1 RETURNING balance")
                         .bind(user_id)
@@ -353,7 +374,8 @@ macro_rules! impl_credit_store {
                 let written = {
                     let _turn = self.write_turn().await;
                     $crate::store::pool::transaction!(self, tx => {
-                        // The conditional UPDATE is the first statement: it takes SQLite's write
+                        // The user's sequence row, then the conditional UPDATE (see
+                        // `lock_sequence`): writes first, they take SQLite's write
                         // lock at once (a read first would make the upgrade fail when another
                         // connection wrote meanwhile) and the row lock on PostgreSQL.
                         let Some((balance, seq)) = Self::move_balance(&mut tx, &d.user_id, -d.amount, d.now).await? else {
@@ -406,7 +428,7 @@ macro_rules! impl_credit_store {
                 use $crate::store::credits::{CreditOutcome, MovementRow};
                 let _turn = self.write_turn().await;
                 $crate::store::pool::transaction!(self, tx => {
-                    // A write first (see `debit_credits`): the balance row, locked.
+                    // A write first (see `debit_credits`): the sequence row, then the balance row, locked.
                     let before = Self::lock_balance(&mut tx, user_id).await?;
                     let user: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut *tx).await?;
                     if user.is_none() {

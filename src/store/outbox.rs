@@ -59,6 +59,17 @@ impl EndpointRow {
     }
 }
 
+/// What a PATCH of an endpoint changes: only the fields it carries.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointPatch {
+    pub url: Option<String>,
+    /// A JSON array of event types.
+    pub events: Option<String>,
+    /// `Some(None)` removes it.
+    pub description: Option<Option<String>>,
+    pub disabled: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MessageRow {
     pub id: String,
@@ -121,11 +132,14 @@ pub trait OutboxStore: Send + Sync {
     async fn insert_endpoint(&self, e: &EndpointRow) -> Result<(), StoreError>;
     async fn endpoints(&self) -> Result<Vec<EndpointRow>, StoreError>;
     async fn endpoint(&self, id: &str) -> Result<Option<EndpointRow>, StoreError>;
-    /// Writes url, events, description, disabled (re-enabling forgets the failing run); false when absent.
-    async fn update_endpoint(&self, e: &EndpointRow) -> Result<bool, StoreError>;
+    /// Writes only the fields `patch` carries (so a concurrent auto-disable is not undone by
+    /// a change of description); false when absent. Disabling holds the endpoint's pending
+    /// messages; re-enabling forgets the failing run and makes its held messages due now.
+    async fn update_endpoint(&self, id: &str, patch: &EndpointPatch, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Removes the endpoint and its messages; false when absent.
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
-    /// The new secret signs from now on, the old one beside it until `previous_until`.
+    /// The new secret signs from now on, the old one beside it until `previous_until`; false when
+    /// absent or while an earlier rotation's old secret still signs (its overlap is never cut short).
     async fn rotate_endpoint_secret(
         &self,
         id: &str,
@@ -142,6 +156,9 @@ pub trait OutboxStore: Send + Sync {
         lease_until: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<MessageRow>, StoreError>;
+    /// A leased webhook message whose endpoint is disabled: held (no attempt recorded) until the
+    /// endpoint is enabled again. Whether it was still `owner`'s.
+    async fn hold_message(&self, id: &str, owner: &str) -> Result<bool, StoreError>;
     /// Records the attempt and moves the message on (if `owner` still holds its lease); a
     /// webhook's endpoint learns whether it is failing. Whether the message moved.
     async fn finish_attempt(&self, done: &AttemptDone) -> Result<bool, StoreError>;
@@ -165,7 +182,8 @@ pub trait OutboxStore: Send + Sync {
     /// Sends again (same message, same id) every message for the endpoint that occurred at or
     /// after `since` and is not being sent right now; how many.
     async fn replay_endpoint(&self, endpoint_id: &str, since: DateTime<Utc>, now: DateTime<Utc>) -> Result<u64, StoreError>;
-    /// Makes the message due now (a failed one gets a new round); false when absent or in flight.
+    /// Makes the webhook message due now (a failed one gets a new round); false when absent, an
+    /// email, delivered, or in flight.
     async fn retry_message(&self, id: &str, now: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Writes a `ping` message for the endpoint; its id.
     async fn enqueue_ping(&self, endpoint_id: &str, now: DateTime<Utc>) -> Result<Option<String>, StoreError>;
@@ -203,10 +221,10 @@ pub fn wakeup() -> &'static tokio::sync::Notify {
 }
 
 macro_rules! impl_outbox_store {
-    ($store:ty, $db:ty, $lock:literal) => {
+    ($store:ty, $db:ty, $lock:literal, $pg:literal) => {
         impl $store {
-            /// Writes the messages `notices` make, in the caller's transaction: one per subscribed,
-            /// enabled endpoint and, for a receipt or refund notice, one email to the buyer. Each
+            /// Writes the messages `notices` make, in the caller's transaction: one per subscribed
+            /// endpoint (`held` while it is disabled: sent once it is enabled again) and, for a receipt or refund notice, one email to the buyer. Each
             /// fact takes the user's next sequence number. A fact already reported writes nothing.
             pub(crate) async fn write_notices(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -220,19 +238,16 @@ macro_rules! impl_outbox_store {
                 }
                 let email: Option<String> =
                     sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut **tx).await?;
-                let endpoints: Vec<(String, String)> =
-                    sqlx::query_as("SELECT id, events FROM webhook_endpoints WHERE disabled = $1 ORDER BY id")
-                        .bind(false)
-                        .fetch_all(&mut **tx)
-                        .await?;
+                let endpoints: Vec<(String, String, bool)> =
+                    sqlx::query_as("SELECT id, events, disabled FROM webhook_endpoints ORDER BY id").fetch_all(&mut **tx).await?;
                 let mut written = 0;
                 for notice in notices {
-                    let subscribed: Vec<&str> = endpoints
+                    let subscribed: Vec<(&str, bool)> = endpoints
                         .iter()
-                        .filter(|(_, events)| {
+                        .filter(|(_, events, _)| {
                             serde_json::from_str::<Vec<String>>(events).is_ok_and(|t| t.iter().any(|t| t == notice.event_type))
                         })
-                        .map(|(id, _)| id.as_str())
+                        .map(|(id, _, disabled)| (id.as_str(), *disabled))
                         .collect();
                     let mails = notice.email.filter(|_| email.is_some());
                     if subscribed.is_empty() && mails.is_none() {
@@ -252,8 +267,9 @@ macro_rules! impl_outbox_store {
                         map.insert("sequence".into(), serde_json::json!(seq));
                     }
                     let body = webhook_body(notice.event_type, now, &data).to_string();
-                    for endpoint in subscribed {
-                        written += Self::insert_message(tx, "webhook", endpoint, notice.event_type, &body, &notice.fact_key, Some(user_id), Some(seq), now).await?;
+                    for (endpoint, disabled) in subscribed {
+                        let status = if disabled { "held" } else { "pending" };
+                        written += Self::insert_message_as(tx, "webhook", endpoint, notice.event_type, &body, &notice.fact_key, Some(user_id), Some(seq), now, status).await?;
                     }
                     if let (Some(kind), Some(to)) = (mails, email.as_deref()) {
                         let mail = email_data(kind, to, &data, now).to_string();
@@ -264,7 +280,7 @@ macro_rules! impl_outbox_store {
                 Ok(written)
             }
 
-            /// One message, unless this (fact, kind, recipient) has one already; rows written.
+            /// One pending message, unless this (fact, kind, recipient) has one already; rows written.
             #[allow(clippy::too_many_arguments)]
             pub(crate) async fn insert_message(
                 tx: &mut sqlx::Transaction<'_, $db>,
@@ -277,10 +293,28 @@ macro_rules! impl_outbox_store {
                 user_seq: Option<i64>,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<u64, $crate::store::error::StoreError> {
+                Self::insert_message_as(tx, kind, recipient, event_type, payload, fact_key, user_id, user_seq, now, "pending").await
+            }
+
+            /// One message (`pending`, or `held` for a disabled endpoint), unless this (fact, kind,
+            /// recipient) has one already; rows written.
+            #[allow(clippy::too_many_arguments)]
+            pub(crate) async fn insert_message_as(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                kind: &str,
+                recipient: &str,
+                event_type: &str,
+                payload: &str,
+                fact_key: &str,
+                user_id: Option<&str>,
+                user_seq: Option<i64>,
+                now: chrono::DateTime<chrono::Utc>,
+                status: &str,
+            ) -> Result<u64, $crate::store::error::StoreError> {
                 Ok(sqlx::query(
                     "INSERT INTO outbox (id, kind, recipient, event_type, payload, fact_key, user_id, user_seq, occurred_at, status,
                                          attempts, next_attempt_at, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 0, $9, $9)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $9, $9)
                      ON CONFLICT (fact_key, kind, recipient) DO NOTHING",
                 )
                 .bind($crate::domain::account::new_id("msg"))
@@ -292,6 +326,7 @@ macro_rules! impl_outbox_store {
                 .bind(user_id)
                 .bind(user_seq)
                 .bind(now)
+                .bind(status)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected())
@@ -333,19 +368,69 @@ macro_rules! impl_outbox_store {
                 Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(id).fetch_optional(&mut *c).await)?)
             }
 
-            async fn update_endpoint(&self, e: &$crate::store::outbox::EndpointRow) -> Result<bool, $crate::store::error::StoreError> {
+            async fn update_endpoint(
+                &self,
+                id: &str,
+                p: &$crate::store::outbox::EndpointPatch,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<bool, $crate::store::error::StoreError> {
+                let _turn = self.write_turn().await;
+                let found = $crate::store::pool::transaction!(self, tx => {
+                    let n = sqlx::query(
+                        "UPDATE webhook_endpoints SET url = COALESCE($2, url), events = COALESCE($3, events),
+                                description = CASE WHEN $4 THEN $5 ELSE description END, disabled = COALESCE($6, disabled),
+                                failing_since = CASE WHEN $6 IS NOT NULL AND NOT $6 THEN NULL ELSE failing_since END, updated_at = $7
+                          WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&p.url)
+                    .bind(&p.events)
+                    .bind(p.description.is_some())
+                    .bind(p.description.clone().flatten())
+                    .bind(p.disabled)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    match p.disabled {
+                        Some(true) => {
+                            sqlx::query("UPDATE outbox SET status = 'held' WHERE kind = 'webhook' AND recipient = $1 AND status = 'pending'")
+                                .bind(id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Some(false) => {
+                            let n = sqlx::query(
+                                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2
+                                  WHERE kind = 'webhook' AND recipient = $1 AND status = 'held'",
+                            )
+                            .bind(id)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                            $crate::store::outbox::note_written(n);
+                        }
+                        None => {}
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                })?;
+                $crate::store::outbox::wake_after_commit();
+                Ok(found)
+            }
+
+            async fn hold_message(&self, id: &str, owner: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 let n = $crate::store::pool::on_conn!(self, c => sqlx::query(
-                    "UPDATE webhook_endpoints SET url = $2, events = $3, description = $4, disabled = $5,
-                            failing_since = CASE WHEN $5 THEN failing_since ELSE NULL END, updated_at = $6
-                      WHERE id = $1",
+                    "UPDATE outbox SET status = 'held', lease_owner = NULL, lease_until = NULL
+                      WHERE id = $1 AND kind = 'webhook' AND lease_owner = $2 AND status = 'pending'",
                 )
-                .bind(&e.id)
-                .bind(&e.url)
-                .bind(&e.events)
-                .bind(&e.description)
-                .bind(e.disabled)
-                .bind(e.updated_at)
+                .bind(id)
+                .bind(owner)
                 .execute(&mut *c)
                 .await)?
                 .rows_affected();
@@ -375,7 +460,8 @@ macro_rules! impl_outbox_store {
             ) -> Result<bool, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 let n = $crate::store::pool::on_conn!(self, c => sqlx::query(
-                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $3, secret = $2, updated_at = $4 WHERE id = $1",
+                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_until = $3, secret = $2, updated_at = $4
+                      WHERE id = $1 AND (previous_until IS NULL OR previous_until <= $4)",
                 )
                 .bind(id)
                 .bind(secret)
@@ -406,12 +492,16 @@ macro_rules! impl_outbox_store {
                     return Ok(Vec::new());
                 }
                 let _turn = self.write_turn().await;
+                // PostgreSQL: leases are set and compared with the database's clock (the lease's
+                // length is `$2 - $3`), so instances whose clocks disagree cannot both hold one.
+                // SQLite: one machine, one clock.
+                let (until, clock) = if $pg { ("now() + ($2 - $3)", "now()") } else { ("$2", "$3") };
                 let sql = format!(
-                    "UPDATE outbox SET lease_owner = $1, lease_until = $2
+                    "UPDATE outbox SET lease_owner = $1, lease_until = {until}
                       WHERE id IN (SELECT id FROM outbox
-                                    WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
+                                    WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < {clock})
                                     ORDER BY next_attempt_at, id LIMIT $4 {})
-                        AND status = 'pending' AND (lease_until IS NULL OR lease_until < $3)
+                        AND status = 'pending' AND (lease_until IS NULL OR lease_until < {clock})
                      RETURNING {MESSAGE_COLUMNS}",
                     $lock
                 );
@@ -517,6 +607,11 @@ macro_rules! impl_outbox_store {
                     let Some((url, since)) = row else {
                         return Ok(false);
                     };
+                    // Its pending messages wait, held, until it is enabled again.
+                    sqlx::query("UPDATE outbox SET status = 'held' WHERE kind = 'webhook' AND recipient = $1 AND status = 'pending' AND lease_owner IS NULL")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
                     let admins: Vec<String> = sqlx::query_scalar("SELECT email FROM users WHERE role = 'admin' AND disabled = $1 ORDER BY id")
                         .bind(false)
                         .fetch_all(&mut *tx)
@@ -593,7 +688,7 @@ macro_rules! impl_outbox_store {
                     $crate::store::pool::on_conn!(self, c => sqlx::query(
                         "UPDATE outbox SET attempts = CASE WHEN status = 'failed' THEN 0 ELSE attempts END, status = 'pending',
                                 next_attempt_at = $2, delivered_at = NULL, lease_owner = NULL, lease_until = NULL
-                          WHERE id = $1 AND (lease_until IS NULL OR lease_until < $2)",
+                          WHERE id = $1 AND kind = 'webhook' AND status <> 'delivered' AND (lease_until IS NULL OR lease_until < $2)",
                     )
                     .bind(id)
                     .bind(now)

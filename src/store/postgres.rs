@@ -23,7 +23,7 @@ super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
 super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 super::credits::impl_credit_store!(PgStore, sqlx::Postgres);
 super::licences::impl_licence_store!(PgStore, sqlx::Postgres);
-super::outbox::impl_outbox_store!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED");
+super::outbox::impl_outbox_store!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED", true);
 
 pub struct PgStore {
     pool: PgPool,

@@ -30,7 +30,7 @@ super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
 super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
-super::outbox::impl_outbox_store!(SqliteStore, sqlx::Sqlite, "");
+super::outbox::impl_outbox_store!(SqliteStore, sqlx::Sqlite, "", false);
 
 pub struct SqliteStore {
     pool: SqlitePool,

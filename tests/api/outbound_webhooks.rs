@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
 use crate::helpers::shop::{completed, shop, Shop};
-use crate::helpers::{in_ci, skip, spawn_app_with};
+use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with};
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -368,6 +368,11 @@ async fn a_message_that_exhausts_the_schedule_fails_and_retry_now_delivers_it() 
     assert!(r.got().iter().all(|g| g.id == id));
     let missing = s.post(&s.admin, "/api/v1/admin/webhook-messages/msg_nope/retry", json!({})).await;
     assert_eq!(missing.status(), 404);
+    // A delivered message is not sent again by retry (replay does that): 409, nothing sent.
+    let again = s.post(&s.admin, &format!("/api/v1/admin/webhook-messages/{id}/retry"), json!({})).await;
+    assert_eq!(again.status(), 409);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(r.got().len(), 3);
 }
 
 #[tokio::test]
@@ -401,27 +406,39 @@ async fn a_message_leased_by_a_dispatcher_that_died_is_sent_once_its_lease_expir
     let s = shop(&[]).await;
     let (url, r) = receiver(Receiver::default()).await;
     let (ep, _) = endpoint(&s, &url, &["ping"]).await;
-    // A dispatcher that claims and dies before sending: its lease (1 s here) holds the row...
-    let id = {
-        let now = chrono::Utc::now();
-        s.app.store.enqueue_ping(&ep, now - chrono::Duration::seconds(1)).await.unwrap().unwrap()
-    };
-    // (the live dispatcher may have claimed it already; then the dead one gets nothing)
-    let dead = s
-        .app
-        .store
-        .claim_outbox("dsp_dead", chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::seconds(2), 10)
-        .await
-        .unwrap();
-    if dead.iter().any(|m| m.id == id) {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
-        assert!(r.got().is_empty(), "leased to the dead dispatcher");
+    // A dispatcher that claimed the message and died before sending it: the row and its lease
+    // (3 s from now) written in one statement, with no wake-up, so the live dispatcher can never
+    // claim it first.
+    let now = chrono::Utc::now();
+    let lease_until = now + chrono::Duration::seconds(3);
+    {
+        use sqlx::Connection;
+        const SQL: &str = "INSERT INTO outbox (id, kind, recipient, event_type, payload, fact_key, occurred_at, status, attempts,
+                                               next_attempt_at, lease_owner, lease_until, created_at)
+                           VALUES ('msg_dead', 'webhook', $1, 'ping', $2, 'ping:dead', $3, 'pending', 0, $3, 'dsp_dead', $4, $3)";
+        let body = json!({"type": "ping", "timestamp": now, "data": {"endpoint_id": ep}}).to_string();
+        match s.app.store.engine() {
+            tollgate::store::Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(&ep).bind(&body).bind(now).bind(lease_until).execute(&mut c).await.unwrap();
+            }
+            tollgate::store::Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query(SQL).bind(&ep).bind(&body).bind(now).bind(lease_until).execute(&mut c).await.unwrap();
+            }
+        }
     }
-    // ...then the live one sends it, once.
+    // The live dispatcher polls every second: during the lease it leaves the row alone...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.got().is_empty(), "leased to the dead dispatcher");
+    // ...then sends it, once, and only after the lease ended.
     until("the message", || !r.got().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(r.got().len(), 1);
-    assert_eq!(r.got()[0].id, id);
+    assert_eq!(r.got()[0].id, "msg_dead");
+    let attempts = s.app.store.message_attempts("msg_dead").await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].at >= lease_until, "attempted at {} under a lease that ran until {lease_until}", attempts[0].at);
 }
 
 #[tokio::test]
@@ -501,6 +518,9 @@ async fn after_a_rotation_both_secrets_verify_for_24_hours() {
     let until_at = chrono::DateTime::parse_from_rfc3339(v["previous_secret_expires_at"].as_str().unwrap()).unwrap();
     let hours = (until_at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_minutes();
     assert!((23 * 60..=24 * 60).contains(&hours));
+    // A second rotation inside the overlap would end the old secret's 24 h early: refused.
+    let again = s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/rotate-secret"), json!({})).await;
+    assert_problem(again, 409).await;
     assert_eq!(s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/ping"), json!({})).await.status(), 202);
     until("the ping", || !r.got().is_empty()).await;
     let got = r.got();
@@ -841,6 +861,27 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() 
     let mails: Vec<_> = rows.iter().filter(|r| r.0 == "email" && r.2 == "endpoint_disabled").collect();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].1, "admin@example.com");
+    // Replaying a disabled endpoint would send nothing: 409.
+    let replay =
+        s.post(&s.admin, &format!("/api/v1/admin/webhook-endpoints/{ep}/replay"), json!({"since": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(replay.status(), 409);
+    // An email row is not a webhook message: retry does not know it.
+    let email_id: String = {
+        use sqlx::Connection;
+        const SQL: &str = "SELECT id FROM outbox WHERE kind = 'email' AND event_type = 'endpoint_disabled'";
+        match s.app.store.engine() {
+            tollgate::store::Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query_scalar(SQL).fetch_one(&mut c).await.unwrap()
+            }
+            tollgate::store::Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
+                sqlx::query_scalar(SQL).fetch_one(&mut c).await.unwrap()
+            }
+        }
+    };
+    let retry = s.post(&s.admin, &format!("/api/v1/admin/webhook-messages/{email_id}/retry"), json!({})).await;
+    assert_eq!(retry.status(), 404);
     // A delivery that succeeds ends a failing run; enabling it again forgets it.
     let enabled = s
         .send(
@@ -852,4 +893,102 @@ async fn an_endpoint_failing_for_five_days_is_disabled_and_admins_are_emailed() 
         .await;
     assert_eq!(enabled.status(), 200);
     assert!(enabled.json::<Value>().await.unwrap()["failing_since"].is_null());
+}
+
+/// Debits (balance row, then the user's outbox sequence) racing the payment of credits packs
+/// (order, sequence, balance) for one user: one lock order everywhere, so PostgreSQL never
+/// aborts one of them with a deadlock (40P01): no 5xx, no failed event, the balance adds up.
+#[tokio::test]
+async fn debits_racing_credits_packs_being_paid_never_deadlock() {
+    use crate::helpers::keys::api_key;
+    use futures_util::future::join_all;
+    let s = shop(&[]).await;
+    let (url, _r) = receiver(Receiver::default()).await;
+    endpoint(&s, &url, &["credits.changed"]).await;
+    let key = api_key(&s.app, &s.admin, &["credits:write"]).await;
+    let product = s.credits_product(1000, 100).await;
+    // A starting balance that covers every debit.
+    let first = s.checkout(&product).await;
+    assert_eq!(s.deliver(&completed(&first, 1000).1).await, 200);
+    let mut packs = Vec::new();
+    for _ in 0..8 {
+        packs.push(completed(&s.checkout(&product).await, 1000));
+    }
+    let debits = join_all((0..40).map(|i| {
+        let (s, key) = (&s, &key);
+        async move {
+            let path = format!("/api/v1/users/{}/credits/debits", s.user_id);
+            let r = s.app.client.post(s.app.url(&path)).bearer_auth(key).header("Idempotency-Key", format!("race-{i}"));
+            r.json(&json!({"amount": 1, "reason": "x"})).send().await.unwrap().status().as_u16()
+        }
+    }));
+    let paid = join_all(packs.iter().map(|(_, body)| s.deliver(body)));
+    let (debited, paid) = tokio::join!(debits, paid);
+    assert!(debited.iter().all(|st| *st == 201), "{debited:?}");
+    assert!(paid.iter().all(|st| *st == 200), "{paid:?}");
+    for (event, _) in &packs {
+        assert_eq!(s.event_status(event).await, "processed", "{event}");
+    }
+    assert_eq!(s.app.store.credit_balance(&s.user_id).await.unwrap(), 100 + 8 * 100 - 40);
+    assert_eq!(s.app.store.check_credits().await.unwrap(), vec![]);
+}
+
+/// While an endpoint is disabled its facts are kept, `held` (neither sent nor failed); enabling
+/// it again sends them. A PATCH changes only the fields it carries (a description change does
+/// not re-enable an endpoint the dispatcher disabled meanwhile).
+#[tokio::test]
+async fn facts_of_a_disabled_period_are_held_and_sent_once_the_endpoint_is_enabled_again() {
+    let s = shop(&[]).await;
+    let (url, r) = receiver(Receiver::default()).await;
+    let (ep, _) = endpoint(&s, &url, &["order.paid"]).await;
+    let path = format!("/api/v1/admin/webhook-endpoints/{ep}");
+    let patch = |body: Value| s.send(reqwest::Method::PATCH, &s.admin, &path, Some(body));
+    assert_eq!(patch(json!({"disabled": true})).await.status(), 200);
+    let (checkout, body) = paid_order(&s).await;
+    assert_eq!(s.deliver(&body).await, 200);
+    let m = until_messages(&s, &ep, "a held message", |m| m.len() == 1).await;
+    assert_eq!(m[0]["status"], "held");
+    // Only the description: still disabled.
+    let changed = patch(json!({"description": "billing"})).await;
+    assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!((changed["disabled"].as_bool(), changed["description"].as_str()), (Some(true), Some("billing")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(r.got().is_empty(), "nothing is sent while disabled");
+    assert_eq!(messages(&s, &ep).await[0]["status"], "held", "and nothing failed");
+
+    assert_eq!(patch(json!({"disabled": false})).await.status(), 200);
+    until("the held order.paid", || r.of_type("order.paid").len() == 1).await;
+    let got: Value = serde_json::from_str(&r.got()[0].body).unwrap();
+    assert_eq!(got["data"]["order"]["id"], checkout["order_id"]);
+    until_messages(&s, &ep, "delivered", |m| m[0]["status"] == "delivered").await;
+}
+
+/// An admin's browser session changes webhook endpoints only with its CSRF token: without it
+/// (what a forged cross-site request carries) 403 and nothing changes.
+#[tokio::test]
+async fn a_session_without_the_csrf_token_cannot_change_webhook_endpoints() {
+    use crate::helpers::accounts::{login, PASSWORD};
+    let s = shop(&[]).await;
+    let (ep, _) = endpoint(&s, "http://127.0.0.1:9/hook", &["ping"]).await;
+    let b = login(&s.app, "admin@example.com", PASSWORD).await;
+    let send = |method: reqwest::Method, path: String, csrf: bool| {
+        let mut r = s.app.client.request(method, s.app.url(&path)).header("cookie", &b.cookie).json(&json!({"disabled": true}));
+        if csrf {
+            r = r.header("x-csrf-token", &b.csrf);
+        }
+        r.send()
+    };
+    let create = s.app.client.post(s.app.url("/api/v1/admin/webhook-endpoints")).header("cookie", &b.cookie);
+    let create = create.json(&json!({"url": "http://127.0.0.1:9/other", "events": ["ping"]})).send().await.unwrap();
+    assert_problem(create, 403).await;
+    let path = format!("/api/v1/admin/webhook-endpoints/{ep}");
+    assert_problem(send(reqwest::Method::PATCH, path.clone(), false).await.unwrap(), 403).await;
+    assert_problem(send(reqwest::Method::POST, format!("{path}/rotate-secret"), false).await.unwrap(), 403).await;
+    assert_problem(send(reqwest::Method::DELETE, path.clone(), false).await.unwrap(), 403).await;
+    let e = s.app.store.endpoint(&ep).await.unwrap().expect("not deleted");
+    assert!(!e.disabled, "not changed");
+    assert_eq!(s.app.store.endpoints().await.unwrap().len(), 1, "none created");
+    // With the token the same session may.
+    assert_eq!(send(reqwest::Method::PATCH, path, true).await.unwrap().status(), 200);
 }

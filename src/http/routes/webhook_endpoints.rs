@@ -22,7 +22,7 @@ use crate::http::responses::{AdminOnly, AdminOnlyWithCsrf, BadListParameters, Js
 use crate::http::state::AppState;
 use crate::notify::ssrf::check_url;
 use crate::notify::webhook::new_secret;
-use crate::store::outbox::{AttemptRow, EndpointRow, MessageRow};
+use crate::store::outbox::{AttemptRow, EndpointPatch, EndpointRow, MessageRow};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 const ROTATION_OVERLAP_HOURS: i64 = 24;
@@ -166,7 +166,7 @@ pub struct MessageOut {
     pub id: String,
     #[serde(rename = "type")]
     pub event_type: String,
-    /// `pending`, `delivered` or `failed`.
+    /// `pending`, `held` (its endpoint is disabled: sent once it is enabled again), `delivered` or `failed`.
     pub status: String,
     pub occurred_at: DateTime<Utc>,
     /// The user's sequence number of the fact (orders what arrives out of order).
@@ -310,21 +310,13 @@ pub async fn update_endpoint(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let mut row = found(&state, &id).await?;
-    if let Some(url) = &input.url {
-        row.url = url.trim().to_owned();
-    }
-    if let Some(events) = &events {
-        row.events = serde_json::to_string(events).map_err(anyhow::Error::from)?;
-    }
-    if let Some(d) = input.description {
-        row.description = Some(d).filter(|d| !d.is_empty());
-    }
-    if let Some(disabled) = input.disabled {
-        row.disabled = disabled;
-    }
-    row.updated_at = Utc::now();
-    if !state.store.update_endpoint(&row).await? {
+    let patch = EndpointPatch {
+        url: input.url.as_deref().map(|u| u.trim().to_owned()),
+        events: events.as_ref().map(serde_json::to_string).transpose().map_err(anyhow::Error::from)?,
+        description: input.description.map(|d| Some(d).filter(|d| !d.is_empty())),
+        disabled: input.disabled,
+    };
+    if !state.store.update_endpoint(&id, &patch, Utc::now()).await? {
         return Err(ApiError::NotFound);
     }
     let row = found(&state, &id).await?;
@@ -361,13 +353,15 @@ pub async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A new secret; the old one keeps signing beside it for 24 h.
+/// A new secret; the old one keeps signing beside it for 24 h. A second rotation while the
+/// previous one's 24 h run is refused (409): it would end that old secret's promised overlap early.
 #[utoipa::path(post, path = "/api/v1/admin/webhook-endpoints/{id}/rotate-secret", tag = "admin", security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "An endpoint id (`we_…`)")),
     responses(
         (status = 200, description = "The new secret, shown this once", body = SecretOut),
         Unauthenticated, AdminOnlyWithCsrf,
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A rotation is still in its 24 h overlap", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
@@ -379,7 +373,13 @@ pub async fn rotate_secret(
     let until = now + chrono::Duration::hours(ROTATION_OVERLAP_HOURS);
     let secret = new_secret();
     if !state.store.rotate_endpoint_secret(&id, &secret, until, now).await? {
-        return Err(ApiError::NotFound);
+        return Err(match found(&state, &id).await {
+            Ok(e) => ApiError::Conflict(format!(
+                "the previous rotation's old secret signs until {}; rotate again after that",
+                e.previous_until.map_or_else(String::new, |t| t.to_rfc3339())
+            )),
+            Err(e) => e,
+        });
     }
     audit(&state, &meta, &admin.user.id, "webhook_endpoint.rotate_secret", &id, serde_json::json!({"previous_until": until}))
         .await;
@@ -394,6 +394,7 @@ pub async fn rotate_secret(
         (status = 202, description = "Made due again", body = ReplayOut),
         Unauthenticated, AdminOnlyWithCsrf, JsonBody,
         (status = 404, description = "No such endpoint", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The endpoint is disabled: re-enable it first", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn replay(
@@ -403,7 +404,10 @@ pub async fn replay(
     Path(id): Path<String>,
     Json(input): Json<ReplayIn>,
 ) -> ApiResult<(StatusCode, axum::Json<ReplayOut>)> {
-    found(&state, &id).await?;
+    if found(&state, &id).await?.disabled {
+        // Its messages would only fail at once: nothing would be sent.
+        return Err(ApiError::Conflict("the endpoint is disabled: re-enable it (PATCH disabled=false), then replay".to_owned()));
+    }
     let replayed = state.store.replay_endpoint(&id, input.since, Utc::now()).await?;
     audit(
         &state,
@@ -475,14 +479,15 @@ fn message_out(m: MessageRow, attempts: Vec<AttemptRow>) -> MessageOut {
     }
 }
 
-/// Attempts the message now (a failed one gets a new round of retries).
+/// Attempts the webhook message now (a failed one gets a new round of retries). Emails are not
+/// retried here (404), and a delivered message is not sent again (409: use replay for that).
 #[utoipa::path(post, path = "/api/v1/admin/webhook-messages/{id}/retry", tag = "admin", security(("bearer" = []), ("session" = [])),
     params(("id" = String, Path, description = "A message id (`msg_…`)")),
     responses(
         (status = 202, description = "Due now", body = RetryOut),
         Unauthenticated, AdminOnlyWithCsrf,
-        (status = 404, description = "No such message", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Being sent right now", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such webhook message", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Being sent right now, or delivered already", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn retry_message(
     State(state): State<AppState>,
@@ -490,9 +495,12 @@ pub async fn retry_message(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, axum::Json<RetryOut>)> {
-    state.store.outbox_message(&id).await?.ok_or(ApiError::NotFound)?;
+    let message = state.store.outbox_message(&id).await?.filter(|m| m.kind == "webhook").ok_or(ApiError::NotFound)?;
+    if message.status == "delivered" {
+        return Err(ApiError::Conflict("the message was delivered; replay the endpoint to send it again".to_owned()));
+    }
     if !state.store.retry_message(&id, Utc::now()).await? {
-        return Err(ApiError::Conflict("the message is being sent right now".to_owned()));
+        return Err(ApiError::Conflict("the message is being sent right now, or was just delivered".to_owned()));
     }
     audit(&state, &meta, &admin.user.id, "webhook_message.retry", &id, serde_json::json!({})).await;
     Ok((StatusCode::ACCEPTED, axum::Json(RetryOut { id, status: "pending".to_owned() })))
