@@ -178,6 +178,13 @@ pub trait OutboxStore: Send + Sync {
         limit: i64,
         starting_after: Option<&str>,
     ) -> Result<Vec<MessageRow>, StoreError>;
+    /// The emails, newest first, only those in `status` when given.
+    async fn email_messages(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+        starting_after: Option<&str>,
+    ) -> Result<Vec<MessageRow>, StoreError>;
     async fn message_attempts(&self, message_id: &str) -> Result<Vec<AttemptRow>, StoreError>;
     /// Sends again (same message, same id) every message for the endpoint that occurred at or
     /// after `since` and is not being sent right now; how many.
@@ -646,6 +653,19 @@ macro_rules! impl_outbox_store {
                     $crate::store::outbox::MESSAGE_COLUMNS
                 );
                 Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(endpoint_id).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
+            }
+
+            async fn email_messages(
+                &self,
+                status: Option<&str>,
+                limit: i64,
+                starting_after: Option<&str>,
+            ) -> Result<Vec<$crate::store::outbox::MessageRow>, $crate::store::error::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM outbox WHERE kind = 'email' AND ($1 IS NULL OR status = $1) AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                    $crate::store::outbox::MESSAGE_COLUMNS
+                );
+                Ok($crate::store::pool::on_conn!(self, c => sqlx::query_as(&sql).bind(status).bind(starting_after).bind(limit).fetch_all(&mut *c).await)?)
             }
 
             async fn message_attempts(&self, message_id: &str) -> Result<Vec<$crate::store::outbox::AttemptRow>, $crate::store::error::StoreError> {

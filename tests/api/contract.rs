@@ -15,6 +15,9 @@ const ADDITIONS: &[(&str, &str)] = &[
     ("GET", "/api/v1/users/{id}/orders"),
     // Test a webhook endpoint: a `ping` message (issue 11 asks for one; API.md has no row).
     ("POST", "/api/v1/admin/webhook-endpoints/{id}/ping"),
+    // Where admins see failed mail (issue 11: "visible to admins"; API.md has no row).
+    ("GET", "/api/v1/admin/email-messages"),
+    ("GET", "/api/v1/admin/email-messages/{id}"),
 ];
 
 /// (METHOD, path) of every operation in API.md's tables.

@@ -11,6 +11,7 @@ mod cors;
 mod credits;
 mod durability;
 mod email;
+mod email_messages;
 mod errors;
 mod faults;
 mod fulfilment;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod checkout;
 pub mod credits;
 pub mod docs;
+pub mod email_messages;
 pub mod events;
 pub mod health;
 pub mod introspect;
@@ -40,4 +41,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(sandbox::router())
         .merge(licences::router())
         .merge(webhook_endpoints::router())
+        .merge(email_messages::router())
 }
