@@ -130,3 +130,35 @@ async fn a_bad_filter_is_a_field_error_and_unknown_or_webhook_ids_are_not_found(
     let all: Value = get(&app, Some(&admin), "/api/v1/admin/email-messages").await.json().await.unwrap();
     assert!(all["data"].as_array().unwrap().iter().all(|m| m["id"] != msg), "{all}");
 }
+
+#[tokio::test]
+async fn the_list_is_paged_newest_first() {
+    let app = spawn_app_with(&[("TOLLGATE_MAIL_NEW_SIGN_IN", "true")]).await;
+    let admin = make_admin(&app, "boss@example.com").await;
+    for i in 0..3 {
+        register(&app, &format!("reader{i}@example.com")).await;
+        login(&app, &format!("reader{i}@example.com"), PASSWORD).await;
+    }
+    let all: Value = get(&app, Some(&admin), "/api/v1/admin/email-messages?limit=100").await.json().await.unwrap();
+    let ids: Vec<String> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert!(ids.len() >= 3, "{all}");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    // Two at a time, each page after the last id of the one before, gives the same list.
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/admin/email-messages?limit=2&starting_after={a}"),
+            None => "/api/v1/admin/email-messages?limit=2".to_owned(),
+        };
+        let page: Value = get(&app, Some(&admin), &path).await.json().await.unwrap();
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        paged.extend(data.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        if page["has_more"] == false {
+            break;
+        }
+        after = paged.last().cloned();
+    }
+    assert_eq!(paged, ids);
+}
