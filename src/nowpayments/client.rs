@@ -31,15 +31,6 @@ impl std::fmt::Debug for NowPaymentsClient {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
 /// A JSON string literal (serde_json escapes it; no float is involved anywhere in the body).
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
@@ -67,18 +58,8 @@ fn text(value: &Value, key: &str) -> Option<String> {
 
 impl NowPaymentsClient {
     pub fn new(base: Url, key: SecretString) -> Result<NowPaymentsClient, ProviderError> {
-        if base.scheme() != "https" && !is_loopback(&base) {
-            return Err(ProviderError::Unsupported(
-                "NOWPAYMENTS_API_BASE must be https (plain http only to this machine): the API key would travel in clear",
-            ));
-        }
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Network(e.to_string()))?;
+        let refusal = "NOWPAYMENTS_API_BASE must be https (plain http only to this machine): the API key would travel in clear";
+        let http = crate::stripe::client::provider_http(&base, refusal)?;
         Ok(NowPaymentsClient { http, base, key, backoff: Duration::from_millis(250) })
     }
 
@@ -163,7 +144,7 @@ impl NowPayments for NowPaymentsClient {
     }
 
     fn live(&self) -> bool {
-        !self.base.host_str().is_some_and(|h| h.contains("sandbox")) && !is_loopback(&self.base)
+        !self.base.host_str().is_some_and(|h| h.contains("sandbox")) && !crate::stripe::client::is_loopback(&self.base)
     }
 }
 

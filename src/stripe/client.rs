@@ -36,8 +36,25 @@ impl std::fmt::Debug for StripeClient {
     }
 }
 
+/// The HTTP client for a payment provider's API at `base`. Its key rides on every request: never in
+/// clear beyond this machine, whatever the command (production's check-config says so too; the
+/// sync commands never ran those checks), so a non-https base off loopback is `refusal`.
+pub(crate) fn provider_http(base: &Url, refusal: &'static str) -> Result<reqwest::Client, ProviderError> {
+    if base.scheme() != "https" && !is_loopback(base) {
+        return Err(ProviderError::Unsupported(refusal));
+    }
+    // reqwest is built without a bundled crypto provider: ring, as in the server.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ProviderError::Network(e.to_string()))
+}
+
 /// Whether `url` names this machine (a mock or a tunnel on loopback).
-fn is_loopback(url: &Url) -> bool {
+pub(crate) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -48,21 +65,8 @@ fn is_loopback(url: &Url) -> bool {
 
 impl StripeClient {
     pub fn new(base: Url, key: SecretString) -> Result<StripeClient, ProviderError> {
-        // The secret key rides on every request: never in clear beyond this machine, whatever the
-        // command (production's check-config says so too; `stripe sync` never ran those checks).
-        if base.scheme() != "https" && !is_loopback(&base) {
-            return Err(ProviderError::Unsupported(
-                "STRIPE_API_BASE must be https (plain http only to this machine): the secret key would travel in clear",
-            ));
-        }
-        // reqwest is built without a bundled crypto provider: ring, as in the server.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Network(e.to_string()))?;
+        let refusal = "STRIPE_API_BASE must be https (plain http only to this machine): the secret key would travel in clear";
+        let http = provider_http(&base, refusal)?;
         Ok(StripeClient { http, base, key, backoff: Duration::from_millis(250) })
     }
 
