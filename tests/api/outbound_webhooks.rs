@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde_json::{json, Value};
 
+use crate::helpers::database::rows;
 use crate::helpers::shop::{completed, shop, Shop};
 use crate::helpers::{assert_problem, in_ci, skip, spawn_app_with};
 
@@ -120,34 +121,16 @@ async fn until_messages(s: &Shop, endpoint: &str, what: &str, done: impl Fn(&[Va
 
 /// (kind, recipient, event_type) of every outbox row, read straight from the database.
 async fn outbox_rows(s: &Shop) -> Vec<(String, String, String)> {
-    use sqlx::Connection;
-    const SQL: &str = "SELECT kind, recipient, event_type FROM outbox ORDER BY id";
-    match s.app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
-        }
-    }
+    rows(&s.app, "SELECT kind, recipient, event_type FROM outbox ORDER BY id").await
 }
 
 /// The status of every email row, read straight from the database.
 async fn email_statuses(s: &Shop) -> Vec<String> {
-    use sqlx::Connection;
-    const SQL: &str = "SELECT status FROM outbox WHERE kind = 'email' ORDER BY id";
-    match s.app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&s.app.database_url).await.unwrap();
-            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
-        }
-    }
+    rows::<(String,)>(&s.app, "SELECT status FROM outbox WHERE kind = 'email' ORDER BY id")
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect()
 }
 
 /// A Python with the `standardwebhooks` library: target/standardwebhooks-venv's, or python3's.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::helpers::database::rows;
 use crate::helpers::shop::shop;
 use crate::helpers::smtp::SmtpServer;
 
@@ -55,35 +56,17 @@ async fn a_paid_order_mails_one_receipt_through_a_real_smtp_server_that_first_de
     assert_eq!(attempts[1], None, "the second attempt delivered");
 }
 
-/// The error of each attempt of the receipt, in order (None: delivered).
-async fn attempts(app: &crate::helpers::TestApp) -> Vec<Option<String>> {
-    use sqlx::Connection;
-    const SQL: &str = "SELECT a.error FROM outbox_attempts a JOIN outbox o ON o.id = a.message_id
-                        WHERE o.kind = 'email' AND o.event_type = 'receipt' ORDER BY a.attempt";
-    match app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_scalar(SQL).fetch_all(&mut c).await.unwrap()
-        }
-    }
+/// (status, failed attempts, last error) of the one receipt row, read straight from the database.
+async fn email_row(app: &crate::helpers::TestApp) -> (String, i64, Option<String>) {
+    let mut found =
+        rows(app, "SELECT status, attempts, last_error FROM outbox WHERE kind = 'email' AND event_type = 'receipt'").await;
+    assert_eq!(found.len(), 1, "one receipt row");
+    found.remove(0)
 }
 
-/// (status, attempts) of the one email row, read straight from the database.
-async fn email_row(app: &crate::helpers::TestApp) -> (String, i64, Option<String>) {
-    use sqlx::Connection;
-    const SQL: &str = "SELECT status, attempts, last_error FROM outbox WHERE kind = 'email' AND event_type = 'receipt'";
-    match app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_one(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_one(&mut c).await.unwrap()
-        }
-    }
+/// The error of each attempt of the receipt, in order (None: delivered).
+async fn attempts(app: &crate::helpers::TestApp) -> Vec<Option<String>> {
+    const SQL: &str = "SELECT a.error FROM outbox_attempts a JOIN outbox o ON o.id = a.message_id
+                        WHERE o.kind = 'email' AND o.event_type = 'receipt' ORDER BY a.attempt";
+    rows::<(Option<String>,)>(app, SQL).await.into_iter().map(|r| r.0).collect()
 }

@@ -5,23 +5,13 @@
 use std::time::Duration;
 
 use crate::helpers::accounts::{login, register, PASSWORD};
+use crate::helpers::database::rows;
 use crate::helpers::{spawn_app_with, TestApp};
 
 /// (recipient, status, payload) of every `new_sign_in` row, read straight from the database.
 async fn notices(app: &TestApp) -> Vec<(String, String, String)> {
-    use sqlx::Connection;
-    const SQL: &str =
-        "SELECT recipient, status, payload FROM outbox WHERE kind = 'email' AND event_type = 'new_sign_in' ORDER BY id";
-    match app.store.engine() {
-        tollgate::store::Engine::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
-        }
-        tollgate::store::Engine::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
-            sqlx::query_as(SQL).fetch_all(&mut c).await.unwrap()
-        }
-    }
+    rows(app, "SELECT recipient, status, payload FROM outbox WHERE kind = 'email' AND event_type = 'new_sign_in' ORDER BY id")
+        .await
 }
 
 #[tokio::test]

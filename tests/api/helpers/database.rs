@@ -73,3 +73,22 @@ pub async fn set_grant_period(
     };
     assert_eq!(done, 1, "grant {grant_id} moved");
 }
+
+/// Every row `sql` (a query without parameters) reads from `app`'s database, on either engine: for
+/// assertions on what was written (one column reads as a one-element tuple).
+pub async fn rows<T>(app: &super::app::TestApp, sql: &str) -> Vec<T>
+where
+    T: Send + Unpin + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    use sqlx::Connection;
+    match app.store.engine() {
+        tollgate::store::Engine::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&mut c).await.unwrap()
+        }
+        tollgate::store::Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&mut c).await.unwrap()
+        }
+    }
+}
