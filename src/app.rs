@@ -20,7 +20,7 @@ use crate::domain::licensing::{LicenceKeys, LicenceService};
 use crate::domain::password::PasswordHasherPool;
 use crate::domain::payments::PaymentsService;
 use crate::http::server::{fit_open_file_limit, reserved_descriptors, Limits};
-use crate::http::state::{AppState, CookieSettings};
+use crate::http::state::{AppParts, AppState, CookieSettings};
 use crate::http::tls::{reload_on_sighup, server_config, Hangups, ReloadableCert};
 use crate::ratelimit::{MemoryRateLimiter, RateLimiter, RedisRateLimiter, SharedRateLimiter};
 use crate::store::{self, Store};
@@ -245,7 +245,7 @@ impl App {
         let payments = Arc::new(payments);
         let licences = licence_service(&config, store.clone(), payments.clone(), limiter.clone()).await?;
         let (routes, openapi) = crate::http::api();
-        let state = AppState {
+        let state = AppState::new(AppParts {
             auth: Arc::new(auth_service(&config, store.clone(), limiter.clone())),
             payments,
             licences: Arc::new(licences),
@@ -257,7 +257,7 @@ impl App {
             store,
             openapi: Arc::new(openapi),
             meters: crate::meters::Meters::new(),
-        };
+        });
         let router = crate::http::router(state.clone(), routes.merge(extra), tls.is_some());
         let http = &state.config.http;
         let wanted = usize::try_from(http.max_connections).unwrap_or(usize::MAX);

@@ -216,7 +216,7 @@ struct Signals {
 async fn connection(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, signals: Signals, _slot: OwnedSemaphorePermit) {
     let Signals { draining, at_limit } = signals;
     let _ = tcp.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(shared.limits, at_limit.clone()));
     let service = match shared.make_service.clone().oneshot(peer).await {
         Ok(service) => service,
         Err(never) => match never {},
@@ -296,9 +296,16 @@ async fn serve_io<IO>(
 }
 
 /// What the watchdog knows about one connection.
+///
+/// The watchdog is woken only when a change brings the connection's deadline *earlier* than the
+/// one it sleeps until (or leaves it idle while clients wait for a slot): a later deadline is
+/// found when the earlier one expires. A busy keep-alive connection so costs no wake-up per
+/// request (measured: three per request before, each a task switch).
 struct Activity {
     state: Mutex<State>,
     changed: Notify,
+    limits: Limits,
+    at_limit: watch::Receiver<bool>,
 }
 
 struct State {
@@ -312,6 +319,8 @@ struct State {
     head_started: Option<Instant>,
     /// When an outstanding response last made progress (or its request arrived).
     progress: Instant,
+    /// The deadline the watchdog sleeps until (`None` before it first looked).
+    armed: Option<Instant>,
 }
 
 impl State {
@@ -334,7 +343,7 @@ impl State {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(limits: Limits, at_limit: watch::Receiver<bool>) -> Activity {
         let now = Instant::now();
         Activity {
             state: Mutex::new(State {
@@ -345,8 +354,22 @@ impl Activity {
                 idle_since: now,
                 head_started: None,
                 progress: now,
+                armed: None,
             }),
             changed: Notify::new(),
+            limits,
+            at_limit,
+        }
+    }
+
+    /// After a change to `state`: wakes the watchdog if it now has to act sooner than it planned.
+    fn settle(&self, state: MutexGuard<'_, State>) {
+        let (deadline, _) = state.deadline(&self.limits);
+        let sooner = state.armed.is_none_or(|armed| deadline < armed);
+        let wake = sooner || (state.idle_between_requests() && *self.at_limit.borrow());
+        drop(state);
+        if wake {
+            self.changed.notify_one();
         }
     }
 
@@ -358,8 +381,7 @@ impl Activity {
         let mut s = self.state();
         if s.in_flight == 0 && s.requests > 0 && !s.h2 && s.head_started.is_none() {
             s.head_started = Some(Instant::now());
-            drop(s);
-            self.changed.notify_one();
+            self.settle(s);
         }
     }
 }
@@ -369,8 +391,9 @@ impl Activity {
 async fn watchdog(activity: &Activity, limits: &Limits, mut at_limit: watch::Receiver<bool>) -> &'static str {
     loop {
         let (deadline, reason, idle) = {
-            let state = activity.state();
+            let mut state = activity.state();
             let (deadline, reason) = state.deadline(limits);
+            state.armed = Some(deadline);
             (deadline, reason, state.idle_between_requests())
         };
         if Instant::now() >= deadline {
@@ -392,15 +415,13 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: Arc<Activity>, version: Version) -> InFlight {
-        {
-            let mut s = activity.state();
-            s.requests += 1;
-            s.in_flight += 1;
-            s.h2 |= version == Version::HTTP_2;
-            s.head_started = None;
-            s.progress = Instant::now();
-        }
-        activity.changed.notify_one();
+        let mut s = activity.state();
+        s.requests += 1;
+        s.in_flight += 1;
+        s.h2 |= version == Version::HTTP_2;
+        s.head_started = None;
+        s.progress = Instant::now();
+        activity.settle(s);
         InFlight(activity)
     }
 
@@ -411,15 +432,13 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        {
-            let mut s = self.0.state();
-            s.in_flight -= 1;
-            if s.in_flight == 0 {
-                s.idle_since = Instant::now();
-                s.head_started = None;
-            }
+        let mut s = self.0.state();
+        s.in_flight -= 1;
+        if s.in_flight == 0 {
+            s.idle_since = Instant::now();
+            s.head_started = None;
         }
-        self.0.changed.notify_one();
+        self.0.settle(s);
     }
 }
 

@@ -12,9 +12,28 @@ use crate::meters::Meters;
 use crate::store::Store;
 use crate::stripe::sandbox::Sandbox;
 
-/// What every handler can reach.
+/// What every handler can reach: one pointer, so that the clone axum makes for every layer and
+/// handler of every request is one reference count, not one per service (measured: with eleven
+/// `Arc`s, cloning and dropping the state was about a tenth of a request's CPU on `/healthz`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppParts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub auth: Arc<AuthService>,
