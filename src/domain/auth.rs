@@ -713,12 +713,30 @@ impl AuthService {
     /// The user behind an access token: signature and claims, then the family (logout, theft
     /// detection and password changes end it) and the user (disabling ends access at once, not at
     /// expiry).
+    ///
+    /// Through the read view: a logout or a disable is seen at once on this instance and within a
+    /// second on every other (README "Sessions, tokens and logout").
     pub async fn bearer_user(&self, token: &str) -> Result<(User, Credential), AuthError> {
+        self.bearer(token, true).await
+    }
+
+    /// As [`AuthService::bearer_user`], from the database: for token introspection, whose callers
+    /// (the merchant's servers) are promised that a logout or a disable shows on their next call.
+    pub async fn bearer_user_now(&self, token: &str) -> Result<(User, Credential), AuthError> {
+        self.bearer(token, false).await
+    }
+
+    async fn bearer(&self, token: &str, viewed: bool) -> Result<(User, Credential), AuthError> {
         let claims = self.jwt.verify(token, Utc::now().timestamp()).map_err(|e| {
             tracing::info!(reason = %e, "access token refused");
             AuthError::Unauthenticated
         })?;
-        let user = self.viewed_family_user(&claims.fam, &claims.sub).await?.ok_or(AuthError::Unauthenticated)?;
+        let user = if viewed {
+            self.viewed_family_user(&claims.fam, &claims.sub).await?
+        } else {
+            self.family_user(&claims.fam, &claims.sub).await?
+        };
+        let user = user.ok_or(AuthError::Unauthenticated)?;
         Ok((user, Credential::Bearer { family_id: claims.fam.clone(), claims: Box::new(claims) }))
     }
 

@@ -160,6 +160,10 @@ fn cut_the_feed(database_url: String, cutting: Arc<AtomicBool>) -> tokio::task::
     })
 }
 
+async fn feed_metric(app: &TestApp) -> String {
+    app.get("/metrics").await.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn with_the_change_feed_cut_a_logout_still_ends_access_on_another_instance_within_a_second() {
     let Some(apps) = two("with_the_change_feed_cut_a_logout_still_ends_access_on_another_instance_within_a_second").await else {
@@ -177,6 +181,7 @@ async fn with_the_change_feed_cut_a_logout_still_ends_access_on_another_instance
         assert!(start.elapsed() < Duration::from_secs(3), "B notices that its channel is down");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(feed_metric(b).await.contains("tollgate_change_feed_live 0"), "the metric says so");
     assert_eq!(me_with_bearer(b, &token).await, 200, "still served, from the database at least twice a second");
     logout(a, &token).await;
     let since = Instant::now();
@@ -188,6 +193,7 @@ async fn with_the_change_feed_cut_a_logout_still_ends_access_on_another_instance
     assert!(killed > 0, "the cut killed the listeners");
     // The channel comes back, and B answers from its view again.
     wait_live(b, Duration::from_secs(5)).await;
+    assert!(feed_metric(b).await.contains("tollgate_change_feed_live 1"), "the metric says so");
     let (token, _) = tokens(a, "cut@example.com", PASSWORD).await;
     held_by(b, &token).await;
     logout(a, &token).await;
