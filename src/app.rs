@@ -387,10 +387,15 @@ impl App {
                 }
             }
         });
+        // PostgreSQL: the read view follows every writer's changes (store/changes.rs).
+        let feed = self.state.store.follow_changes();
         // The outbox is delivered while serving; on shutdown the batch in hand is finished.
         let dispatcher = dispatcher(&self.state.config, self.state.store.clone())?.spawn(self.stop.subscribe());
         let served = crate::http::server::serve(self.listener, self.tls, self.router, self.limits, self.stop.subscribe()).await;
         sweeper.abort();
+        if let Some(feed) = feed {
+            feed.abort();
+        }
         self.stop.send_replace(true);
         if tokio::time::timeout(self.limits.shutdown_timeout, dispatcher).await.is_err() {
             tracing::warn!("the outbox dispatcher did not stop in time; its leases expire and another instance takes over");

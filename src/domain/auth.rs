@@ -16,7 +16,10 @@ use super::password::{PasswordHasherPool, PasswordWorkError};
 use super::FieldError;
 use crate::config::AuthConfig;
 use crate::ratelimit::{client_key, Decision, Quota, RateLimiter};
-use crate::store::{FlagsChanged, Keep, NewAuditEntry, PasswordChanged, Purged, SessionRow, SpendOutcome, Store, StoreError};
+use crate::store::view::Ticket;
+use crate::store::{
+    FamilyRow, FlagsChanged, Keep, NewAuditEntry, PasswordChanged, Purged, SessionRow, SpendOutcome, Store, StoreError,
+};
 
 /// Who asked, for the audit log and the limiter.
 #[derive(Clone, Default)]
@@ -207,6 +210,15 @@ const KNOWN_CLIENT_FOR: chrono::Duration = chrono::Duration::days(90);
 
 /// How long an attempt slowed by the account ceiling may wait for its turn before it is 429.
 const MAX_SLOWDOWN: Duration = Duration::from_secs(10);
+
+/// The user, when the family is live for them: not revoked, theirs, of their current credential
+/// epoch, and the user enabled.
+fn live_family_user(family: &FamilyRow, user_id: &str, user: Option<User>) -> Option<User> {
+    if family.revoked || family.user_id != user_id {
+        return None;
+    }
+    user.filter(|u| !u.disabled && u.credential_epoch == family.credential_epoch)
+}
 
 /// The login limiters' keys for an account (by its folded address, so case buys nothing, and the
 /// same for an address with no account).
@@ -553,14 +565,45 @@ impl AuthService {
     }
 
     /// The user of a live family: not revoked, of the user's current credential epoch, the user
-    /// enabled.
+    /// enabled. Read from the database (a refresh, which writes anyway, wants it exact).
     async fn family_user(&self, family_id: &str, user_id: &str) -> Result<Option<User>, AuthError> {
         let Some(family) = self.store.family(family_id).await? else { return Ok(None) };
+        let user = self.store.user_by_id(user_id).await?;
+        Ok(live_family_user(&family, user_id, user))
+    }
+
+    /// As [`AuthService::family_user`], through the read view (`store/view.rs`): no query while
+    /// the view holds both rows and may use them (README "Sessions, tokens and logout").
+    async fn viewed_family_user(&self, family_id: &str, user_id: &str) -> Result<Option<User>, AuthError> {
+        let view = self.store.view();
+        let ticket = view.ticket(user_id);
+        let family = match view.family(user_id, family_id) {
+            Some(f) => f,
+            None => {
+                let Some(f) = self.store.family(family_id).await? else { return Ok(None) };
+                view.put_family(&ticket, user_id, family_id, &f);
+                f
+            }
+        };
         if family.revoked || family.user_id != user_id {
             return Ok(None);
         }
+        let user = self.viewed_user(user_id, &ticket).await?;
+        Ok(live_family_user(&family, user_id, user))
+    }
+
+    /// The user row through the read view; `ticket` was taken before any database read made for
+    /// this request.
+    async fn viewed_user(&self, user_id: &str, ticket: &Ticket) -> Result<Option<User>, AuthError> {
+        let view = self.store.view();
+        if let Some(user) = view.user(user_id) {
+            return Ok(Some(user));
+        }
         let user = self.store.user_by_id(user_id).await?;
-        Ok(user.filter(|u| !u.disabled && u.credential_epoch == family.credential_epoch))
+        if let Some(u) = &user {
+            view.put_user(ticket, u);
+        }
+        Ok(user)
     }
 
     /// Spends a refresh token for a new pair. A spent token presented again revokes its whole
@@ -644,7 +687,10 @@ impl AuthService {
             self.store.delete_session(&session.id).await?;
             return Err(AuthError::Unauthenticated);
         }
-        let user = self.store.user_by_id(&session.user_id).await?.filter(|u| !u.disabled).ok_or(AuthError::Unauthenticated)?;
+        // The session row is always read (idle expiry and activity need it); the user through the view.
+        let ticket = self.store.view().ticket(&session.user_id);
+        let user =
+            self.viewed_user(&session.user_id, &ticket).await?.filter(|u| !u.disabled).ok_or(AuthError::Unauthenticated)?;
         if user.credential_epoch != session.credential_epoch {
             self.store.delete_session(&session.id).await?;
             return Err(AuthError::Unauthenticated);
@@ -667,12 +713,30 @@ impl AuthService {
     /// The user behind an access token: signature and claims, then the family (logout, theft
     /// detection and password changes end it) and the user (disabling ends access at once, not at
     /// expiry).
+    ///
+    /// Through the read view: a logout or a disable is seen at once on this instance and within a
+    /// second on every other (README "Sessions, tokens and logout").
     pub async fn bearer_user(&self, token: &str) -> Result<(User, Credential), AuthError> {
+        self.bearer(token, true).await
+    }
+
+    /// As [`AuthService::bearer_user`], from the database: for token introspection, whose callers
+    /// (the merchant's servers) are promised that a logout or a disable shows on their next call.
+    pub async fn bearer_user_now(&self, token: &str) -> Result<(User, Credential), AuthError> {
+        self.bearer(token, false).await
+    }
+
+    async fn bearer(&self, token: &str, viewed: bool) -> Result<(User, Credential), AuthError> {
         let claims = self.jwt.verify(token, Utc::now().timestamp()).map_err(|e| {
             tracing::info!(reason = %e, "access token refused");
             AuthError::Unauthenticated
         })?;
-        let user = self.family_user(&claims.fam, &claims.sub).await?.ok_or(AuthError::Unauthenticated)?;
+        let user = if viewed {
+            self.viewed_family_user(&claims.fam, &claims.sub).await?
+        } else {
+            self.family_user(&claims.fam, &claims.sub).await?
+        };
+        let user = user.ok_or(AuthError::Unauthenticated)?;
         Ok((user, Credential::Bearer { family_id: claims.fam.clone(), claims: Box::new(claims) }))
     }
 

@@ -18,7 +18,7 @@ use crate::nowpayments::ipn::{plan as ipn_plan, Payment};
 use crate::nowpayments::{InvoiceCreated, InvoiceRequest, NowPayments};
 use crate::ratelimit::{Decision, Quota, RateLimiter};
 use crate::store::payments::{GrantRow, OrderRow, ProductRow, RefundPick, RefundRow, Reserved};
-use crate::store::{NewEvent, Store, StoreError};
+use crate::store::{EntitlementInputs, NewEvent, Store, StoreError};
 use crate::stripe::events::{plan, session_fact};
 use crate::stripe::webhook::Event;
 use crate::stripe::{
@@ -485,12 +485,36 @@ impl PaymentsService {
         Ok(self.store.list_orders(user_id, limit, after).await?)
     }
 
+    /// What the user owns now, read from the database: for the merchant's servers (API keys),
+    /// which are promised that a refund, a dispute or a grant shows on their next call.
     pub async fn entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
+        let inputs = self.entitlement_inputs(user_id).await?;
+        Ok(Entitlements { access: effective_access(inputs.active, Utc::now()), credit_balance: inputs.credit_balance })
+    }
+
+    /// As [`Self::entitlements`], through the read view (`store/view.rs`), for the user's own
+    /// `GET /me/entitlements`: its inputs (active grants, balance) are held; effective access is
+    /// computed with the time of this read, so expiry is exact.
+    pub async fn viewed_entitlements(&self, user_id: &str) -> Result<Entitlements, PaymentError> {
+        let view = self.store.view();
+        let inputs = match view.entitlements(user_id) {
+            Some(inputs) => inputs,
+            None => {
+                let ticket = view.ticket(user_id);
+                let inputs = self.entitlement_inputs(user_id).await?;
+                view.put_entitlements(&ticket, user_id, &inputs);
+                inputs
+            }
+        };
+        Ok(Entitlements { access: effective_access(inputs.active, Utc::now()), credit_balance: inputs.credit_balance })
+    }
+
+    async fn entitlement_inputs(&self, user_id: &str) -> Result<EntitlementInputs, PaymentError> {
         let grants = self.store.grants_for_user(user_id).await?;
         let active: Vec<GrantRow> = grants.into_iter().filter(|g| g.status == GrantState::Active).collect();
         // The ledger's balance (store/credits.rs), not a sum of grants: debits and claw-backs count.
         let credit_balance = self.store.credit_balance(user_id).await?;
-        Ok(Entitlements { access: effective_access(active, Utc::now()), credit_balance })
+        Ok(EntitlementInputs { active, credit_balance })
     }
 
     /// What a licence may carry: the user's effective access (as [`Self::entitlements`] shows

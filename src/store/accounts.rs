@@ -304,6 +304,7 @@ macro_rules! impl_account_store {
                     "UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3"
                 };
                 $crate::store::pool::on_conn!(self, c => sqlx::query(sql).bind(hash).bind(now).bind(id).execute(&mut *c).await)?;
+                self.view.invalidate(id);
                 Ok(())
             }
 
@@ -315,6 +316,7 @@ macro_rules! impl_account_store {
                     .bind(old)
                     .execute(&mut *c)
                     .await)?;
+                self.view.invalidate(id);
                 Ok(done.rows_affected() > 0)
             }
 
@@ -389,7 +391,10 @@ macro_rules! impl_account_store {
                     tx.commit().await?;
                     Ok(PasswordChanged::Changed { sessions_ended, families_revoked })
                 })
-                .inspect(|_| $crate::store::outbox::wake_after_commit())
+                .inspect(|_| {
+                    self.view.invalidate(user_id);
+                    $crate::store::outbox::wake_after_commit();
+                })
             }
 
             async fn list_users(&self, limit: i64, starting_after: Option<&str>) -> Result<Vec<$crate::domain::account::User>, $crate::store::error::StoreError> {
@@ -464,6 +469,7 @@ macro_rules! impl_account_store {
                     tx.commit().await?;
                     Ok(FlagsChanged::Updated { before: Box::new(before), after: Box::new(after.into()), sessions_ended, families_revoked })
                 })
+                .inspect(|_| self.view.invalidate(id))
             }
 
             async fn insert_session(&self, s: &$crate::store::accounts::SessionRow) -> Result<bool, $crate::store::error::StoreError> {
@@ -620,13 +626,16 @@ macro_rules! impl_account_store {
             }
 
             async fn revoke_family(&self, id: &str, reason: &str, now: chrono::DateTime<chrono::Utc>) -> Result<bool, $crate::store::error::StoreError> {
-                let done = $crate::store::pool::on_conn!(self, c => sqlx::query("UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL")
+                let user: Option<String> = $crate::store::pool::on_conn!(self, c => sqlx::query_scalar("UPDATE token_families SET revoked_at = $1, revoked_reason = $2 WHERE id = $3 AND revoked_at IS NULL RETURNING user_id")
                     .bind(now)
                     .bind(reason)
                     .bind(id)
-                    .execute(&mut *c)
+                    .fetch_optional(&mut *c)
                     .await)?;
-                Ok(done.rows_affected() > 0)
+                if let Some(user) = &user {
+                    self.view.invalidate(user);
+                }
+                Ok(user.is_some())
             }
 
             async fn family(&self, id: &str) -> Result<Option<$crate::store::accounts::FamilyRow>, $crate::store::error::StoreError> {
@@ -743,6 +752,8 @@ macro_rules! impl_account_store {
                     .execute(&mut *c)
                     .await)?
                     .rows_affected();
+                // Revoked and dead families are gone: whatever the view held of them goes too.
+                self.view.flush();
                 Ok($crate::store::accounts::Purged { sessions, refresh_tokens, families, login_clients })
             }
         }

@@ -4,16 +4,19 @@
 //! This file only names the parts: `seam.rs` (the `Store` trait), `error.rs`, the repositories
 //! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
-//! their pool), `types.rs` (domain enums in and out of text columns), and the engines
+//! their pool), `view.rs` (the in-memory read view) and `changes.rs` (PostgreSQL's change feed that
+//! keeps it fresh), `types.rs` (domain enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
 
 pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod backup;
+mod changes;
 pub mod credits;
 mod error;
 pub mod health;
+mod invalidation;
 pub mod ledger;
 pub mod licences;
 pub mod outbox;
@@ -23,6 +26,7 @@ mod postgres;
 mod seam;
 mod sqlite;
 mod types;
+pub mod view;
 
 use std::sync::Arc;
 
@@ -42,6 +46,7 @@ pub use payments::{IdempotencyStart, PaymentStore};
 pub use postgres::PgStore;
 pub use seam::{Engine, MigrationStatus, Store};
 pub use sqlite::SqliteStore;
+pub use view::{EntitlementInputs, View};
 
 /// Opens the database the configuration names. Does not migrate.
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn Store>, StoreError> {

@@ -341,6 +341,11 @@ macro_rules! impl_payment_store {
                 let grant = Grant::from_json(&order.grant_spec);
                 let action = reconcile_grant(facts, existing.as_ref().map(|g| g.status), grant.as_ref(), now)
                     .map_err(|e| $crate::store::error::StoreError::Rule(format!("order {}: {e}", order.id)))?;
+                if !matches!(action, GrantAction::Keep) {
+                    // The read view forgets the user's entitlements once this commits
+                    // (`outbox::wake_after_commit`, which every commit of this path runs).
+                    $crate::store::invalidation::changed_in_transaction(&order.user_id);
+                }
                 match (action, existing) {
                     (GrantAction::Keep, _) => Ok(None),
                     (GrantAction::SetState(want), Some(g)) => {

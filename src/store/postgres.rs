@@ -10,6 +10,7 @@ use sqlx::{Connection, PgPool};
 use super::error::StoreError;
 use super::health::Health;
 use super::seam::Engine;
+use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -29,12 +30,20 @@ pub struct PgStore {
     pool: PgPool,
     health: Arc<Health>,
     max_connections: u32,
+    view: View,
+    /// For the change feed's own connection (`changes.rs`).
+    options: PgConnectOptions,
 }
 
 impl PgStore {
     /// PostgreSQL writers run side by side, locking rows, not the database.
     pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         None
+    }
+
+    /// Follows `tollgate_changes` on a connection of its own (`changes.rs`).
+    fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
+        Some(tokio::spawn(super::changes::follow(self.options.clone(), self.pool.clone(), self.view.clone())))
     }
 }
 
@@ -47,8 +56,14 @@ impl PgStore {
             .acquire_timeout(config.acquire_timeout)
             // Never hand out a connection with a transaction left open.
             .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(PgStore { pool, health: Arc::new(Health::new()), max_connections: config.max_connections })
+        Ok(PgStore {
+            pool,
+            health: Arc::new(Health::new()),
+            max_connections: config.max_connections,
+            view: View::new(CAPACITY),
+            options,
+        })
     }
 }

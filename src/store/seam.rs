@@ -12,6 +12,7 @@ use super::ledger::LedgerStore;
 use super::licences::LicenceStore;
 use super::outbox::OutboxStore;
 use super::payments::PaymentStore;
+use super::view::View;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -72,6 +73,11 @@ pub trait Store:
     /// Faults met since start, (storage, unreachable), as [`super::health::Health::fault_counts`].
     fn fault_counts(&self) -> (u64, u64);
     async fn close(&self);
+    /// This store's read view (`view.rs`): what authenticated reads consult first.
+    fn view(&self) -> &View;
+    /// Starts keeping the view fresh from other writers' changes (PostgreSQL: LISTEN, with a
+    /// heartbeat); `None` when the engine has no such channel (SQLite: the view's maximum age).
+    fn follow_changes(&self) -> Option<tokio::task::JoinHandle<()>>;
 }
 
 pub(crate) fn status_of(migrator: &sqlx::migrate::Migrator, applied: Vec<i64>) -> MigrationStatus {
@@ -84,7 +90,7 @@ pub(crate) fn status_of(migrator: &sqlx::migrate::Migrator, applied: Vec<i64>) -
     MigrationStatus { applied, pending }
 }
 
-/// `Store` for an engine whose type has `pool`, `health`, `conn()`, `settle()` and `write_turn()`;
+/// `Store` for an engine whose type has `pool`, `health`, `view`, `conn()`, `settle()`, `write_turn()` and `follow()`;
 /// `$exists` asks whether sqlx's migrations table exists (a count, or a boolean).
 macro_rules! impl_store {
     ($store:ty, $engine:expr, $migrator:expr, $exists:literal, $exists_ty:ty) => {
@@ -143,6 +149,14 @@ macro_rules! impl_store {
 
             async fn close(&self) {
                 self.pool.close().await;
+            }
+
+            fn view(&self) -> &$crate::store::view::View {
+                &self.view
+            }
+
+            fn follow_changes(&self) -> Option<tokio::task::JoinHandle<()>> {
+                self.follow()
             }
         }
     };

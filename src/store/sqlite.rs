@@ -11,6 +11,7 @@ use sqlx::{Connection, SqliteConnection, SqlitePool};
 use super::error::StoreError;
 use super::health::Health;
 use super::seam::Engine;
+use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -39,6 +40,8 @@ pub struct SqliteStore {
     writer: tokio::sync::Mutex<()>,
     health: Arc<Health>,
     max_connections: u32,
+    /// Another process (the CLI) may write the same file unseen: entries live `view::MAX_AGE`.
+    view: View,
 }
 
 /// Whether a connection going back to (or coming out of) the pool may be used again. After a
@@ -102,11 +105,16 @@ impl SqliteStore {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()), health, max_connections })
+        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()), health, max_connections, view: View::new(CAPACITY) })
     }
 
     /// The right to write, held for a whole write transaction.
     pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         Some(self.writer.lock().await)
+    }
+
+    /// SQLite has no notification channel.
+    fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
+        None
     }
 }

@@ -14,7 +14,10 @@
 //! faithful to separate processes because nothing in `src/` keeps state in a process-wide place:
 //! the only statics are the embedded migrations, constant tables and header names; the one
 //! task-local (`ratelimit/observe.rs`) lives for one request; the rustls crypto provider installed
-//! process-wide is stateless. The instances share exactly what separate processes would: the
+//! process-wide is stateless; the read views' invalidations noted inside a transaction
+//! (`store/invalidation.rs`) reach every view of the process, which for the other in-process
+//! instances is only an extra invalidation (their own channel, tested in `read_view.rs`, is what
+//! separate processes rely on). The instances share exactly what separate processes would: the
 //! database, Redis, and the configured secrets (one `TOLLGATE_JWT_SECRET`, one webhook secret).
 
 use std::sync::atomic::Ordering;

@@ -27,6 +27,7 @@ mod nowpayments;
 mod openapi;
 mod outbound_webhooks;
 mod ratelimits;
+mod read_view;
 mod receipts;
 mod refunds_disputes;
 mod security_headers;

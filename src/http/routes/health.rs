@@ -124,6 +124,20 @@ pub async fn metrics(State(state): State<AppState>, client: ClientInfo, headers:
              tollgate_outbox_messages{{status=\"failed\"}} {failed}\n"
         ));
     }
+    // The read view of this instance (store/view.rs).
+    let view = state.store.view().stats();
+    body.push_str(&format!(
+        "# HELP tollgate_read_view_lookups_total Read view lookups of this instance: hit (no database read) or miss\n\
+         # TYPE tollgate_read_view_lookups_total counter\n\
+         tollgate_read_view_lookups_total{{result=\"hit\"}} {}\n\
+         tollgate_read_view_lookups_total{{result=\"miss\"}} {}\n\
+         # HELP tollgate_change_feed_live 1 while this instance's PostgreSQL change feed is live (its heartbeat comes back), else 0\n\
+         # TYPE tollgate_change_feed_live gauge\n\
+         tollgate_change_feed_live {}\n",
+        view.hits,
+        view.misses,
+        u8::from(view.live)
+    ));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response())
 }
 

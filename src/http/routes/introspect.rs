@@ -116,7 +116,7 @@ pub async fn introspect(
         Ok(t) => t,
         Err(detail) => return Ok(problem(StatusCode::BAD_REQUEST, detail)),
     };
-    let out = match state.auth.bearer_user(&token).await {
+    let out = match state.auth.bearer_user_now(&token).await {
         Ok((user, Credential::Bearer { claims, .. })) => IntrospectionOut {
             active: true,
             sub: Some(user.id),

@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::domain::auth::Credential;
+use crate::domain::payments::Entitlements;
 use crate::http::auth::{device_cookie, CurrentUser, Meta};
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{Json, Query};
@@ -171,13 +172,17 @@ pub struct EntitlementsOut {
         Unauthenticated,
     ))]
 pub async fn entitlements(State(state): State<AppState>, current: CurrentUser) -> ApiResult<axum::Json<EntitlementsOut>> {
-    Ok(axum::Json(entitlements_of(&state, &current.user.id).await?))
+    let e = state.payments.viewed_entitlements(&current.user.id).await?;
+    Ok(axum::Json(entitlements_out(e)))
 }
 
-/// What `user_id` owns now: the one code path behind `/me/entitlements` and, for API keys,
-/// `/users/{id}/entitlements`.
+/// What `user_id` owns now, read from the database (for API keys, `/users/{id}/entitlements`).
 pub async fn entitlements_of(state: &AppState, user_id: &str) -> ApiResult<EntitlementsOut> {
-    let e = state.payments.entitlements(user_id).await?;
+    Ok(entitlements_out(state.payments.entitlements(user_id).await?))
+}
+
+/// The one shape of `/me/entitlements` and `/users/{id}/entitlements`.
+fn entitlements_out(e: Entitlements) -> EntitlementsOut {
     let access = e
         .access
         .into_iter()
@@ -189,5 +194,5 @@ pub async fn entitlements_of(state: &AppState, user_id: &str) -> ApiResult<Entit
             expires_at: g.expires_at,
         })
         .collect();
-    Ok(EntitlementsOut { access, credit_balance: e.credit_balance })
+    EntitlementsOut { access, credit_balance: e.credit_balance }
 }

@@ -1,0 +1,51 @@
+-- The read view (src/store/view.rs) holds, per user, the user row, their token families, their
+-- active grants and their credit balance. Every committed change of those rows notifies
+-- `tollgate_changes` with the user's id, whoever wrote it (any instance, the CLI, an operator's
+-- SQL), and every instance's listener forgets that user (src/store/changes.rs). Updates that change
+-- nothing (the row locks some paths take) notify nothing. Notifications are sent at commit, in
+-- commit order, and a transaction's identical ones are sent once.
+CREATE FUNCTION tollgate_notify_user_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('tollgate_changes', OLD.id);
+    ELSE
+        PERFORM pg_notify('tollgate_changes', NEW.id);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+-- For rows that belong to a user (`user_id`).
+CREATE FUNCTION tollgate_notify_owned_row() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        PERFORM pg_notify('tollgate_changes', OLD.user_id);
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM pg_notify('tollgate_changes', NEW.user_id);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER users_notify_change AFTER UPDATE ON users
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION tollgate_notify_user_row();
+CREATE TRIGGER users_notify_delete AFTER DELETE ON users
+    FOR EACH ROW EXECUTE FUNCTION tollgate_notify_user_row();
+
+CREATE TRIGGER token_families_notify_change AFTER UPDATE ON token_families
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION tollgate_notify_owned_row();
+CREATE TRIGGER token_families_notify_delete AFTER DELETE ON token_families
+    FOR EACH ROW EXECUTE FUNCTION tollgate_notify_owned_row();
+
+CREATE TRIGGER grants_notify_insert AFTER INSERT OR DELETE ON grants
+    FOR EACH ROW EXECUTE FUNCTION tollgate_notify_owned_row();
+CREATE TRIGGER grants_notify_change AFTER UPDATE ON grants
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION tollgate_notify_owned_row();
+
+CREATE TRIGGER credit_balances_notify_insert AFTER INSERT OR DELETE ON credit_balances
+    FOR EACH ROW EXECUTE FUNCTION tollgate_notify_owned_row();
+CREATE TRIGGER credit_balances_notify_change AFTER UPDATE ON credit_balances
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION tollgate_notify_owned_row();
