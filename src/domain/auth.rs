@@ -701,7 +701,13 @@ impl AuthService {
     /// The user id an access token names, when its signature and times verify (no database: for
     /// the rate limiter, which must not cost more than the request it limits).
     pub fn token_subject(&self, token: &str) -> Option<String> {
-        self.jwt.verify(token, Utc::now().timestamp()).ok().map(|c| c.sub)
+        self.access_claims(token).map(|c| c.sub)
+    }
+
+    /// An access token's claims when its signature and times verify (no database), for
+    /// [`AuthService::bearer_user_verified`] later in the same request.
+    pub fn access_claims(&self, token: &str) -> Option<Claims> {
+        self.jwt.verify(token, Utc::now().timestamp()).ok()
     }
 
     /// The user id of a live session cookie (one read, nothing changed: for the rate limiter).
@@ -726,11 +732,21 @@ impl AuthService {
         self.bearer(token, false).await
     }
 
+    /// As [`AuthService::bearer_user`], for a token whose `claims` [`AuthService::access_claims`]
+    /// verified moments ago in the same request (the rate limiter did): not verified twice.
+    pub async fn bearer_user_verified(&self, claims: Claims) -> Result<(User, Credential), AuthError> {
+        self.bearer_claims(claims, true).await
+    }
+
     async fn bearer(&self, token: &str, viewed: bool) -> Result<(User, Credential), AuthError> {
         let claims = self.jwt.verify(token, Utc::now().timestamp()).map_err(|e| {
             tracing::info!(reason = %e, "access token refused");
             AuthError::Unauthenticated
         })?;
+        self.bearer_claims(claims, viewed).await
+    }
+
+    async fn bearer_claims(&self, claims: Claims, viewed: bool) -> Result<(User, Credential), AuthError> {
         let user = if viewed {
             self.viewed_family_user(&claims.fam, &claims.sub).await?
         } else {

@@ -16,6 +16,12 @@ use crate::http::state::AppState;
 
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// The claims of the request's own bearer token, verified by the global budget
+/// (`http/budget.rs`) before the handler runs; [`CurrentUser`] then does not verify it again.
+/// Only ever inserted by the budget, from this request's `Authorization` header.
+#[derive(Clone)]
+pub struct VerifiedAccess(pub Box<crate::domain::jwt::Claims>);
+
 /// The authenticated caller and how they proved it.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
@@ -99,7 +105,10 @@ impl FromRequestParts<AppState> for CurrentUser {
             if looks_like_key(token) {
                 return Err(ApiError::Unauthorized("API keys are not accepted on user or admin routes".to_owned()));
             }
-            let (user, credential) = state.auth.bearer_user(token).await?;
+            let (user, credential) = match parts.extensions.remove::<VerifiedAccess>() {
+                Some(VerifiedAccess(claims)) => state.auth.bearer_user_verified(*claims).await?,
+                None => state.auth.bearer_user(token).await?,
+            };
             return Ok(CurrentUser { user, credential });
         }
         let token = cookie_value(&parts.headers, state.cookie.name)

@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::apikeys::looks_like_key;
-use crate::http::auth::cookie_value;
+use crate::http::auth::{cookie_value, VerifiedAccess};
 use crate::http::error::ApiError;
 use crate::http::extract::ClientInfo;
 use crate::http::state::AppState;
@@ -59,7 +59,16 @@ fn key_route(route: &str) -> bool {
 /// Who the budget is counted for; `None` for an API key on a key route (its own per-key budget
 /// applies, and unknown keys are limited per address where they are looked up). Anything that only
 /// looks like a key elsewhere counts for the address.
-async fn who(state: &AppState, route: &str, headers: &HeaderMap, client: &ClientInfo) -> Option<String> {
+///
+/// A bearer token whose claims verify is left in `verified` for the extractor
+/// ([`VerifiedAccess`]), so that the request does not verify its token twice.
+async fn who(
+    state: &AppState,
+    route: &str,
+    headers: &HeaderMap,
+    client: &ClientInfo,
+    verified: &mut Option<VerifiedAccess>,
+) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -69,7 +78,11 @@ async fn who(state: &AppState, route: &str, headers: &HeaderMap, client: &Client
     let user = match bearer {
         Some(token) if looks_like_key(token) && key_route(route) => return None,
         Some(token) if looks_like_key(token) => None,
-        Some(token) => state.auth.token_subject(token),
+        Some(token) => state.auth.access_claims(token).map(|claims| {
+            let sub = claims.sub.clone();
+            *verified = Some(VerifiedAccess(Box::new(claims)));
+            sub
+        }),
         None => match cookie_value(headers, state.cookie.name).filter(|t| !t.is_empty()) {
             Some(token) => state.auth.session_subject(token).await,
             None => None,
@@ -103,10 +116,15 @@ pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> 
     let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
         return next.run(req).await;
     };
+    let mut verified = None;
     let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
-        (true, Some(client)) => who(&state, &route, req.headers(), &client).await,
+        (true, Some(client)) => who(&state, &route, req.headers(), &client, &mut verified).await,
         _ => None,
     };
+    let mut req = req;
+    if let Some(verified) = verified {
+        req.extensions_mut().insert(verified);
+    }
     let mut allowances = Vec::new();
     if let Some(who) = who {
         let http = &state.config.http;
