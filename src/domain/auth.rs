@@ -122,6 +122,16 @@ pub struct TokenPair {
     pub refresh_token: String,
 }
 
+/// A session's row as read for one request (see [`AuthService::live_session`]); opaque outside.
+#[derive(Clone)]
+pub struct LiveSession(Box<SessionRow>);
+
+impl LiveSession {
+    pub fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+}
+
 /// How a request was authenticated.
 #[derive(Clone)]
 pub enum Credential {
@@ -680,8 +690,21 @@ impl AuthService {
     /// user's current credential epoch), and when it was last seen. Nothing is written here for a
     /// live session: see [`AuthService::touch_session`].
     pub async fn session_user(&self, token: &str) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
+        self.session_user_read(token, None).await
+    }
+
+    /// As [`AuthService::session_user`], with the session row [`AuthService::live_session`] read
+    /// moments ago in the same request (the rate limiter did), when it found one: not read twice.
+    pub async fn session_user_read(
+        &self,
+        token: &str,
+        read: Option<LiveSession>,
+    ) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
         let now = Utc::now();
-        let session = self.store.session_by_token_hash(&token_hash(token)).await?.ok_or(AuthError::Unauthenticated)?;
+        let session = match read {
+            Some(LiveSession(row)) => *row,
+            None => self.store.session_by_token_hash(&token_hash(token)).await?.ok_or(AuthError::Unauthenticated)?,
+        };
         let idle_deadline = session.last_seen_at + chrono_of(self.cfg.session_idle_timeout);
         if session.expires_at <= now || idle_deadline <= now {
             self.store.delete_session(&session.id).await?;
@@ -712,8 +735,15 @@ impl AuthService {
 
     /// The user id of a live session cookie (one read, nothing changed: for the rate limiter).
     pub async fn session_subject(&self, token: &str) -> Option<String> {
+        self.live_session(token).await.map(|s| s.user_id().to_owned())
+    }
+
+    /// The row of a session cookie that has not expired (one read, nothing changed: for the rate
+    /// limiter, which hands it to [`AuthService::session_user_read`]; the idle timeout, the user
+    /// and the credential epoch are checked there).
+    pub async fn live_session(&self, token: &str) -> Option<LiveSession> {
         let session = self.store.session_by_token_hash(&token_hash(token)).await.ok()??;
-        (session.expires_at > Utc::now()).then_some(session.user_id)
+        (session.expires_at > Utc::now()).then(|| LiveSession(Box::new(session)))
     }
 
     /// The user behind an access token: signature and claims, then the family (logout, theft

@@ -114,7 +114,9 @@ impl FromRequestParts<AppState> for CurrentUser {
         let token = cookie_value(&parts.headers, state.cookie.name)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("authentication required".to_owned()))?;
-        let (user, credential, last_seen_at) = state.auth.session_user(token).await?;
+        // The row the global budget read for this request's cookie, when it did (`http/budget.rs`).
+        let read = parts.extensions.remove::<crate::domain::auth::LiveSession>();
+        let (user, credential, last_seen_at) = state.auth.session_user_read(token, read).await?;
         if is_state_changing(&parts.method) {
             if cross_site(&parts.headers, state) {
                 return Err(ApiError::Forbidden("cross-site request refused".to_owned()));

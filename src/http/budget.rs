@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::apikeys::looks_like_key;
+use crate::domain::auth::LiveSession;
 use crate::http::auth::{cookie_value, VerifiedAccess};
 use crate::http::error::ApiError;
 use crate::http::extract::ClientInfo;
@@ -68,6 +69,7 @@ async fn who(
     headers: &HeaderMap,
     client: &ClientInfo,
     verified: &mut Option<VerifiedAccess>,
+    session: &mut Option<LiveSession>,
 ) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -84,7 +86,11 @@ async fn who(
             sub
         }),
         None => match cookie_value(headers, state.cookie.name).filter(|t| !t.is_empty()) {
-            Some(token) => state.auth.session_subject(token).await,
+            Some(token) => state.auth.live_session(token).await.map(|live| {
+                let user = live.user_id().to_owned();
+                *session = Some(live);
+                user
+            }),
             None => None,
         },
     };
@@ -116,14 +122,17 @@ pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> 
     let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
         return next.run(req).await;
     };
-    let mut verified = None;
+    let (mut verified, mut session) = (None, None);
     let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
-        (true, Some(client)) => who(&state, &route, req.headers(), &client, &mut verified).await,
+        (true, Some(client)) => who(&state, &route, req.headers(), &client, &mut verified, &mut session).await,
         _ => None,
     };
     let mut req = req;
     if let Some(verified) = verified {
         req.extensions_mut().insert(verified);
+    }
+    if let Some(session) = session {
+        req.extensions_mut().insert(session);
     }
     let mut allowances = Vec::new();
     if let Some(who) = who {
