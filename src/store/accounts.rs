@@ -752,8 +752,11 @@ macro_rules! impl_account_store {
                     .execute(&mut *c)
                     .await)?
                     .rows_affected();
-                // Revoked and dead families are gone: whatever the view held of them goes too.
-                self.view.flush();
+                // Revoked and dead families are gone: whatever the view held of them goes too
+                // (only then: a flush costs every user a database read).
+                if families > 0 {
+                    self.view.flush();
+                }
                 Ok($crate::store::accounts::Purged { sessions, refresh_tokens, families, login_clients })
             }
         }

@@ -121,7 +121,7 @@ macro_rules! impl_credit_store {
                 delta: i64,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<Option<(i64, i64)>, $crate::store::error::StoreError> {
-                // The read view forgets the balance once this commits (`outbox::wake_after_commit`).
+                // The read view forgets the balance once this transaction is over (`invalidation.rs`).
                 $crate::store::invalidation::changed_in_transaction(user_id);
                 Self::lock_sequence(tx, user_id).await?;
                 let row: Option<(i64, i64)> = if delta >= 0 {

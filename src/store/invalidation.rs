@@ -1,52 +1,87 @@
 //! Invalidations of the read view (`view.rs`) noted inside a transaction by a helper that has no
 //! store at hand (a grant reconciled, a credit balance moved, on the Stripe event path), carried
-//! out after the commit by `outbox::wake_after_commit`, which every such commit already runs.
+//! out on the store's own view once that transaction is over.
 //!
-//! This is process-wide state: every view of the process (one, except in the tests, which run
-//! several applications in one process) forgets the users noted. An extra invalidation is
-//! harmless; a missed one is not, and the noted users are only cleared after the views forgot
-//! them. A transaction that rolls back only costs a needless invalidation.
+//! The users are collected PER TRANSACTION: `pool::transaction!` runs its body inside
+//! [`collecting`] (a task-local list, so only what this body noted is in it), and once the body
+//! has returned (it commits itself, or rolled back) the store invalidates each collected user in
+//! its own view. Invalidating before the commit would let a reader cache the pre-commit rows with
+//! nothing invalidating after; invalidating after a rollback only costs a needless read.
+//!
+//! A writer that runs one transaction outside `transaction!` (the batch writer's group commit)
+//! does the same: `let (result, users) = collecting(body).await;` then, after its commit,
+//! `view.invalidate(u)` for each user (or [`scoped`], which does both). This file names no
+//! view (`.ci/acyclic.py`): the store hands its own.
+//!
+//! Outside any scope there is no commit to wait for: [`changed_in_transaction`] then does nothing
+//! but say so (a panic in debug builds, so a test finds the path; a warning once in release). That
+//! is a bug, yet still bounded: entitlement entries are never used past `view::MAX_AGE`, and the
+//! rows a revocation changes (users, token families) are notified by PostgreSQL's triggers and
+//! also live `MAX_AGE` at most on SQLite, so the change shows within 500 ms instead of at once.
 
-use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Once;
 
-/// What can forget a user (a view).
-pub(crate) trait Forget: Send + Sync {
-    fn forget(&self, user_id: &str);
+tokio::task_local! {
+    /// Users whose rows the running transaction changed.
+    static NOTED: RefCell<HashSet<String>>;
 }
 
-/// Every view of this process.
-static VIEWS: Mutex<Vec<Weak<dyn Forget>>> = Mutex::new(Vec::new());
-/// Users changed by transactions whose commit has not run [`after_commit`] yet.
-static PENDING: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+/// Runs `fut` (one transaction's body) collecting the users it notes with
+/// [`changed_in_transaction`]; they are returned, to be invalidated once the transaction is over
+/// (committed or rolled back), never before.
+pub async fn collecting<F: Future>(fut: F) -> (F::Output, Vec<String>) {
+    let (output, noted) = NOTED
+        .scope(RefCell::new(HashSet::new()), async {
+            let output = fut.await;
+            (output, NOTED.with(|n| std::mem::take(&mut *n.borrow_mut())))
+        })
+        .await;
+    (output, noted.into_iter().collect())
 }
 
-pub(crate) fn register(view: Weak<dyn Forget>) {
-    let mut views = lock(&VIEWS);
-    views.retain(|v| v.strong_count() > 0);
-    views.push(view);
+/// [`collecting`], then `forget` each user noted: what `transaction!` does with its store's own
+/// view (`|u| self.view.invalidate(u)`).
+pub async fn scoped<F: Future>(forget: impl Fn(&str), fut: F) -> F::Output {
+    let (output, noted) = collecting(fut).await;
+    for user in &noted {
+        forget(user);
+    }
+    output
 }
 
-/// Inside a transaction: the user's rows change; their entries go once it commits.
+/// Inside a transaction (a [`collecting`] scope): the user's rows change; their entries go once
+/// it is over.
 pub(crate) fn changed_in_transaction(user_id: &str) {
-    let mut pending = lock(&PENDING);
-    if !pending.iter().any(|u| u == user_id) {
-        pending.push(user_id.to_owned());
+    let noted = NOTED.try_with(|n| {
+        n.borrow_mut().insert(user_id.to_owned());
+    });
+    if noted.is_err() {
+        debug_assert!(false, "invalidation::changed_in_transaction outside a `collecting` scope");
+        static WARNED: Once = Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "a read-view invalidation was noted outside a transaction scope; the change shows within 500 ms instead of at once"
+            );
+        });
     }
 }
 
-/// After a commit: every view forgets the users noted since the last one.
-pub(crate) fn after_commit() {
-    let pending = std::mem::take(&mut *lock(&PENDING));
-    if pending.is_empty() {
-        return;
-    }
-    let views: Vec<_> = lock(&VIEWS).iter().filter_map(Weak::upgrade).collect();
-    for view in views {
-        for user in &pending {
-            view.forget(user);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_scope_returns_only_its_own_users_once() {
+        let ((), noted) = collecting(async {
+            changed_in_transaction("usr_a");
+            changed_in_transaction("usr_a");
+            let ((), inner) = collecting(async { changed_in_transaction("usr_b") }).await;
+            assert_eq!(inner, ["usr_b"]);
+        })
+        .await;
+        assert_eq!(noted, ["usr_a"]);
     }
 }

@@ -216,10 +216,7 @@ pub(crate) fn note_written(n: u64) {
 
 /// After a commit: wakes the dispatchers waiting in this process when messages were written.
 /// (One written by a transaction that then rolled back only makes a wake-up that finds nothing.)
-/// It also carries out the read view's invalidations noted in the transaction
-/// (`store/invalidation.rs`).
 pub fn wake_after_commit() {
-    super::invalidation::after_commit();
     if WRITTEN.swap(0, Ordering::Relaxed) > 0 {
         WAKE.notify_waiters();
     }

@@ -342,8 +342,8 @@ macro_rules! impl_payment_store {
                 let action = reconcile_grant(facts, existing.as_ref().map(|g| g.status), grant.as_ref(), now)
                     .map_err(|e| $crate::store::error::StoreError::Rule(format!("order {}: {e}", order.id)))?;
                 if !matches!(action, GrantAction::Keep) {
-                    // The read view forgets the user's entitlements once this commits
-                    // (`outbox::wake_after_commit`, which every commit of this path runs).
+                    // The read view forgets the user's entitlements once this transaction is
+                    // over (`invalidation.rs`: every transaction's body collects its own users).
                     $crate::store::invalidation::changed_in_transaction(&order.user_id);
                 }
                 match (action, existing) {

@@ -113,18 +113,21 @@ macro_rules! on_conn {
 pub(crate) use on_conn;
 
 /// Runs `$body` inside a transaction `$tx` on a connection of its own (see [`acquire`]); the body
-/// commits. Whatever the body returns passes through [`settle`].
+/// commits. Whatever the body returns passes through [`settle`]. The users the body notes with
+/// `invalidation::changed_in_transaction` are forgotten by the store's view once the body is over
+/// (after its commit), never before (`invalidation::scoped`).
 macro_rules! transaction {
     ($self:ident, $tx:ident => $body:block) => {{
         match $self.conn().await {
             Err(e) => Err(e),
             Ok(mut conn) => {
-                let result: Result<_, $crate::store::error::StoreError> = async {
-                    #[allow(unused_mut)]
-                    let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
-                    $body
-                }
-                .await;
+                let result: Result<_, $crate::store::error::StoreError> =
+                    $crate::store::invalidation::scoped(|u| $self.view.invalidate(u), async {
+                        #[allow(unused_mut)]
+                        let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
+                        $body
+                    })
+                    .await;
                 $self.settle(conn, result)
             }
         }

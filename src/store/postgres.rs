@@ -43,7 +43,7 @@ impl PgStore {
 
     /// Follows `tollgate_changes` on a connection of its own (`changes.rs`).
     fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
-        Some(tokio::spawn(super::changes::follow(self.options.clone(), self.pool.clone(), self.view.clone())))
+        Some(tokio::spawn(super::changes::follow(self.options.clone(), self.view.clone())))
     }
 }
 

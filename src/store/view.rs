@@ -5,16 +5,19 @@
 //! When an entry may be used (README "Sessions, tokens and logout"):
 //! - every write that changes a user, a family, a grant or a credit balance invalidates the user's
 //!   entry in this process right after its commit (the store's methods call [`View::invalidate`];
-//!   helpers that only see a transaction call `invalidation.rs::changed_in_transaction`, and
-//!   `outbox::wake_after_commit` carries it out), so what a user sees after their own write is
-//!   fresh at once;
+//!   helpers that only see a transaction call `invalidation.rs::changed_in_transaction`, which
+//!   the transaction's own scope carries out once it is over), so what a user sees after their
+//!   own write is fresh at once;
 //! - a reader takes a [`Ticket`] before its database read and its row is kept only if no
 //!   invalidation of that user (and no flush) happened since (the read/invalidate race);
-//! - on PostgreSQL every such change is also notified (triggers → `pg_notify('tollgate_changes',
-//!   user id)`), and `store/changes.rs` invalidates on receipt. An entry is trusted past
-//!   [`MAX_AGE`] only while the channel is known live: a heartbeat this process sent less than
-//!   [`LIVE_FOR`] ago came back (notifications arrive in commit order, so every change committed
-//!   before it was received). On (re)connection the whole view is flushed;
+//! - on PostgreSQL a change of a user or a token family (what revocation rests on) is also
+//!   notified (triggers → `pg_notify('tollgate_changes', user id)`), and `store/changes.rs`
+//!   invalidates on receipt. Such an entry is trusted past [`MAX_AGE`] only while the channel is
+//!   known live: a heartbeat this process sent less than [`LIVE_FOR`] ago came back
+//!   (notifications arrive in commit order, so every change committed before it was received).
+//!   On (re)connection the whole view is flushed. Grants and credit balances are not notified
+//!   (a NOTIFY takes a cluster-wide lock at commit, and they change on every granting webhook):
+//!   entitlement entries are used only while younger than [`MAX_AGE`], channel or not;
 //! - otherwise (SQLite, where another process may write the same file; or the channel down) an
 //!   entry is used only while younger than [`MAX_AGE`]: a database read at least twice a second
 //!   per user, so a change made elsewhere is seen within a second.
@@ -27,7 +30,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::accounts::FamilyRow;
-use super::invalidation::{self, Forget};
 use super::payments::GrantRow;
 use crate::domain::account::User;
 
@@ -127,7 +129,7 @@ impl Inner {
     }
 }
 
-impl Forget for Inner {
+impl Inner {
     fn forget(&self, user_id: &str) {
         let bucket = self.bucket(user_id);
         let mut shard = self.shard(bucket);
@@ -167,8 +169,6 @@ impl View {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
-        let sink: Arc<dyn Forget> = inner.clone();
-        invalidation::register(Arc::downgrade(&sink));
         View { inner }
     }
 
@@ -264,8 +264,12 @@ impl View {
         self.get(user_id, |e| e.entitlements.as_ref())
     }
 
+    /// Kept for [`MAX_AGE`] only, whatever the channel says: grants and credit balances are not
+    /// notified (their writes are frequent, and a NOTIFY serialises commits cluster-wide), so
+    /// only this process's own invalidations reach them.
     pub fn put_entitlements(&self, t: &Ticket, user_id: &str, inputs: &EntitlementInputs) {
-        self.put(user_id, t, |e| e.entitlements = Some(Slot::new(inputs.clone(), t)));
+        let slot = Slot { live: false, ..Slot::new(inputs.clone(), t) };
+        self.put(user_id, t, |e| e.entitlements = Some(slot));
     }
 
     /// Forgets everything held for the user; a read that began before is not kept either.
@@ -330,6 +334,7 @@ mod tests {
 
     use super::*;
     use crate::domain::account::Role;
+    use crate::store::invalidation;
 
     fn user(id: &str, disabled: bool) -> User {
         User {
@@ -419,6 +424,56 @@ mod tests {
     }
 
     #[test]
+    fn a_live_channel_does_not_vouch_for_entitlements() {
+        let view = View::new(100);
+        view.channel_connected();
+        view.notified(&view.heartbeat());
+        let mut t = view.ticket("usr_a");
+        assert!(t.live);
+        t.at -= MAX_AGE * 2;
+        view.put_entitlements(&t, "usr_a", &EntitlementInputs { active: vec![], credit_balance: 5 });
+        assert!(view.entitlements("usr_a").is_none(), "grants and balances are not notified: 500 ms at most");
+        view.put_user(&t, &user("usr_a", false));
+        assert!(view.user("usr_a").is_some(), "users are");
+    }
+
+    /// The reviewer's case: a user is noted, an unrelated transaction commits meanwhile, a reader
+    /// then reads the still-uncommitted (old) row and keeps it; the real commit must drop it.
+    #[tokio::test]
+    async fn an_unrelated_commit_does_not_invalidate_a_user_before_their_own_transaction_commits() {
+        let view = View::new(100);
+        let (noted_tx, noted_rx) = tokio::sync::oneshot::channel();
+        let (reader_done_tx, reader_done_rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = {
+            let view = view.clone();
+            tokio::spawn(async move {
+                invalidation::scoped(|u| view.invalidate(u), async {
+                    invalidation::changed_in_transaction("usr_u");
+                    noted_tx.send(()).unwrap();
+                    // The transaction is still open while the others run.
+                    reader_done_rx.await.unwrap();
+                })
+                .await;
+            })
+        };
+        noted_rx.await.unwrap();
+        // An unrelated transaction of another task commits.
+        let other = view.clone();
+        tokio::spawn(async move {
+            invalidation::scoped(|u| other.invalidate(u), async { invalidation::changed_in_transaction("usr_other") }).await
+        })
+        .await
+        .unwrap();
+        // A reader reads the old (pre-commit) row and keeps it.
+        let t = view.ticket("usr_u");
+        view.put_entitlements(&t, "usr_u", &EntitlementInputs { active: vec![], credit_balance: 0 });
+        assert!(view.entitlements("usr_u").is_some(), "kept until the writer's commit");
+        reader_done_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), writer).await.unwrap().unwrap();
+        assert!(view.entitlements("usr_u").is_none(), "the writer's commit drops what was read before it");
+    }
+
+    #[test]
     fn a_full_view_evicts() {
         let view = View::new(SHARDS);
         for i in 0..(SHARDS * 10) {
@@ -428,16 +483,5 @@ mod tests {
         }
         let held: usize = view.inner.shards.iter().map(|s| lock(s).len()).sum();
         assert!(held <= SHARDS, "{held}");
-    }
-
-    #[test]
-    fn a_change_noted_in_a_transaction_is_invalidated_after_the_commit() {
-        let view = View::new(100);
-        let t = view.ticket("usr_tx");
-        view.put_user(&t, &user("usr_tx", false));
-        invalidation::changed_in_transaction("usr_tx");
-        assert!(view.user("usr_tx").is_some());
-        invalidation::after_commit();
-        assert!(view.user("usr_tx").is_none());
     }
 }

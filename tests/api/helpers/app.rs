@@ -107,6 +107,12 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 /// limiter keys. `overrides` win. Each is a separate `App`: its own pool, limiter, password queue,
 /// meters and caches (tests/api/instances.rs says why in-process is faithful).
 pub async fn spawn_apps(n: usize, overrides: &[(&str, &str)]) -> Vec<TestApp> {
+    spawn_apps_via(n, overrides, |_, url| url.to_owned()).await
+}
+
+/// [`spawn_apps`], with instance `i` connecting to `via(i, url)` instead of the fresh database's
+/// `url` (a proxy in front of it, say).
+pub async fn spawn_apps_via(n: usize, overrides: &[(&str, &str)], via: impl Fn(usize, &str) -> String) -> Vec<TestApp> {
     let redis_url = std::env::var("TEST_REDIS_URL").expect("spawn_apps needs TEST_REDIS_URL");
     let pg = Arc::new(fresh_postgres_database().await.expect("spawn_apps needs TEST_DATABASE_URL"));
     let jwt_secret = tollgate::domain::crypto::random_token();
@@ -114,10 +120,11 @@ pub async fn spawn_apps(n: usize, overrides: &[(&str, &str)]) -> Vec<TestApp> {
     let mut shared: Vec<(&str, &str)> =
         vec![("TOLLGATE_JWT_SECRET", &jwt_secret), ("REDIS_URL", &redis_url), ("TOLLGATE_REDIS_KEY_PREFIX", &prefix)];
     shared.extend_from_slice(overrides);
-    let starts = (0..n).map(|_| {
+    let starts = (0..n).map(|i| {
         let (pg, shared) = (pg.clone(), &shared);
+        let url = via(i, &pg.url);
         async move {
-            let env = env_on(pg.url.clone(), shared);
+            let env = env_on(url, shared);
             start(env, tempfile::tempdir().expect("tempdir"), Some(pg)).await
         }
     });

@@ -26,7 +26,7 @@ pub mod stripe;
 pub mod stripe_api;
 
 // What `crate::helpers::…` named before the helpers became a directory, still reachable there.
-pub use app::{spawn_app, spawn_app_with, spawn_apps, TestApp};
+pub use app::{spawn_app, spawn_app_with, spawn_apps, spawn_apps_via, TestApp};
 pub use database::{fresh_postgres_database, postgres_disk_lock};
 pub use http::{assert_problem, client};
 pub use skip::{in_ci, skip};
