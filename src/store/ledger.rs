@@ -82,6 +82,22 @@ pub trait LedgerStore: Send + Sync {
     async fn event(&self, event_id: &str) -> Result<Option<(EventRow, Vec<HistoryRow>)>, StoreError>;
 }
 
+/// A verified event waiting for the ledger's writer (see [`LedgerStore::record_event`]).
+pub(crate) struct Delivery {
+    pub event: NewEvent,
+    pub plan: EventPlan,
+    pub now: DateTime<Utc>,
+}
+
+pub(crate) type IngestJob = super::batch::Job<Delivery, Recorded>;
+pub(crate) type IngestBatcher = super::batch::Batcher<Delivery, Recorded>;
+
+/// A PostgreSQL deadlock or serialization failure: the event is tried again, alone, after its
+/// batch (two batches may lock the same orders in different orders).
+pub(crate) fn retry_alone(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "40P01" || code == "40001")
+}
+
 pub(crate) const EVENT_COLUMNS: &str =
     "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider";
 
@@ -95,31 +111,11 @@ macro_rules! impl_ledger_store {
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
-                use $crate::domain::ledger::{EventStatus, Recorded};
-                let _turn = self.write_turn().await;
-                $crate::store::pool::transaction!(self, tx => {
-                    // The insert comes first: on SQLite it takes the write lock before anything is read.
-                    let inserted = Self::insert_event(&mut tx, e, EventStatus::Received, now).await?;
-                    let mut retried = false;
-                    if inserted == 0 {
-                        // Locks the event row, so two redeliveries of a failed event take turns.
-                        let existing: EventStatus = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
-                            .bind(&e.event_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        if !existing.needs_processing() {
-                            tx.rollback().await?;
-                            return Ok(Recorded::Duplicate { status: existing });
-                        }
-                        retried = true;
-                    }
-                    let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
-                    let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
-                    Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
-                    tx.commit().await?;
-                    Ok(Recorded::Stored { status, detail, retried })
-                })
-                .inspect(|_| $crate::store::outbox::wake_after_commit())
+                // Group commit: the event shares a transaction with whatever else arrived while the
+                // previous one ran; the answer comes after that transaction committed.
+                self.ingest
+                    .submit($crate::store::ledger::Delivery { event: e.clone(), plan: plan.clone(), now })
+                    .await
             }
 
             async fn mark_event_failed(
@@ -227,6 +223,148 @@ macro_rules! impl_ledger_store {
         }
 
         impl $store {
+            /// The writers of [`record_event`]: `writers` tasks (each one transaction at a time)
+            /// running [`run_ingest_batch`](Self::run_ingest_batch) on `parts`.
+            pub(crate) fn ingest_batcher(
+                writers: usize,
+                parts: $crate::store::batch::Parts<$db>,
+            ) -> $crate::store::ledger::IngestBatcher {
+                let parts = std::sync::Arc::new(parts);
+                $crate::store::batch::Batcher::new(
+                    writers,
+                    std::sync::Arc::new(move |jobs| {
+                        let parts = parts.clone();
+                        Box::pin(async move { Self::run_ingest_batch(&parts, jobs).await })
+                    }),
+                )
+            }
+
+            /// One batch of deliveries in one transaction, each in a savepoint of its own: one
+            /// that fails is rolled back alone and answered with its error (its caller records it
+            /// `failed`); the others are answered after the commit. A storage fault, a lost
+            /// connection or a failed commit answers every delivery of the batch with an error
+            /// (none acknowledged) and discards the connection (`pool::settle`). On PostgreSQL, a
+            /// delivery that met a deadlock or a serialization failure (two batches locking the
+            /// same rows in different orders) is carried out again after the commit, alone.
+            pub(crate) async fn run_ingest_batch(
+                parts: &$crate::store::batch::Parts<$db>,
+                jobs: Vec<$crate::store::ledger::IngestJob>,
+            ) {
+                use $crate::store::error::StoreError;
+                let mut alone = Vec::new();
+                let outcome = {
+                    let _turn = parts.turn().await;
+                    match $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await {
+                        Err(e) => Err(e),
+                        Ok(mut conn) => {
+                            let result: Result<Vec<Option<Result<$crate::domain::ledger::Recorded, StoreError>>>, StoreError> = async {
+                                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                                let mut answers = Vec::with_capacity(jobs.len());
+                                for job in &jobs {
+                                    let d = &job.work;
+                                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                                    match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now).await {
+                                        Ok(recorded) => {
+                                            savepoint.commit().await?;
+                                            answers.push(Some(Ok(recorded)));
+                                        }
+                                        // The connection (or the database) failed: the whole batch did.
+                                        Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
+                                            return Err(e.into());
+                                        }
+                                        Err(StoreError::Database(e)) if $crate::store::ledger::retry_alone(&e) => {
+                                            savepoint.rollback().await?;
+                                            answers.push(None);
+                                        }
+                                        Err(e) => {
+                                            savepoint.rollback().await?;
+                                            answers.push(Some(Err(e)));
+                                        }
+                                    }
+                                }
+                                tx.commit().await?;
+                                Ok(answers)
+                            }
+                            .await;
+                            $crate::store::pool::settle(&parts.health, conn, result)
+                        }
+                    }
+                };
+                match outcome {
+                    Err(e) => {
+                        tracing::error!(error = %e, events = jobs.len(), "a batch of events failed; none was acknowledged");
+                        $crate::store::batch::fail_all(jobs, &e);
+                    }
+                    Ok(answers) => {
+                        $crate::store::outbox::wake_after_commit();
+                        for (job, answer) in jobs.into_iter().zip(answers) {
+                            match answer {
+                                Some(answer) => job.answer(answer),
+                                None => alone.push(job),
+                            }
+                        }
+                    }
+                }
+                for job in alone {
+                    let d = &job.work;
+                    let answer = Self::record_alone(parts, &d.event, &d.plan, d.now).await;
+                    job.answer(answer);
+                }
+            }
+
+            /// One delivery in a transaction of its own.
+            async fn record_alone(
+                parts: &$crate::store::batch::Parts<$db>,
+                e: &$crate::store::ledger::NewEvent,
+                plan: &$crate::domain::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                let _turn = parts.turn().await;
+                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                let result = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let recorded = Self::record_in(&mut tx, e, plan, now).await?;
+                    tx.commit().await?;
+                    Ok(recorded)
+                }
+                .await;
+                let result = $crate::store::pool::settle(&parts.health, conn, result);
+                if result.is_ok() {
+                    $crate::store::outbox::wake_after_commit();
+                }
+                result
+            }
+
+            /// Inside the caller's transaction (or savepoint): stores the event and, when it is new
+            /// or its earlier processing failed, carries out `plan` and records the outcome.
+            async fn record_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                e: &$crate::store::ledger::NewEvent,
+                plan: &$crate::domain::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                use $crate::domain::ledger::{EventStatus, Recorded};
+                // The insert comes first: on SQLite it takes the write lock before anything is read.
+                let inserted = Self::insert_event(tx, e, EventStatus::Received, now).await?;
+                let mut retried = false;
+                if inserted == 0 {
+                    // Locks the event row, so two redeliveries of a failed event take turns.
+                    let existing: EventStatus = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                        .bind(&e.event_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if !existing.needs_processing() {
+                        // Nothing was changed: the caller may commit or roll back alike.
+                        return Ok(Recorded::Duplicate { status: existing });
+                    }
+                    retried = true;
+                }
+                let (status, detail) = Self::carry_out(tx, plan, now).await?;
+                let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
+                Self::set_event_status(tx, &e.event_id, status, &detail, now).await?;
+                Ok(Recorded::Stored { status, detail, retried })
+            }
+
             /// Stores the event with `status` unless its id is already in the ledger; how many rows
             /// that wrote (0 for a redelivery).
             async fn insert_event(

@@ -4,13 +4,14 @@
 //! This file only names the parts: `seam.rs` (the `Store` trait), `error.rs`, the repositories
 //! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
-//! their pool), `types.rs` (domain enums in and out of text columns), and the engines
+//! their pool), `batch.rs` (group commit: the queue and the writer tasks), `types.rs` (domain enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
 
 pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod backup;
+mod batch;
 pub mod credits;
 mod error;
 pub mod health;
