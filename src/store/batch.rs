@@ -125,3 +125,42 @@ async fn next_batch<W, A>(receiver: &tokio::sync::Mutex<mpsc::Receiver<Job<W, A>
     }
     Some(jobs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batcher whose writer answers each job with its number doubled, and panics on a 0.
+    fn doubling() -> Batcher<u32, u32> {
+        Batcher::new(
+            1,
+            Arc::new(|jobs: Vec<Job<u32, u32>>| {
+                Box::pin(async move {
+                    assert!(jobs.iter().all(|j| j.work != 0), "a writer bug");
+                    for job in jobs {
+                        let n = job.work;
+                        job.answer(Ok(n * 2));
+                    }
+                })
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_request_is_answered_and_a_panicking_batch_leaves_the_writer_running() {
+        let batcher = Arc::new(doubling());
+        assert_eq!(batcher.submit(21).await.unwrap(), 42);
+        let many: Vec<_> = (1..=600u32)
+            .map(|n| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(n).await.unwrap() })
+            })
+            .collect();
+        for (n, answer) in (1..=600u32).zip(many) {
+            assert_eq!(answer.await.unwrap(), n * 2);
+        }
+        let failed = batcher.submit(0).await;
+        assert!(matches!(failed, Err(StoreError::Batch(_))), "{failed:?}");
+        assert_eq!(batcher.submit(5).await.unwrap(), 10, "the writer goes on after a panic");
+    }
+}

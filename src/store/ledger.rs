@@ -246,50 +246,22 @@ macro_rules! impl_ledger_store {
             /// (none acknowledged) and discards the connection (`pool::settle`). On PostgreSQL, a
             /// delivery that met a deadlock or a serialization failure (two batches locking the
             /// same rows in different orders) is carried out again after the commit, alone.
+            ///
+            /// Savepoints cost two statements per event, and events rarely fail: the batch is
+            /// first tried without them, and only when one of its events fails is it rolled back
+            /// whole and carried out again with them.
             pub(crate) async fn run_ingest_batch(
                 parts: &$crate::store::batch::Parts<$db>,
                 jobs: Vec<$crate::store::ledger::IngestJob>,
             ) {
-                use $crate::store::error::StoreError;
-                let mut alone = Vec::new();
                 let outcome = {
                     let _turn = parts.turn().await;
-                    match $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await {
-                        Err(e) => Err(e),
-                        Ok(mut conn) => {
-                            let result: Result<Vec<Option<Result<$crate::domain::ledger::Recorded, StoreError>>>, StoreError> = async {
-                                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                                let mut answers = Vec::with_capacity(jobs.len());
-                                for job in &jobs {
-                                    let d = &job.work;
-                                    let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                                    match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now).await {
-                                        Ok(recorded) => {
-                                            savepoint.commit().await?;
-                                            answers.push(Some(Ok(recorded)));
-                                        }
-                                        // The connection (or the database) failed: the whole batch did.
-                                        Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
-                                            return Err(e.into());
-                                        }
-                                        Err(StoreError::Database(e)) if $crate::store::ledger::retry_alone(&e) => {
-                                            savepoint.rollback().await?;
-                                            answers.push(None);
-                                        }
-                                        Err(e) => {
-                                            savepoint.rollback().await?;
-                                            answers.push(Some(Err(e)));
-                                        }
-                                    }
-                                }
-                                tx.commit().await?;
-                                Ok(answers)
-                            }
-                            .await;
-                            $crate::store::pool::settle(&parts.health, conn, result)
-                        }
+                    match Self::ingest_attempt(parts, &jobs, false).await {
+                        Ok(None) => Self::ingest_attempt(parts, &jobs, true).await,
+                        other => other,
                     }
                 };
+                let mut alone = Vec::new();
                 match outcome {
                     Err(e) => {
                         tracing::error!(error = %e, events = jobs.len(), "a batch of events failed; none was acknowledged");
@@ -297,7 +269,7 @@ macro_rules! impl_ledger_store {
                     }
                     Ok(answers) => {
                         $crate::store::outbox::wake_after_commit();
-                        for (job, answer) in jobs.into_iter().zip(answers) {
+                        for (job, answer) in jobs.into_iter().zip(answers.unwrap_or_default()) {
                             match answer {
                                 Some(answer) => job.answer(answer),
                                 None => alone.push(job),
@@ -310,6 +282,62 @@ macro_rules! impl_ledger_store {
                     let answer = Self::record_alone(parts, &d.event, &d.plan, d.now).await;
                     job.answer(answer);
                 }
+            }
+
+            /// One try at a batch (see [`run_ingest_batch`](Self::run_ingest_batch)): each event's
+            /// answer, `None` for one to carry out again alone; without `savepoints`, `Ok(None)`
+            /// when an event failed (everything was rolled back).
+            #[allow(clippy::type_complexity)]
+            async fn ingest_attempt(
+                parts: &$crate::store::batch::Parts<$db>,
+                jobs: &[$crate::store::ledger::IngestJob],
+                savepoints: bool,
+            ) -> Result<Option<Vec<Option<Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError>>>>, $crate::store::error::StoreError> {
+                use $crate::store::error::StoreError;
+                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                let result = async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let mut answers = Vec::with_capacity(jobs.len());
+                    for job in jobs {
+                        let d = &job.work;
+                        if !savepoints {
+                            match Self::record_in(&mut tx, &d.event, &d.plan, d.now).await {
+                                Ok(recorded) => answers.push(Some(Ok(recorded))),
+                                // The connection (or the database) failed: the whole batch did.
+                                Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
+                                    return Err(e.into());
+                                }
+                                Err(_) => {
+                                    tx.rollback().await?;
+                                    return Ok(None);
+                                }
+                            }
+                            continue;
+                        }
+                        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                        match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now).await {
+                            Ok(recorded) => {
+                                savepoint.commit().await?;
+                                answers.push(Some(Ok(recorded)));
+                            }
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
+                                return Err(e.into());
+                            }
+                            Err(StoreError::Database(e)) if $crate::store::ledger::retry_alone(&e) => {
+                                savepoint.rollback().await?;
+                                answers.push(None);
+                            }
+                            Err(e) => {
+                                savepoint.rollback().await?;
+                                answers.push(Some(Err(e)));
+                            }
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Some(answers))
+                }
+                .await;
+                $crate::store::pool::settle(&parts.health, conn, result)
             }
 
             /// One delivery in a transaction of its own.
