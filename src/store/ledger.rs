@@ -89,6 +89,17 @@ pub(crate) struct Delivery {
     pub now: DateTime<Utc>,
 }
 
+/// Without savepoints, a batch writes its events' statuses and history lines together at its end:
+/// these, and the status each event of the batch got.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    pub lines: Vec<(String, EventStatus, String, DateTime<Utc>)>,
+    pub seen: std::collections::HashMap<String, EventStatus>,
+}
+
+/// Rows per closing statement (4 parameters each, well under either engine's limit).
+pub(crate) const LINES_PER_STATEMENT: usize = 256;
+
 pub(crate) type IngestJob = super::batch::Job<Delivery, Recorded>;
 pub(crate) type IngestBatcher = super::batch::Batcher<Delivery, Recorded>;
 
@@ -298,10 +309,11 @@ macro_rules! impl_ledger_store {
                 let result = async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     let mut answers = Vec::with_capacity(jobs.len());
+                    let mut deferred = $crate::store::ledger::Deferred::default();
                     for job in jobs {
                         let d = &job.work;
                         if !savepoints {
-                            match Self::record_in(&mut tx, &d.event, &d.plan, d.now).await {
+                            match Self::record_in(&mut tx, &d.event, &d.plan, d.now, Some(&mut deferred)).await {
                                 Ok(recorded) => answers.push(Some(Ok(recorded))),
                                 // The connection (or the database) failed: the whole batch did.
                                 Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
@@ -315,7 +327,7 @@ macro_rules! impl_ledger_store {
                             continue;
                         }
                         let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
-                        match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now).await {
+                        match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now, None).await {
                             Ok(recorded) => {
                                 savepoint.commit().await?;
                                 answers.push(Some(Ok(recorded)));
@@ -330,6 +342,16 @@ macro_rules! impl_ledger_store {
                             Err(e) => {
                                 savepoint.rollback().await?;
                                 answers.push(Some(Err(e)));
+                            }
+                        }
+                    }
+                    if !savepoints {
+                        match Self::write_deferred(&mut tx, &deferred).await {
+                            Ok(()) => {}
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
+                            Err(_) => {
+                                tx.rollback().await?;
+                                return Ok(None);
                             }
                         }
                     }
@@ -351,7 +373,7 @@ macro_rules! impl_ledger_store {
                 let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
                 let result = async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    let recorded = Self::record_in(&mut tx, e, plan, now).await?;
+                    let recorded = Self::record_in(&mut tx, e, plan, now, None).await?;
                     tx.commit().await?;
                     Ok(recorded)
                 }
@@ -364,14 +386,20 @@ macro_rules! impl_ledger_store {
             }
 
             /// Inside the caller's transaction (or savepoint): stores the event and, when it is new
-            /// or its earlier processing failed, carries out `plan` and records the outcome.
+            /// or its earlier processing failed, carries out `plan` and records the outcome (at
+            /// once, or with `deferred` in the batch's closing statements).
             async fn record_in(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 e: &$crate::store::ledger::NewEvent,
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
+                deferred: Option<&mut $crate::store::ledger::Deferred>,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
                 use $crate::domain::ledger::{EventStatus, Recorded};
+                // The same event earlier in this batch: its status is not written yet, but known.
+                if let Some(status) = deferred.as_ref().and_then(|d| d.seen.get(&e.event_id)) {
+                    return Ok(Recorded::Duplicate { status: *status });
+                }
                 // The insert comes first: on SQLite it takes the write lock before anything is read.
                 let inserted = Self::insert_event(tx, e, EventStatus::Received, now).await?;
                 let mut retried = false;
@@ -389,8 +417,43 @@ macro_rules! impl_ledger_store {
                 }
                 let (status, detail) = Self::carry_out(tx, plan, now).await?;
                 let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
-                Self::set_event_status(tx, &e.event_id, status, &detail, now).await?;
+                match deferred {
+                    Some(d) => {
+                        d.seen.insert(e.event_id.clone(), status);
+                        d.lines.push((e.event_id.clone(), status, detail.clone(), now));
+                    }
+                    None => Self::set_event_status(tx, &e.event_id, status, &detail, now).await?,
+                }
                 Ok(Recorded::Stored { status, detail, retried })
+            }
+
+            /// The statuses and history lines `deferred` holds, in two statements (not cached:
+            /// their text depends on the batch's size).
+            async fn write_deferred(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                deferred: &$crate::store::ledger::Deferred,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                for lines in deferred.lines.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
+                    let values: Vec<String> = (0..lines.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+                    let sql = format!(
+                        "UPDATE stripe_events SET status = v.column2, updated_at = v.column3 FROM (VALUES {}) AS v WHERE stripe_events.event_id = v.column1",
+                        values.join(", ")
+                    );
+                    let mut update = sqlx::query(&sql).persistent(false);
+                    for (id, status, _, at) in lines {
+                        update = update.bind(id).bind(*status).bind(*at);
+                    }
+                    update.execute(&mut **tx).await?;
+                    let values: Vec<String> =
+                        (0..lines.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
+                    let sql = format!("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES {}", values.join(", "));
+                    let mut insert = sqlx::query(&sql).persistent(false);
+                    for (id, status, detail, at) in lines {
+                        insert = insert.bind(id).bind(*at).bind(*status).bind(detail);
+                    }
+                    insert.execute(&mut **tx).await?;
+                }
+                Ok(())
             }
 
             /// Stores the event with `status` unless its id is already in the ledger; how many rows
