@@ -95,6 +95,8 @@ pub(crate) struct Delivery {
 pub(crate) struct Deferred {
     pub lines: Vec<(String, EventStatus, String, DateTime<Utc>)>,
     pub seen: std::collections::HashMap<String, EventStatus>,
+    /// Ids the batch's first statement stored, until their event is carried out.
+    pub inserted: std::collections::HashSet<String>,
 }
 
 /// Rows per closing statement (4 parameters each, well under either engine's limit).
@@ -310,6 +312,16 @@ macro_rules! impl_ledger_store {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     let mut answers = Vec::with_capacity(jobs.len());
                     let mut deferred = $crate::store::ledger::Deferred::default();
+                    if !savepoints {
+                        match Self::insert_events(&mut tx, jobs).await {
+                            Ok(inserted) => deferred.inserted = inserted,
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
+                            Err(_) => {
+                                tx.rollback().await?;
+                                return Ok(None);
+                            }
+                        }
+                    }
                     for job in jobs {
                         let d = &job.work;
                         if !savepoints {
@@ -393,7 +405,7 @@ macro_rules! impl_ledger_store {
                 e: &$crate::store::ledger::NewEvent,
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
-                deferred: Option<&mut $crate::store::ledger::Deferred>,
+                mut deferred: Option<&mut $crate::store::ledger::Deferred>,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
                 use $crate::domain::ledger::{EventStatus, Recorded};
                 // The same event earlier in this batch: its status is not written yet, but known.
@@ -401,7 +413,9 @@ macro_rules! impl_ledger_store {
                     return Ok(Recorded::Duplicate { status: *status });
                 }
                 // The insert comes first: on SQLite it takes the write lock before anything is read.
-                let inserted = Self::insert_event(tx, e, EventStatus::Received, now).await?;
+                // Stored by the batch's first statement, or now.
+                let stored_first = deferred.as_mut().is_some_and(|d| d.inserted.remove(&e.event_id));
+                let inserted = if stored_first { 1 } else { Self::insert_event(tx, e, EventStatus::Received, now).await? };
                 let mut retried = false;
                 if inserted == 0 {
                     // Locks the event row, so two redeliveries of a failed event take turns.
@@ -425,6 +439,36 @@ macro_rules! impl_ledger_store {
                     None => Self::set_event_status(tx, &e.event_id, status, &detail, now).await?,
                 }
                 Ok(Recorded::Stored { status, detail, retried })
+            }
+
+            /// Stores the batch's events (status `received`) in one statement per
+            /// [`LINES_PER_STATEMENT`](crate::store::ledger::LINES_PER_STATEMENT) (not cached, as
+            /// below); the ids that were new.
+            async fn insert_events(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &[$crate::store::ledger::IngestJob],
+            ) -> Result<std::collections::HashSet<String>, $crate::store::error::StoreError> {
+                let mut inserted = std::collections::HashSet::with_capacity(jobs.len());
+                for jobs in jobs.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
+                    let values: Vec<String> = (0..jobs.len())
+                        .map(|i| {
+                            let n = 9 * i;
+                            format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 6, n + 7, n + 8, n + 9)
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider)
+                         VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                        values.join(", ")
+                    );
+                    let mut insert = sqlx::query_scalar::<_, String>(&sql).persistent(false);
+                    for job in jobs {
+                        let (e, now) = (&job.work.event, job.work.now);
+                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind($crate::domain::ledger::EventStatus::Received).bind(&e.payload).bind(e.provider);
+                    }
+                    inserted.extend(insert.fetch_all(&mut **tx).await?);
+                }
+                Ok(inserted)
             }
 
             /// The statuses and history lines `deferred` holds, in two statements (not cached:
