@@ -449,6 +449,10 @@ macro_rules! impl_ledger_store {
                 jobs: &[$crate::store::ledger::IngestJob],
             ) -> Result<std::collections::HashSet<String>, $crate::store::error::StoreError> {
                 let mut inserted = std::collections::HashSet::with_capacity(jobs.len());
+                // In the ids' order, so two batches holding the same new ids (concurrent
+                // redeliveries, on PostgreSQL) wait for each other instead of deadlocking.
+                let mut jobs: Vec<&$crate::store::ledger::IngestJob> = jobs.iter().collect();
+                jobs.sort_by(|a, b| a.work.event.event_id.cmp(&b.work.event.event_id));
                 for jobs in jobs.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
                     let values: Vec<String> = (0..jobs.len())
                         .map(|i| {
