@@ -18,6 +18,10 @@ pub enum StoreError {
     /// no connection could be opened): nothing was done.
     #[error("the database is unavailable")]
     Unavailable,
+    /// The transaction this work shared with others (group commit) failed, or its writer
+    /// stopped: none of it was committed.
+    #[error("{0}")]
+    Batch(String),
 }
 
 impl StoreError {

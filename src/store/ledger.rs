@@ -82,6 +82,35 @@ pub trait LedgerStore: Send + Sync {
     async fn event(&self, event_id: &str) -> Result<Option<(EventRow, Vec<HistoryRow>)>, StoreError>;
 }
 
+/// A verified event waiting for the ledger's writer (see [`LedgerStore::record_event`]).
+pub(crate) struct Delivery {
+    pub event: NewEvent,
+    pub plan: EventPlan,
+    pub now: DateTime<Utc>,
+}
+
+/// Without savepoints, a batch writes its events' statuses and history lines together at its end:
+/// these, and the status each event of the batch got.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    pub lines: Vec<(String, EventStatus, String, DateTime<Utc>)>,
+    pub seen: std::collections::HashMap<String, EventStatus>,
+    /// Ids the batch's first statement stored, until their event is carried out.
+    pub inserted: std::collections::HashSet<String>,
+}
+
+/// Rows per closing statement (4 parameters each, well under either engine's limit).
+pub(crate) const LINES_PER_STATEMENT: usize = 256;
+
+pub(crate) type IngestJob = super::batch::Job<Delivery, Recorded>;
+pub(crate) type IngestBatcher = super::batch::Batcher<Delivery, Recorded>;
+
+/// A PostgreSQL deadlock or serialization failure: the event is tried again, alone, after its
+/// batch (two batches may lock the same orders in different orders).
+pub(crate) fn retry_alone(e: &sqlx::Error) -> bool {
+    e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "40P01" || code == "40001")
+}
+
 pub(crate) const EVENT_COLUMNS: &str =
     "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider";
 
@@ -95,31 +124,11 @@ macro_rules! impl_ledger_store {
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
-                use $crate::domain::ledger::{EventStatus, Recorded};
-                let _turn = self.write_turn().await;
-                $crate::store::pool::transaction!(self, tx => {
-                    // The insert comes first: on SQLite it takes the write lock before anything is read.
-                    let inserted = Self::insert_event(&mut tx, e, EventStatus::Received, now).await?;
-                    let mut retried = false;
-                    if inserted == 0 {
-                        // Locks the event row, so two redeliveries of a failed event take turns.
-                        let existing: EventStatus = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
-                            .bind(&e.event_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        if !existing.needs_processing() {
-                            tx.rollback().await?;
-                            return Ok(Recorded::Duplicate { status: existing });
-                        }
-                        retried = true;
-                    }
-                    let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
-                    let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
-                    Self::set_event_status(&mut tx, &e.event_id, status, &detail, now).await?;
-                    tx.commit().await?;
-                    Ok(Recorded::Stored { status, detail, retried })
-                })
-                .inspect(|_| $crate::store::outbox::wake_after_commit())
+                // Group commit: the event shares a transaction with whatever else arrived while the
+                // previous one ran; the answer comes after that transaction committed.
+                self.ingest
+                    .submit($crate::store::ledger::Delivery { event: e.clone(), plan: plan.clone(), now })
+                    .await
             }
 
             async fn mark_event_failed(
@@ -227,6 +236,276 @@ macro_rules! impl_ledger_store {
         }
 
         impl $store {
+            /// The writers of [`record_event`]: `writers` tasks (each one transaction at a time)
+            /// running [`run_ingest_batch`](Self::run_ingest_batch) on `parts`.
+            pub(crate) fn ingest_batcher(
+                writers: usize,
+                parts: $crate::store::batch::Parts<$db>,
+            ) -> $crate::store::ledger::IngestBatcher {
+                let parts = std::sync::Arc::new(parts);
+                $crate::store::batch::Batcher::new(
+                    writers,
+                    std::sync::Arc::new(move |jobs| {
+                        let parts = parts.clone();
+                        Box::pin(async move { Self::run_ingest_batch(&parts, jobs).await })
+                    }),
+                )
+            }
+
+            /// One batch of deliveries in one transaction, each in a savepoint of its own: one
+            /// that fails is rolled back alone and answered with its error (its caller records it
+            /// `failed`); the others are answered after the commit. A storage fault, a lost
+            /// connection or a failed commit answers every delivery of the batch with an error
+            /// (none acknowledged) and discards the connection (`pool::settle`). On PostgreSQL, a
+            /// delivery that met a deadlock or a serialization failure (two batches locking the
+            /// same rows in different orders) is carried out again after the commit, alone.
+            ///
+            /// Savepoints cost two statements per event, and events rarely fail: the batch is
+            /// first tried without them, and only when one of its events fails is it rolled back
+            /// whole and carried out again with them.
+            pub(crate) async fn run_ingest_batch(
+                parts: &$crate::store::batch::Parts<$db>,
+                jobs: Vec<$crate::store::ledger::IngestJob>,
+            ) {
+                let outcome = {
+                    let _turn = parts.turn().await;
+                    match Self::ingest_attempt(parts, &jobs, false).await {
+                        Ok(None) => Self::ingest_attempt(parts, &jobs, true).await,
+                        other => other,
+                    }
+                };
+                let mut alone = Vec::new();
+                match outcome {
+                    Err(e) => {
+                        tracing::error!(error = %e, events = jobs.len(), "a batch of events failed; none was acknowledged");
+                        $crate::store::batch::fail_all(jobs, &e);
+                    }
+                    Ok(answers) => {
+                        $crate::store::outbox::wake_after_commit();
+                        for (job, answer) in jobs.into_iter().zip(answers.unwrap_or_default()) {
+                            match answer {
+                                Some(answer) => job.answer(answer),
+                                None => alone.push(job),
+                            }
+                        }
+                    }
+                }
+                for job in alone {
+                    let d = &job.work;
+                    let answer = Self::record_alone(parts, &d.event, &d.plan, d.now).await;
+                    job.answer(answer);
+                }
+            }
+
+            /// One try at a batch (see [`run_ingest_batch`](Self::run_ingest_batch)): each event's
+            /// answer, `None` for one to carry out again alone; without `savepoints`, `Ok(None)`
+            /// when an event failed (everything was rolled back).
+            #[allow(clippy::type_complexity)]
+            async fn ingest_attempt(
+                parts: &$crate::store::batch::Parts<$db>,
+                jobs: &[$crate::store::ledger::IngestJob],
+                savepoints: bool,
+            ) -> Result<Option<Vec<Option<Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError>>>>, $crate::store::error::StoreError> {
+                use $crate::store::error::StoreError;
+                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                // The users whose grants or balances the batch changed leave the read view once
+                // it is over (committed or rolled back), never before (`invalidation.rs`).
+                let result = $crate::store::invalidation::scoped(|u| parts.view.invalidate(u), async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let mut answers = Vec::with_capacity(jobs.len());
+                    let mut deferred = $crate::store::ledger::Deferred::default();
+                    if !savepoints {
+                        match Self::insert_events(&mut tx, jobs).await {
+                            Ok(inserted) => deferred.inserted = inserted,
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
+                            Err(_) => {
+                                tx.rollback().await?;
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    for job in jobs {
+                        let d = &job.work;
+                        if !savepoints {
+                            match Self::record_in(&mut tx, &d.event, &d.plan, d.now, Some(&mut deferred)).await {
+                                Ok(recorded) => answers.push(Some(Ok(recorded))),
+                                // The connection (or the database) failed: the whole batch did.
+                                Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
+                                    return Err(e.into());
+                                }
+                                Err(_) => {
+                                    tx.rollback().await?;
+                                    return Ok(None);
+                                }
+                            }
+                            continue;
+                        }
+                        let mut savepoint = sqlx::Connection::begin(&mut *tx).await?;
+                        match Self::record_in(&mut savepoint, &d.event, &d.plan, d.now, None).await {
+                            Ok(recorded) => {
+                                savepoint.commit().await?;
+                                answers.push(Some(Ok(recorded)));
+                            }
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
+                                return Err(e.into());
+                            }
+                            Err(StoreError::Database(e)) if $crate::store::ledger::retry_alone(&e) => {
+                                savepoint.rollback().await?;
+                                answers.push(None);
+                            }
+                            Err(e) => {
+                                savepoint.rollback().await?;
+                                answers.push(Some(Err(e)));
+                            }
+                        }
+                    }
+                    if !savepoints {
+                        match Self::write_deferred(&mut tx, &deferred).await {
+                            Ok(()) => {}
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
+                            Err(_) => {
+                                tx.rollback().await?;
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(Some(answers))
+                })
+                .await;
+                $crate::store::pool::settle(&parts.health, conn, result)
+            }
+
+            /// One delivery in a transaction of its own.
+            async fn record_alone(
+                parts: &$crate::store::batch::Parts<$db>,
+                e: &$crate::store::ledger::NewEvent,
+                plan: &$crate::domain::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                let _turn = parts.turn().await;
+                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                let result = $crate::store::invalidation::scoped(|u| parts.view.invalidate(u), async {
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let recorded = Self::record_in(&mut tx, e, plan, now, None).await?;
+                    tx.commit().await?;
+                    Ok(recorded)
+                })
+                .await;
+                let result = $crate::store::pool::settle(&parts.health, conn, result);
+                if result.is_ok() {
+                    $crate::store::outbox::wake_after_commit();
+                }
+                result
+            }
+
+            /// Inside the caller's transaction (or savepoint): stores the event and, when it is new
+            /// or its earlier processing failed, carries out `plan` and records the outcome (at
+            /// once, or with `deferred` in the batch's closing statements).
+            async fn record_in(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                e: &$crate::store::ledger::NewEvent,
+                plan: &$crate::domain::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+                mut deferred: Option<&mut $crate::store::ledger::Deferred>,
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                use $crate::domain::ledger::{EventStatus, Recorded};
+                // The same event earlier in this batch: its status is not written yet, but known.
+                if let Some(status) = deferred.as_ref().and_then(|d| d.seen.get(&e.event_id)) {
+                    return Ok(Recorded::Duplicate { status: *status });
+                }
+                // The insert comes first: on SQLite it takes the write lock before anything is read.
+                // Stored by the batch's first statement, or now.
+                let stored_first = deferred.as_mut().is_some_and(|d| d.inserted.remove(&e.event_id));
+                let inserted = if stored_first { 1 } else { Self::insert_event(tx, e, EventStatus::Received, now).await? };
+                let mut retried = false;
+                if inserted == 0 {
+                    // Locks the event row, so two redeliveries of a failed event take turns.
+                    let existing: EventStatus = sqlx::query_scalar("UPDATE stripe_events SET updated_at = updated_at WHERE event_id = $1 RETURNING status")
+                        .bind(&e.event_id)
+                        .fetch_one(&mut **tx)
+                        .await?;
+                    if !existing.needs_processing() {
+                        // Nothing was changed: the caller may commit or roll back alike.
+                        return Ok(Recorded::Duplicate { status: existing });
+                    }
+                    retried = true;
+                }
+                let (status, detail) = Self::carry_out(tx, plan, now).await?;
+                let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
+                match deferred {
+                    Some(d) => {
+                        d.seen.insert(e.event_id.clone(), status);
+                        d.lines.push((e.event_id.clone(), status, detail.clone(), now));
+                    }
+                    None => Self::set_event_status(tx, &e.event_id, status, &detail, now).await?,
+                }
+                Ok(Recorded::Stored { status, detail, retried })
+            }
+
+            /// Stores the batch's events (status `received`) in one statement per
+            /// [`LINES_PER_STATEMENT`](crate::store::ledger::LINES_PER_STATEMENT) (not cached, as
+            /// below); the ids that were new.
+            async fn insert_events(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &[$crate::store::ledger::IngestJob],
+            ) -> Result<std::collections::HashSet<String>, $crate::store::error::StoreError> {
+                let mut inserted = std::collections::HashSet::with_capacity(jobs.len());
+                // In the ids' order, so two batches holding the same new ids (concurrent
+                // redeliveries, on PostgreSQL) wait for each other instead of deadlocking.
+                let mut jobs: Vec<&$crate::store::ledger::IngestJob> = jobs.iter().collect();
+                jobs.sort_by(|a, b| a.work.event.event_id.cmp(&b.work.event.event_id));
+                for jobs in jobs.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
+                    let values: Vec<String> = (0..jobs.len())
+                        .map(|i| {
+                            let n = 9 * i;
+                            format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 6, n + 7, n + 8, n + 9)
+                        })
+                        .collect();
+                    let sql = format!(
+                        "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider)
+                         VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+                        values.join(", ")
+                    );
+                    let mut insert = sqlx::query_scalar::<_, String>(&sql).persistent(false);
+                    for job in jobs {
+                        let (e, now) = (&job.work.event, job.work.now);
+                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind($crate::domain::ledger::EventStatus::Received).bind(&e.payload).bind(e.provider);
+                    }
+                    inserted.extend(insert.fetch_all(&mut **tx).await?);
+                }
+                Ok(inserted)
+            }
+
+            /// The statuses and history lines `deferred` holds, in two statements (not cached:
+            /// their text depends on the batch's size).
+            async fn write_deferred(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                deferred: &$crate::store::ledger::Deferred,
+            ) -> Result<(), $crate::store::error::StoreError> {
+                for lines in deferred.lines.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
+                    let values: Vec<String> = (0..lines.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+                    let sql = format!(
+                        "UPDATE stripe_events SET status = v.column2, updated_at = v.column3 FROM (VALUES {}) AS v WHERE stripe_events.event_id = v.column1",
+                        values.join(", ")
+                    );
+                    let mut update = sqlx::query(&sql).persistent(false);
+                    for (id, status, _, at) in lines {
+                        update = update.bind(id).bind(*status).bind(*at);
+                    }
+                    update.execute(&mut **tx).await?;
+                    let values: Vec<String> =
+                        (0..lines.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
+                    let sql = format!("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES {}", values.join(", "));
+                    let mut insert = sqlx::query(&sql).persistent(false);
+                    for (id, status, detail, at) in lines {
+                        insert = insert.bind(id).bind(*at).bind(*status).bind(detail);
+                    }
+                    insert.execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
             /// Stores the event with `status` unless its id is already in the ledger; how many rows
             /// that wrote (0 for a redelivery).
             async fn insert_event(

@@ -5,13 +5,15 @@
 //! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
 //! their pool), `view.rs` (the in-memory read view) and `changes.rs` (PostgreSQL's change feed that
-//! keeps it fresh), `types.rs` (domain enums in and out of text columns), and the engines
+//! keeps it fresh), `batch.rs` (group commit: the queue and the writer tasks), `types.rs` (domain
+//! enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
 
 pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod backup;
+mod batch;
 mod changes;
 pub mod credits;
 mod error;

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 
+use super::batch::Parts;
 use super::error::StoreError;
 use super::health::Health;
+use super::ledger::IngestBatcher;
 use super::seam::Engine;
 use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
@@ -33,7 +35,13 @@ pub struct PgStore {
     view: View,
     /// For the change feed's own connection (`changes.rs`).
     options: PgConnectOptions,
+    /// Verified events' writers (group commit, `batch.rs`): [`INGEST_WRITERS`] side by side, at
+    /// most half the pool's connections.
+    ingest: IngestBatcher,
 }
+
+/// How many transactions of verified events run side by side on one instance.
+const INGEST_WRITERS: usize = 4;
 
 impl PgStore {
     /// PostgreSQL writers run side by side, locking rows, not the database.
@@ -58,12 +66,11 @@ impl PgStore {
             .after_release(|conn, _| Box::pin(async move { Ok(!conn.is_in_transaction()) }))
             .connect_with(options.clone())
             .await?;
-        Ok(PgStore {
-            pool,
-            health: Arc::new(Health::new()),
-            max_connections: config.max_connections,
-            view: View::new(CAPACITY),
-            options,
-        })
+        let health = Arc::new(Health::new());
+        let max_connections = config.max_connections;
+        let view = View::new(CAPACITY);
+        let parts = Parts { pool: pool.clone(), health: health.clone(), max_connections, turn: None, view: view.clone() };
+        let ingest = PgStore::ingest_batcher(INGEST_WRITERS.min(max_connections as usize / 2), parts);
+        Ok(PgStore { pool, health, max_connections, view, options, ingest })
     }
 }

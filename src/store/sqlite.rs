@@ -1,4 +1,5 @@
-//! The SQLite store: one file (WAL, `synchronous = FULL`), writers taking turns in-process, and
+//! The SQLite store: one file (WAL, `synchronous = FULL`), writers taking turns in-process (verified
+//! events in batches, one commit for many), and
 //! connections that are never reused after a storage fault or with a transaction left open.
 
 use std::str::FromStr;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
+use super::batch::Parts;
 use super::error::StoreError;
 use super::health::Health;
+use super::ledger::IngestBatcher;
 use super::seam::Engine;
 use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
@@ -37,11 +40,14 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// SQLite has one writer at a time. Taking turns here, in arrival order, replaces its busy
     /// handler's sleep-and-retry (which left some writers waiting hundreds of milliseconds).
-    writer: tokio::sync::Mutex<()>,
+    writer: Arc<tokio::sync::Mutex<()>>,
     health: Arc<Health>,
     max_connections: u32,
     /// Another process (the CLI) may write the same file unseen: entries live `view::MAX_AGE`.
     view: View,
+    /// The one writer of verified events (group commit, `batch.rs`): it takes the writers' turn
+    /// once per batch.
+    ingest: IngestBatcher,
 }
 
 /// Whether a connection going back to (or coming out of) the pool may be used again. After a
@@ -105,7 +111,12 @@ impl SqliteStore {
             .acquire_timeout(config.acquire_timeout)
             .connect_with(options)
             .await?;
-        Ok(SqliteStore { pool, writer: tokio::sync::Mutex::new(()), health, max_connections, view: View::new(CAPACITY) })
+        let writer = Arc::new(tokio::sync::Mutex::new(()));
+        let view = View::new(CAPACITY);
+        let parts =
+            Parts { pool: pool.clone(), health: health.clone(), max_connections, turn: Some(writer.clone()), view: view.clone() };
+        let ingest = SqliteStore::ingest_batcher(1, parts);
+        Ok(SqliteStore { pool, writer, health, max_connections, view, ingest })
     }
 
     /// The right to write, held for a whole write transaction.

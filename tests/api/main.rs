@@ -15,6 +15,7 @@ mod email_messages;
 mod errors;
 mod faults;
 mod fulfilment;
+mod group_commit;
 mod hardening;
 mod health;
 mod healthcheck;
