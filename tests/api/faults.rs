@@ -118,7 +118,19 @@ async fn a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_i
     const TEST: &str = "faults::a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_itself";
     let postgres = std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty());
     // Other tests must not create databases on the server while this one keeps a disk full.
-    let _full_disk = if postgres { Some(crate::helpers::postgres_disk_lock().write().await) } else { None };
+    // Polled, never queued for: a queued writer would make a test that holds one read guard (its
+    // database) and asks for a second (the app's) wait behind it forever.
+    let _full_disk = if postgres {
+        let lock = crate::helpers::postgres_disk_lock();
+        loop {
+            if let Ok(guard) = lock.try_write() {
+                break Some(guard);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        None
+    };
     // A fresh PostgreSQL database copies its template (about 8 MB) into the tablespace.
     // SQLite: room for the schema, a WAL of 1000 pages (4 MiB) before its checkpoint, and the
     // events of the whole test after the filler goes (8 MiB was too little once the schema grew).
