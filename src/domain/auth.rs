@@ -689,12 +689,9 @@ impl AuthService {
     /// The user behind a session cookie, if the session is live (idle and absolute limits, the
     /// user's current credential epoch), and when it was last seen. Nothing is written here for a
     /// live session: see [`AuthService::touch_session`].
-    pub async fn session_user(&self, token: &str) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
-        self.session_user_read(token, None).await
-    }
-
-    /// As [`AuthService::session_user`], with the session row [`AuthService::live_session`] read
-    /// moments ago in the same request (the rate limiter did), when it found one: not read twice.
+    ///
+    /// `read` is the session row [`AuthService::live_session`] read moments ago in the same request
+    /// (the rate limiter did), when it found one: it is not read twice.
     pub async fn session_user_read(
         &self,
         token: &str,
@@ -721,21 +718,11 @@ impl AuthService {
         Ok((user, Credential::Session { session_id: session.id, csrf_token: csrf_token_for(token) }, session.last_seen_at))
     }
 
-    /// The user id an access token names, when its signature and times verify (no database: for
-    /// the rate limiter, which must not cost more than the request it limits).
-    pub fn token_subject(&self, token: &str) -> Option<String> {
-        self.access_claims(token).map(|c| c.sub)
-    }
-
-    /// An access token's claims when its signature and times verify (no database), for
-    /// [`AuthService::bearer_user_verified`] later in the same request.
+    /// An access token's claims when its signature and times verify (no database: for the rate
+    /// limiter, which must not cost more than the request it limits, and then for
+    /// [`AuthService::bearer_user_verified`] later in the same request).
     pub fn access_claims(&self, token: &str) -> Option<Claims> {
         self.jwt.verify(token, Utc::now().timestamp()).ok()
-    }
-
-    /// The user id of a live session cookie (one read, nothing changed: for the rate limiter).
-    pub async fn session_subject(&self, token: &str) -> Option<String> {
-        self.live_session(token).await.map(|s| s.user_id().to_owned())
     }
 
     /// The row of a session cookie that has not expired (one read, nothing changed: for the rate
