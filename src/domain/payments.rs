@@ -683,8 +683,11 @@ impl PaymentsService {
         let event = new;
         match self.store.record_event(new, plan, Utc::now()).await {
             Ok(recorded) => Ok(recorded),
-            // Nothing was stored, and trying to record that would only wait on the database again.
-            Err(e) if e.is_unavailable() => Err(e.into()),
+            // Nothing was stored, and trying to record that would only wait on the database again
+            // (unreachable: 503) or write to a database that just faulted (a full disk, an I/O
+            // error, a lost connection: 500; with group commit, one such write per event of the
+            // batch). The provider retries either way.
+            Err(e) if e.is_unavailable() || e.is_fault() => Err(e.into()),
             Err(e) => {
                 let detail = format!("processing failed: {e}");
                 if let Err(mark) = self.store.mark_event_failed(new, &detail, Utc::now()).await {

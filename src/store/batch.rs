@@ -29,6 +29,14 @@ pub(crate) struct Job<W, A> {
 }
 
 impl<W, A> Job<W, A> {
+    /// A job not queued through a [`Batcher`] (tests hand a writer a batch of their own making),
+    /// and where its answer will come.
+    #[cfg(test)]
+    pub fn new(work: W) -> (Self, oneshot::Receiver<Result<A, StoreError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Job { work, reply }, answer)
+    }
+
     /// Answers the request (that it may have gone away meanwhile changes nothing).
     pub fn answer(self, answer: Result<A, StoreError>) {
         let _ = self.reply.send(answer);
@@ -36,11 +44,18 @@ impl<W, A> Job<W, A> {
 }
 
 /// Answers every job of `jobs` with an error saying `why` (the batch's transaction failed, so none
-/// of them was done).
+/// of them was done). What kind of failure it was passes through: an unreachable database stays
+/// [`StoreError::Unavailable`] (503) and a storage fault or a lost connection becomes
+/// [`StoreError::Fault`], so no caller writes to a database that just faulted (each would record
+/// its event `failed`, a burst of up to [`MAX_BATCH`] writes); anything else is a
+/// [`StoreError::Batch`].
 pub(crate) fn fail_all<W, A>(jobs: Vec<Job<W, A>>, why: &StoreError) {
     for job in jobs {
         let error = match why {
             StoreError::Unavailable => StoreError::Unavailable,
+            fault if fault.is_fault() => {
+                StoreError::Fault(format!("the transaction this was part of met a database fault: {fault}"))
+            }
             other => StoreError::Batch(format!("the transaction this was part of failed: {other}")),
         };
         job.answer(Err(error));
@@ -63,6 +78,23 @@ impl<DB: sqlx::Database> Parts<DB> {
         match &self.turn {
             Some(turn) => Some(turn.lock().await),
             None => None,
+        }
+    }
+
+    /// A connection and the right to write, for one transaction. The connection comes first, so
+    /// the other writers are not kept waiting while this one waits for the pool (every other
+    /// writer takes the turn first and a connection then). That order is safe only while the
+    /// turn's holder can still get a connection: with a pool of one (an in-memory database),
+    /// this writer would hold the only connection while waiting for the turn, and the turn's
+    /// holder would wait for that connection until its acquire timeout; there the turn comes
+    /// first, as everywhere else.
+    pub async fn writer(&self) -> Result<(sqlx::pool::PoolConnection<DB>, Option<tokio::sync::MutexGuard<'_, ()>>), StoreError> {
+        if self.max_connections > 1 {
+            let conn = super::pool::acquire(&self.pool, &self.health, self.max_connections).await?;
+            Ok((conn, self.turn().await))
+        } else {
+            let turn = self.turn().await;
+            Ok((super::pool::acquire(&self.pool, &self.health, self.max_connections).await?, turn))
         }
     }
 }
@@ -164,5 +196,71 @@ mod tests {
         let failed = batcher.submit(0).await;
         assert!(matches!(failed, Err(StoreError::Batch(_))), "{failed:?}");
         assert_eq!(batcher.submit(5).await.unwrap(), 10, "the writer goes on after a panic");
+    }
+
+    #[tokio::test]
+    async fn requests_queued_while_a_batch_runs_share_the_next_batch() {
+        const LATER: usize = 50;
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (started, first_started) = oneshot::channel::<()>();
+        let started = Arc::new(std::sync::Mutex::new(Some(started)));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let batcher = {
+            let (sizes, gate) = (sizes.clone(), gate.clone());
+            Arc::new(Batcher::new(
+                1,
+                Arc::new(move |jobs: Vec<Job<u32, u32>>| {
+                    let (sizes, started, gate) = (sizes.clone(), started.clone(), gate.clone());
+                    Box::pin(async move {
+                        sizes.lock().unwrap().push(jobs.len());
+                        // The first batch waits until the test has queued the others.
+                        if let Some(started) = started.lock().unwrap().take() {
+                            let _ = started.send(());
+                        }
+                        gate.acquire().await.unwrap().forget();
+                        for job in jobs {
+                            let n = job.work;
+                            job.answer(Ok(n));
+                        }
+                    }) as BoxFuture<'static, ()>
+                }),
+            ))
+        };
+        let first = tokio::spawn({
+            let b = batcher.clone();
+            async move { b.submit(0).await.unwrap() }
+        });
+        first_started.await.unwrap();
+        let later: Vec<_> = (1..=LATER as u32)
+            .map(|n| {
+                let b = batcher.clone();
+                tokio::spawn(async move { b.submit(n).await.unwrap() })
+            })
+            .collect();
+        // Until all of them are queued (no clock involved: the queue's free room says it).
+        let queue = batcher.queue.get().unwrap();
+        while queue.capacity() > QUEUE - LATER {
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(2);
+        assert_eq!(first.await.unwrap(), 0);
+        for (n, answer) in (1..=LATER as u32).zip(later) {
+            assert_eq!(answer.await.unwrap(), n);
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![1, LATER], "everything queued meanwhile is one batch");
+    }
+
+    #[test]
+    fn a_failed_batch_passes_an_unreachable_database_and_a_fault_through_to_each_request() {
+        let answers = |why: StoreError| {
+            let (jobs, answers): (Vec<_>, Vec<_>) = (0..3u32).map(Job::<u32, u32>::new).unzip();
+            fail_all(jobs, &why);
+            answers.into_iter().map(|mut a| a.try_recv().unwrap().unwrap_err()).collect::<Vec<_>>()
+        };
+        assert!(answers(StoreError::Unavailable).iter().all(StoreError::is_unavailable));
+        let faults = answers(StoreError::Database(sqlx::Error::Io(std::io::Error::other("reset"))));
+        assert!(faults.iter().all(|e| matches!(e, StoreError::Fault(_)) && e.is_fault()), "{faults:?}");
+        let other = answers(StoreError::Database(sqlx::Error::RowNotFound));
+        assert!(other.iter().all(|e| matches!(e, StoreError::Batch(_)) && !e.is_fault()), "{other:?}");
     }
 }

@@ -22,11 +22,27 @@ pub enum StoreError {
     /// stopped: none of it was committed.
     #[error("{0}")]
     Batch(String),
+    /// The transaction this work shared with others (group commit) met a storage fault or lost
+    /// its connection (what `health::classify` recognises): none of it was committed, and the
+    /// database just faulted, so nothing more should be written now.
+    #[error("{0}")]
+    Fault(String),
 }
 
 impl StoreError {
     /// Whether nothing could be done because the database was unreachable (retrying later may work).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable)
+    }
+
+    /// Whether the database refused to write (a full disk, an I/O error, corruption) or the
+    /// connection broke (`health::classify`): nothing was committed, and writing again at once
+    /// would most likely meet the same fault.
+    pub fn is_fault(&self) -> bool {
+        match self {
+            StoreError::Fault(_) => true,
+            StoreError::Database(e) => super::health::classify(e).is_some(),
+            _ => false,
+        }
     }
 }
