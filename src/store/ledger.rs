@@ -111,6 +111,30 @@ pub(crate) fn retry_alone(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "40P01" || code == "40001")
 }
 
+/// How many times in all an event carried out alone is tried when it meets a deadlock or a
+/// serialization failure.
+pub(crate) const ALONE_TRIES: u32 = 5;
+
+/// The pause before the next try of an event carried out alone, after `tries` tries: 5 ms doubled
+/// each try, plus up to as much again at random, so writers that collided do not collide again in
+/// step (at most about 150 ms over all tries).
+pub(crate) fn alone_backoff(tries: u32) -> std::time::Duration {
+    use rand::Rng;
+    let base = 5u64 << tries.saturating_sub(1).min(6);
+    std::time::Duration::from_millis(base + rand::thread_rng().gen_range(0..=base))
+}
+
+/// The end of one try at a batch (`run_ingest_batch`).
+pub(crate) enum Attempt {
+    /// Committed: each event's answer, `None` for one to carry out again alone.
+    Committed(Vec<Option<Result<Recorded, StoreError>>>),
+    /// Without savepoints, an event failed: nothing was committed.
+    RolledBack,
+    /// With savepoints, the event at this index failed with this error, and its failure ended the
+    /// whole transaction (SQLite): nothing was committed.
+    Ended(usize, StoreError),
+}
+
 pub(crate) const EVENT_COLUMNS: &str =
     "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider";
 
@@ -256,36 +280,51 @@ macro_rules! impl_ledger_store {
             /// that fails is rolled back alone and answered with its error (its caller records it
             /// `failed`); the others are answered after the commit. A storage fault, a lost
             /// connection or a failed commit answers every delivery of the batch with an error
-            /// (none acknowledged) and discards the connection (`pool::settle`). On PostgreSQL, a
-            /// delivery that met a deadlock or a serialization failure (two batches locking the
-            /// same rows in different orders) is carried out again after the commit, alone.
+            /// (none acknowledged; see `batch::fail_all` for which) and discards the connection
+            /// (`pool::settle`). On PostgreSQL, a delivery that met a deadlock or a serialization
+            /// failure is carried out again after the commit, alone ([`record_alone`](Self::record_alone)).
             ///
             /// Savepoints cost two statements per event, and events rarely fail: the batch is
             /// first tried without them, and only when one of its events fails is it rolled back
             /// whole and carried out again with them.
+            ///
+            /// The batch is sorted by event id (stably: deliveries of one id keep their order)
+            /// before either try, so both tries, and every writer's batches, take their locks in
+            /// the same order.
+            ///
+            /// On SQLite some failures end the whole transaction on their own (a trigger's
+            /// `RAISE(ROLLBACK, …)`, an interrupt, out of memory, an `ON CONFLICT ROLLBACK`
+            /// constraint): the rollback to the failing event's savepoint then has nothing to go
+            /// back to, and everything done before it in the transaction is gone too. That event
+            /// alone is answered with its error, and the rest of the batch, none of it committed,
+            /// is carried out again in a new transaction (at most once per event of the batch).
             pub(crate) async fn run_ingest_batch(
                 parts: &$crate::store::batch::Parts<$db>,
-                jobs: Vec<$crate::store::ledger::IngestJob>,
+                mut jobs: Vec<$crate::store::ledger::IngestJob>,
             ) {
-                let outcome = {
-                    let _turn = parts.turn().await;
-                    match Self::ingest_attempt(parts, &jobs, false).await {
-                        Ok(None) => Self::ingest_attempt(parts, &jobs, true).await,
-                        other => other,
-                    }
-                };
+                use $crate::store::ledger::Attempt;
+                jobs.sort_by(|a, b| a.work.event.event_id.cmp(&b.work.event.event_id));
+                let mut savepoints = false;
                 let mut alone = Vec::new();
-                match outcome {
-                    Err(e) => {
-                        tracing::error!(error = %e, events = jobs.len(), "a batch of events failed; none was acknowledged");
-                        $crate::store::batch::fail_all(jobs, &e);
-                    }
-                    Ok(answers) => {
-                        $crate::store::outbox::wake_after_commit();
-                        for (job, answer) in jobs.into_iter().zip(answers.unwrap_or_default()) {
-                            match answer {
-                                Some(answer) => job.answer(answer),
-                                None => alone.push(job),
+                while !jobs.is_empty() {
+                    match Self::ingest_attempt(parts, &jobs, savepoints).await {
+                        Err(e) => {
+                            tracing::error!(error = %e, events = jobs.len(), "a batch of events failed; none was acknowledged");
+                            $crate::store::batch::fail_all(std::mem::take(&mut jobs), &e);
+                        }
+                        Ok(Attempt::RolledBack) => savepoints = true,
+                        Ok(Attempt::Ended(index, error)) => {
+                            tracing::warn!(error = %error, events = jobs.len(), "an event's failure ended its batch's transaction; the others are carried out again");
+                            jobs.remove(index).answer(Err(error));
+                            savepoints = true;
+                        }
+                        Ok(Attempt::Committed(answers)) => {
+                            $crate::store::outbox::wake_after_commit();
+                            for (job, answer) in std::mem::take(&mut jobs).into_iter().zip(answers) {
+                                match answer {
+                                    Some(answer) => job.answer(answer),
+                                    None => alone.push(job),
+                                }
                             }
                         }
                     }
@@ -297,34 +336,45 @@ macro_rules! impl_ledger_store {
                 }
             }
 
-            /// One try at a batch (see [`run_ingest_batch`](Self::run_ingest_batch)): each event's
-            /// answer, `None` for one to carry out again alone; without `savepoints`, `Ok(None)`
-            /// when an event failed (everything was rolled back).
-            #[allow(clippy::type_complexity)]
+            /// One try at a batch (see [`run_ingest_batch`](Self::run_ingest_batch)), on a
+            /// connection of its own and with the writers' turn (`Parts::writer`).
             async fn ingest_attempt(
                 parts: &$crate::store::batch::Parts<$db>,
                 jobs: &[$crate::store::ledger::IngestJob],
                 savepoints: bool,
-            ) -> Result<Option<Vec<Option<Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError>>>>, $crate::store::error::StoreError> {
+            ) -> Result<$crate::store::ledger::Attempt, $crate::store::error::StoreError> {
                 use $crate::store::error::StoreError;
-                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                use $crate::store::ledger::Attempt;
+                let (mut conn, _turn) = parts.writer().await?;
+                // Set when SQLite ended the transaction on its own: sqlx still counts it open, so
+                // the connection is closed rather than reused.
+                let mut ended = false;
                 // The users whose grants or balances the batch changed leave the read view once
                 // it is over (committed or rolled back), never before (`invalidation.rs`).
                 let result = $crate::store::invalidation::scoped(|u| parts.view.invalidate(u), async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     let mut answers = Vec::with_capacity(jobs.len());
                     let mut deferred = $crate::store::ledger::Deferred::default();
+                    // Without savepoints, an event failed: the batch is rolled back (unless SQLite
+                    // already did), to be carried out again with them.
+                    macro_rules! roll_back_all {
+                        () => {{
+                            if Self::transaction_ended(&mut tx).await {
+                                ended = true;
+                            } else {
+                                tx.rollback().await?;
+                            }
+                            return Ok(Attempt::RolledBack);
+                        }};
+                    }
                     if !savepoints {
                         match Self::insert_events(&mut tx, jobs).await {
                             Ok(inserted) => deferred.inserted = inserted,
                             Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
-                            Err(_) => {
-                                tx.rollback().await?;
-                                return Ok(None);
-                            }
+                            Err(_) => roll_back_all!(),
                         }
                     }
-                    for job in jobs {
+                    for (index, job) in jobs.iter().enumerate() {
                         let d = &job.work;
                         if !savepoints {
                             match Self::record_in(&mut tx, &d.event, &d.plan, d.now, Some(&mut deferred)).await {
@@ -333,10 +383,7 @@ macro_rules! impl_ledger_store {
                                 Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
                                     return Err(e.into());
                                 }
-                                Err(_) => {
-                                    tx.rollback().await?;
-                                    return Ok(None);
-                                }
+                                Err(_) => roll_back_all!(),
                             }
                             continue;
                         }
@@ -348,6 +395,11 @@ macro_rules! impl_ledger_store {
                             }
                             Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => {
                                 return Err(e.into());
+                            }
+                            // This event's failure took the whole transaction with it (SQLite).
+                            Err(e) if Self::transaction_ended(&mut savepoint).await => {
+                                ended = true;
+                                return Ok(Attempt::Ended(index, e));
                             }
                             Err(StoreError::Database(e)) if $crate::store::ledger::retry_alone(&e) => {
                                 savepoint.rollback().await?;
@@ -363,28 +415,54 @@ macro_rules! impl_ledger_store {
                         match Self::write_deferred(&mut tx, &deferred).await {
                             Ok(()) => {}
                             Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
-                            Err(_) => {
-                                tx.rollback().await?;
-                                return Ok(None);
-                            }
+                            Err(_) => roll_back_all!(),
                         }
                     }
                     tx.commit().await?;
-                    Ok(Some(answers))
+                    Ok(Attempt::Committed(answers))
                 })
                 .await;
+                if ended {
+                    conn.close_on_drop();
+                }
                 $crate::store::pool::settle(&parts.health, conn, result)
             }
 
-            /// One delivery in a transaction of its own.
+            /// One delivery in a transaction of its own. A PostgreSQL deadlock or serialization
+            /// failure is tried again, up to [`ALONE_TRIES`](crate::store::ledger::ALONE_TRIES)
+            /// times in all, after a short jittered pause (`ledger::alone_backoff`): another
+            /// writer holding the same rows usually commits meanwhile.
             async fn record_alone(
                 parts: &$crate::store::batch::Parts<$db>,
                 e: &$crate::store::ledger::NewEvent,
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
-                let _turn = parts.turn().await;
-                let mut conn = $crate::store::pool::acquire(&parts.pool, &parts.health, parts.max_connections).await?;
+                use $crate::store::error::StoreError;
+                let mut tries = 1;
+                loop {
+                    let result = Self::record_alone_once(parts, e, plan, now).await;
+                    match &result {
+                        Err(StoreError::Database(error))
+                            if tries < $crate::store::ledger::ALONE_TRIES && $crate::store::ledger::retry_alone(error) =>
+                        {
+                            tracing::warn!(event_id = %e.event_id, error = %error, tries, "an event carried out alone met a deadlock or a serialization failure; trying again");
+                            tokio::time::sleep($crate::store::ledger::alone_backoff(tries)).await;
+                            tries += 1;
+                        }
+                        _ => return result,
+                    }
+                }
+            }
+
+            /// One try of [`record_alone`](Self::record_alone).
+            async fn record_alone_once(
+                parts: &$crate::store::batch::Parts<$db>,
+                e: &$crate::store::ledger::NewEvent,
+                plan: &$crate::domain::ledger::EventPlan,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
+                let (mut conn, _turn) = parts.writer().await?;
                 let result = $crate::store::invalidation::scoped(|u| parts.view.invalidate(u), async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     let recorded = Self::record_in(&mut tx, e, plan, now, None).await?;
@@ -591,3 +669,272 @@ macro_rules! impl_ledger_store {
 }
 
 pub(crate) use impl_ledger_store;
+
+/// The ledger's writer handed batches of the tests' own making (so what shares a transaction is
+/// known), on SQLite and, when `TEST_DATABASE_URL` is set, on PostgreSQL.
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::config::DatabaseConfig;
+    use crate::store::batch::Job;
+    use crate::store::{PgStore, SqliteStore, Store};
+
+    /// A store whose ledger writer a test can hand a batch, and run SQL on (triggers).
+    trait Writer: LedgerStore {
+        fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()>;
+        fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()>;
+    }
+
+    impl Writer for SqliteStore {
+        fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()> {
+            Box::pin(async move { SqliteStore::run_ingest_batch(&self.batch_parts(), jobs).await })
+        }
+        fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
+            })
+        }
+    }
+
+    impl Writer for PgStore {
+        fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()> {
+            Box::pin(async move { PgStore::run_ingest_batch(&self.batch_parts(), jobs).await })
+        }
+        fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
+            })
+        }
+    }
+
+    fn config(url: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: url.to_owned().into(),
+            max_connections: 4,
+            acquire_timeout: std::time::Duration::from_secs(10),
+            migrate_on_start: false,
+        }
+    }
+
+    /// A migrated SQLite database in a directory of its own (kept while the directory lives).
+    async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+        let store = SqliteStore::connect(&url, &config(&url)).await.unwrap();
+        store.migrate().await.unwrap();
+        (store, dir)
+    }
+
+    /// A migrated database of its own on the `TEST_DATABASE_URL` server, or None when that is unset.
+    async fn postgres() -> Option<PgStore> {
+        use sqlx::Connection;
+        let admin = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL is reachable");
+        let name = format!("tollgate_unit_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        let store = PgStore::connect(url.as_str(), &config(url.as_str())).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(store)
+    }
+
+    fn delivery(id: &str) -> Delivery {
+        let event = NewEvent {
+            event_id: id.to_owned(),
+            kind: "charge.updated".to_owned(),
+            livemode: false,
+            api_version: None,
+            created: 0,
+            payload: br#"{"object": "event"}"#.to_vec(),
+            provider: "stripe",
+        };
+        // The reason names the event, so an answer shows whose it is.
+        Delivery { event, plan: EventPlan::Ignore(format!("a test of {id}")), now: Utc::now() }
+    }
+
+    /// Hands `ids` to the writer as one batch, in that order; each one's answer, in the same order.
+    async fn batch(store: &impl Writer, ids: &[&str]) -> Vec<Result<Recorded, StoreError>> {
+        let (jobs, answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| Job::new(delivery(id))).unzip();
+        store.run(jobs).await;
+        let mut out = Vec::new();
+        for answer in answers {
+            out.push(answer.await.expect("every job of a batch is answered"));
+        }
+        out
+    }
+
+    /// The event's status and its history lines' statuses, oldest first.
+    async fn stored(store: &impl Writer, id: &str) -> Option<(EventStatus, Vec<String>)> {
+        let (row, history) = store.event(id).await.unwrap()?;
+        let mut lines: Vec<_> = history.into_iter().map(|h| (h.at, h.status)).collect();
+        lines.sort();
+        Some((row.status, lines.into_iter().map(|(_, s)| s).collect()))
+    }
+
+    fn stored_as(answer: &Result<Recorded, StoreError>, id: &str, retried_expected: bool) {
+        match answer {
+            Ok(Recorded::Stored { status: EventStatus::Ignored, detail, retried }) => {
+                assert!(detail.contains(&format!("a test of {id}")), "{id}'s answer is {detail:?}");
+                assert_eq!(*retried, retried_expected, "{id}");
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
+    /// Makes the database refuse the history line of `id` (unless it records a failure), with
+    /// `RAISE(ABORT)` (the statement fails) or `RAISE(ROLLBACK)` (SQLite ends the transaction).
+    async fn refuse_history_of(store: &impl Writer, engine: crate::store::Engine, id: &str, raise: &str) {
+        let sql = match engine {
+            crate::store::Engine::Sqlite => format!(
+                "CREATE TRIGGER refuse BEFORE INSERT ON stripe_event_history
+                 WHEN NEW.event_id = '{id}' AND NEW.status <> 'failed'
+                 BEGIN SELECT RAISE({raise}, 'injected'); END;"
+            ),
+            crate::store::Engine::Postgres => format!(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.event_id = '{id}' AND NEW.status <> 'failed' THEN RAISE EXCEPTION 'injected'; END IF;
+                   RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER refuse BEFORE INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION refuse();"
+            ),
+        };
+        store.execute(&sql).await;
+    }
+
+    async fn many_events_share_one_batch_and_each_gets_its_own_answer(store: &impl Writer) {
+        // Out of order: the writer sorts a batch by id, and still answers each job its own.
+        let ids: Vec<String> = (0..40).map(|i| format!("evt_many_{:02}", (i * 7) % 40)).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let answers = batch(store, &ids).await;
+        for (id, answer) in ids.iter().zip(&answers) {
+            stored_as(answer, id, false);
+            assert_eq!(stored(store, id).await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])), "{id}");
+        }
+    }
+
+    async fn a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(
+        store: &impl Writer,
+        engine: crate::store::Engine,
+    ) {
+        // Without savepoints (no event fails).
+        let answers = batch(store, &["evt_dup_b", "evt_dup_a", "evt_dup_b"]).await;
+        stored_as(&answers[0], "evt_dup_b", false);
+        stored_as(&answers[1], "evt_dup_a", false);
+        assert!(matches!(answers[2], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[2]);
+        assert_eq!(stored(store, "evt_dup_b").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+
+        // With savepoints (one event fails, so the batch is carried out again with them).
+        refuse_history_of(store, engine, "evt_dup_fails", "ABORT").await;
+        let answers = batch(store, &["evt_dup_d", "evt_dup_fails", "evt_dup_c", "evt_dup_d"]).await;
+        stored_as(&answers[0], "evt_dup_d", false);
+        assert!(answers[1].is_err(), "{:?}", answers[1]);
+        stored_as(&answers[2], "evt_dup_c", false);
+        assert!(matches!(answers[3], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[3]);
+        assert_eq!(stored(store, "evt_dup_d").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+        assert_eq!(stored(store, "evt_dup_fails").await, None, "rolled back (its caller records it failed)");
+    }
+
+    async fn a_failed_event_redelivered_within_a_batch_is_processed_again_once(store: &impl Writer) {
+        let failed = delivery("evt_redo");
+        store.mark_event_failed(&failed.event, "processing failed: a test", Utc::now()).await.unwrap();
+        let answers = batch(store, &["evt_redo", "evt_redo_other", "evt_redo"]).await;
+        stored_as(&answers[0], "evt_redo", true);
+        stored_as(&answers[1], "evt_redo_other", false);
+        assert!(matches!(answers[2], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[2]);
+        assert_eq!(
+            stored(store, "evt_redo").await,
+            Some((EventStatus::Ignored, vec!["failed".to_owned(), "ignored".to_owned()])),
+            "processed again, once"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_carries_out_batches_on_sqlite() {
+        let (store, _dir) = sqlite().await;
+        many_events_share_one_batch_and_each_gets_its_own_answer(&store).await;
+        a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, crate::store::Engine::Sqlite)
+            .await;
+        a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn the_writer_carries_out_batches_on_postgres() {
+        let Some(store) = postgres().await else { return };
+        many_events_share_one_batch_and_each_gets_its_own_answer(&store).await;
+        a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, crate::store::Engine::Postgres)
+            .await;
+        a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+    }
+
+    /// SQLite only: PostgreSQL never ends a transaction on its own.
+    #[tokio::test]
+    async fn an_event_whose_failure_ends_the_transaction_fails_alone_and_the_rest_of_its_batch_commits() {
+        let (store, _dir) = sqlite().await;
+        refuse_history_of(&store, crate::store::Engine::Sqlite, "evt_end_victim", "ROLLBACK").await;
+        let ids = ["evt_end_c", "evt_end_victim", "evt_end_a", "evt_end_b", "evt_end_c"];
+        let answers = batch(&store, &ids).await;
+        match &answers[1] {
+            Err(e) => assert!(e.to_string().contains("injected"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        stored_as(&answers[0], "evt_end_c", false);
+        stored_as(&answers[2], "evt_end_a", false);
+        stored_as(&answers[3], "evt_end_b", false);
+        assert!(matches!(answers[4], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[4]);
+        for id in ["evt_end_a", "evt_end_b", "evt_end_c"] {
+            assert_eq!(stored(&store, id).await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])), "{id}, once");
+        }
+        assert_eq!(stored(&store, "evt_end_victim").await, None);
+        // Two victims in one batch: each fails alone.
+        store
+            .execute(
+                "CREATE TRIGGER refuse_too BEFORE INSERT ON stripe_event_history
+                 WHEN NEW.event_id = 'evt_end_victim_2' BEGIN SELECT RAISE(ROLLBACK, 'injected'); END;",
+            )
+            .await;
+        let answers = batch(&store, &["evt_end_victim_2", "evt_end_d", "evt_end_victim"]).await;
+        assert!(answers[0].is_err() && answers[2].is_err(), "{answers:?}");
+        stored_as(&answers[1], "evt_end_d", false);
+        // The writer goes on: the next batch commits.
+        stored_as(&batch(&store, &["evt_end_e"]).await[0], "evt_end_e", false);
+    }
+
+    /// PostgreSQL only: a constraint trigger checked at COMMIT (SQLite has none).
+    #[tokio::test]
+    async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_batch() {
+        let Some(store) = postgres().await else { return };
+        store
+            .execute(
+                "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.event_id = 'evt_commit_victim' THEN RAISE EXCEPTION 'injected at commit'; END IF;
+                   RETURN NULL;
+                 END $$;
+                 CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON stripe_event_history
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+            )
+            .await;
+        let ids = ["evt_commit_a", "evt_commit_victim", "evt_commit_b", "evt_commit_a"];
+        for answer in batch(&store, &ids).await {
+            match answer {
+                Err(StoreError::Batch(why)) => assert!(why.contains("injected at commit"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        for id in ids {
+            assert_eq!(stored(&store, id).await, None, "{id}: nothing committed");
+        }
+        store.execute("DROP TRIGGER refuse_at_commit ON stripe_event_history").await;
+        let answers = batch(&store, &ids).await;
+        stored_as(&answers[0], "evt_commit_a", false);
+        stored_as(&answers[1], "evt_commit_victim", false);
+        stored_as(&answers[2], "evt_commit_b", false);
+        assert!(matches!(answers[3], Ok(Recorded::Duplicate { .. })), "{:?}", answers[3]);
+    }
+}

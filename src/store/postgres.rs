@@ -49,6 +49,24 @@ impl PgStore {
         None
     }
 
+    /// PostgreSQL never ends a transaction on its own: a failed statement leaves it open (aborted)
+    /// until the client rolls it back (see `SqliteStore::transaction_ended`).
+    pub(crate) async fn transaction_ended(_conn: &mut sqlx::PgConnection) -> bool {
+        false
+    }
+
+    /// What the ledger's writers work with (tests hand them batches of their own making).
+    #[cfg(test)]
+    pub(crate) fn batch_parts(&self) -> Parts<sqlx::Postgres> {
+        Parts {
+            pool: self.pool.clone(),
+            health: self.health.clone(),
+            max_connections: self.max_connections,
+            turn: None,
+            view: self.view.clone(),
+        }
+    }
+
     /// Follows `tollgate_changes` on a connection of its own (`changes.rs`).
     fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
         Some(tokio::spawn(super::changes::follow(self.options.clone(), self.view.clone())))

@@ -124,6 +124,32 @@ impl SqliteStore {
         Some(self.writer.lock().await)
     }
 
+    /// Whether SQLite ended, on its own, the transaction `conn` is in: a trigger's
+    /// `RAISE(ROLLBACK, …)`, an interrupt, running out of memory or an `ON CONFLICT ROLLBACK`
+    /// constraint roll the whole transaction back. sqlx still counts it open, and a rollback (to a
+    /// savepoint or whole) then fails. Asked only of a connection inside a transaction.
+    pub(crate) async fn transaction_ended(conn: &mut SqliteConnection) -> bool {
+        match conn.lock_handle().await {
+            // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit
+            // only reads the connection's state.
+            Ok(mut handle) => (unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }) != 0,
+            // The connection's worker is gone: nothing of the transaction will commit either.
+            Err(_) => true,
+        }
+    }
+
+    /// What the ledger's writer works with (tests hand it batches of their own making).
+    #[cfg(test)]
+    pub(crate) fn batch_parts(&self) -> Parts<sqlx::Sqlite> {
+        Parts {
+            pool: self.pool.clone(),
+            health: self.health.clone(),
+            max_connections: self.max_connections,
+            turn: Some(self.writer.clone()),
+            view: self.view.clone(),
+        }
+    }
+
     /// SQLite has no notification channel.
     fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
         None
