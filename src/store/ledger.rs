@@ -686,6 +686,8 @@ mod tests {
     trait Writer: LedgerStore {
         fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()>;
         fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()>;
+        /// The one text column `sql` reads, row by row.
+        fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>>;
     }
 
     impl Writer for SqliteStore {
@@ -697,6 +699,9 @@ mod tests {
                 sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
             })
         }
+        fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>> {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_all(&self.batch_parts().pool).await.unwrap() })
+        }
     }
 
     impl Writer for PgStore {
@@ -707,6 +712,9 @@ mod tests {
             Box::pin(async move {
                 sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
             })
+        }
+        fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>> {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_all(&self.batch_parts().pool).await.unwrap() })
         }
     }
 
@@ -854,6 +862,34 @@ mod tests {
         );
     }
 
+    /// Both tries carry a batch out in event id order, whatever order it arrived in: the order
+    /// the history lines are written in (logged by a trigger) shows it. Runs after
+    /// [`a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status`], whose
+    /// `evt_dup_fails` the database still refuses.
+    async fn both_tries_carry_a_batch_out_in_event_id_order(store: &impl Writer, engine: crate::store::Engine) {
+        store
+            .execute(match engine {
+                crate::store::Engine::Sqlite => {
+                    "CREATE TABLE history_order (n INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL);
+                     CREATE TRIGGER log_order AFTER INSERT ON stripe_event_history
+                     BEGIN INSERT INTO history_order (event_id) VALUES (NEW.event_id); END;"
+                }
+                crate::store::Engine::Postgres => {
+                    "CREATE TABLE history_order (n bigserial PRIMARY KEY, event_id text NOT NULL);
+                     CREATE FUNCTION log_order() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN INSERT INTO history_order (event_id) VALUES (NEW.event_id); RETURN NULL; END $$;
+                     CREATE TRIGGER log_order AFTER INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION log_order();"
+                }
+            })
+            .await;
+        // Without savepoints.
+        batch(store, &["evt_ord_c", "evt_ord_a", "evt_ord_b"]).await;
+        // With savepoints (one event fails; its try without them was rolled back, log included).
+        batch(store, &["evt_ord_f", "evt_ord_e", "evt_dup_fails", "evt_ord_d"]).await;
+        let order = store.column("SELECT event_id FROM history_order ORDER BY n").await;
+        assert_eq!(order, ["evt_ord_a", "evt_ord_b", "evt_ord_c", "evt_ord_d", "evt_ord_e", "evt_ord_f"]);
+    }
+
     #[tokio::test]
     async fn the_writer_carries_out_batches_on_sqlite() {
         let (store, _dir) = sqlite().await;
@@ -861,6 +897,7 @@ mod tests {
         a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, crate::store::Engine::Sqlite)
             .await;
         a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+        both_tries_carry_a_batch_out_in_event_id_order(&store, crate::store::Engine::Sqlite).await;
     }
 
     #[tokio::test]
@@ -870,6 +907,7 @@ mod tests {
         a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, crate::store::Engine::Postgres)
             .await;
         a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+        both_tries_carry_a_batch_out_in_event_id_order(&store, crate::store::Engine::Postgres).await;
     }
 
     /// SQLite only: PostgreSQL never ends a transaction on its own.
