@@ -20,6 +20,8 @@ mod error;
 pub mod health;
 mod invalidation;
 pub mod ledger;
+#[cfg(test)]
+mod ledger_tests;
 pub mod licences;
 pub mod outbox;
 pub mod payments;

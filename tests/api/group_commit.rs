@@ -2,7 +2,7 @@
 //! that fails is rolled back alone (kept `failed`, answered 500); every other one is applied,
 //! stored once and acknowledged only after the commit. What a batch's composition decides
 //! (duplicates within one batch, a failed commit) is tested on the writer directly, in
-//! `src/store/ledger.rs`.
+//! `src/store/ledger_tests.rs`.
 
 use std::sync::Arc;
 

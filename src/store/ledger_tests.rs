@@ -1,0 +1,304 @@
+//! Group commit's writer (`ledger.rs::run_ingest_batch`) handed batches of the tests' own making,
+//! so what shares a transaction is known: on SQLite and, when `TEST_DATABASE_URL` is set, on
+//! PostgreSQL. (A file of its own: `ledger.rs` may not name the engines' stores, which use it.)
+
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+
+use crate::config::DatabaseConfig;
+use crate::domain::ledger::{EventPlan, EventStatus, Recorded};
+use crate::store::batch::Job;
+use crate::store::error::StoreError;
+use crate::store::ledger::{Delivery, IngestJob, LedgerStore, NewEvent};
+use crate::store::postgres::PgStore;
+use crate::store::seam::{Engine, Store};
+use crate::store::sqlite::SqliteStore;
+
+/// A store whose ledger writer a test can hand a batch, and run SQL on (triggers).
+trait Writer: LedgerStore {
+    fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()>;
+    fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()>;
+    /// The one text column `sql` reads, row by row.
+    fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>>;
+}
+
+impl Writer for SqliteStore {
+    fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()> {
+        Box::pin(async move { SqliteStore::run_ingest_batch(&self.batch_parts(), jobs).await })
+    }
+    fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
+        })
+    }
+    fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move { sqlx::query_scalar(sql).fetch_all(&self.batch_parts().pool).await.unwrap() })
+    }
+}
+
+impl Writer for PgStore {
+    fn run(&self, jobs: Vec<IngestJob>) -> BoxFuture<'_, ()> {
+        Box::pin(async move { PgStore::run_ingest_batch(&self.batch_parts(), jobs).await })
+    }
+    fn execute<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::raw_sql(sql).execute(&self.batch_parts().pool).await.unwrap();
+        })
+    }
+    fn column<'a>(&'a self, sql: &'a str) -> BoxFuture<'a, Vec<String>> {
+        Box::pin(async move { sqlx::query_scalar(sql).fetch_all(&self.batch_parts().pool).await.unwrap() })
+    }
+}
+
+fn config(url: &str) -> DatabaseConfig {
+    DatabaseConfig {
+        url: url.to_owned().into(),
+        max_connections: 4,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        migrate_on_start: false,
+    }
+}
+
+/// A migrated SQLite database in a directory of its own (kept while the directory lives).
+async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let store = SqliteStore::connect(&url, &config(&url)).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+/// A migrated database of its own on the `TEST_DATABASE_URL` server, or None when that is unset.
+async fn postgres() -> Option<PgStore> {
+    use sqlx::Connection;
+    let admin = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL is reachable");
+    let name = format!("tollgate_unit_{}", uuid::Uuid::new_v4().simple());
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    conn.close().await.ok();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    let store = PgStore::connect(url.as_str(), &config(url.as_str())).await.unwrap();
+    store.migrate().await.unwrap();
+    Some(store)
+}
+
+fn delivery(id: &str) -> Delivery {
+    let event = NewEvent {
+        event_id: id.to_owned(),
+        kind: "charge.updated".to_owned(),
+        livemode: false,
+        api_version: None,
+        created: 0,
+        payload: br#"{"object": "event"}"#.to_vec(),
+        provider: "stripe",
+    };
+    // The reason names the event, so an answer shows whose it is.
+    Delivery { event, plan: EventPlan::Ignore(format!("a test of {id}")), now: Utc::now() }
+}
+
+/// Hands `ids` to the writer as one batch, in that order; each one's answer, in the same order.
+async fn batch(store: &impl Writer, ids: &[&str]) -> Vec<Result<Recorded, StoreError>> {
+    let (jobs, answers): (Vec<_>, Vec<_>) = ids.iter().map(|id| Job::new(delivery(id))).unzip();
+    store.run(jobs).await;
+    let mut out = Vec::new();
+    for answer in answers {
+        out.push(answer.await.expect("every job of a batch is answered"));
+    }
+    out
+}
+
+/// The event's status and its history lines' statuses, oldest first.
+async fn stored(store: &impl Writer, id: &str) -> Option<(EventStatus, Vec<String>)> {
+    let (row, history) = store.event(id).await.unwrap()?;
+    let mut lines: Vec<_> = history.into_iter().map(|h| (h.at, h.status)).collect();
+    lines.sort();
+    Some((row.status, lines.into_iter().map(|(_, s)| s).collect()))
+}
+
+fn stored_as(answer: &Result<Recorded, StoreError>, id: &str, retried_expected: bool) {
+    match answer {
+        Ok(Recorded::Stored { status: EventStatus::Ignored, detail, retried }) => {
+            assert!(detail.contains(&format!("a test of {id}")), "{id}'s answer is {detail:?}");
+            assert_eq!(*retried, retried_expected, "{id}");
+        }
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+/// Makes the database refuse the history line of `id` (unless it records a failure), with
+/// `RAISE(ABORT)` (the statement fails) or `RAISE(ROLLBACK)` (SQLite ends the transaction).
+async fn refuse_history_of(store: &impl Writer, engine: Engine, id: &str, raise: &str) {
+    let sql = match engine {
+        Engine::Sqlite => format!(
+            "CREATE TRIGGER refuse BEFORE INSERT ON stripe_event_history
+             WHEN NEW.event_id = '{id}' AND NEW.status <> 'failed'
+             BEGIN SELECT RAISE({raise}, 'injected'); END;"
+        ),
+        Engine::Postgres => format!(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.event_id = '{id}' AND NEW.status <> 'failed' THEN RAISE EXCEPTION 'injected'; END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION refuse();"
+        ),
+    };
+    store.execute(&sql).await;
+}
+
+async fn many_events_share_one_batch_and_each_gets_its_own_answer(store: &impl Writer) {
+    // Out of order: the writer sorts a batch by id, and still answers each job its own.
+    let ids: Vec<String> = (0..40).map(|i| format!("evt_many_{:02}", (i * 7) % 40)).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let answers = batch(store, &ids).await;
+    for (id, answer) in ids.iter().zip(&answers) {
+        stored_as(answer, id, false);
+        assert_eq!(stored(store, id).await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])), "{id}");
+    }
+}
+
+async fn a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(store: &impl Writer, engine: Engine) {
+    // Without savepoints (no event fails).
+    let answers = batch(store, &["evt_dup_b", "evt_dup_a", "evt_dup_b"]).await;
+    stored_as(&answers[0], "evt_dup_b", false);
+    stored_as(&answers[1], "evt_dup_a", false);
+    assert!(matches!(answers[2], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[2]);
+    assert_eq!(stored(store, "evt_dup_b").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+
+    // With savepoints (one event fails, so the batch is carried out again with them).
+    refuse_history_of(store, engine, "evt_dup_fails", "ABORT").await;
+    let answers = batch(store, &["evt_dup_d", "evt_dup_fails", "evt_dup_c", "evt_dup_d"]).await;
+    stored_as(&answers[0], "evt_dup_d", false);
+    assert!(answers[1].is_err(), "{:?}", answers[1]);
+    stored_as(&answers[2], "evt_dup_c", false);
+    assert!(matches!(answers[3], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[3]);
+    assert_eq!(stored(store, "evt_dup_d").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+    assert_eq!(stored(store, "evt_dup_fails").await, None, "rolled back (its caller records it failed)");
+}
+
+async fn a_failed_event_redelivered_within_a_batch_is_processed_again_once(store: &impl Writer) {
+    let failed = delivery("evt_redo");
+    store.mark_event_failed(&failed.event, "processing failed: a test", Utc::now()).await.unwrap();
+    let answers = batch(store, &["evt_redo", "evt_redo_other", "evt_redo"]).await;
+    stored_as(&answers[0], "evt_redo", true);
+    stored_as(&answers[1], "evt_redo_other", false);
+    assert!(matches!(answers[2], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[2]);
+    assert_eq!(
+        stored(store, "evt_redo").await,
+        Some((EventStatus::Ignored, vec!["failed".to_owned(), "ignored".to_owned()])),
+        "processed again, once"
+    );
+}
+
+/// Both tries carry a batch out in event id order, whatever order it arrived in: the order
+/// the history lines are written in (logged by a trigger) shows it. Runs after
+/// [`a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status`], whose
+/// `evt_dup_fails` the database still refuses.
+async fn both_tries_carry_a_batch_out_in_event_id_order(store: &impl Writer, engine: Engine) {
+    store
+        .execute(match engine {
+            Engine::Sqlite => {
+                "CREATE TABLE history_order (n INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL);
+                 CREATE TRIGGER log_order AFTER INSERT ON stripe_event_history
+                 BEGIN INSERT INTO history_order (event_id) VALUES (NEW.event_id); END;"
+            }
+            Engine::Postgres => {
+                "CREATE TABLE history_order (n bigserial PRIMARY KEY, event_id text NOT NULL);
+                 CREATE FUNCTION log_order() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN INSERT INTO history_order (event_id) VALUES (NEW.event_id); RETURN NULL; END $$;
+                 CREATE TRIGGER log_order AFTER INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION log_order();"
+            }
+        })
+        .await;
+    // Without savepoints.
+    batch(store, &["evt_ord_c", "evt_ord_a", "evt_ord_b"]).await;
+    // With savepoints (one event fails; its try without them was rolled back, log included).
+    batch(store, &["evt_ord_f", "evt_ord_e", "evt_dup_fails", "evt_ord_d"]).await;
+    let order = store.column("SELECT event_id FROM history_order ORDER BY n").await;
+    assert_eq!(order, ["evt_ord_a", "evt_ord_b", "evt_ord_c", "evt_ord_d", "evt_ord_e", "evt_ord_f"]);
+}
+
+#[tokio::test]
+async fn the_writer_carries_out_batches_on_sqlite() {
+    let (store, _dir) = sqlite().await;
+    many_events_share_one_batch_and_each_gets_its_own_answer(&store).await;
+    a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, Engine::Sqlite).await;
+    a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+    both_tries_carry_a_batch_out_in_event_id_order(&store, Engine::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_writer_carries_out_batches_on_postgres() {
+    let Some(store) = postgres().await else { return };
+    many_events_share_one_batch_and_each_gets_its_own_answer(&store).await;
+    a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, Engine::Postgres).await;
+    a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
+    both_tries_carry_a_batch_out_in_event_id_order(&store, Engine::Postgres).await;
+}
+
+/// SQLite only: PostgreSQL never ends a transaction on its own.
+#[tokio::test]
+async fn an_event_whose_failure_ends_the_transaction_fails_alone_and_the_rest_of_its_batch_commits() {
+    let (store, _dir) = sqlite().await;
+    refuse_history_of(&store, Engine::Sqlite, "evt_end_victim", "ROLLBACK").await;
+    let ids = ["evt_end_c", "evt_end_victim", "evt_end_a", "evt_end_b", "evt_end_c"];
+    let answers = batch(&store, &ids).await;
+    match &answers[1] {
+        Err(e) => assert!(e.to_string().contains("injected"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    stored_as(&answers[0], "evt_end_c", false);
+    stored_as(&answers[2], "evt_end_a", false);
+    stored_as(&answers[3], "evt_end_b", false);
+    assert!(matches!(answers[4], Ok(Recorded::Duplicate { status: EventStatus::Ignored })), "{:?}", answers[4]);
+    for id in ["evt_end_a", "evt_end_b", "evt_end_c"] {
+        assert_eq!(stored(&store, id).await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])), "{id}, once");
+    }
+    assert_eq!(stored(&store, "evt_end_victim").await, None);
+    // Two victims in one batch: each fails alone.
+    store
+        .execute(
+            "CREATE TRIGGER refuse_too BEFORE INSERT ON stripe_event_history
+             WHEN NEW.event_id = 'evt_end_victim_2' BEGIN SELECT RAISE(ROLLBACK, 'injected'); END;",
+        )
+        .await;
+    let answers = batch(&store, &["evt_end_victim_2", "evt_end_d", "evt_end_victim"]).await;
+    assert!(answers[0].is_err() && answers[2].is_err(), "{answers:?}");
+    stored_as(&answers[1], "evt_end_d", false);
+    // The writer goes on: the next batch commits.
+    stored_as(&batch(&store, &["evt_end_e"]).await[0], "evt_end_e", false);
+}
+
+/// PostgreSQL only: a constraint trigger checked at COMMIT (SQLite has none).
+#[tokio::test]
+async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_batch() {
+    let Some(store) = postgres().await else { return };
+    store
+        .execute(
+            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.event_id = 'evt_commit_victim' THEN RAISE EXCEPTION 'injected at commit'; END IF;
+               RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON stripe_event_history
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit();",
+        )
+        .await;
+    let ids = ["evt_commit_a", "evt_commit_victim", "evt_commit_b", "evt_commit_a"];
+    for answer in batch(&store, &ids).await {
+        match answer {
+            Err(StoreError::Batch(why)) => assert!(why.contains("injected at commit"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    for id in ids {
+        assert_eq!(stored(&store, id).await, None, "{id}: nothing committed");
+    }
+    store.execute("DROP TRIGGER refuse_at_commit ON stripe_event_history").await;
+    let answers = batch(&store, &ids).await;
+    stored_as(&answers[0], "evt_commit_a", false);
+    stored_as(&answers[1], "evt_commit_victim", false);
+    stored_as(&answers[2], "evt_commit_b", false);
+    assert!(matches!(answers[3], Ok(Recorded::Duplicate { .. })), "{:?}", answers[3]);
+}
