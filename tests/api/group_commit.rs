@@ -204,3 +204,37 @@ async fn the_same_events_delivered_at_once_several_times_are_each_applied_once()
     }
     assert_eq!(s.entitlements().await["credit_balance"], EVENTS as i64);
 }
+
+/// PostgreSQL only: the writer's connection dies inside a batch (a trigger terminates its own
+/// backend: SQLSTATE 57P01). The delivery is answered 500 and nothing more is written for it: it
+/// is not recorded `failed` (with group commit, one write per event of the batch, to a database
+/// that just faulted). Stripe's retry stores and applies it.
+#[tokio::test]
+async fn a_connection_lost_inside_a_batch_answers_500_and_writes_nothing_more() {
+    if !std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
+        return;
+    }
+    let s = shop(&[]).await;
+    let product = s.credits_product(1000, 1).await;
+    let checkout = s.checkout(&product).await;
+    let (id, body) = completed(&checkout, 1000);
+    execute(
+        &s.app.database_url,
+        &format!(
+            "CREATE FUNCTION lose_connection() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.event_id = '{id}' AND NEW.status <> 'failed' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER lose_connection BEFORE INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION lose_connection();"
+        ),
+    )
+    .await;
+    assert_eq!(s.deliver(&body).await, 500);
+    let stored: Vec<(i64,)> = rows(&s.app, &format!("SELECT count(*) FROM stripe_events WHERE event_id = '{id}'")).await;
+    assert_eq!(stored[0].0, 0, "not recorded `failed` after the fault");
+    execute(&s.app.database_url, "DROP TRIGGER lose_connection ON stripe_event_history").await;
+    assert_eq!(s.deliver(&body).await, 200);
+    assert_eq!(s.event_status(&id).await, "processed");
+    assert_eq!(s.grants(checkout["order_id"].as_str().unwrap()).await.len(), 1);
+}
