@@ -73,7 +73,7 @@ async fn postgres() -> Option<PgStore> {
     use sqlx::Connection;
     let admin = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty())?;
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL is reachable");
-    let name = format!("tollgate_unit_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("tollgate_test_unit_{}", uuid::Uuid::new_v4().simple());
     sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
     conn.close().await.ok();
     let mut url = url::Url::parse(&admin).unwrap();
