@@ -53,7 +53,20 @@ impl WebhookOutcome {
 pub struct Meters {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// Per route template (a bounded set), its request counters and duration histograms once
+    /// registered: registering builds and hashes a labelled key, which every request paid for.
+    routes: std::sync::RwLock<std::collections::HashMap<Box<str>, RouteMeters>>,
 }
+
+/// One route's series: a counter per method and status class, a histogram per method.
+#[derive(Default)]
+struct RouteMeters {
+    requests: [[Option<::metrics::Counter>; 5]; METHODS.len()],
+    durations: [Option<::metrics::Histogram>; METHODS.len()],
+}
+
+/// The methods `http_requests_total` names (anything else is `other`, the last).
+const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
 
 impl std::fmt::Debug for Meters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,7 +81,7 @@ impl Meters {
             .map(PrometheusBuilder::build_recorder)
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
-        let meters = Meters { recorder, handle };
+        let meters = Meters { recorder, handle, routes: Default::default() };
         meters.describe();
         Arc::new(meters)
     }
@@ -100,21 +113,35 @@ impl Meters {
     /// One answered request. `route` is the matched template (`None`: no route matched).
     pub fn http_request(&self, method: &str, route: Option<&str>, status: u16, seconds: f64) {
         let method = bounded_method(method);
-        let route = route.unwrap_or("<unmatched>").to_owned();
+        let m = METHODS.iter().position(|known| *known == method).unwrap_or(METHODS.len() - 1);
         let class = status_class(status);
-        self.counter(
-            HTTP_REQUESTS,
-            vec![Label::new("method", method), Label::new("route", route.clone()), Label::new("status", class)],
-        )
-        .increment(1);
-        self.recorder
-            .register_histogram(
-                &Key::from_parts(HTTP_DURATION, vec![Label::new("method", method), Label::new("route", route.clone())]),
-                &METADATA,
-            )
-            .record(seconds);
+        let c = usize::from(class.as_bytes()[0] - b'1');
+        let route = route.unwrap_or("<unmatched>");
+        let registered = |meters: &RouteMeters| Some((meters.requests[m][c].clone()?, meters.durations[m].clone()?));
+        let read = self.routes.read().ok().and_then(|routes| routes.get(route).and_then(registered));
+        let (requests, duration) = match read {
+            Some(series) => series,
+            None => {
+                let requests = self.counter(
+                    HTTP_REQUESTS,
+                    vec![Label::new("method", method), Label::new("route", route.to_owned()), Label::new("status", class)],
+                );
+                let duration = self.recorder.register_histogram(
+                    &Key::from_parts(HTTP_DURATION, vec![Label::new("method", method), Label::new("route", route.to_owned())]),
+                    &METADATA,
+                );
+                if let Ok(mut routes) = self.routes.write() {
+                    let meters = routes.entry(route.into()).or_default();
+                    meters.requests[m][c] = Some(requests.clone());
+                    meters.durations[m] = Some(duration.clone());
+                }
+                (requests, duration)
+            }
+        };
+        requests.increment(1);
+        duration.record(seconds);
         if status == 429 {
-            self.counter(RATE_LIMITED, vec![Label::new("route", route)]).increment(1);
+            self.counter(RATE_LIMITED, vec![Label::new("route", route.to_owned())]).increment(1);
         }
     }
 

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::apikeys::looks_like_key;
@@ -117,14 +116,19 @@ fn headers_for(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Durat
 /// must look the same whether or not the account exists (the per-account counts would differ).
 const NO_ALLOWANCE_HEADERS: &[&str] = &["/api/v1/auth/login", "/api/v1/auth/token", "/api/v1/auth/register"];
 
-pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The budget around `next` (the handler).
+pub async fn budget<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
     let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
-        return next.run(req).await;
+        return next(req).await;
     };
     let (mut verified, mut session) = (None, None);
     let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
-        (true, Some(client)) => who(&state, &route, req.headers(), &client, &mut verified, &mut session).await,
+        (true, Some(client)) => who(state, &route, req.headers(), &client, &mut verified, &mut session).await,
         _ => None,
     };
     let mut req = req;
@@ -155,7 +159,7 @@ pub async fn budget(State(state): State<AppState>, req: Request, next: Next) -> 
         }
     }
     // The limits the handler's services counted (API key, checkout, licences...) join in.
-    let (mut response, inside) = crate::ratelimit::observed(next.run(req)).await;
+    let (mut response, inside) = crate::ratelimit::observed(next(req)).await;
     allowances.extend(inside);
     if NO_ALLOWANCE_HEADERS.contains(&route.as_str()) || response.headers().contains_key("ratelimit-limit") {
         return response;

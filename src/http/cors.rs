@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::config::CorsOrigins;
@@ -37,13 +36,18 @@ fn add_vary_origin(headers: &mut HeaderMap) {
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-pub async fn cors(State(policy): State<CorsPolicy>, req: Request, next: Next) -> Response {
+/// CORS around `next` (a preflight from an allowed origin is answered here).
+pub async fn cors<F, Fut>(policy: &CorsPolicy, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let origin = req.headers().get(header::ORIGIN).cloned();
     let allowed = origin.as_ref().and_then(|o| policy.allow(o));
     let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
 
     let Some((allow_origin, credentials)) = allowed else {
-        let mut response = next.run(req).await;
+        let mut response = next(req).await;
         if origin.is_some() {
             add_vary_origin(response.headers_mut());
         }
@@ -59,7 +63,7 @@ pub async fn cors(State(policy): State<CorsPolicy>, req: Request, next: Next) ->
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(MAX_AGE));
         r
     } else {
-        let mut r = next.run(req).await;
+        let mut r = next(req).await;
         r.headers_mut().insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
         r
     };

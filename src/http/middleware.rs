@@ -6,9 +6,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use ipnet::IpNet;
@@ -148,7 +147,12 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
-pub async fn edge(State(edge): State<EdgeConfig>, mut req: Request, next: Next) -> Response {
+/// The edge of the stack (`http/gate.rs`): everything outside `next`, which runs the rest.
+pub async fn edge<F, Fut>(edge: &EdgeConfig, mut req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let request_id = req.headers().get(&X_REQUEST_ID).and_then(sane_request_id).map(str::to_owned).unwrap_or_else(new_request_id);
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -173,7 +177,7 @@ pub async fn edge(State(edge): State<EdgeConfig>, mut req: Request, next: Next) 
         span.in_scope(|| tracing::warn!(client_ip = %client.ip, "API key in a query string refused"));
         ApiError::Unauthorized("API keys go in the Authorization header, never in a URL".to_owned()).into_response()
     } else {
-        let outcome = AssertUnwindSafe(next.run(req)).catch_unwind().instrument(span.clone()).await;
+        let outcome = AssertUnwindSafe(next(req)).catch_unwind().instrument(span.clone()).await;
         match outcome {
             Ok(response) => response,
             Err(payload) => {
@@ -230,17 +234,18 @@ fn render_problem(mut response: Response, request_id: &str) -> Response {
     response
 }
 
+static COOP: HeaderName = HeaderName::from_static("cross-origin-opener-policy");
+static PERMISSIONS: HeaderName = HeaderName::from_static("permissions-policy");
+static POWERED_BY: HeaderName = HeaderName::from_static("x-powered-by");
+
 fn set_security_headers(headers: &mut HeaderMap, https: bool) {
-    let fixed = [
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
-        (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
-        (HeaderName::from_static("permissions-policy"), PERMISSIONS_POLICY),
-    ];
-    for (name, value) in fixed {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
+    // Room for all of them at once, instead of the map growing (and rehashing) as they come.
+    headers.reserve(10);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(COOP.clone(), HeaderValue::from_static("same-origin"));
+    headers.insert(PERMISSIONS.clone(), HeaderValue::from_static(PERMISSIONS_POLICY));
     // Routes that serve a page (the docs) set a policy that fits it; everything else is API.
     if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
         headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(API_CSP));
@@ -252,7 +257,7 @@ fn set_security_headers(headers: &mut HeaderMap, https: bool) {
         headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
     }
     headers.remove(header::SERVER);
-    headers.remove(HeaderName::from_static("x-powered-by"));
+    headers.remove(&POWERED_BY);
 }
 
 #[cfg(test)]

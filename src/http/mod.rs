@@ -7,6 +7,7 @@ pub mod budget;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod gate;
 pub mod idempotency;
 pub mod middleware;
 pub mod openapi;
@@ -21,15 +22,13 @@ pub mod tls;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 
-use crate::http::cors::{cors, CorsPolicy};
+use crate::http::cors::CorsPolicy;
 use crate::http::error::ApiError;
-use crate::http::middleware::{edge, EdgeConfig};
+use crate::http::gate::{Gate, GateLayer};
+use crate::http::middleware::EdgeConfig;
 use crate::http::state::AppState;
 
 /// The API's routes and the OpenAPI document (JSON) describing them, from the same declarations.
@@ -39,24 +38,22 @@ pub fn api() -> (Router<AppState>, String) {
 }
 
 /// The whole application: `routes` (the [`api`] and whatever embedders and tests add), all behind
-/// the same stack. Layers are listed innermost first; `edge` is outermost, so even a response made
-/// by another layer (CORS preflight, 408, 413) gets the request id, problem shape and headers.
+/// the same stack (`gate.rs`: edge outermost, so even a response made by another part of the stack
+/// — CORS preflight, 408, 413 — gets the request id, problem shape and headers; then CORS, the
+/// timeout, the global budget) around each route and its body limits.
 pub fn router(state: AppState, routes: Router<AppState>, tls: bool) -> Router {
     let http = &state.config.http;
-    let edge_config = EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls, meters: state.meters.clone() };
+    let gate = Gate {
+        edge: EdgeConfig { trusted_proxies: Arc::new(http.trusted_proxies.clone()), tls, meters: state.meters.clone() },
+        cors: CorsPolicy(Arc::new(http.cors_origins.clone())),
+        timeout: http.request_timeout,
+        body_limit: http.body_limit,
+        state: state.clone(),
+    };
     routes
         .fallback(|| async { ApiError::NotFound })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), budget::budget))
         .layer(DefaultBodyLimit::max(http.body_limit))
         .layer(RequestBodyLimitLayer::new(http.body_limit))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, http.request_timeout))
-        .layer(axum::middleware::from_fn_with_state(CorsPolicy(Arc::new(http.cors_origins.clone())), cors))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-            HeaderName::from_static("stripe-signature"),
-            HeaderName::from_static("x-csrf-token"),
-        ]))
-        .layer(axum::middleware::from_fn_with_state(edge_config, edge))
+        .layer(GateLayer(Arc::new(gate)))
         .with_state(state)
 }
