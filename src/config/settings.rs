@@ -56,7 +56,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "database_ingest_writers",
         env: &["TOLLGATE_DATABASE_INGEST_WRITERS"],
-        default: Some("4"),
+        default: Some("2"),
         secret: false,
         meaning: "PostgreSQL: transactions of webhook events run side by side (at most half the pool)",
     },
