@@ -18,6 +18,11 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> DatabaseConfig {
     if max_connections.is_none() {
         errors.push(raw.bad("database_max_connections", "must be a positive integer"));
     }
+    let ingest_writers =
+        raw.get("database_ingest_writers").and_then(|v| v.trim().parse::<u32>().ok()).filter(|n| (1..=64).contains(n));
+    if ingest_writers.is_none() {
+        errors.push(raw.bad("database_ingest_writers", "must be an integer from 1 to 64"));
+    }
     let acquire_timeout = raw.get("database_acquire_timeout").and_then(parse_duration).filter(|d| !d.is_zero());
     if acquire_timeout.is_none() {
         errors.push(raw.bad("database_acquire_timeout", "must be a duration such as 5s or 500ms"));
@@ -29,6 +34,8 @@ pub(super) fn parse(raw: &Raw, errors: &mut Vec<String>) -> DatabaseConfig {
     DatabaseConfig {
         url: SecretString::from(url),
         max_connections: max_connections.unwrap_or(10),
+        // Two: on two vCPUs, fewer writers make bigger batches (BENCHMARKS.md, issue 13).
+        ingest_writers: ingest_writers.unwrap_or(2),
         acquire_timeout: acquire_timeout.unwrap_or(Duration::from_secs(5)),
         migrate_on_start: migrate_on_start.unwrap_or(true),
     }

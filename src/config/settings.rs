@@ -54,6 +54,13 @@ pub const SETTINGS: &[Setting] = &[
         meaning: "database pool size",
     },
     Setting {
+        key: "database_ingest_writers",
+        env: &["TOLLGATE_DATABASE_INGEST_WRITERS"],
+        default: Some("2"),
+        secret: false,
+        meaning: "PostgreSQL: transactions of webhook events run side by side (at most half the pool)",
+    },
+    Setting {
         key: "database_acquire_timeout",
         env: &["TOLLGATE_DATABASE_ACQUIRE_TIMEOUT"],
         default: Some("5s"),

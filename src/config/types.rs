@@ -36,6 +36,8 @@ pub struct DatabaseConfig {
     /// May embed a password, hence secret.
     pub url: SecretString,
     pub max_connections: u32,
+    /// PostgreSQL: how many transactions of verified events run side by side (group commit).
+    pub ingest_writers: u32,
     pub acquire_timeout: Duration,
     pub migrate_on_start: bool,
 }

@@ -120,10 +120,14 @@ macro_rules! impl_credit_store {
                 user_id: &str,
                 delta: i64,
                 now: chrono::DateTime<chrono::Utc>,
+                sequence_locked: bool,
             ) -> Result<Option<(i64, i64)>, $crate::store::error::StoreError> {
                 // The read view forgets the balance once this transaction is over (`invalidation.rs`).
                 $crate::store::invalidation::changed_in_transaction(user_id);
-                Self::lock_sequence(tx, user_id).await?;
+                // Once is enough: the lock is held until the transaction ends.
+                if !sequence_locked {
+                    Self::lock_sequence(tx, user_id).await?;
+                }
                 let row: Option<(i64, i64)> = if delta >= 0 {
                     sqlx::query_as(
                         "INSERT INTO credit_balances (user_id, balance, seq, updated_at) VALUES ($1, $2, 1, $3)
@@ -188,6 +192,7 @@ macro_rules! impl_credit_store {
                 m: &$crate::store::credits::MovementRow,
                 grant_step: Option<i64>,
                 idempotency: Option<(&str, &str)>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<(), $crate::store::error::StoreError> {
                 sqlx::query(
                     "INSERT INTO credit_movements (id, user_id, seq, kind, amount, balance_after, reason, order_id, grant_id, grant_step,
@@ -220,7 +225,7 @@ macro_rules! impl_credit_store {
                     &m.reason,
                     m.order_id.as_deref(),
                 );
-                Self::write_notices(tx, &m.user_id, vec![notice], m.created_at).await?;
+                Self::write_notices(tx, &m.user_id, vec![notice], m.created_at, audience).await?;
                 Ok(())
             }
 
@@ -235,8 +240,10 @@ macro_rules! impl_credit_store {
                 delta: i64,
                 reason: String,
                 now: chrono::DateTime<chrono::Utc>,
+                sequence_locked: bool,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<(), $crate::store::error::StoreError> {
-                let (balance, seq) = Self::move_balance(tx, &order.user_id, delta, now)
+                let (balance, seq) = Self::move_balance(tx, &order.user_id, delta, now, sequence_locked)
                     .await?
                     .ok_or_else(|| $crate::store::error::StoreError::Rule(format!("order {}: the balance does not cover {delta}", order.id)))?;
                 let m = $crate::store::credits::MovementRow {
@@ -253,12 +260,13 @@ macro_rules! impl_credit_store {
                     metadata: None,
                     created_at: now,
                 };
-                Self::insert_movement(tx, &m, Some(step), None).await
+                Self::insert_movement(tx, &m, Some(step), None, audience).await
             }
 
             /// What a credits grant's change of state (`from` None: just created) does to the
             /// balance, decided by `domain::credits::grant_credits`, written in the transaction that
             /// changes the grant (under the order's lock); a line for the event's history.
+            #[allow(clippy::too_many_arguments)]
             pub(crate) async fn credits_on_grant(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 order: &$crate::store::payments::OrderRow,
@@ -267,34 +275,51 @@ macro_rules! impl_credit_store {
                 from: Option<$crate::domain::orders::GrantState>,
                 to: $crate::domain::orders::GrantState,
                 now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<Option<String>, $crate::store::error::StoreError> {
                 use $crate::domain::credits::{grant_credits, CreditKind, GrantCredits};
                 let granted = granted.unwrap_or(0);
-                let (clawed, step): (i64, i64) = sqlx::query_as("SELECT credits_clawed_back, credits_step FROM grants WHERE id = $1")
-                    .bind(grant_id)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                let balance = Self::lock_balance(tx, &order.user_id).await?;
+                // A grant being created has nothing clawed back yet (the columns' defaults), and
+                // what it adds does not depend on the balance: nothing to read, and its first
+                // movement takes the locks (sequence, then balance, as `lock_balance` would; the
+                // sequence's already when the order's notice took a number from it).
+                let (clawed, step, balance, sequence_locked) = match from {
+                    None => (0, 0, 0, $crate::store::outbox::Audience::holds_sequence(audience, &order.user_id)),
+                    Some(_) => {
+                        let (clawed, step): (i64, i64) =
+                            sqlx::query_as("SELECT credits_clawed_back, credits_step FROM grants WHERE id = $1")
+                                .bind(grant_id)
+                                .fetch_one(&mut **tx)
+                                .await?;
+                        (clawed, step, Self::lock_balance(tx, &order.user_id).await?, true)
+                    }
+                };
                 let held_reason = match to {
                     $crate::domain::orders::GrantState::Suspended => format!("order {} disputed: unspent credits held", order.id),
                     _ => format!("order {} refunded or dispute lost: unspent credits clawed back", order.id),
                 };
                 let (clawed_after, step_after, unrecoverable, note) = match grant_credits(from, to, granted, clawed, balance) {
-                    GrantCredits::Nothing => return Ok(None),
+                    GrantCredits::Nothing => {
+                        if !sequence_locked {
+                            // What a decision writes whatever it decides (the sequence row).
+                            Self::lock_balance(tx, &order.user_id).await?;
+                        }
+                        return Ok(None);
+                    }
                     GrantCredits::Grant(n) => {
-                        Self::grant_movement(tx, order, grant_id, 0, CreditKind::Grant, n, format!("order {} paid", order.id), now).await?;
+                        Self::grant_movement(tx, order, grant_id, 0, CreditKind::Grant, n, format!("order {} paid", order.id), now, sequence_locked, audience).await?;
                         (0, 0, 0, format!("{n} credits granted"))
                     }
                     GrantCredits::GrantHeld(n) => {
-                        Self::grant_movement(tx, order, grant_id, 0, CreditKind::Grant, n, format!("order {} paid", order.id), now).await?;
-                        Self::grant_movement(tx, order, grant_id, 1, CreditKind::Clawback, -n, held_reason, now).await?;
+                        Self::grant_movement(tx, order, grant_id, 0, CreditKind::Grant, n, format!("order {} paid", order.id), now, sequence_locked, audience).await?;
+                        Self::grant_movement(tx, order, grant_id, 1, CreditKind::Clawback, -n, held_reason, now, true, audience).await?;
                         (n, 1, 0, format!("{n} credits granted and held"))
                     }
                     GrantCredits::Clawback { amount, unrecoverable } => {
                         let mut step_after = step;
                         if amount > 0 {
                             step_after = step + 1;
-                            Self::grant_movement(tx, order, grant_id, step_after, CreditKind::Clawback, -amount, held_reason, now).await?;
+                            Self::grant_movement(tx, order, grant_id, step_after, CreditKind::Clawback, -amount, held_reason, now, sequence_locked, audience).await?;
                         }
                         (clawed + amount, step_after, unrecoverable, format!("{amount} credits clawed back, {unrecoverable} already spent"))
                     }
@@ -303,22 +328,27 @@ macro_rules! impl_credit_store {
                         if n > 0 {
                             step_after = step + 1;
                             let reason = format!("order {}: dispute won, credits restored", order.id);
-                            Self::grant_movement(tx, order, grant_id, step_after, CreditKind::Restore, n, reason, now).await?;
+                            Self::grant_movement(tx, order, grant_id, step_after, CreditKind::Restore, n, reason, now, sequence_locked, audience).await?;
                         }
                         (0, step_after, 0, format!("{n} credits restored"))
                     }
                 };
-                sqlx::query("UPDATE grants SET credits_clawed_back = $2, credits_step = $3 WHERE id = $1")
-                    .bind(grant_id)
-                    .bind(clawed_after)
-                    .bind(step_after)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query("UPDATE orders SET credits_unrecoverable = $2 WHERE id = $1")
-                    .bind(&order.id)
-                    .bind(unrecoverable)
-                    .execute(&mut **tx)
-                    .await?;
+                // Only what changed is written (a grant's first credits change neither).
+                if (clawed_after, step_after) != (clawed, step) {
+                    sqlx::query("UPDATE grants SET credits_clawed_back = $2, credits_step = $3 WHERE id = $1")
+                        .bind(grant_id)
+                        .bind(clawed_after)
+                        .bind(step_after)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                if unrecoverable != order.credits_unrecoverable {
+                    sqlx::query("UPDATE orders SET credits_unrecoverable = $2 WHERE id = $1")
+                        .bind(&order.id)
+                        .bind(unrecoverable)
+                        .execute(&mut **tx)
+                        .await?;
+                }
                 Ok(Some(note))
             }
 
@@ -380,7 +410,7 @@ macro_rules! impl_credit_store {
                         // `lock_sequence`): writes first, they take SQLite's write
                         // lock at once (a read first would make the upgrade fail when another
                         // connection wrote meanwhile) and the row lock on PostgreSQL.
-                        let Some((balance, seq)) = Self::move_balance(&mut tx, &d.user_id, -d.amount, d.now).await? else {
+                        let Some((balance, seq)) = Self::move_balance(&mut tx, &d.user_id, -d.amount, d.now, false).await? else {
                             let user: Option<String> = sqlx::query_scalar("SELECT id FROM users WHERE id = $1").bind(&d.user_id).fetch_optional(&mut *tx).await?;
                             return Ok(user.is_none().then_some(CreditOutcome::NoUser));
                         };
@@ -398,7 +428,7 @@ macro_rules! impl_credit_store {
                             metadata: d.metadata.clone(),
                             created_at: d.now,
                         };
-                        match Self::insert_movement(&mut tx, &m, None, Some((&d.idempotency_key, &d.request_hash))).await {
+                        match Self::insert_movement(&mut tx, &m, None, Some((&d.idempotency_key, &d.request_hash)), &mut None).await {
                             // Another request with this key committed first (PostgreSQL: its
                             // row became visible once our UPDATE got the lock): ours rolls back.
                             Err($crate::store::error::StoreError::Conflict) => return Ok(None),
@@ -436,7 +466,8 @@ macro_rules! impl_credit_store {
                     if user.is_none() {
                         return Ok(CreditOutcome::NoUser);
                     }
-                    let Some((balance, seq)) = Self::move_balance(&mut tx, user_id, amount, now).await? else {
+                    // `lock_balance` took the sequence's lock already.
+                    let Some((balance, seq)) = Self::move_balance(&mut tx, user_id, amount, now, true).await? else {
                         return Ok(CreditOutcome::Insufficient { balance: before });
                     };
                     let m = MovementRow {
@@ -453,7 +484,7 @@ macro_rules! impl_credit_store {
                         metadata: None,
                         created_at: now,
                     };
-                    Self::insert_movement(&mut tx, &m, None, None).await?;
+                    Self::insert_movement(&mut tx, &m, None, None, &mut None).await?;
                     tx.commit().await?;
                     Ok(CreditOutcome::Moved(m))
                 })

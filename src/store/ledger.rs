@@ -95,8 +95,25 @@ pub(crate) struct Delivery {
 pub(crate) struct Deferred {
     pub lines: Vec<(String, EventStatus, String, DateTime<Utc>)>,
     pub seen: std::collections::HashMap<String, EventStatus>,
-    /// Ids the batch's first statement stored, until their event is carried out.
+    /// Ids the batch's first statement stored, until their event is carried out. That statement
+    /// tries every event of the batch.
     pub inserted: std::collections::HashSet<String>,
+    /// Ids the batch's first statement stored with their final status already (see
+    /// [`outcome_without_store`]): only their history lines remain to be written.
+    pub settled: std::collections::HashSet<String>,
+}
+
+/// The outcome of a plan that neither reads nor writes anything but the ledger, known before it
+/// is carried out: a batch stores such an event with its final status at once, so its row is
+/// written once, not inserted and then updated.
+pub(crate) fn outcome_without_store(plan: &EventPlan) -> Option<(EventStatus, String)> {
+    use crate::domain::ledger::{held_outcome, ignored_outcome, unmatched_outcome};
+    match plan {
+        EventPlan::Ignore(why) => Some(ignored_outcome(why)),
+        EventPlan::Unmatched(why) => Some(unmatched_outcome(why)),
+        EventPlan::Hold(why) => Some(held_outcome(why)),
+        EventPlan::SettleRefund { .. } | EventPlan::Apply(..) | EventPlan::ApplyNoted(..) => None,
+    }
 }
 
 /// Rows per closing statement (4 parameters each, well under either engine's limit).
@@ -493,9 +510,12 @@ macro_rules! impl_ledger_store {
                     return Ok(Recorded::Duplicate { status: *status });
                 }
                 // The insert comes first: on SQLite it takes the write lock before anything is read.
-                // Stored by the batch's first statement, or now.
-                let stored_first = deferred.as_mut().is_some_and(|d| d.inserted.remove(&e.event_id));
-                let inserted = if stored_first { 1 } else { Self::insert_event(tx, e, EventStatus::Received, now).await? };
+                // In a batch, its first statement tried every event's insert: one it did not store
+                // is in the ledger already (inserting it again would only say so once more).
+                let inserted = match deferred.as_mut() {
+                    Some(d) => u64::from(d.inserted.remove(&e.event_id)),
+                    None => Self::insert_event(tx, e, EventStatus::Received, now).await?,
+                };
                 let mut retried = false;
                 if inserted == 0 {
                     // Locks the event row, so two redeliveries of a failed event take turns.
@@ -513,6 +533,9 @@ macro_rules! impl_ledger_store {
                 let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
                 match deferred {
                     Some(d) => {
+                        if !retried && $crate::store::ledger::outcome_without_store(plan).is_some() {
+                            d.settled.insert(e.event_id.clone());
+                        }
                         d.seen.insert(e.event_id.clone(), status);
                         d.lines.push((e.event_id.clone(), status, detail.clone(), now));
                     }
@@ -521,7 +544,8 @@ macro_rules! impl_ledger_store {
                 Ok(Recorded::Stored { status, detail, retried })
             }
 
-            /// Stores the batch's events (status `received`) in one statement per
+            /// Stores the batch's events (status `received`, or their final one when their plan
+            /// needs nothing else: [`outcome_without_store`](crate::store::ledger::outcome_without_store)) in one statement per
             /// [`LINES_PER_STATEMENT`](crate::store::ledger::LINES_PER_STATEMENT) (not cached, as
             /// below); the ids that were new.
             async fn insert_events(
@@ -548,7 +572,9 @@ macro_rules! impl_ledger_store {
                     let mut insert = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                     for job in jobs {
                         let (e, now) = (&job.work.event, job.work.now);
-                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind($crate::domain::ledger::EventStatus::Received).bind(&e.payload).bind(e.provider);
+                        let status = $crate::store::ledger::outcome_without_store(&job.work.plan)
+                            .map_or($crate::domain::ledger::EventStatus::Received, |(status, _)| status);
+                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind(status).bind(&e.payload).bind(e.provider);
                     }
                     inserted.extend(insert.fetch_all(&mut **tx).await?);
                 }
@@ -561,7 +587,9 @@ macro_rules! impl_ledger_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 deferred: &$crate::store::ledger::Deferred,
             ) -> Result<(), $crate::store::error::StoreError> {
-                for lines in deferred.lines.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
+                // Events stored with their final status (same `updated_at`) are not written again.
+                let unsettled: Vec<_> = deferred.lines.iter().filter(|(id, ..)| !deferred.settled.contains(id)).collect();
+                for lines in unsettled.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
                     let values: Vec<String> = (0..lines.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
                     let sql = format!(
                         "UPDATE stripe_events SET status = v.column2, updated_at = v.column3 FROM (VALUES {}) AS v WHERE stripe_events.event_id = v.column1",
@@ -572,6 +600,8 @@ macro_rules! impl_ledger_store {
                         update = update.bind(id).bind(*status).bind(*at);
                     }
                     update.execute(&mut **tx).await?;
+                }
+                for lines in deferred.lines.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
                     let values: Vec<String> =
                         (0..lines.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
                     let sql = format!("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES {}", values.join(", "));

@@ -204,6 +204,24 @@ pub(crate) const MESSAGE_COLUMNS: &str =
     "id, kind, recipient, event_type, payload, fact_key, user_id, user_seq, occurred_at, status, \
      attempts, next_attempt_at, lease_owner, lease_until, delivered_at, last_error, created_at";
 
+/// Who one user's notices go to: their address, and every endpoint (id, the events it takes,
+/// disabled). Read once per event however many notices it makes (`write_notices`).
+pub(crate) struct Audience {
+    pub(crate) user_id: String,
+    pub(crate) email: Option<String>,
+    pub(crate) endpoints: Vec<(String, String, bool)>,
+    /// A notice took the user's next sequence number: their sequence row is locked until the
+    /// transaction ends (`lock_sequence` need not take it again).
+    pub(crate) sequence_locked: bool,
+}
+
+impl Audience {
+    /// Whether `user_id`'s sequence row is locked already in this transaction.
+    pub(crate) fn holds_sequence(audience: &Option<Audience>, user_id: &str) -> bool {
+        audience.as_ref().is_some_and(|a| a.sequence_locked && a.user_id == user_id)
+    }
+}
+
 /// Messages written since the dispatchers were last woken (see [`wake_after_commit`]).
 static WRITTEN: AtomicU64 = AtomicU64::new(0);
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
@@ -233,20 +251,30 @@ macro_rules! impl_outbox_store {
             /// Writes the messages `notices` make, in the caller's transaction: one per subscribed
             /// endpoint (`held` while it is disabled: sent once it is enabled again) and, for a receipt or refund notice, one email to the buyer. Each
             /// fact takes the user's next sequence number. A fact already reported writes nothing.
+            /// `audience`: who the user's notices go to, read here unless an earlier call in the
+            /// same event did.
             pub(crate) async fn write_notices(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 user_id: &str,
                 notices: Vec<$crate::domain::notifications::Notice>,
                 now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<u64, $crate::store::error::StoreError> {
                 use $crate::domain::notifications::{email_data, webhook_body};
                 if notices.is_empty() {
                     return Ok(0);
                 }
-                let email: Option<String> =
-                    sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut **tx).await?;
-                let endpoints: Vec<(String, String, bool)> =
-                    sqlx::query_as("SELECT id, events, disabled FROM webhook_endpoints ORDER BY id").fetch_all(&mut **tx).await?;
+                let known = match audience {
+                    Some(known) if known.user_id == user_id => known,
+                    _ => {
+                        let email: Option<String> =
+                            sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut **tx).await?;
+                        let endpoints: Vec<(String, String, bool)> =
+                            sqlx::query_as("SELECT id, events, disabled FROM webhook_endpoints ORDER BY id").fetch_all(&mut **tx).await?;
+                        audience.insert($crate::store::outbox::Audience { user_id: user_id.to_owned(), email, endpoints, sequence_locked: false })
+                    }
+                };
+                let $crate::store::outbox::Audience { email, endpoints, sequence_locked, .. } = known;
                 let mut written = 0;
                 for notice in notices {
                     let subscribed: Vec<(&str, bool)> = endpoints
@@ -267,6 +295,7 @@ macro_rules! impl_outbox_store {
                     .bind(user_id)
                     .fetch_one(&mut **tx)
                     .await?;
+                    *sequence_locked = true;
                     let mut data = notice.data.clone();
                     if let Some(map) = data.as_object_mut() {
                         map.insert("user".into(), serde_json::json!({ "id": user_id, "email": email }));

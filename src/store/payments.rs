@@ -225,6 +225,17 @@ pub trait PaymentStore: Send + Sync {
     async fn idempotency_abandon(&self, principal: &str, key: &str) -> Result<(), StoreError>;
 }
 
+/// The order `apply_locked` locks, with what its first statement also read.
+#[derive(sqlx::FromRow)]
+pub(crate) struct LockedOrder {
+    #[sqlx(flatten)]
+    pub order: OrderRow,
+    /// Another order holding the event's PaymentIntent, if any.
+    pub payment_intent_holder: Option<String>,
+    /// The name of the order's product (for its notices), if the product still exists.
+    pub product_name: Option<String>,
+}
+
 pub(crate) const PRODUCT_COLUMNS: &str =
     "id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at";
 pub(crate) const ORDER_COLUMNS: &str = "id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, \
@@ -253,23 +264,28 @@ macro_rules! impl_payment_store {
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<$crate::domain::orders::Applied, $crate::store::error::StoreError> {
                 use $crate::domain::orders::Applied;
-                use $crate::store::payments::{OrderRow, ORDER_COLUMNS};
+                use $crate::store::payments::{LockedOrder, ORDER_COLUMNS};
+                // The same statement reads what the steps below need of other rows: the order
+                // already holding the event's PaymentIntent, and the product's name for notices
+                // (each one statement fewer per event).
                 let sql = format!(
                     "UPDATE orders SET updated_at = updated_at WHERE id = (
                         SELECT id FROM orders
                          WHERE id = $1 OR checkout_session_id = $2 OR payment_intent_id = $3 OR charge_id = $4
                          ORDER BY CASE WHEN id = $1 THEN 0 WHEN checkout_session_id = $2 THEN 1 WHEN payment_intent_id = $3 THEN 2 ELSE 3 END
                          LIMIT 1)
-                     RETURNING {ORDER_COLUMNS}"
+                     RETURNING {ORDER_COLUMNS},
+                        (SELECT holder.id FROM orders holder WHERE holder.payment_intent_id = $3 AND holder.id <> orders.id LIMIT 1) AS payment_intent_holder,
+                        (SELECT products.name FROM products WHERE products.id = orders.product_id) AS product_name"
                 );
-                let row: Option<OrderRow> = sqlx::query_as(&sql)
+                let row: Option<LockedOrder> = sqlx::query_as(&sql)
                     .bind(&r.order_id)
                     .bind(&r.checkout_session_id)
                     .bind(&r.payment_intent_id)
                     .bind(&r.charge_id)
                     .fetch_optional(&mut **tx)
                     .await?;
-                let Some(order) = row else {
+                let Some(LockedOrder { order, payment_intent_holder, product_name }) = row else {
                     return Ok(Applied::NoOrder);
                 };
                 if !order.agrees_with(r) {
@@ -277,15 +293,8 @@ macro_rules! impl_payment_store {
                 }
                 // A payment another order already holds pays nothing here (the column is UNIQUE;
                 // asking first keeps the transaction usable and the answer a plain "not applied").
-                if let (None, Some(theirs)) = (&order.payment_intent_id, &r.payment_intent_id) {
-                    let holder: Option<(String,)> = sqlx::query_as("SELECT id FROM orders WHERE payment_intent_id = $1 AND id <> $2")
-                        .bind(theirs)
-                        .bind(&order.id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                    if holder.is_some() {
-                        return Ok(Applied::Disagrees { order_id: order.id });
-                    }
+                if order.payment_intent_id.is_none() && r.payment_intent_id.is_some() && payment_intent_holder.is_some() {
+                    return Ok(Applied::Disagrees { order_id: order.id });
                 }
                 let before = order.status();
                 let before_facts = order.facts();
@@ -313,8 +322,10 @@ macro_rules! impl_payment_store {
                 .execute(&mut **tx)
                 .await
                 .map_err($crate::store::accounts::conflict)?;
-                Self::write_order_notices(tx, &order, &before_facts, &facts, now).await?;
-                let grant_note = Self::reconcile_grant(tx, &order, &facts, now).await?;
+                // Who the user's notices go to, read once for all the notices this event makes.
+                let mut audience = None;
+                Self::write_order_notices(tx, &order, product_name.as_deref(), &before_facts, &facts, now, &mut audience).await?;
+                let grant_note = Self::reconcile_grant(tx, &order, &facts, before_facts.paid_at.is_none(), now, &mut audience).await?;
                 let note = match grant_note {
                     Some(g) => format!("{note}; {g}"),
                     None => note,
@@ -323,12 +334,15 @@ macro_rules! impl_payment_store {
             }
 
             /// Makes the order's grant what its facts say (`domain::orders::reconcile_grant`
-            /// decides): created once (UNIQUE order_id), then only its state changes.
+            /// decides): created once (UNIQUE order_id), then only its state changes. `first_paid`:
+            /// the order was not paid before this fact, so it most likely has no grant yet.
             async fn reconcile_grant(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 order: &$crate::store::payments::OrderRow,
                 facts: &$crate::domain::orders::OrderFacts,
+                first_paid: bool,
                 now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<Option<String>, $crate::store::error::StoreError> {
                 use $crate::domain::catalog::Grant;
                 use $crate::domain::orders::{reconcile_grant, GrantAction};
@@ -336,9 +350,19 @@ macro_rules! impl_payment_store {
                 if facts.grant_state().is_none() {
                     return Ok(None);
                 }
+                let grant = Grant::from_json(&order.grant_spec);
+                // The order's first payment: the grant an order without one gets is created at
+                // once, without reading first (one statement fewer). Its insert does nothing when a
+                // grant exists after all; that one is then read, and the decision taken with it.
+                if first_paid {
+                    if let Ok(GrantAction::Create(terms, state)) = reconcile_grant(facts, None, grant.as_ref(), now) {
+                        if let Some(note) = Self::create_grant(tx, order, facts, &terms, state, now, audience).await? {
+                            return Ok(Some(note));
+                        }
+                    }
+                }
                 let sql = format!("SELECT {GRANT_COLUMNS} FROM grants WHERE order_id = $1");
                 let existing: Option<GrantRow> = sqlx::query_as(&sql).bind(&order.id).fetch_optional(&mut **tx).await?;
-                let grant = Grant::from_json(&order.grant_spec);
                 let action = reconcile_grant(facts, existing.as_ref().map(|g| g.status), grant.as_ref(), now)
                     .map_err(|e| $crate::store::error::StoreError::Rule(format!("order {}: {e}", order.id)))?;
                 if !matches!(action, GrantAction::Keep) {
@@ -355,10 +379,10 @@ macro_rules! impl_payment_store {
                             .bind(now)
                             .execute(&mut **tx)
                             .await?;
-                        Self::write_grant_notice(tx, &g, Some(g.status), want, facts, now).await?;
+                        Self::write_grant_notice(tx, &g, Some(g.status), want, facts, now, audience).await?;
                         let mut note = format!("grant {} {}", g.id, want.as_str());
                         if g.kind == $crate::domain::orders::GrantKind::Credits {
-                            if let Some(credits) = Self::credits_on_grant(tx, order, &g.id, g.credits, Some(g.status), want, now).await? {
+                            if let Some(credits) = Self::credits_on_grant(tx, order, &g.id, g.credits, Some(g.status), want, now, audience).await? {
                                 note = format!("{note}; {credits}");
                             }
                         }
@@ -366,51 +390,66 @@ macro_rules! impl_payment_store {
                         Ok(Some(note))
                     }
                     (GrantAction::SetState(_), None) => Ok(None),
-                    (GrantAction::Create(terms, state), _) => {
-                        let id = $crate::domain::account::new_id("ent");
-                        let inserted = sqlx::query(
-                            "INSERT INTO grants (id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING",
-                        )
-                        .bind(&id)
-                        .bind(&order.id)
-                        .bind(&order.user_id)
-                        .bind(terms.kind)
-                        .bind(&terms.feature)
-                        .bind(terms.credits)
-                        .bind(state)
-                        .bind(terms.starts_at)
-                        .bind(terms.expires_at)
-                        .bind(now)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                        if inserted != 1 {
-                            return Ok(None);
-                        }
-                        let created = GrantRow {
-                            id: id.clone(),
-                            order_id: order.id.clone(),
-                            user_id: order.user_id.clone(),
-                            kind: terms.kind,
-                            feature: terms.feature.clone(),
-                            credits: terms.credits,
-                            status: state,
-                            starts_at: terms.starts_at,
-                            expires_at: terms.expires_at,
-                            created_at: now,
-                            updated_at: now,
-                        };
-                        Self::write_grant_notice(tx, &created, None, state, facts, now).await?;
-                        let mut note = format!("granted {id}");
-                        if terms.kind == $crate::domain::orders::GrantKind::Credits {
-                            if let Some(credits) = Self::credits_on_grant(tx, order, &id, terms.credits, None, state, now).await? {
-                                note = format!("{note}; {credits}");
-                            }
-                        }
-                        Ok(Some(note))
+                    (GrantAction::Create(terms, state), _) => Self::create_grant(tx, order, facts, &terms, state, now, audience).await,
+                }
+            }
+
+            /// Creates the order's grant with `terms` in `state`, its notice and its credits; the
+            /// line for the event's history, `None` when the order has a grant already.
+            async fn create_grant(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                order: &$crate::store::payments::OrderRow,
+                facts: &$crate::domain::orders::OrderFacts,
+                terms: &$crate::domain::orders::GrantTerms,
+                state: $crate::domain::orders::GrantState,
+                now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
+            ) -> Result<Option<String>, $crate::store::error::StoreError> {
+                use $crate::store::payments::GrantRow;
+                // The read view forgets the user's entitlements once this transaction is over.
+                $crate::store::invalidation::changed_in_transaction(&order.user_id);
+                let id = $crate::domain::account::new_id("ent");
+                let inserted = sqlx::query(
+                    "INSERT INTO grants (id, order_id, user_id, kind, feature, credits, status, starts_at, expires_at, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(&order.id)
+                .bind(&order.user_id)
+                .bind(terms.kind)
+                .bind(&terms.feature)
+                .bind(terms.credits)
+                .bind(state)
+                .bind(terms.starts_at)
+                .bind(terms.expires_at)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if inserted != 1 {
+                    return Ok(None);
+                }
+                let created = GrantRow {
+                    id: id.clone(),
+                    order_id: order.id.clone(),
+                    user_id: order.user_id.clone(),
+                    kind: terms.kind,
+                    feature: terms.feature.clone(),
+                    credits: terms.credits,
+                    status: state,
+                    starts_at: terms.starts_at,
+                    expires_at: terms.expires_at,
+                    created_at: now,
+                    updated_at: now,
+                };
+                Self::write_grant_notice(tx, &created, None, state, facts, now, audience).await?;
+                let mut note = format!("granted {id}");
+                if terms.kind == $crate::domain::orders::GrantKind::Credits {
+                    if let Some(credits) = Self::credits_on_grant(tx, order, &id, terms.credits, None, state, now, audience).await? {
+                        note = format!("{note}; {credits}");
                     }
                 }
+                Ok(Some(note))
             }
         }
 
@@ -419,27 +458,15 @@ macro_rules! impl_payment_store {
             async fn write_order_notices(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 order: &$crate::store::payments::OrderRow,
+                product_name: Option<&str>,
                 before: &$crate::domain::orders::OrderFacts,
                 after: &$crate::domain::orders::OrderFacts,
                 now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::domain::notifications::{order_notices, OrderView};
-                let mut view = OrderView {
-                    id: &order.id,
-                    product_id: &order.product_id,
-                    product_name: None,
-                    amount: order.amount,
-                    currency: &order.currency,
-                };
-                if order_notices(&view, before, after).is_empty() {
-                    return Ok(());
-                }
-                let name: Option<String> = sqlx::query_scalar("SELECT name FROM products WHERE id = $1")
-                    .bind(&order.product_id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                view.product_name = name.as_deref();
-                Self::write_notices(tx, &order.user_id, order_notices(&view, before, after), now).await?;
+                let view = OrderView { id: &order.id, product_id: &order.product_id, product_name, amount: order.amount, currency: &order.currency };
+                Self::write_notices(tx, &order.user_id, order_notices(&view, before, after), now, audience).await?;
                 Ok(())
             }
 
@@ -451,6 +478,7 @@ macro_rules! impl_payment_store {
                 to: $crate::domain::orders::GrantState,
                 facts: &$crate::domain::orders::OrderFacts,
                 now: chrono::DateTime<chrono::Utc>,
+                audience: &mut Option<$crate::store::outbox::Audience>,
             ) -> Result<(), $crate::store::error::StoreError> {
                 use $crate::domain::notifications::{grant_notice, GrantView};
                 let view = GrantView {
@@ -463,7 +491,7 @@ macro_rules! impl_payment_store {
                     expires_at: g.expires_at,
                 };
                 if let Some(n) = grant_notice(&view, from, to, facts) {
-                    Self::write_notices(tx, &g.user_id, vec![n], now).await?;
+                    Self::write_notices(tx, &g.user_id, vec![n], now, audience).await?;
                 }
                 Ok(())
             }

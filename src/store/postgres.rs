@@ -35,13 +35,10 @@ pub struct PgStore {
     view: View,
     /// For the change feed's own connection (`changes.rs`).
     options: PgConnectOptions,
-    /// Verified events' writers (group commit, `batch.rs`): [`INGEST_WRITERS`] side by side, at
-    /// most half the pool's connections.
+    /// Verified events' writers (group commit, `batch.rs`): `database_ingest_writers` side by
+    /// side, at most half the pool's connections (the rest serve everything else).
     ingest: IngestBatcher,
 }
-
-/// How many transactions of verified events run side by side on one instance.
-const INGEST_WRITERS: usize = 4;
 
 impl PgStore {
     /// PostgreSQL writers run side by side, locking rows, not the database.
@@ -88,7 +85,8 @@ impl PgStore {
         let max_connections = config.max_connections;
         let view = View::new(CAPACITY);
         let parts = Parts { pool: pool.clone(), health: health.clone(), max_connections, turn: None, view: view.clone() };
-        let ingest = PgStore::ingest_batcher(INGEST_WRITERS.min(max_connections as usize / 2), parts);
+        let writers = config.ingest_writers.min(max_connections / 2).max(1) as usize;
+        let ingest = PgStore::ingest_batcher(writers, parts);
         Ok(PgStore { pool, health, max_connections, view, options, ingest })
     }
 }

@@ -71,6 +71,7 @@ async fn sigkill_mid_stream_loses_no_acknowledged_event() {
     let store = tollgate::store::connect(&tollgate::config::DatabaseConfig {
         url: secrecy::SecretString::from(database_url.clone()),
         max_connections: 2,
+        ingest_writers: 4,
         acquire_timeout: std::time::Duration::from_secs(5),
         migrate_on_start: false,
     })

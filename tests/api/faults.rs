@@ -226,6 +226,7 @@ async fn a_full_disk_never_acknowledges_what_it_did_not_commit_and_recovers_by_i
     let store = tollgate::store::connect(&tollgate::config::DatabaseConfig {
         url: secrecy::SecretString::from(target.url().to_owned()),
         max_connections: 2,
+        ingest_writers: 4,
         acquire_timeout: Duration::from_secs(5),
         migrate_on_start: false,
     })

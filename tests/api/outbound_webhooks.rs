@@ -619,6 +619,7 @@ async fn sigkill_and_restart_between_five_deliveries_still_make_one_order_paid()
     let store = tollgate::store::connect(&tollgate::config::DatabaseConfig {
         url: secrecy::SecretString::from(database_url.clone()),
         max_connections: 2,
+        ingest_writers: 4,
         acquire_timeout: Duration::from_secs(5),
         migrate_on_start: false,
     })

@@ -464,6 +464,7 @@ async fn a_user_disabled_by_another_process_is_refused_within_a_second() {
     let other = tollgate::store::connect(&tollgate::config::DatabaseConfig {
         url: secrecy::SecretString::from(app.database_url.clone()),
         max_connections: 2,
+        ingest_writers: 4,
         acquire_timeout: Duration::from_secs(5),
         migrate_on_start: false,
     })
