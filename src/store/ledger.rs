@@ -347,7 +347,7 @@ macro_rules! impl_ledger_store {
                 use $crate::store::ledger::Attempt;
                 let (mut conn, _turn) = parts.writer().await?;
                 // Set when SQLite ended the transaction on its own: sqlx still counts it open, so
-                // the connection is closed rather than reused.
+                // the two are brought back in line before the connection is reused.
                 let mut ended = false;
                 // The users whose grants or balances the batch changed leave the read view once
                 // it is over (committed or rolled back), never before (`invalidation.rs`).
@@ -423,7 +423,7 @@ macro_rules! impl_ledger_store {
                 })
                 .await;
                 if ended {
-                    conn.close_on_drop();
+                    Self::after_ended_transaction(parts, &mut conn).await;
                 }
                 $crate::store::pool::settle(&parts.health, conn, result)
             }

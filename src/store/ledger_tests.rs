@@ -273,6 +273,34 @@ async fn an_event_whose_failure_ends_the_transaction_fails_alone_and_the_rest_of
     stored_as(&batch(&store, &["evt_end_e"]).await[0], "evt_end_e", false);
 }
 
+/// SQLite in memory (`sqlite::memory:`, a pool of one connection, in which the database lives):
+/// after a failure that ended the shared transaction, the connection is brought back in line and
+/// kept, not closed (a new one would be a new, empty database). The other event of the batch is
+/// stored, and so is the next batch; the schema is still there.
+#[tokio::test]
+async fn an_ended_transaction_keeps_an_in_memory_database() {
+    let url = "sqlite::memory:";
+    let store = SqliteStore::connect(url, &config(url)).await.unwrap();
+    store.migrate().await.unwrap();
+    refuse_history_of(&store, Engine::Sqlite, "evt_mem_victim", "ROLLBACK").await;
+    // Without savepoints (the first try is rolled back whole) and with them (the victim ends the
+    // transaction inside its savepoint).
+    let answers = batch(&store, &["evt_mem_a", "evt_mem_victim"]).await;
+    stored_as(&answers[0], "evt_mem_a", false);
+    match &answers[1] {
+        Err(e) => assert!(e.to_string().contains("injected"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stored(&store, "evt_mem_a").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+    // The victim alone in its batch (without savepoints only), then a batch after it.
+    assert!(batch(&store, &["evt_mem_victim"]).await[0].is_err());
+    stored_as(&batch(&store, &["evt_mem_b"]).await[0], "evt_mem_b", false);
+    assert_eq!(stored(&store, "evt_mem_b").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+    // The connection is outside any transaction: what it writes now is committed.
+    store.mark_event_failed(&delivery("evt_mem_victim").event, "a test", Utc::now()).await.unwrap();
+    assert_eq!(stored(&store, "evt_mem_victim").await, Some((EventStatus::Failed, vec!["failed".to_owned()])));
+}
+
 /// PostgreSQL only: a constraint trigger checked at COMMIT (SQLite has none).
 #[tokio::test]
 async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_batch() {
