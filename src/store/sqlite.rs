@@ -43,7 +43,9 @@ pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<()>>,
     health: Arc<Health>,
     max_connections: u32,
-    /// The database lives in memory, in the pool's one connection.
+    /// The database lives in memory, in the pool's one connection (the writer's copy is in its
+    /// `Parts`; this one is read only by `batch_parts`, for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     in_memory: bool,
     /// Another process (the CLI) may write the same file unseen: entries live `view::MAX_AGE`.
     view: View,
