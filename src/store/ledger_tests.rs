@@ -72,6 +72,11 @@ async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
 /// then the test `test` (its name, for the message) says it was skipped, on the real stderr
 /// (libtest captures `eprintln!` of a passing test, and a skip nobody sees is a silent pass).
 async fn postgres(test: &str) -> Option<PgStore> {
+    postgres_with(test, config("").max_connections).await
+}
+
+/// As [`postgres`], with a pool of `max_connections`.
+async fn postgres_with(test: &str, max_connections: u32) -> Option<PgStore> {
     use sqlx::Connection;
     let Some(admin) = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         use std::io::Write;
@@ -87,7 +92,8 @@ async fn postgres(test: &str) -> Option<PgStore> {
     conn.close().await.ok();
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&name);
-    let store = PgStore::connect(url.as_str(), &config(url.as_str())).await.unwrap();
+    let config = DatabaseConfig { max_connections, ..config(url.as_str()) };
+    let store = PgStore::connect(url.as_str(), &config).await.unwrap();
     store.migrate().await.unwrap();
     Some(store)
 }
@@ -341,13 +347,13 @@ async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_bat
 }
 
 /// PostgreSQL only: several events of one batch keep meeting deadlocks (injected: a trigger raising
-/// SQLSTATE 40P01 for them on every try). Each is carried out alone after the commit, runs out of
-/// tries and is answered with its error, once; the rest of the batch is committed.
+/// SQLSTATE 40P01 for them on every try). Each is carried out alone after the commit (with a pool
+/// of 16, four side by side), runs out of tries and is answered with its error, once; the rest of
+/// the batch is committed.
 #[tokio::test]
 async fn events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error() {
-    let Some(store) = postgres("events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error").await else {
-        return;
-    };
+    let test = "events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error";
+    let Some(store) = postgres_with(test, 16).await else { return };
     store
         .execute(
             "CREATE FUNCTION deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
