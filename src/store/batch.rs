@@ -67,6 +67,9 @@ pub(crate) struct Parts<DB: sqlx::Database> {
     pub pool: sqlx::Pool<DB>,
     pub health: Arc<Health>,
     pub max_connections: u32,
+    /// An SQLite database in memory: it lives in its one connection, so that connection is never
+    /// closed (a new one would be a new, empty database), whatever it went through.
+    pub in_memory: bool,
     pub turn: Option<Arc<tokio::sync::Mutex<()>>>,
     /// The store's read view: users a batch changed are forgotten once it is over.
     pub view: super::view::View,

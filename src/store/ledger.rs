@@ -123,7 +123,8 @@ pub(crate) type IngestJob = super::batch::Job<Delivery, Recorded>;
 pub(crate) type IngestBatcher = super::batch::Batcher<Delivery, Recorded>;
 
 /// A PostgreSQL deadlock or serialization failure: the event is tried again, alone, after its
-/// batch (two batches may lock the same orders in different orders).
+/// batch (two writers' batches may lock the same orders, refunds or grants in opposite orders:
+/// sorting a batch by event id orders its `stripe_events` rows, not the rows its events change).
 pub(crate) fn retry_alone(e: &sqlx::Error) -> bool {
     e.as_database_error().and_then(|d| d.code()).is_some_and(|code| code == "40P01" || code == "40001")
 }
@@ -131,6 +132,18 @@ pub(crate) fn retry_alone(e: &sqlx::Error) -> bool {
 /// How many times in all an event carried out alone is tried when it meets a deadlock or a
 /// serialization failure.
 pub(crate) const ALONE_TRIES: u32 = 5;
+
+/// How long after a batch's commit the events it left to be carried out alone may still be tried
+/// again: each try that meets a deadlock may first wait PostgreSQL's `deadlock_timeout` (1 s by
+/// default) before it is chosen as the victim, and the writer takes no new batch meanwhile. A try
+/// begun before the deadline runs to its end; an event not yet tried is still tried once.
+pub(crate) const ALONE_RETRIES_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many events of one batch are carried out alone side by side: up to 4, at least one, and no
+/// more than a quarter of the pool's connections (other requests need them too).
+pub(crate) fn alone_at_once(max_connections: u32) -> usize {
+    (max_connections as usize / 4).clamp(1, 4)
+}
 
 /// The pause before the next try of an event carried out alone, after `tries` tries: 5 ms doubled
 /// each try, plus up to as much again at random, so writers that collided do not collide again in
@@ -306,8 +319,15 @@ macro_rules! impl_ledger_store {
             /// whole and carried out again with them.
             ///
             /// The batch is sorted by event id (stably: deliveries of one id keep their order)
-            /// before either try, so both tries, and every writer's batches, take their locks in
-            /// the same order.
+            /// before either try, so both tries carry it out in one order, and two writers'
+            /// batches holding the same ids lock those `stripe_events` rows in one order (one
+            /// waits for the other). The rows the events change (orders, refunds, grants) follow
+            /// no such order across batches: on PostgreSQL two writers may deadlock over them.
+            /// PostgreSQL detects it and fails one of the two statements (40P01); that batch is
+            /// rolled back and carried out again with savepoints, and an event that meets a
+            /// deadlock there is carried out again alone after the commit (a few at a time, a
+            /// bounded number of tries, within [`ALONE_RETRIES_FOR`](crate::store::ledger::ALONE_RETRIES_FOR)).
+            /// No advisory lock or global order is taken to avoid it.
             ///
             /// On SQLite some failures end the whole transaction on their own (a trigger's
             /// `RAISE(ROLLBACK, …)`, an interrupt, out of memory, an `ON CONFLICT ROLLBACK`
@@ -346,10 +366,19 @@ macro_rules! impl_ledger_store {
                         }
                     }
                 }
-                for job in alone {
-                    let d = &job.work;
-                    let answer = Self::record_alone(parts, &d.event, &d.plan, d.now).await;
-                    job.answer(answer);
+                // Side by side (a few at a time, so the pool keeps connections for other requests)
+                // and within a deadline for retries, so a batch with many victims does not keep its
+                // writer for one deadlock wait after another.
+                if !alone.is_empty() {
+                    use futures_util::StreamExt;
+                    let deadline = tokio::time::Instant::now() + $crate::store::ledger::ALONE_RETRIES_FOR;
+                    futures_util::stream::iter(alone)
+                        .for_each_concurrent($crate::store::ledger::alone_at_once(parts.max_connections), |job| async move {
+                            let d = &job.work;
+                            let answer = Self::record_alone(parts, &d.event, &d.plan, d.now, deadline).await;
+                            job.answer(answer);
+                        })
+                        .await;
                 }
             }
 
@@ -364,7 +393,7 @@ macro_rules! impl_ledger_store {
                 use $crate::store::ledger::Attempt;
                 let (mut conn, _turn) = parts.writer().await?;
                 // Set when SQLite ended the transaction on its own: sqlx still counts it open, so
-                // the connection is closed rather than reused.
+                // the two are brought back in line before the connection is reused.
                 let mut ended = false;
                 // The users whose grants or balances the batch changed leave the read view once
                 // it is over (committed or rolled back), never before (`invalidation.rs`).
@@ -440,20 +469,22 @@ macro_rules! impl_ledger_store {
                 })
                 .await;
                 if ended {
-                    conn.close_on_drop();
+                    Self::after_ended_transaction(parts, &mut conn).await;
                 }
                 $crate::store::pool::settle(&parts.health, conn, result)
             }
 
             /// One delivery in a transaction of its own. A PostgreSQL deadlock or serialization
             /// failure is tried again, up to [`ALONE_TRIES`](crate::store::ledger::ALONE_TRIES)
-            /// times in all, after a short jittered pause (`ledger::alone_backoff`): another
-            /// writer holding the same rows usually commits meanwhile.
+            /// times in all and not after `deadline`, after a short jittered pause
+            /// (`ledger::alone_backoff`): another writer holding the same rows usually commits
+            /// meanwhile. Its last error answers it (its caller records it `failed`; Stripe retries).
             async fn record_alone(
                 parts: &$crate::store::batch::Parts<$db>,
                 e: &$crate::store::ledger::NewEvent,
                 plan: &$crate::domain::ledger::EventPlan,
                 now: chrono::DateTime<chrono::Utc>,
+                deadline: tokio::time::Instant,
             ) -> Result<$crate::domain::ledger::Recorded, $crate::store::error::StoreError> {
                 use $crate::store::error::StoreError;
                 let mut tries = 1;
@@ -461,7 +492,9 @@ macro_rules! impl_ledger_store {
                     let result = Self::record_alone_once(parts, e, plan, now).await;
                     match &result {
                         Err(StoreError::Database(error))
-                            if tries < $crate::store::ledger::ALONE_TRIES && $crate::store::ledger::retry_alone(error) =>
+                            if tries < $crate::store::ledger::ALONE_TRIES
+                                && tokio::time::Instant::now() < deadline
+                                && $crate::store::ledger::retry_alone(error) =>
                         {
                             tracing::warn!(event_id = %e.event_id, error = %error, tries, "an event carried out alone met a deadlock or a serialization failure; trying again");
                             tokio::time::sleep($crate::store::ledger::alone_backoff(tries)).await;

@@ -68,11 +68,22 @@ async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     (store, dir)
 }
 
-/// A migrated database of its own on the `TEST_DATABASE_URL` server, or None when that is unset.
-async fn postgres() -> Option<PgStore> {
+/// A migrated database of its own on the `TEST_DATABASE_URL` server, or None when that is unset:
+/// then the test `test` (its name, for the message) says it was skipped, on the real stderr
+/// (libtest captures `eprintln!` of a passing test, and a skip nobody sees is a silent pass).
+async fn postgres(test: &str) -> Option<PgStore> {
+    postgres_with(test, config("").max_connections).await
+}
+
+/// As [`postgres`], with a pool of `max_connections`.
+async fn postgres_with(test: &str, max_connections: u32) -> Option<PgStore> {
     use sqlx::Connection;
     let Some(admin) = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
-        eprintln!("skipped on PostgreSQL: TEST_DATABASE_URL is not set (this test ran on SQLite only)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED store::ledger_tests::{test}: needs PostgreSQL, and TEST_DATABASE_URL is not set"
+        );
         return None;
     };
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL is reachable");
@@ -81,7 +92,8 @@ async fn postgres() -> Option<PgStore> {
     conn.close().await.ok();
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&name);
-    let store = PgStore::connect(url.as_str(), &config(url.as_str())).await.unwrap();
+    let config = DatabaseConfig { max_connections, ..config(url.as_str()) };
+    let store = PgStore::connect(url.as_str(), &config).await.unwrap();
     store.migrate().await.unwrap();
     Some(store)
 }
@@ -233,7 +245,7 @@ async fn the_writer_carries_out_batches_on_sqlite() {
 
 #[tokio::test]
 async fn the_writer_carries_out_batches_on_postgres() {
-    let Some(store) = postgres().await else { return };
+    let Some(store) = postgres("the_writer_carries_out_batches_on_postgres").await else { return };
     many_events_share_one_batch_and_each_gets_its_own_answer(&store).await;
     a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, Engine::Postgres).await;
     a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
@@ -273,10 +285,38 @@ async fn an_event_whose_failure_ends_the_transaction_fails_alone_and_the_rest_of
     stored_as(&batch(&store, &["evt_end_e"]).await[0], "evt_end_e", false);
 }
 
+/// SQLite in memory (`sqlite::memory:`, a pool of one connection, in which the database lives):
+/// after a failure that ended the shared transaction, the connection is brought back in line and
+/// kept, not closed (a new one would be a new, empty database). The other event of the batch is
+/// stored, and so is the next batch; the schema is still there.
+#[tokio::test]
+async fn an_ended_transaction_keeps_an_in_memory_database() {
+    let url = "sqlite::memory:";
+    let store = SqliteStore::connect(url, &config(url)).await.unwrap();
+    store.migrate().await.unwrap();
+    refuse_history_of(&store, Engine::Sqlite, "evt_mem_victim", "ROLLBACK").await;
+    // Without savepoints (the first try is rolled back whole) and with them (the victim ends the
+    // transaction inside its savepoint).
+    let answers = batch(&store, &["evt_mem_a", "evt_mem_victim"]).await;
+    stored_as(&answers[0], "evt_mem_a", false);
+    match &answers[1] {
+        Err(e) => assert!(e.to_string().contains("injected"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(stored(&store, "evt_mem_a").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+    // The victim alone in its batch (without savepoints only), then a batch after it.
+    assert!(batch(&store, &["evt_mem_victim"]).await[0].is_err());
+    stored_as(&batch(&store, &["evt_mem_b"]).await[0], "evt_mem_b", false);
+    assert_eq!(stored(&store, "evt_mem_b").await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])));
+    // The connection is outside any transaction: what it writes now is committed.
+    store.mark_event_failed(&delivery("evt_mem_victim").event, "a test", Utc::now()).await.unwrap();
+    assert_eq!(stored(&store, "evt_mem_victim").await, Some((EventStatus::Failed, vec!["failed".to_owned()])));
+}
+
 /// PostgreSQL only: a constraint trigger checked at COMMIT (SQLite has none).
 #[tokio::test]
 async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_batch() {
-    let Some(store) = postgres().await else { return };
+    let Some(store) = postgres("a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_batch").await else { return };
     store
         .execute(
             "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -304,4 +344,84 @@ async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_bat
     stored_as(&answers[1], "evt_commit_victim", false);
     stored_as(&answers[2], "evt_commit_b", false);
     assert!(matches!(answers[3], Ok(Recorded::Duplicate { .. })), "{:?}", answers[3]);
+}
+
+/// PostgreSQL only: several events of one batch keep meeting deadlocks (injected: a trigger raising
+/// SQLSTATE 40P01 for them on every try). Each is carried out alone after the commit (with a pool
+/// of 16, four side by side), runs out of tries and is answered with its error, once; the rest of
+/// the batch is committed.
+#[tokio::test]
+async fn events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error() {
+    let test = "events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error";
+    let Some(store) = postgres_with(test, 16).await else { return };
+    store
+        .execute(
+            "CREATE FUNCTION deadlock() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.event_id LIKE 'evt_dl_victim_%' AND NEW.status <> 'failed' THEN
+                 RAISE EXCEPTION 'injected deadlock' USING ERRCODE = '40P01';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER deadlock BEFORE INSERT ON stripe_event_history FOR EACH ROW EXECUTE FUNCTION deadlock();",
+        )
+        .await;
+    let ids = ["evt_dl_victim_1", "evt_dl_a", "evt_dl_victim_2", "evt_dl_b", "evt_dl_victim_3", "evt_dl_victim_4"];
+    let answers = batch(&store, &ids).await;
+    for (id, answer) in ids.iter().zip(&answers) {
+        if id.starts_with("evt_dl_victim_") {
+            match answer {
+                Err(e) => assert!(e.to_string().contains("injected deadlock"), "{id}: {e}"),
+                other => panic!("{id}: {other:?}"),
+            }
+            assert_eq!(stored(&store, id).await, None, "{id}: rolled back (its caller records it failed)");
+        } else {
+            stored_as(answer, id, false);
+            assert_eq!(stored(&store, id).await, Some((EventStatus::Ignored, vec!["ignored".to_owned()])), "{id}");
+        }
+    }
+}
+
+/// PostgreSQL only: two writers' batches, each sorted by event id, settle the same two refunds in
+/// opposite orders (a trigger makes each update slow, so both hold their first refund while they
+/// ask for the second). PostgreSQL fails one of them with a deadlock; that batch is carried out
+/// again, and every event of both batches is stored once and both refunds are settled.
+#[tokio::test]
+async fn two_writers_locking_the_same_refunds_in_opposite_orders_both_commit_everything() {
+    use crate::domain::orders::RefundStatus;
+    let Some(store) = postgres("two_writers_locking_the_same_refunds_in_opposite_orders_both_commit_everything").await else {
+        return;
+    };
+    store
+        .execute(
+            "ALTER TABLE refunds DROP CONSTRAINT refunds_order_id_fkey;
+             INSERT INTO refunds (id, order_id, amount, currency, status, requested_by, created_at) VALUES
+               ('re_1', 'ord_x', 100, 'eur', 'pending', 'a test', now()),
+               ('re_2', 'ord_x', 100, 'eur', 'pending', 'a test', now());
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_sleep(0.3); RETURN NEW; END $$;
+             CREATE TRIGGER slow AFTER UPDATE ON refunds FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await;
+    let settle = |id: &str, refund: &str| {
+        let mut d = delivery(id);
+        d.plan = EventPlan::SettleRefund {
+            refund_id: refund.to_owned(),
+            stripe_refund_id: format!("sr_{id}"),
+            status: RefundStatus::Succeeded,
+        };
+        Job::new(d)
+    };
+    // Writer a: re_1 then re_2; writer b: re_2 then re_1.
+    let (a, a_answers): (Vec<_>, Vec<_>) = [settle("evt_lock_a1", "re_1"), settle("evt_lock_a2", "re_2")].into_iter().unzip();
+    let (b, b_answers): (Vec<_>, Vec<_>) = [settle("evt_lock_b1", "re_2"), settle("evt_lock_b2", "re_1")].into_iter().unzip();
+    tokio::join!(store.run(a), store.run(b));
+    let ids = ["evt_lock_a1", "evt_lock_a2", "evt_lock_b1", "evt_lock_b2"];
+    for (id, answer) in ids.into_iter().zip(a_answers.into_iter().chain(b_answers)) {
+        let answer = answer.await.expect("every job of a batch is answered");
+        assert!(matches!(answer, Ok(Recorded::Stored { .. })), "{id}: {answer:?}");
+        let (_, history) = stored(&store, id).await.unwrap_or_else(|| panic!("{id} is stored"));
+        assert_eq!(history.len(), 1, "{id}: {history:?}");
+    }
+    assert_eq!(store.column("SELECT status FROM refunds ORDER BY id").await, ["succeeded", "succeeded"]);
 }

@@ -52,6 +52,15 @@ impl PgStore {
         false
     }
 
+    /// Never called: PostgreSQL never ends a transaction on its own (see
+    /// `SqliteStore::after_ended_transaction`). Were it to happen, the connection is not reused.
+    pub(crate) async fn after_ended_transaction(
+        _parts: &Parts<sqlx::Postgres>,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Postgres>,
+    ) {
+        conn.close_on_drop();
+    }
+
     /// What the ledger's writers work with (tests hand them batches of their own making).
     #[cfg(test)]
     pub(crate) fn batch_parts(&self) -> Parts<sqlx::Postgres> {
@@ -59,6 +68,7 @@ impl PgStore {
             pool: self.pool.clone(),
             health: self.health.clone(),
             max_connections: self.max_connections,
+            in_memory: false,
             turn: None,
             view: self.view.clone(),
         }
@@ -84,7 +94,14 @@ impl PgStore {
         let health = Arc::new(Health::new());
         let max_connections = config.max_connections;
         let view = View::new(CAPACITY);
-        let parts = Parts { pool: pool.clone(), health: health.clone(), max_connections, turn: None, view: view.clone() };
+        let parts = Parts {
+            pool: pool.clone(),
+            health: health.clone(),
+            max_connections,
+            in_memory: false,
+            turn: None,
+            view: view.clone(),
+        };
         let writers = config.ingest_writers.min(max_connections / 2).max(1) as usize;
         let ingest = PgStore::ingest_batcher(writers, parts);
         Ok(PgStore { pool, health, max_connections, view, options, ingest })

@@ -43,6 +43,10 @@ pub struct SqliteStore {
     writer: Arc<tokio::sync::Mutex<()>>,
     health: Arc<Health>,
     max_connections: u32,
+    /// The database lives in memory, in the pool's one connection (the writer's copy is in its
+    /// `Parts`; this one is read only by `batch_parts`, for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    in_memory: bool,
     /// Another process (the CLI) may write the same file unseen: entries live `view::MAX_AGE`.
     view: View,
     /// The one writer of verified events (group commit, `batch.rs`): it takes the writers' turn
@@ -62,12 +66,7 @@ async fn reusable(conn: &mut SqliteConnection, age: Duration, health: &Health) -
     }
     // The handle is handed over only after the connection's worker has carried out what was
     // queued before (a dropped transaction's ROLLBACK), so both counts below are settled.
-    let autocommit = match conn.lock_handle().await {
-        // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit only
-        // reads the connection's state.
-        Ok(mut handle) => (unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }) != 0,
-        Err(_) => return false,
-    };
+    let Some(autocommit) = autocommit(conn).await else { return false };
     if !autocommit || conn.is_in_transaction() {
         tracing::warn!(
             sqlite = !autocommit,
@@ -77,6 +76,54 @@ async fn reusable(conn: &mut SqliteConnection, age: Duration, health: &Health) -
         return false;
     }
     true
+}
+
+/// Whether SQLite is outside any transaction on `conn` (autocommit mode). The handle is handed over
+/// only after the connection's worker has carried out what was queued before it.
+async fn autocommit(conn: &mut SqliteConnection) -> Option<bool> {
+    let mut handle = conn.lock_handle().await.ok()?;
+    // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit only reads
+    // the connection's state.
+    Some((unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }) != 0)
+}
+
+/// Brings sqlx's count of open transactions on `conn` back in line with SQLite's after SQLite
+/// ended a transaction on its own: opens in SQLite, behind sqlx's back, the transaction and
+/// savepoints sqlx still counts (`BEGIN`, then sqlx's own savepoint names), then rolls each back
+/// through sqlx, which counts it closed. Whether both now agree that no transaction is open.
+///
+/// This uses sqlx's `TransactionManager` (public, though hidden from its documentation) and the
+/// savepoint names of sqlx 0.8 (`_sqlx_savepoint_N`, pinned by Cargo.lock); should either change,
+/// the check at the end fails and the caller does not reuse the connection as it is.
+///
+/// Boxed: the callers' futures must be `Send`, which the compiler cannot prove through this one's
+/// borrows unboxed ("implementation of `Send` is not general enough").
+fn realign(conn: &mut SqliteConnection) -> futures_util::future::BoxFuture<'_, bool> {
+    Box::pin(realign_now(conn))
+}
+
+async fn realign_now(conn: &mut SqliteConnection) -> bool {
+    use sqlx::TransactionManager;
+    type Manager = <sqlx::Sqlite as sqlx::Database>::TransactionManager;
+    // First, so the rollbacks the dropped transaction queued have been carried out (and failed).
+    let Some(ended) = autocommit(conn).await else { return false };
+    let depth = Manager::get_transaction_depth(conn);
+    if depth > 0 && ended {
+        let statements = std::iter::once("BEGIN".to_owned()).chain((1..depth).map(|n| format!("SAVEPOINT _sqlx_savepoint_{n}")));
+        for sql in statements {
+            if let Err(e) = sqlx::query(&sql).persistent(false).execute(&mut *conn).await {
+                tracing::warn!(error = %e, "could not reopen the transaction SQLite ended on its own");
+                return false;
+            }
+        }
+    }
+    for _ in 0..depth {
+        if let Err(e) = Manager::rollback(conn).await {
+            tracing::warn!(error = %e, "could not roll back the transaction SQLite ended on its own");
+            return false;
+        }
+    }
+    autocommit(conn).await == Some(true) && !conn.is_in_transaction()
 }
 
 impl SqliteStore {
@@ -113,10 +160,16 @@ impl SqliteStore {
             .await?;
         let writer = Arc::new(tokio::sync::Mutex::new(()));
         let view = View::new(CAPACITY);
-        let parts =
-            Parts { pool: pool.clone(), health: health.clone(), max_connections, turn: Some(writer.clone()), view: view.clone() };
+        let parts = Parts {
+            pool: pool.clone(),
+            health: health.clone(),
+            max_connections,
+            in_memory,
+            turn: Some(writer.clone()),
+            view: view.clone(),
+        };
         let ingest = SqliteStore::ingest_batcher(1, parts);
-        Ok(SqliteStore { pool, writer, health, max_connections, view, ingest })
+        Ok(SqliteStore { pool, writer, health, max_connections, in_memory, view, ingest })
     }
 
     /// The right to write, held for a whole write transaction.
@@ -129,12 +182,29 @@ impl SqliteStore {
     /// constraint roll the whole transaction back. sqlx still counts it open, and a rollback (to a
     /// savepoint or whole) then fails. Asked only of a connection inside a transaction.
     pub(crate) async fn transaction_ended(conn: &mut SqliteConnection) -> bool {
-        match conn.lock_handle().await {
-            // SAFETY: the handle is locked for the duration of the call; sqlite3_get_autocommit
-            // only reads the connection's state.
-            Ok(mut handle) => (unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }) != 0,
-            // The connection's worker is gone: nothing of the transaction will commit either.
-            Err(_) => true,
+        // Without a worker (it is gone), nothing of the transaction will commit either.
+        autocommit(conn).await.unwrap_or(true)
+    }
+
+    /// After SQLite ended, on its own, the transaction the ledger's writer had open on `conn`
+    /// ([`transaction_ended`](Self::transaction_ended)), once that transaction (and its savepoint)
+    /// were dropped: sqlx still counts them open, since its rollbacks failed with nothing to roll
+    /// back, so the next `begin` on `conn` would open a savepoint in a transaction that never
+    /// commits. [`realign`] brings the two counts back in line and the connection is reused.
+    /// Should that fail, a file database's connection is closed (the pool opens another); an
+    /// in-memory database's never is, since the database lives in it and a new connection would
+    /// be a new, empty database.
+    pub(crate) async fn after_ended_transaction(
+        parts: &Parts<sqlx::Sqlite>,
+        conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    ) {
+        if realign(conn).await {
+            return;
+        }
+        if parts.in_memory {
+            tracing::error!("an in-memory SQLite connection is still counted inside a transaction; kept, as closing it would lose the database");
+        } else {
+            conn.close_on_drop();
         }
     }
 
@@ -145,6 +215,7 @@ impl SqliteStore {
             pool: self.pool.clone(),
             health: self.health.clone(),
             max_connections: self.max_connections,
+            in_memory: self.in_memory,
             turn: Some(self.writer.clone()),
             view: self.view.clone(),
         }
