@@ -5,7 +5,7 @@
 //! One service instead of a layer each: `axum::middleware::from_fn` clones the whole service it
 //! wraps and boxes it on every request, so three of them nested (with tower-http's timeout and
 //! sensitive-headers layers between) cloned and boxed the stack eight times per request. Measured
-//! in-process (`bench/stack.rs`): that was most of what `GET /healthz` cost beyond routing.
+//! in-process (`examples/stack_cost.rs`): that was most of what `GET /healthz` cost beyond routing.
 
 use std::convert::Infallible;
 use std::sync::Arc;

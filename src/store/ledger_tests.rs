@@ -56,6 +56,7 @@ fn config(url: &str) -> DatabaseConfig {
         max_connections: 4,
         acquire_timeout: std::time::Duration::from_secs(10),
         migrate_on_start: false,
+        ingest_writers: 4,
     }
 }
 
