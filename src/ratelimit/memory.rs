@@ -36,8 +36,13 @@ impl MemoryRateLimiter {
         let mut state = self.lock();
         let (decision, new_tat) = gcra(state.tats.get(key).copied(), now, quota);
         if record {
-            if let Some(t) = new_tat {
-                state.tats.insert(key.to_owned(), t);
+            match (new_tat, state.tats.get_mut(key)) {
+                (Some(t), Some(tat)) => *tat = t,
+                // A key's first hit: only then is it copied.
+                (Some(t), None) => {
+                    state.tats.insert(key.to_owned(), t);
+                }
+                (None, _) => {}
             }
             state.sweep(now);
         }
