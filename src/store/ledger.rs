@@ -614,8 +614,10 @@ macro_rules! impl_ledger_store {
                 Ok(inserted)
             }
 
-            /// The statuses and history lines `deferred` holds, in two statements (not cached:
-            /// their text depends on the batch's size).
+            /// The statuses and history lines `deferred` holds: per chunk of lines, one statement for
+            /// the statuses of events not stored with their final status already (none when all
+            /// were) and one for the history lines (not cached: their text depends on the batch's
+            /// size).
             async fn write_deferred(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 deferred: &$crate::store::ledger::Deferred,

@@ -293,6 +293,10 @@ macro_rules! impl_payment_store {
                 }
                 // A payment another order already holds pays nothing here (the column is UNIQUE;
                 // asking first keeps the transaction usable and the answer a plain "not applied").
+                // The holder is read by the locking statement, with its snapshot: on PostgreSQL, a
+                // holder committed while this statement waited for the order's lock is not seen,
+                // and the UNIQUE constraint refuses the write instead (the batch is run again with
+                // savepoints, or the event answered 500 and retried; either ends "not applied").
                 if order.payment_intent_id.is_none() && r.payment_intent_id.is_some() && payment_intent_holder.is_some() {
                     return Ok(Applied::Disagrees { order_id: order.id });
                 }
