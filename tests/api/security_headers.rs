@@ -112,3 +112,29 @@ async fn docs_page_has_a_csp_allowing_exactly_its_own_assets() {
         assert!(!r.text().await.unwrap().contains("https://"), "{asset} fetches nothing from elsewhere");
     }
 }
+
+/// Credentials in request headers are marked sensitive before any handler (or `Debug` of the
+/// request, in a log or a panic) sees them: `Authorization`, `Cookie`, `Stripe-Signature`,
+/// `X-CSRF-Token`, each value of a repeated one; other headers are not.
+#[tokio::test]
+async fn credential_headers_reach_handlers_marked_sensitive() {
+    let app = spawn_app().await;
+    let marked: std::collections::BTreeMap<String, bool> = app
+        .client
+        .get(app.url("/__test/sensitive"))
+        .header("authorization", "Bearer not-a-real-token")
+        .header("cookie", "tollgate_session=abc")
+        .header("stripe-signature", "t=1,v1=00")
+        .header("x-csrf-token", "csrf")
+        .header("x-request-id", "probe-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for name in ["authorization", "cookie", "stripe-signature", "x-csrf-token"] {
+        assert_eq!(marked.get(name), Some(&true), "{name}: {marked:?}");
+    }
+    assert_eq!(marked.get("x-request-id"), Some(&false), "{marked:?}");
+}

@@ -223,4 +223,13 @@ fn probe_routes(echo_calls: Arc<AtomicUsize>) -> Router<AppState> {
         )
         .route("/__test/client", get(|client: ClientInfo| async move { axum::Json(client) }))
         .route("/__test/big", get(|Query(q): Query<BigQuery>| async move { big_body(q.bytes) }))
+        // Which of the request's headers reach a handler marked sensitive (hidden from `Debug`).
+        .route(
+            "/__test/sensitive",
+            get(|headers: axum::http::HeaderMap| async move {
+                let marked: std::collections::BTreeMap<String, bool> =
+                    headers.iter().map(|(name, value)| (name.as_str().to_owned(), value.is_sensitive())).collect();
+                axum::Json(marked)
+            }),
+        )
 }
