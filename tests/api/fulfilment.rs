@@ -11,6 +11,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::assert_problem;
 use crate::helpers::binary::{output_text, tollgate};
+use crate::helpers::database::execute;
 use crate::helpers::shop::{completed, expired, refunded, session_fields, shop, stripe_shop};
 use crate::helpers::stripe::{event, fixture_with, WHSEC};
 use crate::helpers::stripe_api::{mock_checkout, SK};
@@ -157,17 +158,6 @@ async fn a_payment_that_does_not_match_the_order_flags_it_and_grants_nothing() {
         assert!(s.grants(order_id).await.is_empty());
     }
     assert_eq!(s.entitlements().await["credit_balance"], 0);
-}
-
-async fn execute(database_url: &str, sql: &str) {
-    use sqlx::Connection;
-    if database_url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    }
 }
 
 #[tokio::test]

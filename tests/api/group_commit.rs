@@ -10,21 +10,10 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tollgate::stripe::webhook::sign;
 
-use crate::helpers::database::rows;
-use crate::helpers::shop::{completed, shop};
+use crate::helpers::database::{execute, rows};
+use crate::helpers::shop::{completed, shop, Shop};
 use crate::helpers::skip;
 use crate::helpers::stripe::WHSEC;
-
-async fn execute(database_url: &str, sql: &str) {
-    use sqlx::Connection;
-    if database_url.starts_with("sqlite:") {
-        let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::PgConnection::connect(database_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    }
-}
 
 /// Makes the database refuse to finish processing the event `event_id` (its history line), from
 /// outside the application: a trigger, so no hook exists in production code. `raise` is SQLite's
@@ -149,21 +138,30 @@ async fn an_event_whose_failure_ends_the_shared_transaction_fails_alone_on_sqlit
     concurrent_deliveries_with_one_failing(100, 41, "ROLLBACK").await;
 }
 
-/// PostgreSQL only: an event that keeps meeting deadlocks (injected: a trigger raising SQLSTATE
-/// 40P01 on the first four tries, counted by a sequence, which no rollback undoes) is tried again
-/// alone until it goes through.
-#[tokio::test]
-async fn an_event_that_keeps_meeting_deadlocks_is_tried_again_until_it_goes_through() {
+/// PostgreSQL only: a shop with one pending credits order (its checkout) and the
+/// `checkout.session.completed` (id, body) that pays it; `None`, the test skipped and saying so, without PostgreSQL.
+async fn one_order_on_postgres(test: &str) -> Option<(Shop, Value, String, Vec<u8>)> {
     if !std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
-        return skip(
-            "group_commit::an_event_that_keeps_meeting_deadlocks_is_tried_again_until_it_goes_through",
-            "needs PostgreSQL, and TEST_DATABASE_URL is not set",
-        );
+        skip(test, "needs PostgreSQL, and TEST_DATABASE_URL is not set");
+        return None;
     }
     let s = shop(&[]).await;
     let product = s.credits_product(1000, 1).await;
     let checkout = s.checkout(&product).await;
     let (id, body) = completed(&checkout, 1000);
+    Some((s, checkout, id, body))
+}
+
+/// PostgreSQL only: an event that keeps meeting deadlocks (injected: a trigger raising SQLSTATE
+/// 40P01 on the first four tries, counted by a sequence, which no rollback undoes) is tried again
+/// alone until it goes through.
+#[tokio::test]
+async fn an_event_that_keeps_meeting_deadlocks_is_tried_again_until_it_goes_through() {
+    let Some((s, checkout, id, body)) =
+        one_order_on_postgres("group_commit::an_event_that_keeps_meeting_deadlocks_is_tried_again_until_it_goes_through").await
+    else {
+        return;
+    };
     execute(
         &s.app.database_url,
         &format!(
@@ -223,16 +221,11 @@ async fn the_same_events_delivered_at_once_several_times_are_each_applied_once()
 /// that just faulted). Stripe's retry stores and applies it.
 #[tokio::test]
 async fn a_connection_lost_inside_a_batch_answers_500_and_writes_nothing_more() {
-    if !std::env::var("TEST_DATABASE_URL").is_ok_and(|u| !u.is_empty()) {
-        return skip(
-            "group_commit::a_connection_lost_inside_a_batch_answers_500_and_writes_nothing_more",
-            "needs PostgreSQL, and TEST_DATABASE_URL is not set",
-        );
-    }
-    let s = shop(&[]).await;
-    let product = s.credits_product(1000, 1).await;
-    let checkout = s.checkout(&product).await;
-    let (id, body) = completed(&checkout, 1000);
+    let Some((s, checkout, id, body)) =
+        one_order_on_postgres("group_commit::a_connection_lost_inside_a_batch_answers_500_and_writes_nothing_more").await
+    else {
+        return;
+    };
     execute(
         &s.app.database_url,
         &format!(

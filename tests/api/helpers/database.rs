@@ -92,3 +92,16 @@ where
         }
     }
 }
+
+/// Runs `sql` (one or more statements) on the database at `database_url`, from outside the
+/// application (a trigger a test installs, say), on a connection of its own.
+pub async fn execute(database_url: &str, sql: &str) {
+    use sqlx::Connection;
+    if database_url.starts_with("sqlite:") {
+        let mut c = sqlx::SqliteConnection::connect(database_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::PgConnection::connect(database_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    }
+}
