@@ -119,6 +119,32 @@ pub(crate) fn outcome_without_store(plan: &EventPlan) -> Option<(EventStatus, St
 /// Rows per closing statement (4 parameters each, well under either engine's limit).
 pub(crate) const LINES_PER_STATEMENT: usize = 256;
 
+/// `rows` parenthesised rows of `columns` placeholders each, bound in order: `$1, $2, …` for
+/// PostgreSQL, and plain `?` for SQLite, whose parser looks every `$N` up among the statement's
+/// earlier names and whose `sqlite3_bind_parameter_name` (called by sqlx for each parameter)
+/// walks the same list: both quadratic in a batch's thousand parameters, about an eighth of the
+/// server's time at 128 events per batch (measured with perf, BENCHMARKS.md). A `?` takes the next
+/// number and is in no list.
+pub(crate) fn value_rows(rows: usize, columns: usize, numbered: bool) -> String {
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(rows * columns * 6);
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if numbered {
+                let _ = write!(sql, "${}", row * columns + column + 1);
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 pub(crate) type IngestJob = super::batch::Job<Delivery, Recorded>;
 pub(crate) type IngestBatcher = super::batch::Batcher<Delivery, Recorded>;
 
@@ -290,6 +316,10 @@ macro_rules! impl_ledger_store {
         }
 
         impl $store {
+            /// Whether the batch statements number their placeholders (PostgreSQL) or not
+            /// (SQLite: see [`value_rows`](crate::store::ledger::value_rows)).
+            pub(crate) const NUMBERED: bool = matches!(<$db as sqlx::Database>::NAME.as_bytes(), b"PostgreSQL");
+
             /// The writers of [`record_event`]: `writers` tasks (each one transaction at a time)
             /// running [`run_ingest_batch`](Self::run_ingest_batch) on `parts`.
             pub(crate) fn ingest_batcher(
@@ -591,23 +621,17 @@ macro_rules! impl_ledger_store {
                 let mut jobs: Vec<&$crate::store::ledger::IngestJob> = jobs.iter().collect();
                 jobs.sort_by(|a, b| a.work.event.event_id.cmp(&b.work.event.event_id));
                 for jobs in jobs.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
-                    let values: Vec<String> = (0..jobs.len())
-                        .map(|i| {
-                            let n = 9 * i;
-                            format!("(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 6, n + 7, n + 8, n + 9)
-                        })
-                        .collect();
                     let sql = format!(
                         "INSERT INTO stripe_events (event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider)
                          VALUES {} ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-                        values.join(", ")
+                        $crate::store::ledger::value_rows(jobs.len(), 10, Self::NUMBERED)
                     );
                     let mut insert = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                     for job in jobs {
                         let (e, now) = (&job.work.event, job.work.now);
                         let status = $crate::store::ledger::outcome_without_store(&job.work.plan)
                             .map_or($crate::domain::ledger::EventStatus::Received, |(status, _)| status);
-                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind(status).bind(&e.payload).bind(e.provider);
+                        insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind(now).bind(status).bind(&e.payload).bind(e.provider);
                     }
                     inserted.extend(insert.fetch_all(&mut **tx).await?);
                 }
@@ -625,10 +649,9 @@ macro_rules! impl_ledger_store {
                 // Events stored with their final status (same `updated_at`) are not written again.
                 let unsettled: Vec<_> = deferred.lines.iter().filter(|(id, ..)| !deferred.settled.contains(id)).collect();
                 for lines in unsettled.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
-                    let values: Vec<String> = (0..lines.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
                     let sql = format!(
                         "UPDATE stripe_events SET status = v.column2, updated_at = v.column3 FROM (VALUES {}) AS v WHERE stripe_events.event_id = v.column1",
-                        values.join(", ")
+                        $crate::store::ledger::value_rows(lines.len(), 3, Self::NUMBERED)
                     );
                     let mut update = sqlx::query(&sql).persistent(false);
                     for (id, status, _, at) in lines {
@@ -637,9 +660,10 @@ macro_rules! impl_ledger_store {
                     update.execute(&mut **tx).await?;
                 }
                 for lines in deferred.lines.chunks($crate::store::ledger::LINES_PER_STATEMENT) {
-                    let values: Vec<String> =
-                        (0..lines.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect();
-                    let sql = format!("INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES {}", values.join(", "));
+                    let sql = format!(
+                        "INSERT INTO stripe_event_history (event_id, at, status, detail) VALUES {}",
+                        $crate::store::ledger::value_rows(lines.len(), 4, Self::NUMBERED)
+                    );
                     let mut insert = sqlx::query(&sql).persistent(false);
                     for (id, status, detail, at) in lines {
                         insert = insert.bind(id).bind(*at).bind(*status).bind(detail);
@@ -734,3 +758,15 @@ macro_rules! impl_ledger_store {
 }
 
 pub(crate) use impl_ledger_store;
+
+#[cfg(test)]
+mod tests {
+    use super::value_rows;
+
+    #[test]
+    fn value_rows_number_placeholders_for_postgres_and_not_for_sqlite() {
+        assert_eq!(value_rows(2, 3, true), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_rows(2, 3, false), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(value_rows(1, 1, true), "($1)");
+    }
+}

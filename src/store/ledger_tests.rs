@@ -426,3 +426,11 @@ async fn two_writers_locking_the_same_refunds_in_opposite_orders_both_commit_eve
     }
     assert_eq!(store.column("SELECT status FROM refunds ORDER BY id").await, ["succeeded", "succeeded"]);
 }
+
+/// SQLite's batch statements use `?` (a `$N` is looked up among all earlier names: quadratic in a
+/// batch's thousand parameters); PostgreSQL's number them (it accepts nothing else).
+#[test]
+fn batch_statements_number_placeholders_only_on_postgres() {
+    assert!(!SqliteStore::NUMBERED);
+    assert!(PgStore::NUMBERED);
+}
