@@ -136,7 +136,7 @@ impl LiveSession {
 #[derive(Clone)]
 pub enum Credential {
     Session { session_id: String, csrf_token: String },
-    Bearer { family_id: String, claims: Box<Claims> },
+    Bearer { family_id: String, claims: std::sync::Arc<Claims> },
 }
 
 /// Ids only: the CSRF token is a secret.
@@ -721,7 +721,7 @@ impl AuthService {
     /// An access token's claims when its signature and times verify (no database: for the rate
     /// limiter, which must not cost more than the request it limits, and then for
     /// [`AuthService::bearer_user_verified`] later in the same request).
-    pub fn access_claims(&self, token: &str) -> Option<Claims> {
+    pub fn access_claims(&self, token: &str) -> Option<std::sync::Arc<Claims>> {
         self.jwt.verify(token, Utc::now().timestamp()).ok()
     }
 
@@ -751,7 +751,7 @@ impl AuthService {
 
     /// As [`AuthService::bearer_user`], for a token whose `claims` [`AuthService::access_claims`]
     /// verified moments ago in the same request (the rate limiter did): not verified twice.
-    pub async fn bearer_user_verified(&self, claims: Claims) -> Result<(User, Credential), AuthError> {
+    pub async fn bearer_user_verified(&self, claims: std::sync::Arc<Claims>) -> Result<(User, Credential), AuthError> {
         self.bearer_claims(claims, true).await
     }
 
@@ -763,14 +763,14 @@ impl AuthService {
         self.bearer_claims(claims, viewed).await
     }
 
-    async fn bearer_claims(&self, claims: Claims, viewed: bool) -> Result<(User, Credential), AuthError> {
+    async fn bearer_claims(&self, claims: std::sync::Arc<Claims>, viewed: bool) -> Result<(User, Credential), AuthError> {
         let user = if viewed {
             self.viewed_family_user(&claims.fam, &claims.sub).await?
         } else {
             self.family_user(&claims.fam, &claims.sub).await?
         };
         let user = user.ok_or(AuthError::Unauthenticated)?;
-        Ok((user, Credential::Bearer { family_id: claims.fam.clone(), claims: Box::new(claims) }))
+        Ok((user, Credential::Bearer { family_id: claims.fam.clone(), claims }))
     }
 
     pub async fn logout(&self, user: &User, credential: &Credential, meta: &RequestMeta) -> Result<(), AuthError> {

@@ -82,7 +82,25 @@ pub struct JwtKeys {
     pub issuer: String,
     pub audience: String,
     pub ttl_secs: i64,
+    /// Tokens verified already (see [`Verified`]): a client sends its token with every request
+    /// for up to `ttl_secs`.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+/// A token this process verified: what its signature signed, and its claims. Found by the
+/// signature (32 bytes of HMAC, which no one without the key can make for a signing input of
+/// their choosing) in a map with SipHash's random keys, then the token's signing input compared
+/// with the one kept: a hit is exactly a token verified before, so only the claims' times are
+/// checked again. The keys never change in a running process (a new secret is a restart), so an
+/// entry never outlives the key that verified it.
+struct Verified {
+    signing_input: Box<str>,
+    claims: std::sync::Arc<Claims>,
+}
+
+/// The most verified tokens kept; when full the map starts again empty (tokens live 15 minutes by
+/// default, so entries are short-lived anyway, and a miss only costs a verification).
+const VERIFIED_KEPT: usize = 4096;
 
 /// Clock skew tolerated on `nbf`/`iat` between replicas.
 const LEEWAY_SECS: i64 = 5;
@@ -95,7 +113,14 @@ impl JwtKeys {
         audience: String,
         ttl_secs: i64,
     ) -> JwtKeys {
-        JwtKeys { current: Key::new(current), previous: previous.map(Key::new), issuer, audience, ttl_secs }
+        JwtKeys {
+            current: Key::new(current),
+            previous: previous.map(Key::new),
+            issuer,
+            audience,
+            ttl_secs,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
     }
 
     pub fn current_kid(&self) -> &str {
@@ -127,11 +152,55 @@ impl JwtKeys {
 
     /// Checks the header (HS256 only, known `kid`), the signature (constant time), then every
     /// registered claim. `now` is seconds since the epoch.
-    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, JwtError> {
+    ///
+    /// A token verified before (same signing input, same signature) is found in memory and only
+    /// its times are checked again (see [`Verified`]).
+    pub fn verify(&self, token: &str, now: i64) -> Result<std::sync::Arc<Claims>, JwtError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(JwtError::Malformed);
         };
+        let signing_input = &token[..h.len() + 1 + p.len()];
+        // Room for base64's estimate (43 characters may be up to 33 bytes); an HS256 MAC is 32.
+        let mut decoded = [0u8; 36];
+        let signature: Option<[u8; 32]> = match URL_SAFE_NO_PAD.decode_slice(s, &mut decoded) {
+            Ok(32) => decoded[..32].try_into().ok(),
+            _ => None,
+        };
+        if let Some(signature) = signature {
+            let known = self
+                .verified
+                .lock()
+                .ok()
+                .and_then(|map| map.get(&signature).filter(|v| &*v.signing_input == signing_input).map(|v| v.claims.clone()));
+            if let Some(claims) = known {
+                Self::check_times(&claims, now)?;
+                return Ok(claims);
+            }
+        }
+        let claims = std::sync::Arc::new(self.verify_fully(h, p, s, now)?);
+        if let (Some(signature), Ok(mut map)) = (signature, self.verified.lock()) {
+            if map.len() >= VERIFIED_KEPT {
+                map.clear();
+            }
+            map.insert(signature, Verified { signing_input: signing_input.into(), claims: claims.clone() });
+        }
+        Ok(claims)
+    }
+
+    /// `exp`, `nbf` and `iat` against `now`.
+    fn check_times(claims: &Claims, now: i64) -> Result<(), JwtError> {
+        if claims.exp <= now {
+            return Err(JwtError::Expired);
+        }
+        if claims.nbf > now + LEEWAY_SECS || claims.iat > now + LEEWAY_SECS {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// [`verify`](Self::verify) for a token not verified before: header, signature, claims.
+    fn verify_fully(&self, h: &str, p: &str, s: &str, now: i64) -> Result<Claims, JwtError> {
         let ours = std::iter::once(&self.current).chain(self.previous.as_ref()).find(|k| k.header == h);
         let key = match ours {
             // Exactly the header one of our keys writes: HS256 with that key's `kid`.
@@ -164,12 +233,7 @@ impl JwtKeys {
         if claims.aud != self.audience {
             return Err(JwtError::Audience);
         }
-        if claims.exp <= now {
-            return Err(JwtError::Expired);
-        }
-        if claims.nbf > now + LEEWAY_SECS || claims.iat > now + LEEWAY_SECS {
-            return Err(JwtError::NotYetValid);
-        }
+        Self::check_times(&claims, now)?;
         if claims.sub.is_empty() || claims.jti.is_empty() || claims.fam.is_empty() {
             return Err(JwtError::Malformed);
         }
@@ -208,7 +272,7 @@ mod tests {
     fn round_trip_and_every_claim_checked() {
         let k = keys("a-very-long-signing-secret-of-32-bytes+", None);
         let (token, claims) = k.issue("usr_1", "fam_1", NOW);
-        assert_eq!(k.verify(&token, NOW + 10).unwrap(), claims);
+        assert_eq!(*k.verify(&token, NOW + 10).unwrap(), claims);
         assert_eq!(k.verify(&token, NOW + 900), Err(JwtError::Expired));
         assert_eq!(k.verify(&token, NOW - 60), Err(JwtError::NotYetValid));
 
@@ -228,6 +292,40 @@ mod tests {
             let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": alg, "kid": k.current_kid()}).to_string());
             assert_eq!(k.verify(&format!("{header}.{body}."), NOW), Err(JwtError::Algorithm), "{alg}");
         }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_but_its_signature_proves_nothing_else() {
+        let k = keys("a-very-long-signing-secret-of-32-bytes+", None);
+        let (token, claims) = k.issue("usr_1", "fam_1", NOW);
+        let first = k.verify(&token, NOW).unwrap();
+        let again = k.verify(&token, NOW + 1).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &again), "the second time, the token is found in memory");
+        assert_eq!(*again, claims);
+        // The remembered signature under another body (another user, a later expiry): refused.
+        let (h, rest) = token.split_once('.').unwrap();
+        let signature = rest.split_once('.').unwrap().1;
+        let other = Claims { sub: "usr_2".into(), exp: NOW + 86_400, ..claims.clone() };
+        let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap());
+        assert_eq!(k.verify(&format!("{h}.{body}.{signature}"), NOW), Err(JwtError::Signature));
+        // ... or under another header.
+        let header = URL_SAFE_NO_PAD.encode(serde_json::json!({"alg": "none", "kid": k.current_kid()}).to_string());
+        let body = rest.split_once('.').unwrap().0;
+        assert_eq!(k.verify(&format!("{header}.{body}.{signature}"), NOW), Err(JwtError::Algorithm));
+        // A remembered token's times are checked every time.
+        assert_eq!(k.verify(&token, NOW + 900), Err(JwtError::Expired));
+        assert_eq!(k.verify(&token, NOW - 60), Err(JwtError::NotYetValid));
+        assert!(k.verify(&token, NOW + 2).is_ok());
+    }
+
+    #[test]
+    fn remembered_tokens_are_bounded() {
+        let k = keys("a-very-long-signing-secret-of-32-bytes+", None);
+        for i in 0..=VERIFIED_KEPT {
+            let (token, _) = k.issue(&format!("usr_{i}"), "fam_1", NOW);
+            assert!(k.verify(&token, NOW).is_ok());
+        }
+        assert!(k.verified.lock().unwrap().len() <= VERIFIED_KEPT);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// (`http/budget.rs`) before the handler runs; [`CurrentUser`] then does not verify it again.
 /// Only ever inserted by the budget, from this request's `Authorization` header.
 #[derive(Clone)]
-pub struct VerifiedAccess(pub Box<crate::domain::jwt::Claims>);
+pub struct VerifiedAccess(pub std::sync::Arc<crate::domain::jwt::Claims>);
 
 /// The authenticated caller and how they proved it.
 #[derive(Debug, Clone)]
@@ -106,7 +106,7 @@ impl FromRequestParts<AppState> for CurrentUser {
                 return Err(ApiError::Unauthorized("API keys are not accepted on user or admin routes".to_owned()));
             }
             let (user, credential) = match parts.extensions.remove::<VerifiedAccess>() {
-                Some(VerifiedAccess(claims)) => state.auth.bearer_user_verified(*claims).await?,
+                Some(VerifiedAccess(claims)) => state.auth.bearer_user_verified(claims).await?,
                 None => state.auth.bearer_user(token).await?,
             };
             return Ok(CurrentUser { user, credential });

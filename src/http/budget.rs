@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::apikeys::looks_like_key;
@@ -81,7 +81,7 @@ async fn who(
         Some(token) if looks_like_key(token) => None,
         Some(token) => state.auth.access_claims(token).map(|claims| {
             let sub = claims.sub.clone();
-            *verified = Some(VerifiedAccess(Box::new(claims)));
+            *verified = Some(VerifiedAccess(claims));
             sub
         }),
         None => match cookie_value(headers, state.cookie.name).filter(|t| !t.is_empty()) {
@@ -101,15 +101,10 @@ async fn who(
 
 fn headers_for(headers: &mut HeaderMap, limit: u32, remaining: u32, reset: Duration) {
     let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-    for (name, value) in [
-        ("ratelimit-limit", limit.to_string()),
-        ("ratelimit-remaining", remaining.to_string()),
-        ("ratelimit-reset", secs.to_string()),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(name, v);
-        }
-    }
+    // Names known at compile time and numbers written straight into the value (no string between).
+    headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(limit));
+    headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(remaining));
+    headers.insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(secs));
 }
 
 /// Routes whose allowed answers carry no `RateLimit-*`: a login, token or registration answer
@@ -122,13 +117,15 @@ where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let Some(route) = route.filter(|r| r.starts_with("/api/")) else {
+    // The template shares its text with the router (an `Arc<str>` clone, not a copy).
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let Some(route) = route.filter(|r| r.as_str().starts_with("/api/")) else {
         return next(req).await;
     };
+    let route = route.as_str();
     let (mut verified, mut session) = (None, None);
-    let who = match (budgeted(&route), req.extensions().get::<ClientInfo>().cloned()) {
-        (true, Some(client)) => who(state, &route, req.headers(), &client, &mut verified, &mut session).await,
+    let who = match (budgeted(route), req.extensions().get::<ClientInfo>().cloned()) {
+        (true, Some(client)) => who(state, route, req.headers(), &client, &mut verified, &mut session).await,
         _ => None,
     };
     let mut req = req;
@@ -161,7 +158,7 @@ where
     // The limits the handler's services counted (API key, checkout, licences...) join in.
     let (mut response, inside) = crate::ratelimit::observed(next(req)).await;
     allowances.extend(inside);
-    if NO_ALLOWANCE_HEADERS.contains(&route.as_str()) || response.headers().contains_key("ratelimit-limit") {
+    if NO_ALLOWANCE_HEADERS.contains(&route) || response.headers().contains_key("ratelimit-limit") {
         return response;
     }
     // The tightest limit is the one a client must pace itself by.

@@ -126,9 +126,9 @@ pub async fn introspect(
             exp: Some(claims.exp),
             iat: Some(claims.iat),
             nbf: Some(claims.nbf),
-            iss: Some(claims.iss),
-            aud: Some(claims.aud),
-            jti: Some(claims.jti),
+            iss: Some(claims.iss.clone()),
+            aud: Some(claims.aud.clone()),
+            jti: Some(claims.jti.clone()),
         },
         Ok(_) | Err(AuthError::Unauthenticated) => IntrospectionOut::default(),
         // The database is unreachable, say: an error, never a guess either way.
