@@ -407,6 +407,65 @@ async fn the_settling_writer_on_postgres() {
     }
 }
 
+/// PostgreSQL only: a fault in the middle of a batch: the connection is lost (a trigger ends its
+/// own backend), or the database reports a storage fault (`disk_full`, injected) and the
+/// connection lives on. Every attempt of the batch is answered with a fault and none is recorded,
+/// not even alone (no more writes to a database that just faulted; their leases will expire and
+/// the messages be sent again); once the database takes them, the same attempts are settled.
+#[tokio::test]
+async fn a_fault_inside_a_batch_answers_every_attempt_with_a_fault_and_records_none() {
+    let faults = [
+        ("a lost connection", "PERFORM pg_terminate_backend(pg_backend_pid());"),
+        ("a full disk", "RAISE EXCEPTION 'injected: disk full' USING ERRCODE = '53100';"),
+    ];
+    for (fault, raise) in faults {
+        let test = format!("a_fault_inside_a_batch_answers_every_attempt_with_a_fault_and_records_none ({fault})");
+        let Some(store) = postgres(&test).await else { return };
+        endpoint(&store, "we_fault", None).await;
+        for id in ["msg_a", "msg_fault", "msg_b"] {
+            message(&store, id, "we_fault", "dsp_a").await;
+        }
+        store
+            .execute(&format!(
+                "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN
+                   IF NEW.message_id = 'msg_fault' THEN {raise} END IF;
+                   RETURN NEW;
+                 END $$;
+                 CREATE TRIGGER fault BEFORE INSERT ON outbox_attempts FOR EACH ROW EXECUTE FUNCTION fault();"
+            ))
+            .await;
+        let dones: Vec<AttemptDone> =
+            ["msg_a", "msg_fault", "msg_b"].iter().zip(1..).map(|(id, s)| done(id, "dsp_a", s, NextStep::Delivered)).collect();
+        for (d, answer) in dones.iter().zip(batch(&store, dones.clone()).await) {
+            match answer {
+                Err(e) => assert!(e.is_fault(), "{fault}: {}: {e:?}", d.message_id),
+                other => panic!("{fault}: {}: {other:?}", d.message_id),
+            }
+            assert!(attempts(&store, &d.message_id).await.is_empty(), "{fault}: {}", d.message_id);
+            let m = store.outbox_message(&d.message_id).await.unwrap().unwrap();
+            assert_eq!((m.status.as_str(), m.lease_owner.as_deref()), ("pending", Some("dsp_a")), "{fault}: {}", d.message_id);
+        }
+        assert_eq!(failing_since(&store, "we_fault").await, None);
+
+        store.execute("DROP TRIGGER fault ON outbox_attempts").await;
+        // The store may refuse connections for a moment after the fault (`health.rs`): nothing is done then.
+        let mut answers = batch(&store, dones.clone()).await;
+        for _ in 0..50 {
+            if !answers.iter().any(|a| matches!(a, Err(StoreError::Unavailable))) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            answers = batch(&store, dones.clone()).await;
+        }
+        assert!(answers.iter().all(|a| matches!(a, Ok(true))), "{fault}: {answers:?}");
+        for d in &dones {
+            settled_as(&store, d).await;
+            assert_eq!(attempts(&store, &d.message_id).await.len(), 1, "{fault}: {}", d.message_id);
+        }
+    }
+}
+
 /// A run of attempts folded into one statement leaves `failing_since` as one statement per
 /// attempt, in order, did: every run of up to 5 attempts, from either starting value.
 #[test]
