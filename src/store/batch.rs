@@ -3,7 +3,7 @@
 //! Nothing waits for a batch to fill: a batch is whatever arrived while the previous one ran.
 //!
 //! This file knows nothing of what the work is (`ledger.rs` supplies the function that runs a
-//! batch); it only queues, hands out batches, and makes sure every request gets an answer: a
+//! batch of verified events, `outbox.rs` one that settles a batch of delivery attempts); it only queues, hands out batches, and makes sure every request gets an answer: a
 //! writer that fails or panics answers its batch with an error and goes on with the next one.
 
 use std::panic::AssertUnwindSafe;

@@ -50,7 +50,7 @@ impl Writer for PgStore {
     }
 }
 
-fn config(url: &str) -> DatabaseConfig {
+pub(super) fn config(url: &str) -> DatabaseConfig {
     DatabaseConfig {
         url: url.to_owned().into(),
         max_connections: 4,
@@ -61,7 +61,7 @@ fn config(url: &str) -> DatabaseConfig {
 }
 
 /// A migrated SQLite database in a directory of its own (kept while the directory lives).
-async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
+pub(super) async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let store = SqliteStore::connect(&url, &config(&url)).await.unwrap();
@@ -73,18 +73,15 @@ async fn sqlite() -> (SqliteStore, tempfile::TempDir) {
 /// then the test `test` (its name, for the message) says it was skipped, on the real stderr
 /// (libtest captures `eprintln!` of a passing test, and a skip nobody sees is a silent pass).
 async fn postgres(test: &str) -> Option<PgStore> {
-    postgres_with(test, config("").max_connections).await
+    postgres_with(&format!("store::ledger_tests::{test}"), config("").max_connections).await
 }
 
-/// As [`postgres`], with a pool of `max_connections`.
-async fn postgres_with(test: &str, max_connections: u32) -> Option<PgStore> {
+/// As [`postgres`], with a pool of `max_connections`; `test` is the test's whole name.
+pub(super) async fn postgres_with(test: &str, max_connections: u32) -> Option<PgStore> {
     use sqlx::Connection;
     let Some(admin) = std::env::var("TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
         use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED store::ledger_tests::{test}: needs PostgreSQL, and TEST_DATABASE_URL is not set"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs PostgreSQL, and TEST_DATABASE_URL is not set");
         return None;
     };
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("TEST_DATABASE_URL is reachable");
@@ -354,7 +351,7 @@ async fn a_failed_commit_acknowledges_nothing_and_a_redelivery_processes_the_bat
 #[tokio::test]
 async fn events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error() {
     let test = "events_that_keep_meeting_deadlocks_are_each_answered_once_with_their_error";
-    let Some(store) = postgres_with(test, 16).await else { return };
+    let Some(store) = postgres_with(&format!("store::ledger_tests::{test}"), 16).await else { return };
     store
         .execute(
             "CREATE FUNCTION deadlock() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -5,7 +5,8 @@
 //! (`accounts.rs`, `apikeys.rs`, `audit.rs`, `credits.rs`, `ledger.rs`, `licences.rs`, `payments.rs`: their rows, their traits and, in a
 //! macro, their SQL written once for both engines), `pool.rs` (what both engines do the same with
 //! their pool), `view.rs` (the in-memory read view) and `changes.rs` (PostgreSQL's change feed that
-//! keeps it fresh), `batch.rs` (group commit: the queue and the writer tasks), `types.rs` (domain
+//! keeps it fresh), `batch.rs` (group commit: the queue and the writer tasks, for the ledger's events and, in
+//! `settle.rs`, the outbox's delivery attempts), `types.rs` (domain
 //! enums in and out of text columns), and the engines
 //! (`sqlite.rs`, `postgres.rs`). No file here imports this one.
 
@@ -24,10 +25,13 @@ pub mod ledger;
 mod ledger_tests;
 pub mod licences;
 pub mod outbox;
+#[cfg(test)]
+mod outbox_tests;
 pub mod payments;
 mod pool;
 mod postgres;
 mod seam;
+mod settle;
 mod sqlite;
 mod types;
 pub mod view;

@@ -160,7 +160,8 @@ pub trait OutboxStore: Send + Sync {
     /// endpoint is enabled again. Whether it was still `owner`'s.
     async fn hold_message(&self, id: &str, owner: &str) -> Result<bool, StoreError>;
     /// Records the attempt and moves the message on (if `owner` still holds its lease); a
-    /// webhook's endpoint learns whether it is failing. Whether the message moved.
+    /// webhook's endpoint learns whether it is failing. Whether the message moved. Group commit
+    /// (`settle.rs`): answered once the transaction it shared with other attempts committed.
     async fn finish_attempt(&self, done: &AttemptDone) -> Result<bool, StoreError>;
     /// Disables `id` when it has failed continuously since before `failing_before`, and in the
     /// same transaction writes an `endpoint_disabled` email to every admin. Whether it was disabled.
@@ -553,71 +554,10 @@ macro_rules! impl_outbox_store {
             }
 
             async fn finish_attempt(&self, d: &$crate::store::outbox::AttemptDone) -> Result<bool, $crate::store::error::StoreError> {
-                use $crate::store::outbox::NextStep;
-                let _turn = self.write_turn().await;
-                let moved = $crate::store::pool::transaction!(self, tx => {
-                    // The row's lock first (SQLite: the write lock), then the attempt's number.
-                    let msg: Option<(String, String, i64)> = sqlx::query_as(
-                        "UPDATE outbox SET attempts = attempts WHERE id = $1 RETURNING kind, recipient, attempts",
-                    )
-                    .bind(&d.message_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    let Some((kind, recipient, _)) = msg else {
-                        return Ok(false);
-                    };
-                    let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(attempt), 0) + 1 FROM outbox_attempts WHERE message_id = $1")
-                        .bind(&d.message_id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "INSERT INTO outbox_attempts (message_id, attempt, at, status_code, error, response, duration_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(&d.message_id)
-                    .bind(number)
-                    .bind(d.at)
-                    .bind(d.status_code)
-                    .bind(&d.error)
-                    .bind(&d.response)
-                    .bind(d.duration_ms)
-                    .execute(&mut *tx)
-                    .await?;
-                    let (status, next_at, delivered_at) = match d.next {
-                        NextStep::Delivered => ("delivered", d.at, Some(d.at)),
-                        NextStep::RetryAt(t) => ("pending", t, None),
-                        NextStep::Failed => ("failed", d.at, None),
-                    };
-                    let moved = sqlx::query(
-                        "UPDATE outbox SET status = $3, attempts = CASE WHEN $3 = 'delivered' THEN attempts ELSE attempts + 1 END,
-                                next_attempt_at = $4, delivered_at = $5, last_error = $6, lease_owner = NULL, lease_until = NULL
-                          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-                    )
-                    .bind(&d.message_id)
-                    .bind(&d.lease_owner)
-                    .bind(status)
-                    .bind(next_at)
-                    .bind(delivered_at)
-                    .bind(&d.error)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        == 1;
-                    if kind == "webhook" {
-                        let ok = d.next == NextStep::Delivered;
-                        sqlx::query(
-                            "UPDATE webhook_endpoints SET failing_since = CASE WHEN $2 THEN NULL ELSE COALESCE(failing_since, $3) END WHERE id = $1",
-                        )
-                        .bind(&recipient)
-                        .bind(ok)
-                        .bind(d.at)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    Ok(moved)
-                })?;
-                Ok(moved)
+                // Group commit (`settle.rs`): settled in one transaction with whatever other
+                // attempts finished while the previous batch ran; the answer comes after that
+                // transaction committed.
+                self.settle.submit(d.clone()).await
             }
 
             async fn disable_failing_endpoint(

@@ -12,6 +12,7 @@ use super::error::StoreError;
 use super::health::Health;
 use super::ledger::IngestBatcher;
 use super::seam::Engine;
+use super::settle::SettleBatcher;
 use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
 
@@ -27,6 +28,7 @@ super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 super::credits::impl_credit_store!(PgStore, sqlx::Postgres);
 super::licences::impl_licence_store!(PgStore, sqlx::Postgres);
 super::outbox::impl_outbox_store!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED", true);
+super::settle::impl_settle_writer!(PgStore, sqlx::Postgres);
 
 pub struct PgStore {
     pool: PgPool,
@@ -38,6 +40,9 @@ pub struct PgStore {
     /// Verified events' writers (group commit, `batch.rs`): `database_ingest_writers` side by
     /// side, at most half the pool's connections (the rest serve everything else).
     ingest: IngestBatcher,
+    /// The writer of the dispatcher's delivery attempts (`outbox.rs::finish_attempt`, group
+    /// commit): one, so attempts never wait on each other's row locks across writers.
+    settle: SettleBatcher,
 }
 
 impl PgStore {
@@ -61,7 +66,8 @@ impl PgStore {
         conn.close_on_drop();
     }
 
-    /// What the ledger's writers work with (tests hand them batches of their own making).
+    /// What the ledger's and the outbox's writers work with (tests hand them batches of their
+    /// own making).
     #[cfg(test)]
     pub(crate) fn batch_parts(&self) -> Parts<sqlx::Postgres> {
         Parts {
@@ -94,7 +100,7 @@ impl PgStore {
         let health = Arc::new(Health::new());
         let max_connections = config.max_connections;
         let view = View::new(CAPACITY);
-        let parts = Parts {
+        let parts = || Parts {
             pool: pool.clone(),
             health: health.clone(),
             max_connections,
@@ -103,7 +109,8 @@ impl PgStore {
             view: view.clone(),
         };
         let writers = config.ingest_writers.min(max_connections / 2).max(1) as usize;
-        let ingest = PgStore::ingest_batcher(writers, parts);
-        Ok(PgStore { pool, health, max_connections, view, options, ingest })
+        let ingest = PgStore::ingest_batcher(writers, parts());
+        let settle = PgStore::settle_batcher(1, parts());
+        Ok(PgStore { pool, health, max_connections, view, options, ingest, settle })
     }
 }

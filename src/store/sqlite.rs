@@ -1,5 +1,5 @@
 //! The SQLite store: one file (WAL, `synchronous = FULL`), writers taking turns in-process (verified
-//! events in batches, one commit for many), and
+//! events, and the dispatcher's delivery attempts, in batches: one commit for many), and
 //! connections that are never reused after a storage fault or with a transaction left open.
 
 use std::str::FromStr;
@@ -14,6 +14,7 @@ use super::error::StoreError;
 use super::health::Health;
 use super::ledger::IngestBatcher;
 use super::seam::Engine;
+use super::settle::SettleBatcher;
 use super::view::{View, CAPACITY};
 use crate::config::DatabaseConfig;
 
@@ -35,6 +36,7 @@ super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
 super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
 super::outbox::impl_outbox_store!(SqliteStore, sqlx::Sqlite, "", false);
+super::settle::impl_settle_writer!(SqliteStore, sqlx::Sqlite);
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -52,6 +54,9 @@ pub struct SqliteStore {
     /// The one writer of verified events (group commit, `batch.rs`): it takes the writers' turn
     /// once per batch.
     ingest: IngestBatcher,
+    /// The one writer of the dispatcher's delivery attempts (`outbox.rs::finish_attempt`, group
+    /// commit): one turn and one commit for every attempt that finished meanwhile.
+    settle: SettleBatcher,
 }
 
 /// Whether a connection going back to (or coming out of) the pool may be used again. After a
@@ -160,7 +165,7 @@ impl SqliteStore {
             .await?;
         let writer = Arc::new(tokio::sync::Mutex::new(()));
         let view = View::new(CAPACITY);
-        let parts = Parts {
+        let parts = || Parts {
             pool: pool.clone(),
             health: health.clone(),
             max_connections,
@@ -168,8 +173,9 @@ impl SqliteStore {
             turn: Some(writer.clone()),
             view: view.clone(),
         };
-        let ingest = SqliteStore::ingest_batcher(1, parts);
-        Ok(SqliteStore { pool, writer, health, max_connections, in_memory, view, ingest })
+        let ingest = SqliteStore::ingest_batcher(1, parts());
+        let settle = SqliteStore::settle_batcher(1, parts());
+        Ok(SqliteStore { pool, writer, health, max_connections, in_memory, view, ingest, settle })
     }
 
     /// The right to write, held for a whole write transaction.
@@ -208,7 +214,8 @@ impl SqliteStore {
         }
     }
 
-    /// What the ledger's writer works with (tests hand it batches of their own making).
+    /// What the ledger's and the outbox's writers work with (tests hand them batches of their own
+    /// making).
     #[cfg(test)]
     pub(crate) fn batch_parts(&self) -> Parts<sqlx::Sqlite> {
         Parts {

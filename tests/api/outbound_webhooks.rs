@@ -36,6 +36,10 @@ struct Receiver {
     /// Message ids being answered right now, and how often one arrived while already in flight.
     in_flight: Arc<Mutex<HashMap<String, usize>>>,
     overlaps: Arc<Mutex<usize>>,
+    /// When set, the first request is answered only once the test adds a permit.
+    hold_first: Option<Arc<tokio::sync::Semaphore>>,
+    /// The message id of the request being held.
+    held: Arc<Mutex<Option<String>>>,
 }
 
 impl Receiver {
@@ -64,6 +68,19 @@ async fn receive(
         *n += 1;
     }
     r.got.lock().unwrap().push(got.clone());
+    if let Some(gate) = &r.hold_first {
+        let first = {
+            let mut held = r.held.lock().unwrap();
+            let first = held.is_none();
+            if first {
+                *held = Some(got.id.clone());
+            }
+            first
+        };
+        if first {
+            gate.acquire().await.unwrap().forget();
+        }
+    }
     tokio::time::sleep(r.delay).await;
     *r.in_flight.lock().unwrap().get_mut(&got.id).unwrap() -= 1;
     if let Some(to) = &r.redirect_to {
@@ -946,6 +963,50 @@ async fn facts_of_a_disabled_period_are_held_and_sent_once_the_endpoint_is_enabl
     let got: Value = serde_json::from_str(&r.got()[0].body).unwrap();
     assert_eq!(got["data"]["order"]["id"], checkout["order_id"]);
     until_messages(&s, &ep, "delivered", |m| m[0]["status"] == "delivered").await;
+}
+
+/// 40 messages due at once (pings queued while the endpoint was disabled, then enabled in one
+/// commit) are each delivered once and settled `delivered` with exactly one attempt. The receiver
+/// holds the first request it gets: the deliveries claimed beside it are settled (and seen
+/// `delivered` by the admin) while it is still being sent, so one slow send holds no other
+/// attempt's settling back. Then it is answered, and the rest follow.
+#[tokio::test]
+async fn forty_messages_due_at_once_are_each_settled_delivered_with_one_attempt() {
+    const MESSAGES: usize = 40;
+    let s = shop(&[]).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (url, r) = receiver(Receiver { hold_first: Some(gate.clone()), ..Receiver::default() }).await;
+    let (ep, _) = endpoint(&s, &url, &["ping"]).await;
+    let path = format!("/api/v1/admin/webhook-endpoints/{ep}");
+    let patch = |body: Value| s.send(reqwest::Method::PATCH, &s.admin, &path, Some(body));
+    assert_eq!(patch(json!({"disabled": true})).await.status(), 200);
+    for _ in 0..MESSAGES {
+        let queued = s.send(reqwest::Method::POST, &s.admin, &format!("{path}/ping"), None).await;
+        assert_eq!(queued.status(), 202);
+    }
+    until_messages(&s, &ep, "every ping held", |m| m.len() == MESSAGES && m.iter().all(|m| m["status"] == "held")).await;
+    assert!(r.got().is_empty());
+    assert_eq!(patch(json!({"disabled": false})).await.status(), 200);
+
+    let delivered = |m: &[Value]| m.iter().filter(|m| m["status"] == "delivered").count();
+    let m = until_messages(&s, &ep, "deliveries settled while the first is held", |m| delivered(m) >= 10).await;
+    let held = r.held.lock().unwrap().clone().expect("the first request is held");
+    assert!(r.in_flight.lock().unwrap()[&held] > 0, "still being sent");
+    let held_row = m.iter().find(|m| m["id"] == held.as_str()).unwrap();
+    assert_eq!(held_row["status"], "pending", "{held_row}");
+    gate.add_permits(1);
+
+    let m = until_messages(&s, &ep, "every ping delivered", |m| delivered(m) == MESSAGES).await;
+    for m in &m {
+        let attempts = m["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{m}");
+        assert_eq!(attempts[0]["status_code"], 200, "{m}");
+    }
+    let mut ids: Vec<String> = r.got().into_iter().map(|g| g.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), r.got().len()), (MESSAGES, MESSAGES), "each message sent once");
+    assert_eq!(*r.overlaps.lock().unwrap(), 0);
 }
 
 /// An admin's browser session changes webhook endpoints only with its CSRF token: without it
