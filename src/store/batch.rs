@@ -3,7 +3,8 @@
 //! Nothing waits for a batch to fill: a batch is whatever arrived while the previous one ran.
 //!
 //! This file knows nothing of what the work is (`ledger.rs` supplies the function that runs a
-//! batch of verified events, `outbox.rs` one that settles a batch of delivery attempts); it only queues, hands out batches, and makes sure every request gets an answer: a
+//! batch of verified events, `settle.rs` one that settles a batch of delivery attempts); it only
+//! queues, hands out batches, and makes sure every request gets an answer: a
 //! writer that fails or panics answers its batch with an error and goes on with the next one.
 
 use std::panic::AssertUnwindSafe;
@@ -87,12 +88,13 @@ impl<DB: sqlx::Database> Parts<DB> {
     /// A connection and the right to write, for one transaction. The connection comes first, so
     /// the other writers are not kept waiting while this one waits for the pool (every other
     /// writer takes the turn first and a connection then). That order is safe only while the
-    /// turn's holder can still get a connection: with a pool of one (an in-memory database),
-    /// this writer would hold the only connection while waiting for the turn, and the turn's
-    /// holder would wait for that connection until its acquire timeout; there the turn comes
+    /// turn's holder can still get a connection: two writers take this path on SQLite (the
+    /// ledger's and the dispatcher's attempts', `settle.rs`), and each may hold a connection while
+    /// waiting for the turn, so with a pool of two or fewer (one: an in-memory database) the
+    /// turn's holder would wait for a connection until its acquire timeout; there the turn comes
     /// first, as everywhere else.
     pub async fn writer(&self) -> Result<(sqlx::pool::PoolConnection<DB>, Option<tokio::sync::MutexGuard<'_, ()>>), StoreError> {
-        if self.max_connections > 1 {
+        if self.max_connections > 2 {
             let conn = super::pool::acquire(&self.pool, &self.health, self.max_connections).await?;
             Ok((conn, self.turn().await))
         } else {

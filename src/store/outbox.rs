@@ -477,6 +477,15 @@ macro_rules! impl_outbox_store {
             async fn delete_endpoint(&self, id: &str) -> Result<bool, $crate::store::error::StoreError> {
                 let _turn = self.write_turn().await;
                 $crate::store::pool::transaction!(self, tx => {
+                    // PostgreSQL: the endpoint's messages are locked in id order before anything
+                    // is deleted, and the endpoint after them, as the dispatcher's batches lock
+                    // theirs (`settle.rs`): in the scan's order the two could deadlock.
+                    if $pg {
+                        sqlx::query("SELECT id FROM outbox WHERE kind = 'webhook' AND recipient = $1 ORDER BY id FOR UPDATE")
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query("DELETE FROM outbox_attempts WHERE message_id IN (SELECT id FROM outbox WHERE kind = 'webhook' AND recipient = $1)")
                         .bind(id)
                         .execute(&mut *tx)

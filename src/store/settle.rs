@@ -117,7 +117,7 @@ macro_rules! impl_settle_writer {
                                 }
                                 // No more writes to a database that just faulted.
                                 Err(e) => {
-                                    tracing::error!(error = %e, "a delivery attempt settled alone met a database fault; the rest of its batch was not recorded");
+                                    tracing::error!(error = %e, "a delivery attempt settled alone met a database fault (or no connection); the rest of its batch was not recorded");
                                     $crate::store::batch::fail_all(std::iter::once(job).chain(jobs).collect(), &e);
                                     break;
                                 }
@@ -186,6 +186,24 @@ macro_rules! impl_settle_writer {
                 use $crate::store::settle::FailingSince;
                 let mut moved = Vec::with_capacity(dones.len());
                 let mut endpoints: std::collections::BTreeMap<String, FailingSince> = std::collections::BTreeMap::new();
+                // PostgreSQL: the batch's message rows are locked first, in id order, as
+                // `delete_endpoint` locks an endpoint's (then the endpoints, in id order, below):
+                // taken in the attempts' order they could deadlock with it. (SQLite: the write
+                // turn orders everything.)
+                if matches!(<$db as sqlx::Database>::NAME.as_bytes(), b"PostgreSQL") && dones.len() > 1 {
+                    let mut ids: Vec<&str> = dones.iter().map(|d| d.message_id.as_str()).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let sql = format!(
+                        "SELECT id FROM outbox WHERE id IN {} ORDER BY id FOR UPDATE",
+                        $crate::store::ledger::value_rows(1, ids.len(), true)
+                    );
+                    let mut lock = sqlx::query(&sql).persistent(false);
+                    for id in ids {
+                        lock = lock.bind(id);
+                    }
+                    lock.execute(&mut **tx).await?;
+                }
                 for d in dones {
                     let msg: Option<(String, String)> =
                         sqlx::query_as("UPDATE outbox SET attempts = attempts WHERE id = $1 RETURNING kind, recipient")
