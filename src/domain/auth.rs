@@ -223,7 +223,7 @@ const MAX_SLOWDOWN: Duration = Duration::from_secs(10);
 
 /// The user, when the family is live for them: not revoked, theirs, of their current credential
 /// epoch, and the user enabled.
-fn live_family_user(family: &FamilyRow, user_id: &str, user: Option<User>) -> Option<User> {
+fn live_family_user(family: &FamilyRow, user_id: &str, user: Option<Arc<User>>) -> Option<Arc<User>> {
     if family.revoked || family.user_id != user_id {
         return None;
     }
@@ -576,21 +576,22 @@ impl AuthService {
 
     /// The user of a live family: not revoked, of the user's current credential epoch, the user
     /// enabled. Read from the database (a refresh, which writes anyway, wants it exact).
-    async fn family_user(&self, family_id: &str, user_id: &str) -> Result<Option<User>, AuthError> {
+    async fn family_user(&self, family_id: &str, user_id: &str) -> Result<Option<Arc<User>>, AuthError> {
         let Some(family) = self.store.family(family_id).await? else { return Ok(None) };
-        let user = self.store.user_by_id(user_id).await?;
+        let user = self.store.user_by_id(user_id).await?.map(Arc::new);
         Ok(live_family_user(&family, user_id, user))
     }
 
     /// As [`AuthService::family_user`], through the read view (`store/view.rs`): no query while
     /// the view holds both rows and may use them (README "Sessions, tokens and logout").
-    async fn viewed_family_user(&self, family_id: &str, user_id: &str) -> Result<Option<User>, AuthError> {
+    async fn viewed_family_user(&self, family_id: &str, user_id: &str) -> Result<Option<Arc<User>>, AuthError> {
         let view = self.store.view();
         let ticket = view.ticket(user_id);
         let family = match view.family(user_id, family_id) {
             Some(f) => f,
             None => {
                 let Some(f) = self.store.family(family_id).await? else { return Ok(None) };
+                let f = Arc::new(f);
                 view.put_family(&ticket, user_id, family_id, &f);
                 f
             }
@@ -604,12 +605,12 @@ impl AuthService {
 
     /// The user row through the read view; `ticket` was taken before any database read made for
     /// this request.
-    async fn viewed_user(&self, user_id: &str, ticket: &Ticket) -> Result<Option<User>, AuthError> {
+    async fn viewed_user(&self, user_id: &str, ticket: &Ticket) -> Result<Option<Arc<User>>, AuthError> {
         let view = self.store.view();
         if let Some(user) = view.user(user_id) {
             return Ok(Some(user));
         }
-        let user = self.store.user_by_id(user_id).await?;
+        let user = self.store.user_by_id(user_id).await?.map(Arc::new);
         if let Some(u) = &user {
             view.put_user(ticket, u);
         }
@@ -696,7 +697,7 @@ impl AuthService {
         &self,
         token: &str,
         read: Option<LiveSession>,
-    ) -> Result<(User, Credential, DateTime<Utc>), AuthError> {
+    ) -> Result<(Arc<User>, Credential, DateTime<Utc>), AuthError> {
         let now = Utc::now();
         let session = match read {
             Some(LiveSession(row)) => *row,
@@ -739,23 +740,23 @@ impl AuthService {
     ///
     /// Through the read view: a logout or a disable is seen at once on this instance and within a
     /// second on every other (README "Sessions, tokens and logout").
-    pub async fn bearer_user(&self, token: &str) -> Result<(User, Credential), AuthError> {
+    pub async fn bearer_user(&self, token: &str) -> Result<(Arc<User>, Credential), AuthError> {
         self.bearer(token, true).await
     }
 
     /// As [`AuthService::bearer_user`], from the database: for token introspection, whose callers
     /// (the merchant's servers) are promised that a logout or a disable shows on their next call.
-    pub async fn bearer_user_now(&self, token: &str) -> Result<(User, Credential), AuthError> {
+    pub async fn bearer_user_now(&self, token: &str) -> Result<(Arc<User>, Credential), AuthError> {
         self.bearer(token, false).await
     }
 
     /// As [`AuthService::bearer_user`], for a token whose `claims` [`AuthService::access_claims`]
     /// verified moments ago in the same request (the rate limiter did): not verified twice.
-    pub async fn bearer_user_verified(&self, claims: std::sync::Arc<Claims>) -> Result<(User, Credential), AuthError> {
+    pub async fn bearer_user_verified(&self, claims: std::sync::Arc<Claims>) -> Result<(Arc<User>, Credential), AuthError> {
         self.bearer_claims(claims, true).await
     }
 
-    async fn bearer(&self, token: &str, viewed: bool) -> Result<(User, Credential), AuthError> {
+    async fn bearer(&self, token: &str, viewed: bool) -> Result<(Arc<User>, Credential), AuthError> {
         let claims = self.jwt.verify(token, Utc::now().timestamp()).map_err(|e| {
             tracing::info!(reason = %e, "access token refused");
             AuthError::Unauthenticated
@@ -763,7 +764,7 @@ impl AuthService {
         self.bearer_claims(claims, viewed).await
     }
 
-    async fn bearer_claims(&self, claims: std::sync::Arc<Claims>, viewed: bool) -> Result<(User, Credential), AuthError> {
+    async fn bearer_claims(&self, claims: std::sync::Arc<Claims>, viewed: bool) -> Result<(Arc<User>, Credential), AuthError> {
         let user = if viewed {
             self.viewed_family_user(&claims.fam, &claims.sub).await?
         } else {

@@ -501,12 +501,12 @@ impl PaymentsService {
             Some(inputs) => inputs,
             None => {
                 let ticket = view.ticket(user_id);
-                let inputs = self.entitlement_inputs(user_id).await?;
+                let inputs = std::sync::Arc::new(self.entitlement_inputs(user_id).await?);
                 view.put_entitlements(&ticket, user_id, &inputs);
                 inputs
             }
         };
-        Ok(Entitlements { access: effective_access(inputs.active, Utc::now()), credit_balance: inputs.credit_balance })
+        Ok(Entitlements { access: effective_access(inputs.active.clone(), Utc::now()), credit_balance: inputs.credit_balance })
     }
 
     async fn entitlement_inputs(&self, user_id: &str) -> Result<EntitlementInputs, PaymentError> {

@@ -25,7 +25,8 @@ pub struct VerifiedAccess(pub std::sync::Arc<crate::domain::jwt::Claims>);
 /// The authenticated caller and how they proved it.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
-    pub user: User,
+    /// Shared with the read view (`store/view.rs`), which hands out the row it holds.
+    pub user: std::sync::Arc<User>,
     pub credential: Credential,
 }
 

@@ -17,7 +17,7 @@ use crate::http::auth::{cookie_value, VerifiedAccess};
 use crate::http::error::ApiError;
 use crate::http::extract::ClientInfo;
 use crate::http::state::AppState;
-use crate::ratelimit::{client_key, Decision, Quota};
+use crate::ratelimit::{client_key, Decision, Quota, Refusal};
 
 /// Routes with a limit of their own (login, token, register: per client and account;
 /// checkout and payment intents: per user; licences: per user; password change: per credential;
@@ -140,18 +140,16 @@ where
         let http = &state.config.http;
         let hour = Quota { limit: http.api_hourly_limit, period: Duration::from_secs(3600) };
         let day = Quota { limit: http.api_daily_limit, period: Duration::from_secs(86_400) };
-        let hourly = state.limiter.hit(&format!("api:hour:{who}"), hour).await;
-        if let Decision::Limited { limit, retry_after } = hourly {
-            return ApiError::RateLimited { limit, retry_after }.into_response();
-        }
-        let daily = state.limiter.hit(&format!("api:day:{who}"), day).await;
-        if let Decision::Limited { limit, retry_after } = daily {
-            state.limiter.refund(&format!("api:hour:{who}"), hour).await;
-            return ApiError::RateLimited { limit, retry_after }.into_response();
-        }
-        for d in [hourly, daily] {
-            if let Decision::Allowed { limit, remaining, reset } = d {
-                allowances.push((limit, remaining, reset));
+        // Both windows in one call (one lock in memory), counted together or not at all.
+        let (hour_key, day_key) = (format!("api:hour:{who}"), format!("api:day:{who}"));
+        match state.limiter.hit_both((&hour_key, hour), (&day_key, day)).await {
+            Err(Refusal { limit, retry_after }) => return ApiError::RateLimited { limit, retry_after }.into_response(),
+            Ok(decisions) => {
+                for d in decisions {
+                    if let Decision::Allowed { limit, remaining, reset } = d {
+                        allowances.push((limit, remaining, reset));
+                    }
+                }
             }
         }
     }

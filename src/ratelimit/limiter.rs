@@ -41,6 +41,21 @@ impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allowed { .. })
     }
+
+    /// The refusal, when this is one.
+    pub fn refusal(self) -> Option<Refusal> {
+        match self {
+            Decision::Limited { limit, retry_after } => Some(Refusal { limit, retry_after }),
+            Decision::Allowed { .. } => None,
+        }
+    }
+}
+
+/// What refused an event: the refusing quota's limit, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub limit: u32,
+    pub retry_after: Duration,
 }
 
 #[async_trait]
@@ -51,6 +66,21 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn peek(&self, key: &str, quota: Quota) -> Decision;
     /// Gives back one event counted by `hit` (an attempt reserved up front that turned out fine).
     async fn refund(&self, key: &str, quota: Quota);
+    /// Counts one event under each of two keys (GCRA, as `hit`) when both quotas allow it, and
+    /// under neither when one refuses: both decisions, or the refusal (the first key's when both
+    /// refuse). Implementations that can decide both at once do (the in-memory one: one lock).
+    async fn hit_both(&self, first: (&str, Quota), second: (&str, Quota)) -> Result<[Decision; 2], Refusal> {
+        let a = self.hit(first.0, first.1).await;
+        if let Some(refusal) = a.refusal() {
+            return Err(refusal);
+        }
+        let b = self.hit(second.0, second.1).await;
+        if let Some(refusal) = b.refusal() {
+            self.refund(first.0, first.1).await;
+            return Err(refusal);
+        }
+        Ok([a, b])
+    }
     /// A sliding window, exact: counts one event under `key` if fewer than `quota.limit` were
     /// counted in the last `quota.period` (GCRA would let up to twice that through in a window
     /// that straddles a burst). `retry_after` is when the oldest counted event leaves the window.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::limiter::{gcra, Decision, Quota, RateLimiter};
+use super::limiter::{gcra, Decision, Quota, RateLimiter, Refusal};
 use super::observe::record;
 
 /// GCRA state per key in this process. Expired keys are swept now and then, so memory stays
@@ -91,6 +91,35 @@ impl RateLimiter for MemoryRateLimiter {
         }
     }
 
+    async fn hit_both(&self, first: (&str, Quota), second: (&str, Quota)) -> Result<[Decision; 2], Refusal> {
+        let now = self.origin.elapsed();
+        let mut state = self.lock();
+        let (a, a_tat) = gcra(state.tats.get(first.0).copied(), now, first.1);
+        if let Some(refusal) = a.refusal() {
+            return Err(refusal);
+        }
+        let (b, b_tat) = gcra(state.tats.get(second.0).copied(), now, second.1);
+        if let Some(refusal) = b.refusal() {
+            return Err(refusal);
+        }
+        // Both allowed: only now is either counted (nothing to give back on a refusal).
+        for (key, tat) in [(first.0, a_tat), (second.0, b_tat)] {
+            if let Some(t) = tat {
+                match state.tats.get_mut(key) {
+                    Some(kept) => *kept = t,
+                    None => {
+                        state.tats.insert(key.to_owned(), t);
+                    }
+                }
+            }
+        }
+        state.sweep(now);
+        drop(state);
+        record(a);
+        record(b);
+        Ok([a, b])
+    }
+
     async fn hit_window(&self, key: &str, quota: Quota) -> Decision {
         let now = self.origin.elapsed();
         let mut state = self.lock();
@@ -137,6 +166,58 @@ mod tests {
         l.refund("a", q).await;
         assert!(l.hit("a", q).await.is_allowed(), "a refunded event can be used again");
         assert!(!l.hit("a", q).await.is_allowed());
+    }
+
+    /// Delegates all but `hit_both` to the in-memory limiter, so the trait's own `hit_both` (the
+    /// one the Redis limiter uses) is what runs.
+    struct TwoCalls(MemoryRateLimiter);
+
+    #[async_trait]
+    impl RateLimiter for TwoCalls {
+        async fn hit(&self, key: &str, quota: Quota) -> Decision {
+            self.0.hit(key, quota).await
+        }
+        async fn peek(&self, key: &str, quota: Quota) -> Decision {
+            self.0.peek(key, quota).await
+        }
+        async fn refund(&self, key: &str, quota: Quota) {
+            self.0.refund(key, quota).await
+        }
+        async fn hit_window(&self, key: &str, quota: Quota) -> Decision {
+            self.0.hit_window(key, quota).await
+        }
+        async fn refund_window(&self, key: &str) {
+            self.0.refund_window(key).await
+        }
+    }
+
+    /// What the global budget relies on: two quotas counted together or not at all.
+    async fn both_or_neither(l: &dyn RateLimiter) {
+        let small = Quota { limit: 2, period: Duration::from_secs(60) };
+        let large = Quota { limit: 3, period: Duration::from_secs(60) };
+        let [a, b] = l.hit_both(("s", small), ("l", large)).await.unwrap();
+        assert!(matches!(a, Decision::Allowed { limit: 2, remaining: 1, .. }), "{a:?}");
+        assert!(matches!(b, Decision::Allowed { limit: 3, remaining: 2, .. }), "{b:?}");
+        assert!(l.hit_both(("s", small), ("l", large)).await.is_ok());
+        let refused = l.hit_both(("s", small), ("l", large)).await.unwrap_err();
+        assert_eq!(refused.limit, 2, "the first quota refused");
+        assert!(refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(30));
+        assert!(l.peek("l", large).await.is_allowed(), "the second key was not counted for a refused pair");
+        // The second quota refuses: the first is not counted either.
+        assert!(l.hit("x", small).await.is_allowed());
+        assert!(l.hit("x", small).await.is_allowed());
+        let refused = l.hit_both(("fresh", large), ("x", small)).await.unwrap_err();
+        assert_eq!(refused.limit, 2, "the second quota refused");
+        for n in 0..3 {
+            assert!(l.hit("fresh", large).await.is_allowed(), "hit {n}: the first key kept its whole burst");
+        }
+        assert!(!l.hit("fresh", large).await.is_allowed());
+    }
+
+    #[tokio::test]
+    async fn two_quotas_are_counted_together_or_not_at_all() {
+        both_or_neither(&MemoryRateLimiter::new()).await;
+        both_or_neither(&TwoCalls(MemoryRateLimiter::new())).await;
     }
 
     #[tokio::test]

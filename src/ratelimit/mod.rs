@@ -8,7 +8,7 @@ mod observe;
 mod redis;
 mod shared;
 
-pub use limiter::{client_key, Decision, Quota, RateLimiter};
+pub use limiter::{client_key, Decision, Quota, RateLimiter, Refusal};
 pub use memory::MemoryRateLimiter;
 pub use observe::{observed, Allowance};
 pub use redis::{ping, RedisError, RedisRateLimiter, MAX_CONNECTIONS as MAX_REDIS_CONNECTIONS};

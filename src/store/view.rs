@@ -86,9 +86,10 @@ impl<T: Clone> Slot<T> {
 
 #[derive(Default)]
 struct Entry {
-    user: Option<Slot<User>>,
-    families: HashMap<String, Slot<FamilyRow>>,
-    entitlements: Option<Slot<EntitlementInputs>>,
+    // Shared, so a hit hands out a pointer instead of copying the row (and its strings).
+    user: Option<Slot<Arc<User>>>,
+    families: HashMap<String, Slot<Arc<FamilyRow>>>,
+    entitlements: Option<Slot<Arc<EntitlementInputs>>>,
 }
 
 /// Counters for `/metrics`.
@@ -234,21 +235,21 @@ impl View {
         write(shard.entry(user_id.to_owned()).or_default());
     }
 
-    pub fn user(&self, user_id: &str) -> Option<User> {
+    pub fn user(&self, user_id: &str) -> Option<Arc<User>> {
         self.get(user_id, |e| e.user.as_ref())
     }
 
-    pub fn put_user(&self, t: &Ticket, user: &User) {
+    pub fn put_user(&self, t: &Ticket, user: &Arc<User>) {
         self.put(&user.id, t, |e| e.user = Some(Slot::new(user.clone(), t)));
     }
 
     /// A family of `user_id` (the user its access token names).
-    pub fn family(&self, user_id: &str, family_id: &str) -> Option<FamilyRow> {
+    pub fn family(&self, user_id: &str, family_id: &str) -> Option<Arc<FamilyRow>> {
         self.get(user_id, |e| e.families.get(family_id))
     }
 
     /// Keeps a family's row under the user it belongs to (a row of another user is not kept).
-    pub fn put_family(&self, t: &Ticket, user_id: &str, family_id: &str, row: &FamilyRow) {
+    pub fn put_family(&self, t: &Ticket, user_id: &str, family_id: &str, row: &Arc<FamilyRow>) {
         if row.user_id != user_id {
             return;
         }
@@ -260,14 +261,14 @@ impl View {
         });
     }
 
-    pub fn entitlements(&self, user_id: &str) -> Option<EntitlementInputs> {
+    pub fn entitlements(&self, user_id: &str) -> Option<Arc<EntitlementInputs>> {
         self.get(user_id, |e| e.entitlements.as_ref())
     }
 
     /// Kept for [`MAX_AGE`] only, whatever the channel says: grants and credit balances are not
     /// notified (their writes are frequent, and a NOTIFY serialises commits cluster-wide), so
     /// only this process's own invalidations reach them.
-    pub fn put_entitlements(&self, t: &Ticket, user_id: &str, inputs: &EntitlementInputs) {
+    pub fn put_entitlements(&self, t: &Ticket, user_id: &str, inputs: &Arc<EntitlementInputs>) {
         let slot = Slot { live: false, ..Slot::new(inputs.clone(), t) };
         self.put(user_id, t, |e| e.entitlements = Some(slot));
     }
@@ -336,8 +337,8 @@ mod tests {
     use crate::domain::account::Role;
     use crate::store::invalidation;
 
-    fn user(id: &str, disabled: bool) -> User {
-        User {
+    fn user(id: &str, disabled: bool) -> Arc<User> {
+        Arc::new(User {
             id: id.to_owned(),
             email: format!("{id}@example.com"),
             name: None,
@@ -347,7 +348,7 @@ mod tests {
             created_at: Utc::now(),
             password_changed_at: Utc::now(),
             credential_epoch: 0,
-        }
+        })
     }
 
     #[test]
@@ -372,9 +373,9 @@ mod tests {
         let view = View::new(100);
         let t = view.ticket("usr_a");
         view.put_user(&t, &user("usr_a", false));
-        let family = FamilyRow { user_id: "usr_a".to_owned(), credential_epoch: 0, revoked: false };
+        let family = Arc::new(FamilyRow { user_id: "usr_a".to_owned(), credential_epoch: 0, revoked: false });
         view.put_family(&t, "usr_a", "fam_1", &family);
-        view.put_entitlements(&t, "usr_a", &EntitlementInputs { active: vec![], credit_balance: 5 });
+        view.put_entitlements(&t, "usr_a", &Arc::new(EntitlementInputs { active: vec![], credit_balance: 5 }));
         assert_eq!(view.family("usr_a", "fam_1"), Some(family.clone()));
         view.invalidate("usr_a");
         assert!(view.user("usr_a").is_none() && view.family("usr_a", "fam_1").is_none());
@@ -393,7 +394,12 @@ mod tests {
     fn a_family_of_another_user_is_not_kept_under_this_one() {
         let view = View::new(100);
         let t = view.ticket("usr_a");
-        view.put_family(&t, "usr_a", "fam_1", &FamilyRow { user_id: "usr_b".to_owned(), credential_epoch: 0, revoked: false });
+        view.put_family(
+            &t,
+            "usr_a",
+            "fam_1",
+            &Arc::new(FamilyRow { user_id: "usr_b".to_owned(), credential_epoch: 0, revoked: false }),
+        );
         assert!(view.family("usr_a", "fam_1").is_none());
     }
 
@@ -431,7 +437,7 @@ mod tests {
         let mut t = view.ticket("usr_a");
         assert!(t.live);
         t.at -= MAX_AGE * 2;
-        view.put_entitlements(&t, "usr_a", &EntitlementInputs { active: vec![], credit_balance: 5 });
+        view.put_entitlements(&t, "usr_a", &Arc::new(EntitlementInputs { active: vec![], credit_balance: 5 }));
         assert!(view.entitlements("usr_a").is_none(), "grants and balances are not notified: 500 ms at most");
         view.put_user(&t, &user("usr_a", false));
         assert!(view.user("usr_a").is_some(), "users are");
@@ -466,7 +472,7 @@ mod tests {
         .unwrap();
         // A reader reads the old (pre-commit) row and keeps it.
         let t = view.ticket("usr_u");
-        view.put_entitlements(&t, "usr_u", &EntitlementInputs { active: vec![], credit_balance: 0 });
+        view.put_entitlements(&t, "usr_u", &Arc::new(EntitlementInputs { active: vec![], credit_balance: 0 }));
         assert!(view.entitlements("usr_u").is_some(), "kept until the writer's commit");
         reader_done_tx.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(5), writer).await.unwrap().unwrap();

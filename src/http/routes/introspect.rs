@@ -119,8 +119,8 @@ pub async fn introspect(
     let out = match state.auth.bearer_user_now(&token).await {
         Ok((user, Credential::Bearer { claims, .. })) => IntrospectionOut {
             active: true,
-            sub: Some(user.id),
-            username: Some(user.email),
+            sub: Some(user.id.clone()),
+            username: Some(user.email.clone()),
             role: Some(user.role),
             token_type: Some("access_token".to_owned()),
             exp: Some(claims.exp),

@@ -63,7 +63,7 @@ pub struct SessionList {
         Unauthenticated,
     ))]
 pub async fn me(current: CurrentUser) -> axum::Json<UserOut> {
-    axum::Json(UserOut::from(&current.user))
+    axum::Json(UserOut::from(&*current.user))
 }
 
 /// Change the password; every other session and token family of the user ends.
