@@ -66,9 +66,12 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn peek(&self, key: &str, quota: Quota) -> Decision;
     /// Gives back one event counted by `hit` (an attempt reserved up front that turned out fine).
     async fn refund(&self, key: &str, quota: Quota);
-    /// Counts one event under each of two keys (GCRA, as `hit`) when both quotas allow it, and
-    /// under neither when one refuses: both decisions, or the refusal (the first key's when both
-    /// refuse). Implementations that can decide both at once do (the in-memory one: one lock).
+    /// Counts one event under each of two keys (GCRA, as `hit`; the keys differ) when both quotas
+    /// allow it: both decisions, or the refusal (the first key's when both refuse). The in-memory
+    /// limiter decides the pair at once (one lock) and counts nothing for a refused pair. This
+    /// default, which the Redis limiter uses, counts the first, then the second, and gives the
+    /// first back when the second refuses: meanwhile the first is held, and a failure between the
+    /// two can leave it counted (refused too soon, never allowed too much).
     async fn hit_both(&self, first: (&str, Quota), second: (&str, Quota)) -> Result<[Decision; 2], Refusal> {
         let a = self.hit(first.0, first.1).await;
         if let Some(refusal) = a.refusal() {

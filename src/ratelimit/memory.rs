@@ -92,6 +92,7 @@ impl RateLimiter for MemoryRateLimiter {
     }
 
     async fn hit_both(&self, first: (&str, Quota), second: (&str, Quota)) -> Result<[Decision; 2], Refusal> {
+        debug_assert_ne!(first.0, second.0, "hit_both counts two keys");
         let now = self.origin.elapsed();
         let mut state = self.lock();
         let (a, a_tat) = gcra(state.tats.get(first.0).copied(), now, first.1);
@@ -113,6 +114,8 @@ impl RateLimiter for MemoryRateLimiter {
                 }
             }
         }
+        // Two keys counted: the sweep comes as often as after two `hit`s.
+        state.sweep(now);
         state.sweep(now);
         drop(state);
         record(a);
