@@ -140,7 +140,8 @@ where
         let http = &state.config.http;
         let hour = Quota { limit: http.api_hourly_limit, period: Duration::from_secs(3600) };
         let day = Quota { limit: http.api_daily_limit, period: Duration::from_secs(86_400) };
-        // Both windows in one call (one lock in memory), counted together or not at all.
+        // Both windows in one call: in memory one lock, and a pair one window refuses counts in
+        // neither; on Redis hour, day, and the hour given back when the day refuses.
         let (hour_key, day_key) = (format!("api:hour:{who}"), format!("api:day:{who}"));
         match state.limiter.hit_both((&hour_key, hour), (&day_key, day)).await {
             Err(Refusal { limit, retry_after }) => return ApiError::RateLimited { limit, retry_after }.into_response(),
