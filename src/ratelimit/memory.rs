@@ -36,15 +36,10 @@ impl MemoryRateLimiter {
         let mut state = self.lock();
         let (decision, new_tat) = gcra(state.tats.get(key).copied(), now, quota);
         if record {
-            match (new_tat, state.tats.get_mut(key)) {
-                (Some(t), Some(tat)) => *tat = t,
-                // A key's first hit: only then is it copied.
-                (Some(t), None) => {
-                    state.tats.insert(key.to_owned(), t);
-                }
-                (None, _) => {}
+            match new_tat {
+                Some(t) => state.count(key, t, now),
+                None => state.sweep(now),
             }
-            state.sweep(now);
         }
         decision
     }
@@ -55,6 +50,18 @@ impl MemoryRateLimiter {
 }
 
 impl State {
+    /// One event counted under `key`: its new arrival time is kept (a key's first hit is the only
+    /// time it is copied), and expired keys are swept now and then.
+    fn count(&mut self, key: &str, tat: Duration, now: Duration) {
+        match self.tats.get_mut(key) {
+            Some(kept) => *kept = tat,
+            None => {
+                self.tats.insert(key.to_owned(), tat);
+            }
+        }
+        self.sweep(now);
+    }
+
     fn sweep(&mut self, now: Duration) {
         self.hits_since_sweep += 1;
         if self.hits_since_sweep >= 4096 {
@@ -103,20 +110,13 @@ impl RateLimiter for MemoryRateLimiter {
         if let Some(refusal) = b.refusal() {
             return Err(refusal);
         }
-        // Both allowed: only now is either counted (nothing to give back on a refusal).
+        // Both allowed: only now is either counted (nothing to give back on a refusal), each as
+        // `hit` counts it.
         for (key, tat) in [(first.0, a_tat), (second.0, b_tat)] {
             if let Some(t) = tat {
-                match state.tats.get_mut(key) {
-                    Some(kept) => *kept = t,
-                    None => {
-                        state.tats.insert(key.to_owned(), t);
-                    }
-                }
+                state.count(key, t, now);
             }
         }
-        // Two keys counted: the sweep comes as often as after two `hit`s.
-        state.sweep(now);
-        state.sweep(now);
         drop(state);
         record(a);
         record(b);

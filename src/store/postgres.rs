@@ -28,7 +28,7 @@ super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 super::credits::impl_credit_store!(PgStore, sqlx::Postgres);
 super::licences::impl_licence_store!(PgStore, sqlx::Postgres);
 super::outbox::impl_outbox_store!(PgStore, sqlx::Postgres, "FOR UPDATE SKIP LOCKED", true);
-super::settle::impl_settle_writer!(PgStore, sqlx::Postgres);
+super::settle::impl_settle_writer!(PgStore, sqlx::Postgres, true);
 
 pub struct PgStore {
     pool: PgPool,

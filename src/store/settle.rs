@@ -50,7 +50,7 @@ impl FailingSince {
 }
 
 macro_rules! impl_settle_writer {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $pg:literal) => {
         impl $store {
             /// The writer of [`finish_attempt`](crate::store::outbox::OutboxStore::finish_attempt):
             /// `writers` tasks (each one transaction at a time) running
@@ -190,7 +190,7 @@ macro_rules! impl_settle_writer {
                 // `delete_endpoint` locks an endpoint's (then the endpoints, in id order, below):
                 // taken in the attempts' order they could deadlock with it. (SQLite: the write
                 // turn orders everything.)
-                if matches!(<$db as sqlx::Database>::NAME.as_bytes(), b"PostgreSQL") && dones.len() > 1 {
+                if $pg && dones.len() > 1 {
                     let mut ids: Vec<&str> = dones.iter().map(|d| d.message_id.as_str()).collect();
                     ids.sort_unstable();
                     ids.dedup();

@@ -36,7 +36,7 @@ super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
 super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
 super::outbox::impl_outbox_store!(SqliteStore, sqlx::Sqlite, "", false);
-super::settle::impl_settle_writer!(SqliteStore, sqlx::Sqlite);
+super::settle::impl_settle_writer!(SqliteStore, sqlx::Sqlite, false);
 
 pub struct SqliteStore {
     pool: SqlitePool,
