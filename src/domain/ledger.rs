@@ -114,6 +114,11 @@ pub fn held_outcome(why: &str) -> (EventStatus, String) {
     (EventStatus::Failed, format!("not applied: {why}"))
 }
 
+/// The outcome of an [`EventPlan::ApplyNoted`]: its application's, with the remark after it.
+pub fn noted_outcome((status, detail): (EventStatus, String), remark: &str) -> (EventStatus, String) {
+    (status, format!("{detail}; {remark}"))
+}
+
 /// The status and history line of an event applied to an order.
 pub fn applied_outcome(applied: &Applied) -> (EventStatus, String) {
     match applied {

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use super::error::StoreError;
 use crate::domain::ledger::{EventPlan, EventStatus, Recorded};
+use crate::domain::orders::OrderRef;
 
 /// A verified event to store, with the exact bytes Stripe sent.
 #[derive(Debug, Clone)]
@@ -99,21 +100,127 @@ pub(crate) struct Deferred {
     /// tries every event of the batch.
     pub inserted: std::collections::HashSet<String>,
     /// Ids the batch's first statement stored with their final status already (see
-    /// [`outcome_without_store`]): only their history lines remain to be written.
+    /// [`known_outcome`]): only their history lines remain to be written.
     pub settled: std::collections::HashSet<String>,
+    /// Ids of the batch's events certain to find no order ([`certain_no_order`]): carried out
+    /// without looking.
+    pub no_order: std::collections::HashSet<String>,
 }
 
-/// The outcome of a plan that neither reads nor writes anything but the ledger, known before it
-/// is carried out: a batch stores such an event with its final status at once, so its row is
-/// written once, not inserted and then updated.
-pub(crate) fn outcome_without_store(plan: &EventPlan) -> Option<(EventStatus, String)> {
-    use crate::domain::ledger::{held_outcome, ignored_outcome, unmatched_outcome};
+/// The outcome of a plan, when it is known before the plan is carried out: a plan that neither
+/// reads nor writes anything but the ledger, or one that applies to an order when the event is
+/// certain to find none (`no_order`, see [`certain_no_order`]). A batch stores such an event with
+/// its final status at once, so its row is written once, not inserted and then updated.
+pub(crate) fn known_outcome(plan: &EventPlan, no_order: bool) -> Option<(EventStatus, String)> {
+    use crate::domain::ledger::{applied_outcome, held_outcome, ignored_outcome, noted_outcome, unmatched_outcome};
+    use crate::domain::orders::Applied;
     match plan {
         EventPlan::Ignore(why) => Some(ignored_outcome(why)),
         EventPlan::Unmatched(why) => Some(unmatched_outcome(why)),
         EventPlan::Hold(why) => Some(held_outcome(why)),
+        EventPlan::Apply(..) if no_order => Some(applied_outcome(&Applied::NoOrder)),
+        EventPlan::ApplyNoted(_, _, remark) if no_order => Some(noted_outcome(applied_outcome(&Applied::NoOrder), remark)),
         EventPlan::SettleRefund { .. } | EventPlan::Apply(..) | EventPlan::ApplyNoted(..) => None,
     }
+}
+
+/// The order references of a plan that applies to an order.
+fn order_ref(plan: &EventPlan) -> Option<&OrderRef> {
+    match plan {
+        EventPlan::Apply(r, _) | EventPlan::ApplyNoted(r, _, _) => Some(r),
+        _ => None,
+    }
+}
+
+/// What the orders table holds of the ids a batch's events name, read by one statement at the
+/// batch's start ([`NamedOrders::query`]): each column's values that some order has.
+#[derive(Debug, Default)]
+pub(crate) struct NamedOrders {
+    pub ids: std::collections::HashSet<String>,
+    pub sessions: std::collections::HashSet<String>,
+    pub intents: std::collections::HashSet<String>,
+    pub charges: std::collections::HashSet<String>,
+}
+
+/// The columns an event's order is looked up by, in the order of [`OrderRef`]'s references.
+const ORDER_KEYS: [&str; 4] = ["id", "checkout_session_id", "payment_intent_id", "charge_id"];
+
+impl NamedOrders {
+    /// The statement reading, of every order one of `plans` names by any of its references, those
+    /// four columns (`SELECT id, checkout_session_id, payment_intent_id, charge_id`), with its
+    /// parameters in order; `None` when no plan names an order. Placeholders as
+    /// [`value_rows`] writes them.
+    pub fn query<'a>(plans: impl Iterator<Item = &'a EventPlan>, numbered: bool) -> Option<(String, Vec<&'a str>)> {
+        let mut named: [Vec<&str>; 4] = Default::default();
+        for r in plans.filter_map(order_ref) {
+            for (values, value) in named.iter_mut().zip([&r.order_id, &r.checkout_session_id, &r.payment_intent_id, &r.charge_id])
+            {
+                values.extend(value.as_deref());
+            }
+        }
+        let mut terms = Vec::new();
+        let mut params = Vec::new();
+        for (column, values) in ORDER_KEYS.iter().zip(named) {
+            if values.is_empty() {
+                continue;
+            }
+            let first = params.len();
+            let list = (0..values.len())
+                .map(|i| if numbered { format!("${}", first + i + 1) } else { "?".to_owned() })
+                .collect::<Vec<_>>()
+                .join(", ");
+            terms.push(format!("{column} IN ({list})"));
+            params.extend(values);
+        }
+        (!terms.is_empty())
+            .then(|| (format!("SELECT {} FROM orders WHERE {}", ORDER_KEYS.join(", "), terms.join(" OR ")), params))
+    }
+
+    /// Adds one row the query returned (its four columns, in order).
+    pub fn add(&mut self, row: (String, Option<String>, Option<String>, Option<String>)) {
+        let (id, session, intent, charge) = row;
+        self.ids.insert(id);
+        self.sessions.extend(session);
+        self.intents.extend(intent);
+        self.charges.extend(charge);
+    }
+
+    /// Whether the order lookup of `r` (`payments.rs`' `apply_locked`: an order whose id,
+    /// session, payment intent or charge is the one `r` names) would find one of these orders.
+    fn names(&self, r: &OrderRef) -> bool {
+        let has =
+            |set: &std::collections::HashSet<String>, value: &Option<String>| value.as_ref().is_some_and(|v| set.contains(v));
+        has(&self.ids, &r.order_id)
+            || has(&self.sessions, &r.checkout_session_id)
+            || has(&self.intents, &r.payment_intent_id)
+            || has(&self.charges, &r.charge_id)
+    }
+}
+
+/// Of a batch's events, given in the order the batch carries them out, the ids of those certain to
+/// find no order: every event that applies to an order and comes before the first one naming an
+/// order that `found` (read at the batch's start) holds.
+///
+/// Why that is certain: within the batch's transaction, only the batch's own events change the
+/// orders table (on SQLite the batch holds the write lock from its start; on PostgreSQL an order
+/// another transaction commits meanwhile is one these events missed by arriving a moment
+/// earlier, as they would without this), and an event changes an order only after finding it.
+/// So until an event names an order `found` holds, none has been changed, and the table is, for
+/// these events' lookups, what `found` read. After that first event, an order could gain a
+/// payment intent or a charge another event names: every later event looks its order up itself.
+pub(crate) fn certain_no_order<'a>(
+    events: impl Iterator<Item = (&'a str, &'a EventPlan)>,
+    found: &NamedOrders,
+) -> std::collections::HashSet<String> {
+    let mut certain = std::collections::HashSet::new();
+    for (event_id, plan) in events {
+        let Some(r) = order_ref(plan) else { continue };
+        if found.names(r) {
+            break;
+        }
+        certain.insert(event_id.to_owned());
+    }
+    certain
 }
 
 /// Rows per closing statement (4 parameters each, well under either engine's limit).
@@ -195,7 +302,7 @@ pub(crate) const EVENT_COLUMNS: &str =
     "event_id, type, livemode, api_version, created, received_at, updated_at, status, payload, provider";
 
 macro_rules! impl_ledger_store {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $pg:literal) => {
         #[async_trait::async_trait]
         impl $crate::store::ledger::LedgerStore for $store {
             async fn record_event(
@@ -262,7 +369,7 @@ macro_rules! impl_ledger_store {
                         tx.rollback().await?;
                         return Ok(None);
                     }
-                    let (status, detail) = Self::carry_out(&mut tx, plan, now).await?;
+                    let (status, detail) = Self::carry_out(&mut tx, plan, false, now).await?;
                     let detail = format!("{why}: {detail}");
                     Self::set_event_status(&mut tx, event_id, status, &detail, now).await?;
                     tx.commit().await?;
@@ -318,7 +425,7 @@ macro_rules! impl_ledger_store {
         impl $store {
             /// Whether the batch statements number their placeholders (PostgreSQL) or not
             /// (SQLite: see [`value_rows`](crate::store::ledger::value_rows)).
-            pub(crate) const NUMBERED: bool = matches!(<$db as sqlx::Database>::NAME.as_bytes(), b"PostgreSQL");
+            pub(crate) const NUMBERED: bool = $pg;
 
             /// The writers of [`record_event`]: `writers` tasks (each one transaction at a time)
             /// running [`run_ingest_batch`](Self::run_ingest_batch) on `parts`.
@@ -428,7 +535,14 @@ macro_rules! impl_ledger_store {
                 // The users whose grants or balances the batch changed leave the read view once
                 // it is over (committed or rolled back), never before (`invalidation.rs`).
                 let result = $crate::store::invalidation::scoped(|u| parts.view.invalidate(u), async {
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    // SQLite: the write lock from the start, as the batch reads the orders table
+                    // before its first write (`named_orders`); read first and written after, a
+                    // transaction could not write once another process (the CLI) had written.
+                    let mut tx = if $pg {
+                        sqlx::Connection::begin(&mut *conn).await?
+                    } else {
+                        sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?
+                    };
                     let mut answers = Vec::with_capacity(jobs.len());
                     let mut deferred = $crate::store::ledger::Deferred::default();
                     // Without savepoints, an event failed: the batch is rolled back (unless SQLite
@@ -444,7 +558,15 @@ macro_rules! impl_ledger_store {
                         }};
                     }
                     if !savepoints {
-                        match Self::insert_events(&mut tx, jobs).await {
+                        match Self::named_orders(&mut tx, jobs).await {
+                            Ok(found) => {
+                                let events = jobs.iter().map(|j| (j.work.event.event_id.as_str(), &j.work.plan));
+                                deferred.no_order = $crate::store::ledger::certain_no_order(events, &found);
+                            }
+                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
+                            Err(_) => roll_back_all!(),
+                        }
+                        match Self::insert_events(&mut tx, jobs, &deferred.no_order).await {
                             Ok(inserted) => deferred.inserted = inserted,
                             Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
                             Err(_) => roll_back_all!(),
@@ -592,11 +714,12 @@ macro_rules! impl_ledger_store {
                     }
                     retried = true;
                 }
-                let (status, detail) = Self::carry_out(tx, plan, now).await?;
+                let no_order = deferred.as_ref().is_some_and(|d| d.no_order.contains(&e.event_id));
+                let (status, detail) = Self::carry_out(tx, plan, no_order, now).await?;
                 let detail = if retried { format!("processed again after a failure: {detail}") } else { detail };
                 match deferred {
                     Some(d) => {
-                        if !retried && $crate::store::ledger::outcome_without_store(plan).is_some() {
+                        if !retried && $crate::store::ledger::known_outcome(plan, no_order).is_some() {
                             d.settled.insert(e.event_id.clone());
                         }
                         d.seen.insert(e.event_id.clone(), status);
@@ -607,13 +730,35 @@ macro_rules! impl_ledger_store {
                 Ok(Recorded::Stored { status, detail, retried })
             }
 
-            /// Stores the batch's events (status `received`, or their final one when their plan
-            /// needs nothing else: [`outcome_without_store`](crate::store::ledger::outcome_without_store)) in one statement per
+            /// The orders the batch's events name, in one statement (see
+            /// [`certain_no_order`](crate::store::ledger::certain_no_order)).
+            async fn named_orders(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                jobs: &[$crate::store::ledger::IngestJob],
+            ) -> Result<$crate::store::ledger::NamedOrders, $crate::store::error::StoreError> {
+                let mut found = $crate::store::ledger::NamedOrders::default();
+                let Some((sql, params)) = $crate::store::ledger::NamedOrders::query(jobs.iter().map(|j| &j.work.plan), Self::NUMBERED) else {
+                    return Ok(found);
+                };
+                // Not cached: its text depends on the batch.
+                let mut select = sqlx::query_as(&sql).persistent(false);
+                for param in params {
+                    select = select.bind(param);
+                }
+                for row in select.fetch_all(&mut **tx).await? {
+                    found.add(row);
+                }
+                Ok(found)
+            }
+
+            /// Stores the batch's events (status `received`, or their final one when it is known
+            /// already: [`known_outcome`](crate::store::ledger::known_outcome)) in one statement per
             /// [`LINES_PER_STATEMENT`](crate::store::ledger::LINES_PER_STATEMENT) (not cached, as
             /// below); the ids that were new.
             async fn insert_events(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 jobs: &[$crate::store::ledger::IngestJob],
+                no_order: &std::collections::HashSet<String>,
             ) -> Result<std::collections::HashSet<String>, $crate::store::error::StoreError> {
                 let mut inserted = std::collections::HashSet::with_capacity(jobs.len());
                 // In the ids' order, so two batches holding the same new ids (concurrent
@@ -629,7 +774,7 @@ macro_rules! impl_ledger_store {
                     let mut insert = sqlx::query_scalar::<_, String>(&sql).persistent(false);
                     for job in jobs {
                         let (e, now) = (&job.work.event, job.work.now);
-                        let status = $crate::store::ledger::outcome_without_store(&job.work.plan)
+                        let status = $crate::store::ledger::known_outcome(&job.work.plan, no_order.contains(&e.event_id))
                             .map_or($crate::domain::ledger::EventStatus::Received, |(status, _)| status);
                         insert = insert.bind(&e.event_id).bind(&e.kind).bind(e.livemode).bind(&e.api_version).bind(e.created).bind(now).bind(now).bind(status).bind(&e.payload).bind(e.provider);
                     }
@@ -700,16 +845,19 @@ macro_rules! impl_ledger_store {
             }
 
             /// Carries out `plan` inside the ledger's transaction: the event's new status and why
-            /// (decided by `domain::ledger`; only the reads and writes are here).
+            /// (decided by `domain::ledger`; only the reads and writes are here). `no_order`: the
+            /// event is certain to find no order (`ledger::certain_no_order`), so none is looked up.
             async fn carry_out(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 plan: &$crate::domain::ledger::EventPlan,
+                no_order: bool,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<($crate::domain::ledger::EventStatus, String), $crate::store::error::StoreError> {
-                use $crate::domain::ledger::{applied_outcome, held_outcome, ignored_outcome, refund_outcome, unmatched_outcome, EventPlan};
+                use $crate::domain::ledger::{applied_outcome, noted_outcome, refund_outcome, EventPlan};
+                if let Some(outcome) = $crate::store::ledger::known_outcome(plan, no_order) {
+                    return Ok(outcome);
+                }
                 Ok(match plan {
-                    EventPlan::Ignore(why) => ignored_outcome(why),
-                    EventPlan::Unmatched(why) => unmatched_outcome(why),
                     EventPlan::SettleRefund { refund_id, stripe_refund_id, status } => {
                         let settled = sqlx::query(
                             "UPDATE refunds SET stripe_refund_id = COALESCE(stripe_refund_id, $2), status = $3 WHERE id = $1",
@@ -724,10 +872,11 @@ macro_rules! impl_ledger_store {
                     }
                     EventPlan::Apply(order, fact) => applied_outcome(&Self::apply_locked(tx, order, fact, now).await?),
                     EventPlan::ApplyNoted(order, fact, remark) => {
-                        let (status, detail) = applied_outcome(&Self::apply_locked(tx, order, fact, now).await?);
-                        (status, format!("{detail}; {remark}"))
+                        noted_outcome(applied_outcome(&Self::apply_locked(tx, order, fact, now).await?), remark)
                     }
-                    EventPlan::Hold(why) => held_outcome(why),
+                    EventPlan::Ignore(_) | EventPlan::Unmatched(_) | EventPlan::Hold(_) => {
+                        unreachable!("known_outcome answers every plan that reads and writes nothing")
+                    }
                 })
             }
 
@@ -761,7 +910,79 @@ pub(crate) use impl_ledger_store;
 
 #[cfg(test)]
 mod tests {
-    use super::value_rows;
+    use super::{certain_no_order, known_outcome, value_rows, NamedOrders};
+    use crate::domain::ledger::{EventPlan, EventStatus};
+    use crate::domain::orders::{OrderRef, PaymentFact};
+
+    fn apply(session: Option<&str>, intent: Option<&str>) -> EventPlan {
+        let r = OrderRef {
+            checkout_session_id: session.map(str::to_owned),
+            payment_intent_id: intent.map(str::to_owned),
+            ..OrderRef::default()
+        };
+        EventPlan::Apply(r, PaymentFact::Canceled)
+    }
+
+    #[test]
+    fn one_statement_reads_every_order_a_batch_names_by_any_of_its_ids() {
+        let plans = [
+            apply(Some("cs_1"), None),
+            EventPlan::Ignore("not about an order".to_owned()),
+            apply(Some("cs_2"), Some("pi_2")),
+            EventPlan::ApplyNoted(
+                OrderRef { order_id: Some("ord_3".to_owned()), charge_id: Some("ch_3".to_owned()), ..OrderRef::default() },
+                PaymentFact::Canceled,
+                "a remark".to_owned(),
+            ),
+        ];
+        let (sql, params) = NamedOrders::query(plans.iter(), true).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT id, checkout_session_id, payment_intent_id, charge_id FROM orders \
+             WHERE id IN ($1) OR checkout_session_id IN ($2, $3) OR payment_intent_id IN ($4) OR charge_id IN ($5)"
+        );
+        assert_eq!(params, ["ord_3", "cs_1", "cs_2", "pi_2", "ch_3"]);
+        let (sql, _) = NamedOrders::query(plans[..1].iter(), false).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT id, checkout_session_id, payment_intent_id, charge_id FROM orders WHERE checkout_session_id IN (?)"
+        );
+        assert!(NamedOrders::query(plans[1..2].iter(), false).is_none(), "no plan names an order: no statement");
+    }
+
+    #[test]
+    fn events_before_the_first_that_names_a_found_order_are_certain_to_find_none() {
+        let mut found = NamedOrders::default();
+        found.add(("ord_x".to_owned(), Some("cs_x".to_owned()), None, None));
+        let plans = [
+            ("evt_1", apply(Some("cs_a"), None)),
+            ("evt_2", EventPlan::Ignore("not about an order".to_owned())),
+            ("evt_3", apply(Some("cs_b"), Some("pi_b"))),
+            // Names the found order: it may give it a PaymentIntent a later event names.
+            ("evt_4", apply(Some("cs_x"), Some("pi_c"))),
+            ("evt_5", apply(None, Some("pi_c"))),
+            ("evt_6", apply(Some("cs_d"), None)),
+        ];
+        let certain = certain_no_order(plans.iter().map(|(id, plan)| (*id, plan)), &found);
+        let mut certain: Vec<_> = certain.into_iter().collect();
+        certain.sort();
+        assert_eq!(certain, ["evt_1", "evt_3"]);
+        // Nothing found: every event that applies to an order is certain to find none.
+        let none = certain_no_order(plans.iter().map(|(id, plan)| (*id, plan)), &NamedOrders::default());
+        assert_eq!(none.len(), 5);
+    }
+
+    #[test]
+    fn an_event_certain_to_find_no_order_has_the_outcome_of_a_lookup_that_found_none() {
+        use crate::domain::ledger::{applied_outcome, noted_outcome};
+        use crate::domain::orders::Applied;
+        let looked_up = applied_outcome(&Applied::NoOrder);
+        assert_eq!(known_outcome(&apply(Some("cs_a"), None), true), Some(looked_up.clone()));
+        assert_eq!(known_outcome(&apply(Some("cs_a"), None), false), None, "not certain: it looks");
+        let noted = EventPlan::ApplyNoted(OrderRef::default(), PaymentFact::Canceled, "overpaid".to_owned());
+        assert_eq!(known_outcome(&noted, true), Some(noted_outcome(looked_up, "overpaid")));
+        assert_eq!(known_outcome(&EventPlan::Hold("waiting".to_owned()), false).map(|(s, _)| s), Some(EventStatus::Failed));
+    }
 
     #[test]
     fn value_rows_number_placeholders_for_postgres_and_not_for_sqlite() {

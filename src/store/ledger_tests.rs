@@ -232,6 +232,84 @@ async fn both_tries_carry_a_batch_out_in_event_id_order(store: &impl Writer, eng
     assert_eq!(order, ["evt_ord_a", "evt_ord_b", "evt_ord_c", "evt_ord_d", "evt_ord_e", "evt_ord_f"]);
 }
 
+/// One pending order, `ord_look`, of a credits product, paid through Checkout Session
+/// `cs_look`; it has no PaymentIntent yet.
+async fn an_order_to_look_up(store: &impl Writer) {
+    store
+        .execute(
+            "INSERT INTO products (id, name, description, active, version, amount, currency, stripe_price_id, grant_spec, created_at, updated_at)
+             VALUES ('prod_look', 'Credits', NULL, TRUE, 1, 1999, 'usd', NULL, '{\"kind\":\"credits\",\"amount\":50}', '2026-12-01T00:00:00.000000+00:00', '2026-12-01T00:00:00.000000+00:00');
+             INSERT INTO product_versions (product_id, version, amount, currency, stripe_price_id, grant_spec, created_at)
+             VALUES ('prod_look', 1, 1999, 'usd', NULL, '{\"kind\":\"credits\",\"amount\":50}', '2026-12-01T00:00:00.000000+00:00');
+             INSERT INTO users (id, email, email_key, password_hash, created_at, updated_at, password_changed_at)
+             VALUES ('usr_look', 'look@example.com', 'look@example.com', 'x', '2026-12-01T00:00:00.000000+00:00', '2026-12-01T00:00:00.000000+00:00', '2026-12-01T00:00:00.000000+00:00');
+             INSERT INTO orders (id, user_id, product_id, product_version, quantity, amount, currency, grant_spec, flow, status, checkout_session_id, created_at, updated_at)
+             VALUES ('ord_look', 'usr_look', 'prod_look', 1, 1, 1999, 'usd', '{\"kind\":\"credits\",\"amount\":50}', 'checkout', 'pending', 'cs_look',
+                     '2026-12-01T00:00:00.000000+00:00', '2026-12-01T00:00:00.000000+00:00');",
+        )
+        .await;
+}
+
+/// A delivery of event `id` that applies `fact` to the order `r` names.
+fn applying(
+    id: &str,
+    r: crate::domain::orders::OrderRef,
+    fact: crate::domain::orders::PaymentFact,
+) -> (IngestJob, tokio::sync::oneshot::Receiver<Result<Recorded, StoreError>>) {
+    let mut d = delivery(id);
+    d.event.kind = "payment_intent.succeeded".to_owned();
+    d.plan = EventPlan::Apply(r, fact);
+    Job::new(d)
+}
+
+/// A batch reads, in one statement, which orders its events name, and carries out without a
+/// lookup the events before the first that names one (`ledger::certain_no_order`). An event
+/// after it looks its order up itself, and finds what an earlier event of the batch changed: here
+/// the order gets its PaymentIntent from the batch's second event, and the third event names only
+/// that PaymentIntent (which no order had when the batch began), and pays the order.
+async fn an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an_order(store: &impl Writer) {
+    use crate::domain::orders::{OrderRef, PaymentFact};
+    an_order_to_look_up(store).await;
+    let by = |session: Option<&str>, intent: Option<&str>| OrderRef {
+        checkout_session_id: session.map(str::to_owned),
+        payment_intent_id: intent.map(str::to_owned),
+        ..OrderRef::default()
+    };
+    let paid = PaymentFact::Paid { amount: 1999, currency: "usd".to_owned(), payment_intent_id: Some("pi_look".to_owned()) };
+    // In the order the writer carries them out (by event id).
+    let jobs = vec![
+        applying("evt_look_1", by(Some("cs_nobody"), None), paid.clone()),
+        applying(
+            "evt_look_2",
+            by(Some("cs_look"), None),
+            PaymentFact::Processing { payment_intent_id: Some("pi_look".to_owned()) },
+        ),
+        applying("evt_look_3", by(None, Some("pi_look")), paid.clone()),
+        applying("evt_look_4", by(Some("cs_nobody_either"), None), paid),
+    ];
+    let (jobs, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+    store.run(jobs).await;
+    let mut details = Vec::new();
+    for answer in answers {
+        match answer.await.expect("every job of a batch is answered") {
+            Ok(Recorded::Stored { status, detail, retried: false }) => details.push((status, detail)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(details[0], (EventStatus::Unmatched, "no order matches this event".to_owned()));
+    assert_eq!(details[1].0, EventStatus::Processed, "{:?}", details[1]);
+    assert_eq!(details[2].0, EventStatus::Processed, "{:?}", details[2]);
+    assert!(details[2].1.starts_with("order ord_look paid"), "{:?}", details[2]);
+    assert_eq!(details[3], (EventStatus::Unmatched, "no order matches this event".to_owned()));
+    assert_eq!(store.column("SELECT status FROM orders WHERE id = 'ord_look'").await, ["paid"]);
+    for (id, status) in
+        [("evt_look_1", "unmatched"), ("evt_look_2", "processed"), ("evt_look_3", "processed"), ("evt_look_4", "unmatched")]
+    {
+        let (row, history) = stored(store, id).await.unwrap_or_else(|| panic!("{id} is stored"));
+        assert_eq!((row.as_str(), history), (status, vec![status.to_owned()]), "{id}: stored once, with one history line");
+    }
+}
+
 #[tokio::test]
 async fn the_writer_carries_out_batches_on_sqlite() {
     let (store, _dir) = sqlite().await;
@@ -239,6 +317,7 @@ async fn the_writer_carries_out_batches_on_sqlite() {
     a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, Engine::Sqlite).await;
     a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
     both_tries_carry_a_batch_out_in_event_id_order(&store, Engine::Sqlite).await;
+    an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an_order(&store).await;
 }
 
 #[tokio::test]
@@ -248,6 +327,7 @@ async fn the_writer_carries_out_batches_on_postgres() {
     a_duplicate_within_a_batch_is_stored_once_and_answered_with_the_first_s_status(&store, Engine::Postgres).await;
     a_failed_event_redelivered_within_a_batch_is_processed_again_once(&store).await;
     both_tries_carry_a_batch_out_in_event_id_order(&store, Engine::Postgres).await;
+    an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an_order(&store).await;
 }
 
 /// SQLite only: PostgreSQL never ends a transaction on its own.

@@ -23,7 +23,7 @@ super::pool::impl_connections!(PgStore, sqlx::Postgres);
 super::accounts::impl_account_store!(PgStore);
 super::apikeys::impl_api_key_store!(PgStore);
 super::audit::impl_audit_store!(PgStore, "$8::jsonb", "detail::text");
-super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres);
+super::ledger::impl_ledger_store!(PgStore, sqlx::Postgres, true);
 super::payments::impl_payment_store!(PgStore, sqlx::Postgres);
 super::credits::impl_credit_store!(PgStore, sqlx::Postgres);
 super::licences::impl_licence_store!(PgStore, sqlx::Postgres);

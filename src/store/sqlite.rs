@@ -31,7 +31,7 @@ super::pool::impl_connections!(SqliteStore, sqlx::Sqlite);
 super::accounts::impl_account_store!(SqliteStore);
 super::apikeys::impl_api_key_store!(SqliteStore);
 super::audit::impl_audit_store!(SqliteStore, "$8", "detail");
-super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite);
+super::ledger::impl_ledger_store!(SqliteStore, sqlx::Sqlite, false);
 super::payments::impl_payment_store!(SqliteStore, sqlx::Sqlite);
 super::credits::impl_credit_store!(SqliteStore, sqlx::Sqlite);
 super::licences::impl_licence_store!(SqliteStore, sqlx::Sqlite);
