@@ -512,3 +512,19 @@ fn batch_statements_number_placeholders_only_on_postgres() {
     const { assert!(!SqliteStore::NUMBERED) };
     const { assert!(PgStore::NUMBERED) };
 }
+
+/// Statement journals stay in memory (`PRAGMA temp_store = MEMORY` on every connection): a batch's
+/// multi-row statements need one, and on disk each of its pages was written out.
+#[tokio::test]
+async fn sqlite_keeps_statement_journals_in_memory() {
+    let (store, _dir) = sqlite().await;
+    let pool = store.batch_parts().pool;
+    let mut conns = Vec::new();
+    for _ in 0..2 {
+        conns.push(pool.acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(&mut **conn).await.unwrap();
+        assert_eq!(temp_store, 2, "2 is MEMORY");
+    }
+}
