@@ -96,10 +96,10 @@ pub(crate) struct Delivery {
 pub(crate) struct Deferred {
     pub lines: Vec<(String, EventStatus, String, DateTime<Utc>)>,
     pub seen: std::collections::HashMap<String, EventStatus>,
-    /// Ids the batch's first statement stored, until their event is carried out. That statement
-    /// tries every event of the batch.
+    /// Ids the batch's insert (`insert_events`) stored, until their event is carried out. That
+    /// statement tries every event of the batch.
     pub inserted: std::collections::HashSet<String>,
-    /// Ids the batch's first statement stored with their final status already (see
+    /// Ids the batch's insert stored with their final status already (see
     /// [`known_outcome`]): only their history lines remain to be written.
     pub settled: std::collections::HashSet<String>,
     /// Ids of the batch's events certain to find no order ([`certain_no_order`]): carried out
@@ -142,7 +142,10 @@ pub(crate) struct NamedOrders {
     pub charges: std::collections::HashSet<String>,
 }
 
-/// The columns an event's order is looked up by, in the order of [`OrderRef`]'s references.
+/// The columns an event's order is looked up by, in the order of [`OrderRef`]'s references: the
+/// same four, compared the same way, as `payments.rs`' `apply_locked` (`id = $1 OR
+/// checkout_session_id = $2 OR payment_intent_id = $3 OR charge_id = $4`). A change to one is a
+/// change to the other, or [`certain_no_order`] would skip lookups that find an order.
 const ORDER_KEYS: [&str; 4] = ["id", "checkout_session_id", "payment_intent_id", "charge_id"];
 
 impl NamedOrders {
@@ -201,10 +204,13 @@ impl NamedOrders {
 /// find no order: every event that applies to an order and comes before the first one naming an
 /// order that `found` (read at the batch's start) holds.
 ///
-/// Why that is certain: within the batch's transaction, only the batch's own events change the
-/// orders table (on SQLite the batch holds the write lock from its start; on PostgreSQL an order
-/// another transaction commits meanwhile is one these events missed by arriving a moment
-/// earlier, as they would without this), and an event changes an order only after finding it.
+/// Why that is certain: on SQLite, within the batch's transaction only the batch's own events
+/// change the orders table (the batch holds the write lock from its start), and an event changes
+/// an order only after finding it. On PostgreSQL, other transactions (another writer, another
+/// instance, a checkout) may create an order or give one a payment intent or charge meanwhile,
+/// until the batch commits: these events are matched against the orders as they were when the
+/// batch read them, as if they had arrived a moment before that change (which, without this,
+/// they see or not depending on when their own lookup ran).
 /// So until an event names an order `found` holds, none has been changed, and the table is, for
 /// these events' lookups, what `found` read. After that first event, an order could gain a
 /// payment intent or a charge another event names: every later event looks its order up itself.
@@ -538,6 +544,8 @@ macro_rules! impl_ledger_store {
                     // SQLite: the write lock from the start, as the batch reads the orders table
                     // before its first write (`named_orders`); read first and written after, a
                     // transaction could not write once another process (the CLI) had written.
+                    // Should another process hold the lock past the busy timeout (5 s), the begin
+                    // fails and so does the whole batch: none of it is acknowledged.
                     let mut tx = if $pg {
                         sqlx::Connection::begin(&mut *conn).await?
                     } else {
@@ -694,9 +702,10 @@ macro_rules! impl_ledger_store {
                 if let Some(status) = deferred.as_ref().and_then(|d| d.seen.get(&e.event_id)) {
                     return Ok(Recorded::Duplicate { status: *status });
                 }
-                // The insert comes first: on SQLite it takes the write lock before anything is read.
-                // In a batch, its first statement tried every event's insert: one it did not store
-                // is in the ledger already (inserting it again would only say so once more).
+                // The insert comes first: on SQLite it takes the write lock before anything is read
+                // (a batch holds it from its `BEGIN IMMEDIATE`). In a batch, its insert tried every
+                // event's: one it did not store is in the ledger already (inserting it again would
+                // only say so once more).
                 let inserted = match deferred.as_mut() {
                     Some(d) => u64::from(d.inserted.remove(&e.event_id)),
                     None => Self::insert_event(tx, e, EventStatus::Received, now).await?,

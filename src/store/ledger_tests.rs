@@ -276,8 +276,13 @@ async fn an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an
         ..OrderRef::default()
     };
     let paid = PaymentFact::Paid { amount: 1999, currency: "usd".to_owned(), payment_intent_id: Some("pi_look".to_owned()) };
+    // A failed event delivered again, and a duplicate, among those certain to find no order.
+    let failed = applying("evt_look_0", by(Some("cs_nobody_yet"), None), paid.clone()).0;
+    store.mark_event_failed(&failed.work.event, "processing failed: a test", Utc::now()).await.unwrap();
     // In the order the writer carries them out (by event id).
     let jobs = vec![
+        applying("evt_look_0", by(Some("cs_nobody_yet"), None), paid.clone()),
+        applying("evt_look_1", by(Some("cs_nobody"), None), paid.clone()),
         applying("evt_look_1", by(Some("cs_nobody"), None), paid.clone()),
         applying(
             "evt_look_2",
@@ -289,9 +294,20 @@ async fn an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an
     ];
     let (jobs, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
     store.run(jobs).await;
+    let mut answers: Vec<_> = futures_util::future::join_all(answers).await.into_iter().map(|a| a.expect("answered")).collect();
+    match answers.remove(0) {
+        Ok(Recorded::Stored { status: EventStatus::Unmatched, detail, retried: true }) => {
+            assert_eq!(detail, "processed again after a failure: no order matches this event")
+        }
+        other => panic!("evt_look_0: {other:?}"),
+    }
+    assert!(
+        matches!(answers.remove(1), Ok(Recorded::Duplicate { status: EventStatus::Unmatched })),
+        "the duplicate of evt_look_1"
+    );
     let mut details = Vec::new();
     for answer in answers {
-        match answer.await.expect("every job of a batch is answered") {
+        match answer {
             Ok(Recorded::Stored { status, detail, retried: false }) => details.push((status, detail)),
             other => panic!("{other:?}"),
         }
@@ -308,6 +324,8 @@ async fn an_event_finds_the_payment_intent_an_earlier_event_of_its_batch_gave_an
         let (row, history) = stored(store, id).await.unwrap_or_else(|| panic!("{id} is stored"));
         assert_eq!((row.as_str(), history), (status, vec![status.to_owned()]), "{id}: stored once, with one history line");
     }
+    let (row, history) = stored(store, "evt_look_0").await.unwrap();
+    assert_eq!((row, history), (EventStatus::Unmatched, vec!["failed".to_owned(), "unmatched".to_owned()]), "its status updated");
 }
 
 #[tokio::test]

@@ -267,7 +267,8 @@ macro_rules! impl_payment_store {
                 use $crate::store::payments::{LockedOrder, ORDER_COLUMNS};
                 // The same statement reads what the steps below need of other rows: the order
                 // already holding the event's PaymentIntent, and the product's name for notices
-                // (each one statement fewer per event).
+                // (each one statement fewer per event). Which orders it finds is what
+                // `ledger::NamedOrders::names` predicts for a batch: keep the two alike.
                 let sql = format!(
                     "UPDATE orders SET updated_at = updated_at WHERE id = (
                         SELECT id FROM orders

@@ -142,7 +142,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             // Statement journals (a batch's multi-row statements need one) in memory: they live
             // only while their statement runs, and on disk each of their pages was written out
-            // (11 % of the writer's time at 10,000 events/s, BENCHMARKS.md).
+            // (12 % of the writer's time at 10,000 events/s, BENCHMARKS.md).
             .pragma("temp_store", "memory");
         // Each connection to an in-memory database is a database of its own: keep exactly one.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
