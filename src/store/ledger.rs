@@ -206,14 +206,16 @@ impl NamedOrders {
 ///
 /// Why that is certain: on SQLite, within the batch's transaction only the batch's own events
 /// change the orders table (the batch holds the write lock from its start), and an event changes
-/// an order only after finding it. On PostgreSQL, other transactions (another writer, another
-/// instance, a checkout) may create an order or give one a payment intent or charge meanwhile,
-/// until the batch commits: these events are matched against the orders as they were when the
-/// batch read them, as if they had arrived a moment before that change (which, without this,
-/// they see or not depending on when their own lookup ran).
-/// So until an event names an order `found` holds, none has been changed, and the table is, for
-/// these events' lookups, what `found` read. After that first event, an order could gain a
-/// payment intent or a charge another event names: every later event looks its order up itself.
+/// an order only after finding it. So until an event names an order `found` holds, none has been
+/// changed, and the table is, for these events' lookups, what `found` read. After that first
+/// event, an order could gain a payment intent or a charge another event names: every later
+/// event looks its order up itself.
+///
+/// On PostgreSQL, other transactions (another writer, another instance, a checkout) may create an
+/// order or give one a payment intent or charge meanwhile, until the batch commits: these events
+/// are matched against the orders as they were when the batch read them, as if they had arrived a
+/// moment before that change (which, without this, they see or not depending on when their own
+/// lookup ran).
 pub(crate) fn certain_no_order<'a>(
     events: impl Iterator<Item = (&'a str, &'a EventPlan)>,
     found: &NamedOrders,
