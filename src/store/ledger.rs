@@ -568,15 +568,15 @@ macro_rules! impl_ledger_store {
                         }};
                     }
                     if !savepoints {
-                        match Self::named_orders(&mut tx, jobs).await {
+                        let stored = match Self::named_orders(&mut tx, jobs).await {
                             Ok(found) => {
                                 let events = jobs.iter().map(|j| (j.work.event.event_id.as_str(), &j.work.plan));
                                 deferred.no_order = $crate::store::ledger::certain_no_order(events, &found);
+                                Self::insert_events(&mut tx, jobs, &deferred.no_order).await
                             }
-                            Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
-                            Err(_) => roll_back_all!(),
-                        }
-                        match Self::insert_events(&mut tx, jobs, &deferred.no_order).await {
+                            Err(e) => Err(e),
+                        };
+                        match stored {
                             Ok(inserted) => deferred.inserted = inserted,
                             Err(StoreError::Database(e)) if $crate::store::health::classify(&e).is_some() => return Err(e.into()),
                             Err(_) => roll_back_all!(),
